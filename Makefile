@@ -1,0 +1,45 @@
+# The same commands run locally and in CI (.ci/run calls `make test`).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test check lint typecheck unit integration chaos bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+## demo: set up .venv and run the walkthrough on the embedded SQLite broker
+demo: $(VENV)/.installed
+	cd examples/demo && ../../$(BIN)/python run_demo.py
+
+## test: set up .venv with dev extras, lint, type-check and run the whole suite
+test: check
+	$(BIN)/pytest -q
+
+check: lint typecheck
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+	$(BIN)/mypy --config-file tests/typing/mypy.ini tests/typing
+
+unit: $(VENV)/.installed-dev
+	$(BIN)/pytest -q tests/unit tests/contract
+
+integration: $(VENV)/.installed-dev
+	$(BIN)/pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist

@@ -1,0 +1,69 @@
+"""Helpers shared by the test suites: waiting, services, ids."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlparse
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
+
+REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("CELERIAC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Return the first truthy value of `predicate()`, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate!r}")
+        time.sleep(interval)
+
+
+def unique(prefix: str = "t") -> str:
+    """A short unique name for queues, keys and ids of one test."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    host = parsed.hostname or "127.0.0.1"
+    try:
+        with socket.create_connection((host, parsed.port or default_port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, url: str, default_port: int) -> None:
+    """Skip when the service is down locally; fail when CI is set (CI must have it)."""
+    if _reachable(url, default_port):
+        return
+    message = f"{name} is not reachable at {url}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI needs it running")
+    pytest.skip(message)
+
+
+def require_redis() -> str:
+    require_service("Redis", REDIS_URL, 6379)
+    return REDIS_URL
+
+
+def require_rabbitmq() -> str:
+    require_service("RabbitMQ", AMQP_URL, 5672)
+    return AMQP_URL
