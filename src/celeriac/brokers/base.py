@@ -12,6 +12,7 @@ on every implementation:
   nothing is visible and returns `[]` then.
 - `ack` removes a leased message; `reject(requeue=True)` makes it visible again at once;
   `reject(requeue=False)` drops it.
+- `defer` hands a leased message back to wait until an instant (ETA, rate limits).
 - `extend` renews leases; a lease that lapses makes its message visible again (any
   consumer's `receive` or `restore_expired` notices), flagged `redelivered`.
 - `recover(consumer_id)` returns at once every message a dead consumer held. Tags listed
@@ -258,6 +259,23 @@ class Broker(ABC):
     @abstractmethod
     def reject(self, delivery: Delivery, *, requeue: bool) -> None:
         """Give a leased message back (visible at once) or drop it."""
+
+    def defer(self, delivery: Delivery, *, eta: datetime, message: Message | None = None) -> None:
+        """Hand a leased message back to wait broker-side until `eta` (ETA, rate limit).
+
+        `message` replaces the stored one (e.g. with an extra header). The default
+        publishes a delayed copy and then acks, so a crash in between duplicates rather
+        than loses; brokers that can do it atomically override this.
+        """
+        self.publish(
+            message or delivery.message,
+            queue=delivery.queue,
+            eta=eta,
+            priority=delivery.message.priority,
+            exchange=delivery.exchange,
+            routing_key=delivery.routing_key or None,
+        )
+        self.ack(delivery)
 
     def requeue_many(self, deliveries: Sequence[Delivery]) -> None:
         """Return several leased messages to their queues at once (shutdown)."""

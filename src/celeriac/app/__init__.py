@@ -1,0 +1,1 @@
+"""The application object, its settings, task registry and Task class."""

@@ -1,0 +1,94 @@
+"""Celery's built-in tasks, registered in every app so stock clients can send them.
+
+`celery.map`, `celery.starmap`, `celery.chunks`, `celery.accumulate`,
+`celery.chord_unlock` (joins a chord by polling, for stock clients whose backend cannot
+join natively) and `celery.backend_cleanup`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from celeriac import states
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from celeriac.app.base import Celeriac
+    from celeriac.app.task import Task
+
+__all__ = ["register_builtins"]
+
+
+def register_builtins(app: Celeriac) -> None:
+    """Register Celery's built-in tasks on `app`."""
+
+    @app.task(name="celery.map", typing=False)
+    def xmap(task: Mapping[str, Any], it: Sequence[Any]) -> list[Any]:
+        from celeriac.canvas import signature
+
+        fun = signature(task, app=app).type
+        return [fun(item) for item in it]
+
+    @app.task(name="celery.starmap", typing=False)
+    def xstarmap(task: Mapping[str, Any], it: Sequence[Sequence[Any]]) -> list[Any]:
+        from celeriac.canvas import signature
+
+        fun = signature(task, app=app).type
+        return [fun(*item) for item in it]
+
+    @app.task(name="celery.chunks", typing=False)
+    def chunks(task: Mapping[str, Any], it: Sequence[Sequence[Any]], n: int) -> Any:
+        from celeriac.canvas import chunks as make_chunks
+        from celeriac.canvas import signature
+
+        result = make_chunks(signature(task, app=app), it, n, app=app).apply_async()
+        return result.as_tuple()
+
+    @app.task(name="celery.accumulate", typing=False)
+    def accumulate(*args: Any, index: int | None = None) -> Any:
+        return args[index] if index is not None else args
+
+    @app.task(name="celery.backend_cleanup", typing=False, ignore_result=True)
+    def backend_cleanup() -> int:
+        return app.backend.cleanup()
+
+    @app.task(
+        name="celery.chord_unlock", bind=True, typing=False, max_retries=None, ignore_result=True
+    )
+    def chord_unlock(
+        self: Task[Any, Any],
+        group_id: str,
+        callback: Mapping[str, Any],
+        interval: float = 1.0,
+        max_retries: int | None = None,
+        result: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        from celeriac.canvas import signature
+        from celeriac.exceptions import ChordError
+        from celeriac.result import GroupResult, result_from_tuple
+
+        members = [result_from_tuple(r, app=app) for r in result or ()]
+        group_result = GroupResult(group_id, members, app=app)
+        if not group_result.ready():
+            raise self.retry(countdown=interval, max_retries=max_retries)
+        body: Any = signature(callback, app=app)
+        try:
+            values = group_result.join(propagate=True, disable_sync_subtasks=False)
+        except Exception as exc:
+            body_id = body.id
+            if body_id:
+                app.backend.store(
+                    app.backend.ready_meta(
+                        body_id,
+                        states.FAILURE,
+                        {
+                            "exc_type": "ChordError",
+                            "exc_module": "celery.exceptions",
+                            "exc_message": [f"Dependency of {group_id} raised {exc!r}"],
+                        },
+                    )
+                )
+            raise ChordError(f"Dependency of {group_id} raised {exc!r}") from exc
+        body.delay(values)

@@ -1,0 +1,56 @@
+"""Client-side control of tasks: revocation.
+
+`revoke` records REVOKED in the result backend (so readers see it at once, as Celery
+5.6+ does) and in the broker's revocation list where the broker keeps one, which workers
+consult before running a task.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from celeriac import states
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from celeriac.app.base import Celeriac
+
+__all__ = ["Control"]
+
+
+class Control:
+    """`app.control`."""
+
+    def __init__(self, app: Celeriac) -> None:
+        self.app = app
+
+    def revoke(self, task_id: str | Sequence[str], *, terminate: bool = False) -> None:
+        """Revoke tasks: not-yet-finished ones are recorded as REVOKED.
+
+        Args:
+            task_id: One id or several.
+            terminate: Accepted for Celery compatibility; a running task is not killed.
+        """
+        del terminate
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        backend = self.app.backend
+        existing = backend.get_many(ids)
+        for one in ids:
+            meta = existing.get(one)
+            if meta is not None and meta.is_ready:
+                continue
+            backend.store(
+                backend.ready_meta(
+                    one,
+                    states.REVOKED,
+                    {
+                        "exc_type": "TaskRevokedError",
+                        "exc_message": ["revoked"],
+                        "exc_module": "celery.exceptions",
+                    },
+                )
+            )
+        revoke = getattr(self.app.broker, "revoke", None)
+        if callable(revoke):
+            revoke(ids)

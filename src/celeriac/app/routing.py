@@ -1,0 +1,160 @@
+"""Pick the queue for a task call: explicit options, then `task_routes`, then the default.
+
+`task_routes` takes Celery's forms: a dict keyed by task name, glob (`"feeds.*"`) or
+compiled regex, whose values are `{"queue": ...}` dicts or plain queue names; a router
+function `(name, args, kwargs, options, task=None, **kw) -> dict | str | None`; or a list
+of these, tried in order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, final
+
+from celeriac._imports import import_object
+from celeriac.exceptions import ImproperlyConfigured
+
+__all__ = ["Route", "Router"]
+
+Routes = Any  # dict / callable / str path / list of those, as Celery accepts
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one message goes."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+    priority: int | None
+
+
+def _as_route_dict(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return {"queue": value}
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise ImproperlyConfigured(
+        f"a task route must be a queue name or a dict like {{'queue': 'q'}}, got {value!r}"
+    )
+
+
+class Router:
+    """Resolves routes from `task_routes` with the default queue as fallback."""
+
+    def __init__(
+        self,
+        routes: Routes,
+        *,
+        default_queue: str,
+        default_exchange: str | None = None,
+        default_routing_key: str | None = None,
+    ) -> None:
+        self.default_queue = default_queue
+        self.default_exchange = default_exchange
+        self.default_routing_key = default_routing_key
+        self._routers = self._compile(routes)
+        self._cache: dict[str, dict[str, Any] | None] = {}
+
+    @staticmethod
+    def _compile(routes: Routes) -> list[Callable[..., Any]]:
+        if routes is None:
+            return []
+        items: Sequence[Any] = routes if isinstance(routes, list | tuple) else [routes]
+        compiled: list[Callable[..., Any]] = []
+        for item in items:
+            if isinstance(item, str):
+                item = import_object(item)
+            if isinstance(item, Mapping):
+                compiled.append(_MapRouter(item))
+            elif callable(item):
+                compiled.append(item)
+            else:
+                raise ImproperlyConfigured(f"cannot route with {item!r}")
+        return compiled
+
+    def route(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: Mapping[str, Any],
+        *,
+        task: Any = None,
+    ) -> Route:
+        """The route of one call; explicit `queue`/`routing_key`/`exchange` options win."""
+        chosen: dict[str, Any] = {}
+        if options.get("queue") is None and self._routers:
+            found = self._lookup(name, args, kwargs, options, task)
+            if found:
+                chosen = found
+        queue = options.get("queue") or chosen.get("queue") or self.default_queue
+        if not isinstance(queue, str):
+            queue = getattr(queue, "name", None) or str(queue)
+        exchange = options.get("exchange") or chosen.get("exchange") or ""
+        if not isinstance(exchange, str):
+            exchange = getattr(exchange, "name", "") or ""
+        routing_key = options.get("routing_key") or chosen.get("routing_key")
+        # Celery compat: a direct queue without an explicit exchange and routing key goes
+        # to the default exchange "" with the queue name as routing key.
+        if not exchange or not routing_key:
+            exchange, routing_key = "", queue
+        priority = options.get("priority")
+        if priority is None:
+            priority = chosen.get("priority")
+        return Route(queue=queue, exchange=exchange, routing_key=routing_key, priority=priority)
+
+    def _lookup(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: Mapping[str, Any],
+        task: Any,
+    ) -> dict[str, Any] | None:
+        static = all(isinstance(r, _MapRouter) for r in self._routers)
+        if static and name in self._cache:
+            return self._cache[name]
+        result: dict[str, Any] | None = None
+        for router in self._routers:
+            try:
+                found = router(name, args, kwargs, options, task=task)
+            except TypeError:
+                found = router(name, args, kwargs, options)
+            result = _as_route_dict(found)
+            if result:
+                break
+        if static:
+            self._cache[name] = result
+        return result
+
+
+class _MapRouter:
+    """A dict of name / glob / regex → route."""
+
+    def __init__(self, table: Mapping[Any, Any]) -> None:
+        self.exact: dict[str, Any] = {}
+        self.patterns: list[tuple[re.Pattern[str], Any]] = []
+        for key, value in table.items():
+            if isinstance(key, re.Pattern):
+                self.patterns.append((key, value))
+            elif isinstance(key, str) and any(ch in key for ch in "*?["):
+                self.patterns.append((re.compile(fnmatch.translate(key)), value))
+            elif isinstance(key, str):
+                self.exact[key] = value
+            else:
+                raise ImproperlyConfigured(f"task_routes key {key!r} is not a name or pattern")
+
+    def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in self.exact:
+            return self.exact[name]
+        for pattern, value in self.patterns:
+            if pattern.match(name):
+                return value
+        return None

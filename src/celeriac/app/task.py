@@ -1,0 +1,622 @@
+"""`Task[P, R]`: a function made callable over a broker, with Celery's options and API.
+
+`add.delay(2, 2)` is checked against `add`'s signature by mypy (`P.args`/`P.kwargs`) and,
+with `typing=True` (the default), at call time too. `self.request` is a `Context` held in
+a contextvar, so threads and asyncio tasks each see their own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import sys
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypedDict, TypeVar
+
+from celeriac import states
+from celeriac.exceptions import (
+    Ignore,
+    MaxRetriesExceededError,
+    Reject,
+    Retry,
+)
+
+if sys.version_info >= (3, 11):
+    from typing import ParamSpec
+else:  # pragma: no cover
+    from typing_extensions import ParamSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+    from datetime import datetime, timedelta
+
+    from celeriac.app.base import Celeriac
+    from celeriac.backends.base import ResultBackend
+    from celeriac.canvas import Signature
+    from celeriac.result import AsyncResult, EagerResult
+
+__all__ = ["AsyncTask", "Context", "Task", "TaskOptions", "current_request", "current_task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Celery's defaults for retries.
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_DELAY = 180.0
+DEFAULT_RETRY_BACKOFF_MAX = 600.0
+
+
+class TaskOptions(TypedDict, total=False):
+    """Options accepted by `@app.task(...)` (Celery's names)."""
+
+    name: str
+    base: type[Task[Any, Any]]
+    typing: bool
+    ignore_result: bool
+    store_errors_even_if_ignored: bool
+    rate_limit: str | float | None
+    max_retries: int | None
+    default_retry_delay: float
+    autoretry_for: tuple[type[BaseException], ...]
+    dont_autoretry_for: tuple[type[BaseException], ...]
+    retry_kwargs: dict[str, Any]
+    retry_backoff: bool | float
+    retry_backoff_max: float
+    retry_jitter: bool
+    acks_late: bool
+    acks_on_failure_or_timeout: bool
+    time_limit: float | None
+    soft_time_limit: float | None
+    expires: float | datetime | None
+    priority: int | None
+    queue: str | None
+    routing_key: str | None
+    exchange: str | None
+    serializer: str | None
+    compression: str | None
+    track_started: bool
+    throws: tuple[type[BaseException], ...]
+    trail: bool
+    send_events: bool
+
+
+@dataclass(slots=True)
+class Context:
+    """`task.request`: what the running task knows about its own call (Celery's names)."""
+
+    id: str | None = None
+    task: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    eta: str | None = None
+    expires: str | None = None
+    is_eager: bool = False
+    called_directly: bool = True
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None
+    root_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    chord: dict[str, Any] | None = None
+    chain: list[dict[str, Any]] | None = None
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    hostname: str | None = None
+    origin: str | None = None
+    shadow: str | None = None
+    timelimit: tuple[float | None, float | None] = (None, None)
+    ignore_result: bool | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    stamps: dict[str, Any] = field(default_factory=dict)
+    stamped_headers: list[str] | None = None
+    replaced_task_nesting: int = 0
+    priority: int | None = None
+    #: Results of tasks sent by this task (`as_tuple()` forms), stored as `children`.
+    children: list[Any] = field(default_factory=list)
+
+
+_EMPTY_CONTEXT = Context()
+_current: ContextVar[tuple[Task[Any, Any], Context] | None] = ContextVar(
+    "celeriac_current_task", default=None
+)
+
+
+def current_request() -> Context | None:
+    """The request of the task running in this thread/coroutine, if any."""
+    entry = _current.get()
+    return entry[1] if entry is not None else None
+
+
+def current_task() -> Task[Any, Any] | None:
+    """The task running in this thread/coroutine, if any."""
+    entry = _current.get()
+    return entry[0] if entry is not None else None
+
+
+def backoff_countdown(factor: float, retries: int, maximum: float, *, full_jitter: bool) -> float:
+    """Celery's exponential backoff: `factor * 2**retries`, capped, with full jitter."""
+    countdown = min(maximum, factor * float(2**retries))
+    if full_jitter:
+        countdown = random.uniform(0, countdown)
+    return max(0.0, countdown)
+
+
+class Task(Generic[P, R]):
+    """A task: call it directly to run it here, `delay()` it to run it on a worker.
+
+    Instances are made by `@app.task`; subclass it and pass `base=` to share hooks
+    (`before_start`, `on_success`, `on_failure`, `on_retry`, `after_return`).
+    """
+
+    #: Defaults; each falls back to the app setting of the same meaning when None.
+    typing: bool = True
+    ignore_result: bool | None = None
+    store_errors_even_if_ignored: bool | None = None
+    rate_limit: str | float | None = None
+    max_retries: int | None = DEFAULT_MAX_RETRIES
+    default_retry_delay: float = DEFAULT_RETRY_DELAY
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: ClassVar[dict[str, Any]] = {}
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    retry_jitter: bool = True
+    acks_late: bool | None = None
+    acks_on_failure_or_timeout: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    expires: float | datetime | None = None
+    priority: int | None = None
+    queue: str | None = None
+    routing_key: str | None = None
+    exchange: str | None = None
+    serializer: str | None = None
+    compression: str | None = None
+    track_started: bool | None = None
+    throws: tuple[type[BaseException], ...] = ()
+    trail: bool = True
+    send_events: bool = True
+
+    def __init__(
+        self,
+        fun: Callable[..., Any],
+        *,
+        app: Celeriac | None,
+        name: str,
+        bind: bool = False,
+        **options: Any,
+    ) -> None:
+        self._fun = fun
+        self._app = app
+        self.name = name
+        self.bind = bind
+        for key, value in options.items():
+            setattr(self, key, value)
+        self.is_async = inspect.iscoroutinefunction(fun)
+        self.__doc__ = fun.__doc__
+        self.__name__ = getattr(fun, "__name__", name)
+        self.__qualname__ = getattr(fun, "__qualname__", name)
+        self.__module__ = getattr(fun, "__module__", __name__)
+        self.__wrapped__ = fun
+        self._signature: inspect.Signature | None = None
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"
+
+    @property
+    def app(self) -> Celeriac:
+        if self._app is None:
+            from celeriac.app.base import current_app
+
+            return current_app()
+        return self._app
+
+    @property
+    def backend(self) -> ResultBackend:
+        return self.app.backend
+
+    # -- running here ---------------------------------------------------------------
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """The task's body (bound `self` prepended, autoretry applied)."""
+        if self.autoretry_for:
+            if self.is_async:
+                return self._run_async_with_autoretry(*args, **kwargs)
+            try:
+                return self._call_fun(*args, **kwargs)
+            except (Retry, Ignore, Reject):
+                raise
+            except self.autoretry_for as exc:
+                self._autoretry(exc)
+        return self._call_fun(*args, **kwargs)
+
+    def _call_fun(self, *args: Any, **kwargs: Any) -> Any:
+        if self.bind:
+            return self._fun(self, *args, **kwargs)
+        return self._fun(*args, **kwargs)
+
+    async def _run_async_with_autoretry(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self._call_fun(*args, **kwargs)
+        except (Retry, Ignore, Reject):
+            raise
+        except self.autoretry_for as exc:
+            self._autoretry(exc)
+
+    def _autoretry(self, exc: BaseException) -> NoReturn:
+        if self.dont_autoretry_for and isinstance(exc, self.dont_autoretry_for):
+            raise exc
+        options = dict(self.retry_kwargs)
+        if self.retry_backoff and "countdown" not in options:
+            factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+            options["countdown"] = backoff_countdown(
+                factor,
+                self.request.retries,
+                self.retry_backoff_max,
+                full_jitter=self.retry_jitter,
+            )
+        raise self.retry(exc=exc, **options)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the task in this process, now (no message, no result stored)."""
+        entry = _current.get()
+        if entry is not None and entry[0] is self:
+            result: R = self.run(*args, **kwargs)
+            return result
+        token = _current.set((self, Context(args=list(args), kwargs=dict(kwargs))))
+        try:
+            result = self.run(*args, **kwargs)
+            return result
+        finally:
+            _current.reset(token)
+
+    @property
+    def request(self) -> Context:
+        """The running call's context (an empty one outside a call)."""
+        entry = _current.get()
+        if entry is not None and entry[0] is self:
+            return entry[1]
+        return _EMPTY_CONTEXT
+
+    # -- sending ----------------------------------------------------------------------
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise TypeError now if the task could not be called with these arguments."""
+        if self._signature is None:
+            signature = inspect.signature(self._fun)
+            if self.bind:
+                params = list(signature.parameters.values())[1:]
+                signature = signature.replace(parameters=params)
+            self._signature = signature
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}() called with bad arguments: {exc}") from None
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task to a worker with these arguments."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | timedelta | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        routing_key: str | None = None,
+        exchange: str | None = None,
+        link: Signature[Any] | Sequence[Signature[Any]] | None = None,
+        link_error: Signature[Any] | Sequence[Signature[Any]] | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        ignore_result: bool | None = None,
+        serializer: str | None = None,
+        compression: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Send the task with execution options (Celery's `apply_async`).
+
+        Raises:
+            TypeError: the arguments do not fit the task (when `typing` is on).
+            SerializationError: an argument cannot be serialized.
+            MessageTooLarge: the message exceeds `task_max_message_size`.
+            PublishError: the broker did not take the message.
+        """
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        if self.typing:
+            self.check_arguments(args, kwargs)
+        given = {
+            "countdown": countdown,
+            "eta": eta,
+            "expires": expires,
+            "priority": priority,
+            "queue": queue,
+            "routing_key": routing_key,
+            "exchange": exchange,
+            "link": link,
+            "link_error": link_error,
+            "task_id": task_id,
+            "headers": headers,
+            "ignore_result": ignore_result,
+            "serializer": serializer,
+            "compression": compression,
+            "time_limit": time_limit,
+            "soft_time_limit": soft_time_limit,
+            "shadow": shadow,
+        }
+        for key, value in given.items():
+            if value is not None:
+                options[key] = value
+        for key in (
+            "queue",
+            "routing_key",
+            "exchange",
+            "priority",
+            "expires",
+            "serializer",
+            "compression",
+            "time_limit",
+            "soft_time_limit",
+        ):
+            if options.get(key) is None:
+                default = getattr(self, key)
+                if default is not None:
+                    options[key] = default
+        app = self.app
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        return app.send_task(self.name, args, kwargs, _task=self, **options)
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> EagerResult[R]:
+        """Run the task here and now, like a worker would (retries inline, callbacks
+        applied), and return an `EagerResult`."""
+        from celeriac.app.eager import apply_eagerly
+
+        return apply_eagerly(self, list(args or ()), dict(kwargs or {}), options)
+
+    # -- canvas -------------------------------------------------------------------------
+
+    def signature(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature[R]:
+        from celeriac.canvas import Signature
+
+        return Signature(self.name, args, kwargs, options, app=self._app)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A signature with partial arguments (the parent's result is prepended)."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """An immutable signature: it ignores the parent's result."""
+        sig = self.signature(args, kwargs)
+        sig["immutable"] = True
+        return sig
+
+    subtask = signature
+
+    def map(self, items: Iterable[Any]) -> Signature[list[R]]:
+        from celeriac.canvas import xmap
+
+        return xmap(self.s(), items, app=self._app)
+
+    def starmap(self, items: Iterable[Sequence[Any]]) -> Signature[list[R]]:
+        from celeriac.canvas import xstarmap
+
+        return xstarmap(self.s(), items, app=self._app)
+
+    def chunks(self, items: Iterable[Sequence[Any]], n: int) -> Any:
+        from celeriac.canvas import chunks
+
+        return chunks(self.s(), items, n, app=self._app)
+
+    # -- inside a running task -------------------------------------------------------
+
+    def retry(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Send this call again later (same id, `retries + 1`) and stop this run.
+
+        Use as `raise self.retry(exc=exc)`. Over `max_retries`, re-raises `exc` when given,
+        else raises `MaxRetriesExceededError`.
+
+        Raises:
+            Retry: the retry was sent (unless `throw=False`).
+        """
+        request = self.request
+        if request.called_directly:
+            # Celery compat: not running as a task, so there is nothing to retry.
+            if exc is not None:
+                raise exc
+            raise RuntimeError(f"{self.name}.retry() called outside of a task run")
+        if max_retries is None:
+            max_retries = self.max_retries
+        if max_retries is not None and request.retries >= max_retries:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}] args:{request.args} "
+                f"kwargs:{request.kwargs}",
+                task_args=request.args,
+                task_kwargs=request.kwargs,
+            )
+        if eta is None and countdown is None:
+            countdown = self.default_retry_delay
+        retry = Retry(exc=exc, when=eta or countdown)
+        new_args = list(args) if args is not None else list(request.args)
+        new_kwargs = dict(kwargs) if kwargs is not None else dict(request.kwargs)
+        if request.is_eager:
+            retry.eager_args = (new_args, new_kwargs)  # type: ignore[attr-defined]
+        else:
+            self.app.send_retry(
+                self, request, new_args, new_kwargs, eta=eta, countdown=countdown, **options
+            )
+        if throw:
+            raise retry
+        return retry
+
+    def update_state(
+        self,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: Any = None,
+    ) -> None:
+        """Store a state (e.g. a custom "PROGRESS" with a meta dict) for a task."""
+        from celeriac.backends.base import ResultMeta
+
+        task_id = task_id or self.request.id
+        if task_id is None:
+            raise RuntimeError("update_state() needs a task_id outside of a task run")
+        self.backend.store(ResultMeta(task_id=task_id, status=state or states.PENDING, result=meta))
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
+        from celeriac.result import AsyncResult
+
+        return AsyncResult(task_id, app=self.app, task_name=self.name)
+
+    def send_event(self, type_: str, **fields: Any) -> None:
+        """Accepted for Celery compatibility; task events are not sent yet."""
+
+    # -- hooks (override in a base class) --------------------------------------------
+
+    def before_start(self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Called in the worker before the task body runs."""
+
+    def on_success(
+        self, retval: Any, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> None:
+        """Called in the worker after the task body returned."""
+
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Called in the worker after the task body raised."""
+
+    def on_retry(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Called in the worker after the task asked to be retried."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Called in the worker after every run, whatever the outcome."""
+
+    # -- used by workers ---------------------------------------------------------------
+
+    def resolve_acks_late(self) -> bool:
+        if self.acks_late is not None:
+            return self.acks_late
+        return bool(self.app.conf.task_acks_late)
+
+    def resolve_ignore_result(self, header: bool | None) -> bool:
+        if header:
+            return True
+        if self.ignore_result is not None:
+            return self.ignore_result
+        return bool(self.app.conf.task_ignore_result)
+
+    def resolve_track_started(self) -> bool:
+        if self.track_started is not None:
+            return self.track_started
+        return bool(self.app.conf.task_track_started)
+
+    @property
+    def new_style_errback(self) -> bool:
+        """True when this task, used as an errback, takes `(request, exc, traceback)`."""
+        params = [
+            p
+            for p in inspect.signature(self._fun).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        if self.bind:
+            params = params[1:]
+        return len(params) > 1
+
+
+class AsyncTask(Task[P, R]):
+    """A task whose body is `async def`: calling it directly returns a coroutine."""
+
+    def __call__(  # type: ignore[override]
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:
+        return self._call_async(*args, **kwargs)
+
+    async def _call_async(self, *args: Any, **kwargs: Any) -> R:
+        entry = _current.get()
+        if entry is not None and entry[0] is self:
+            result: R = await self.run(*args, **kwargs)
+            return result
+        token = _current.set((self, Context(args=list(args), kwargs=dict(kwargs))))
+        try:
+            result = await self.run(*args, **kwargs)
+            return result
+        finally:
+            _current.reset(token)
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def run_in_context(task: Task[Any, Any], context: Context, fun: Callable[[], Any]) -> Any:
+    """Call `fun` with `task.request` set to `context` (used by workers and eager runs)."""
+    token = _current.set((task, context))
+    try:
+        return fun()
+    finally:
+        _current.reset(token)
+
+
+def push_context(task: Task[Any, Any], context: Context) -> Any:
+    """Make `context` the current request; returns a token for `pop_context`."""
+    return _current.set((task, context))
+
+
+def pop_context(token: Any) -> None:
+    _current.reset(token)

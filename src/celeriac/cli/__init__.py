@@ -1,0 +1,126 @@
+"""The `celeriac` command: `celeriac -A tasks worker`, `celeriac -A tasks dlq list`, ...
+
+`-A MODULE[:APP]` adds the current directory to `sys.path` (like Celery) and finds the
+app: the named attribute, else `app` or `celery`, else the only Celeriac instance in the
+module. Failures print one line and exit with a named, non-zero code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from celeriac._version import __version__
+
+if TYPE_CHECKING:
+    from celeriac.app.base import Celeriac
+
+__all__ = ["EX_CONFIG", "EX_OK", "EX_SOFTWARE", "EX_UNAVAILABLE", "EX_USAGE", "load_app", "main"]
+
+# Exit codes (BSD sysexits, as Celery uses).
+EX_OK = 0
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CONFIG = 78
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def load_app(spec: str) -> Celeriac:
+    """Import `MODULE[:APP]` and return the app it names.
+
+    Raises:
+        click.UsageError: never; failures exit with one line (see `fail`).
+    """
+    from celeriac.app.base import Celeriac
+
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            fail(
+                f"cannot import module {module_name!r}: no such module (is it in the "
+                f"current directory {cwd} or installed?)",
+                EX_USAGE,
+            )
+        fail(_import_failure(module_name, exc), EX_SOFTWARE)
+    except Exception as exc:  # isolation boundary: the user's module failed to import
+        fail(_import_failure(module_name, exc), EX_SOFTWARE)
+    if attribute:
+        app: Any = module
+        for part in attribute.split("."):
+            app = getattr(app, part, None)
+        if not isinstance(app, Celeriac):
+            fail(f"module {module_name!r} has no Celeriac app named {attribute!r}", EX_USAGE)
+        return app
+    for name in ("app", "celery"):
+        candidate = getattr(module, name, None)
+        if isinstance(candidate, Celeriac):
+            return candidate
+    found = [v for v in vars(module).values() if isinstance(v, Celeriac)]
+    if len(found) == 1:
+        return found[0]
+    fail(
+        f"module {module_name!r} has no Celeriac app: name it `app`, or pass "
+        f"-A {module_name}:<name>",
+        EX_USAGE,
+    )
+
+
+def _import_failure(module_name: str, exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" ({last.filename}:{last.lineno})"
+    return f"importing {module_name!r} failed: {type(exc).__name__}: {exc}{where}"
+
+
+class AppContext:
+    def __init__(self, spec: str | None) -> None:
+        self.spec = spec
+        self._app: Celeriac | None = None
+
+    @property
+    def app(self) -> Celeriac:
+        if self._app is None:
+            if not self.spec:
+                fail("no app given: pass -A MODULE (for example -A tasks)", EX_USAGE)
+            self._app = load_app(self.spec)
+        return self._app
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-A",
+    "--app",
+    "app_spec",
+    metavar="MODULE[:APP]",
+    envvar="CELERIAC_APP",
+    help="The module defining the app (and its tasks).",
+)
+@click.version_option(__version__, prog_name="celeriac")
+@click.pass_context
+def cli(ctx: click.Context, app_spec: str | None) -> None:
+    """celeriac: a distributed task queue with Celery's API."""
+    ctx.obj = AppContext(app_spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `celeriac` console script."""
+    from celeriac.cli import dlq, worker  # noqa: F401 - registers the subcommands
+
+    cli.main(args=argv, prog_name="celeriac")

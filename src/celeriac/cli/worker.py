@@ -1,0 +1,96 @@
+"""`celeriac -A tasks worker`: start a worker."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from celeriac.cli import EX_CONFIG, EX_UNAVAILABLE, AppContext, cli, fail
+from celeriac.exceptions import ImproperlyConfigured
+
+__all__ = ["worker"]
+
+
+@cli.command()
+@click.option(
+    "-l",
+    "--loglevel",
+    default="WARNING",
+    show_default=True,
+    help="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Tasks run at once (default: the number of CPUs).",
+)
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
+    default=None,
+    help="Execution pool (default: prefork).",
+)
+@click.option("-Q", "--queues", default=None, help="Comma-separated queues to consume.")
+@click.option("-n", "--hostname", default=None, help="Node name (default: celeriac@%h).")
+@click.option(
+    "--prefetch-multiplier", type=int, default=None, help="Messages fetched ahead per slot."
+)
+@click.option(
+    "--max-tasks-per-child", type=int, default=None, help="Replace a child after this many tasks."
+)
+@click.option(
+    "--max-memory-per-child",
+    type=int,
+    default=None,
+    help="Replace a child once its resident memory passes this many KiB.",
+)
+@click.option("--time-limit", type=float, default=None, help="Hard time limit (seconds).")
+@click.option("--soft-time-limit", type=float, default=None, help="Soft time limit (seconds).")
+@click.option(
+    "--without-heartbeat", is_flag=True, default=False, help="Do not send worker heartbeats."
+)
+@click.pass_obj
+def worker(
+    ctx: AppContext,
+    loglevel: str,
+    concurrency: int | None,
+    pool: str | None,
+    queues: str | None,
+    hostname: str | None,
+    prefetch_multiplier: int | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    time_limit: float | None,
+    soft_time_limit: float | None,
+    without_heartbeat: bool,
+) -> None:
+    """Start a worker: a supervisor and one child process per CPU by default."""
+    from celeriac.worker.options import WorkerOptions
+    from celeriac.worker.worker import Worker, WorkerStartError
+
+    app = ctx.app
+    try:
+        options = WorkerOptions.resolve(
+            app,
+            concurrency=concurrency,
+            pool=pool,
+            queues=queues,
+            hostname=hostname,
+            prefetch_multiplier=prefetch_multiplier,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            without_heartbeat=without_heartbeat,
+            loglevel=loglevel,
+        )
+        code = Worker(app, options).start()
+    except ImproperlyConfigured as exc:
+        fail(str(exc), EX_CONFIG)
+    except WorkerStartError as exc:
+        fail(str(exc), EX_UNAVAILABLE)
+    sys.exit(code)

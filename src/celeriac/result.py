@@ -1,0 +1,499 @@
+"""Results as the caller sees them: `AsyncResult`, `GroupResult`, `EagerResult`.
+
+Reading never runs stored code: a stored failure is rebuilt by
+`protocol.errors.decode_exception`, which only uses exception classes already loaded in
+this process. `get()` blocks on the backend's notification (pub/sub on Redis, a data
+version check on SQLite, a condition in memory), never a busy loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from celeriac import states
+from celeriac.exceptions import BackendError, ImproperlyConfigured
+from celeriac.protocol.errors import decode_exception
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from datetime import datetime
+
+    from celeriac.app.base import Celeriac
+    from celeriac.backends.base import ResultBackend, ResultMeta
+
+__all__ = ["AsyncResult", "EagerResult", "GroupResult", "ResultSet", "result_from_tuple"]
+
+R_co = TypeVar("R_co", covariant=True)
+
+
+def _assert_will_not_block() -> None:
+    from celeriac.app.task import current_request
+
+    request = current_request()
+    if request is not None and not request.is_eager and not request.called_directly:
+        raise RuntimeError(
+            "never call result.get() within a task: it can deadlock the worker; "
+            "use a chain or a chord, or pass disable_sync_subtasks=False if you must"
+        )
+
+
+class AsyncResult(Generic[R_co]):
+    """The pending or finished result of one task.
+
+    Args:
+        id: The task id.
+        app: The app whose backend stores the result (default: the current app).
+        parent: The result of the task that came before in a chain.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        app: Celeriac | None = None,
+        backend: ResultBackend | None = None,
+        parent: AsyncResult[Any] | None = None,
+        task_name: str | None = None,
+    ) -> None:
+        self.id = id
+        if app is None:
+            from celeriac.app.base import current_app
+
+            app = current_app()
+        self.app = app
+        self._backend = backend
+        self.parent: AsyncResult[Any] | GroupResult | None = parent
+        self.task_name = task_name
+        self._cache: ResultMeta | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    @property
+    def backend(self) -> ResultBackend:
+        if self._backend is None:
+            self._backend = self.app.backend
+        return self._backend
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return bool(other.id == self.id)
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- reading ------------------------------------------------------------------
+
+    def _meta(self) -> ResultMeta | None:
+        if self._cache is not None:
+            return self._cache
+        meta = self.backend.get(self.id)
+        if meta is not None and meta.is_ready:
+            self._cache = meta
+        return meta
+
+    @property
+    def state(self) -> str:
+        meta = self._meta()
+        return meta.status if meta is not None else states.PENDING
+
+    status = state
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value, the exception of a failure, or a custom state's meta."""
+        meta = self._meta()
+        if meta is None:
+            return None
+        return _value_of(meta)
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        meta = self._meta()
+        return meta.traceback if meta is not None else None
+
+    @property
+    def date_done(self) -> datetime | None:
+        meta = self._meta()
+        return meta.date_done if meta is not None else None
+
+    @property
+    def children(self) -> list[AsyncResult[Any] | GroupResult]:
+        meta = self._meta()
+        if meta is None:
+            return []
+        return [result_from_tuple(child, app=self.app) for child in meta.children]
+
+    @property
+    def name(self) -> str | None:
+        meta = self._meta()
+        return meta.name if meta is not None else self.task_name
+
+    @property
+    def args(self) -> list[Any] | None:
+        meta = self._meta()
+        return meta.args if meta is not None else None
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        meta = self._meta()
+        return meta.kwargs if meta is not None else None
+
+    @property
+    def worker(self) -> str | None:
+        meta = self._meta()
+        return meta.worker if meta is not None else None
+
+    @property
+    def retries(self) -> int | None:
+        meta = self._meta()
+        return meta.retries if meta is not None else None
+
+    @property
+    def queue(self) -> str | None:
+        meta = self._meta()
+        return meta.queue if meta is not None else None
+
+    # -- waiting ------------------------------------------------------------------
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+        follow_parents: bool = True,
+    ) -> R_co:
+        """Wait for the task and return its value.
+
+        Args:
+            timeout: Seconds to wait; None waits forever.
+            propagate: Re-raise the task's exception when it failed or was revoked.
+            interval: Accepted for Celery compatibility; waiting is notified, not polled.
+            disable_sync_subtasks: Refuse to wait from inside a running task.
+            follow_parents: In a chain, raise the first failed parent's exception.
+
+        Raises:
+            ResultTimeout: not ready within `timeout` (Celery's `TimeoutError`).
+            Exception: the task's own exception, when `propagate`.
+        """
+        del interval
+        if disable_sync_subtasks:
+            _assert_will_not_block()
+        if follow_parents and propagate:
+            self._raise_failed_parent()
+        meta = self._cache
+        if meta is None:
+            meta = self.backend.wait(self.id, timeout=timeout)
+            self._cache = meta
+        if propagate and meta.status in states.PROPAGATE_STATES:
+            raise _exception_of(meta)
+        return cast("R_co", _value_of(meta))
+
+    wait = get
+
+    def _raise_failed_parent(self) -> None:
+        node = self.parent
+        while node is not None:
+            if isinstance(node, ResultSet):
+                # A group or chord header before us: its first failure is ours.
+                for member_meta in node._metas().values():
+                    if member_meta.status in states.PROPAGATE_STATES:
+                        raise _exception_of(member_meta)
+            else:
+                meta = node._meta()
+                if meta is not None and meta.status in states.PROPAGATE_STATES:
+                    raise _exception_of(meta)
+            node = node.parent
+
+    def forget(self) -> None:
+        """Delete the stored result."""
+        self._cache = None
+        self.backend.forget(self.id)
+
+    def revoke(self, *, terminate: bool = False) -> None:
+        """Revoke the task: it is skipped if it has not started, and reads as REVOKED."""
+        self.app.control.revoke(self.id, terminate=terminate)
+
+    def as_tuple(self) -> list[Any]:
+        """Celery's compact form `[[id, parent_tuple], None]`."""
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return [[self.id, parent], None]
+
+
+def _value_of(meta: ResultMeta) -> Any:
+    if meta.status in states.EXCEPTION_STATES:
+        return decode_exception(meta.result)
+    return meta.result
+
+
+def _exception_of(meta: ResultMeta) -> Exception:
+    exc = decode_exception(meta.result)
+    if meta.traceback and not getattr(exc, "remote_traceback", None):
+        with contextlib.suppress(AttributeError):  # classes with __slots__
+            exc.remote_traceback = meta.traceback  # type: ignore[attr-defined]
+    return exc
+
+
+class ResultSet:
+    """A set of results waited on together."""
+
+    def __init__(
+        self, results: Sequence[AsyncResult[Any] | ResultSet], *, app: Celeriac | None = None
+    ) -> None:
+        self.results: list[Any] = list(results)
+        if app is None and self.results:
+            app = self.results[0].app
+        if app is None:
+            from celeriac.app.base import current_app
+
+            app = current_app()
+        self.app = app
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.results[index]
+
+    def _metas(self) -> dict[str, ResultMeta]:
+        ids = [r.id for r in self._leaves()]
+        return self.app.backend.get_many(ids)
+
+    def _leaves(self) -> list[AsyncResult[Any]]:
+        leaves: list[AsyncResult[Any]] = []
+        for result in self.results:
+            if isinstance(result, GroupResult):
+                leaves.extend(result._leaves())
+            else:
+                leaves.append(result)
+        return leaves
+
+    def completed_count(self) -> int:
+        """How many members finished successfully."""
+        return sum(1 for meta in self._metas().values() if meta.status == states.SUCCESS)
+
+    def ready(self) -> bool:
+        metas = self._metas()
+        return all(
+            r.id in metas and metas[r.id].status in states.READY_STATES for r in self._leaves()
+        )
+
+    def successful(self) -> bool:
+        metas = self._metas()
+        return all(r.id in metas and metas[r.id].status == states.SUCCESS for r in self._leaves())
+
+    def failed(self) -> bool:
+        return any(meta.status == states.FAILURE for meta in self._metas().values())
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def join(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        """Wait for every member; return their values in call order.
+
+        Raises:
+            ResultTimeout: not all ready within `timeout`.
+            Exception: the first failed member's exception, when `propagate`.
+        """
+        del interval
+        if disable_sync_subtasks:
+            _assert_will_not_block()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values: list[Any] = []
+        pending = [r for r in self._leaves() if r._cache is None]
+        metas = (
+            self.app.backend.wait_many([r.id for r in pending], timeout=timeout) if pending else {}
+        )
+        for result in pending:
+            result._cache = metas[result.id]
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if isinstance(result, GroupResult):
+                values.append(
+                    result.join(timeout=remaining, propagate=propagate, disable_sync_subtasks=False)
+                )
+            else:
+                values.append(
+                    result.get(
+                        timeout=remaining,
+                        propagate=propagate,
+                        disable_sync_subtasks=False,
+                        follow_parents=False,
+                    )
+                )
+        return values
+
+    get = join
+    join_native = join
+
+    def revoke(self, *, terminate: bool = False) -> None:
+        """Revoke every member."""
+        self.app.control.revoke([r.id for r in self._leaves()], terminate=terminate)
+
+    def forget(self) -> None:
+        for result in self._leaves():
+            result.forget()
+
+
+class GroupResult(ResultSet):
+    """The results of a group, in call order.
+
+    Args:
+        id: The group id.
+        results: Member results, in call order.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        results: Sequence[AsyncResult[Any] | ResultSet],
+        *,
+        app: Celeriac | None = None,
+        parent: AsyncResult[Any] | GroupResult | None = None,
+    ) -> None:
+        super().__init__(results, app=app)
+        self.id = id
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        return self.results
+
+    def as_tuple(self) -> list[Any]:
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return [[self.id, parent], [r.as_tuple() for r in self.results]]
+
+    def save(self) -> GroupResult:
+        """Store the group so that `GroupResult.restore(id)` finds it."""
+        self.app.backend.save_group(self.id, self.as_tuple())
+        return self
+
+    def delete(self) -> None:
+        self.app.backend.delete_group(self.id)
+
+    @classmethod
+    def restore(cls, id: str, *, app: Celeriac | None = None) -> GroupResult | None:
+        """The saved group `id`, or None."""
+        if app is None:
+            from celeriac.app.base import current_app
+
+            app = current_app()
+        stored = app.backend.get_group(id)
+        if stored is None:
+            return None
+        restored = result_from_tuple(stored, app=app)
+        if not isinstance(restored, GroupResult):
+            raise ImproperlyConfigured(f"stored group {id} is not a group result")
+        return restored
+
+
+class EagerResult(AsyncResult[R_co]):
+    """The result of a task run in this process (`apply()`, `task_always_eager`)."""
+
+    def __init__(
+        self,
+        id: str,
+        value: Any,
+        state: str,
+        *,
+        traceback: str | None = None,
+        app: Celeriac | None = None,
+        parent: AsyncResult[Any] | None = None,
+    ) -> None:
+        super().__init__(id, app=app, parent=parent)
+        self._value = value
+        self._state = state
+        self._traceback = traceback
+        from celeriac.backends.base import ResultMeta
+
+        # An eager result is its own record: joins and state reads never wait on a backend.
+        self._cache = ResultMeta(task_id=id, status=state, traceback=traceback)
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        return self._value
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        return self._traceback
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+        follow_parents: bool = True,
+    ) -> R_co:
+        if propagate and self._state in states.PROPAGATE_STATES:
+            if isinstance(self._value, BaseException):
+                raise self._value
+            raise decode_exception(self._value)
+        return cast("R_co", self._value)
+
+    wait = get
+
+    def forget(self) -> None:
+        pass
+
+
+def result_from_tuple(value: Any, *, app: Celeriac | None = None) -> Any:
+    """Rebuild an `AsyncResult`/`GroupResult` from Celery's `as_tuple()` form."""
+    if isinstance(value, AsyncResult | ResultSet):
+        return value
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise BackendError(f"not a result tuple: {value!r}")
+    (task_id, parent), nodes = value
+    parent_result = result_from_tuple(parent, app=app) if parent else None
+    if nodes is not None:
+        return GroupResult(
+            task_id,
+            [result_from_tuple(node, app=app) for node in nodes],
+            app=app,
+            parent=parent_result,
+        )
+    return AsyncResult(task_id, app=app, parent=parent_result)

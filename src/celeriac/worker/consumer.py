@@ -1,0 +1,301 @@
+"""The receive loop of a consuming process, and the keeper of what it holds.
+
+`Holdings` tracks every delivery a process holds (prefetched or running) and runs a
+keeper thread beside the consumer that:
+
+- renews the leases of everything held, so a task longer than the visibility timeout is
+  never handed to a second worker;
+- on warm shutdown, returns prefetched (not started) messages to the queue at once;
+- now and then makes lapsed leases of dead consumers visible again;
+- in a prefork child, notices the supervisor's death, returns everything this process
+  holds and exits (no orphan keeps working).
+
+`Consumer.run()` (prefork children, solo, threads) fetches batches (its prefetch window)
+in one round trip each and runs them inline or on threads. The asyncio pool has its own
+loop over the same `Holdings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from celeriac.brokers.base import Broker, Delivery
+    from celeriac.worker.execute import Executor
+
+__all__ = ["Consumer", "Holdings", "Shutdown"]
+
+logger = logging.getLogger("celeriac.worker")
+
+# How long one receive call may block; bounds how fast a stop request is noticed.
+RECEIVE_TIMEOUT = 1.0
+# Keeper thread tick.
+KEEPER_TICK = 0.2
+# Longest gap between lease renewals, and between sweeps for lapsed leases.
+MAX_RENEW_INTERVAL = 30.0
+SWEEP_INTERVAL = 10.0
+
+
+class Shutdown:
+    """Stop requests, set from signal handlers and read by loops."""
+
+    def __init__(self) -> None:
+        self.warm = threading.Event()
+        self.cold = threading.Event()
+
+    def is_requested(self) -> bool:
+        return self.warm.is_set() or self.cold.is_set()
+
+
+def resident_kib() -> int:
+    """This process's resident memory in KiB (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class Holdings:
+    """The deliveries one process holds, and the keeper thread that looks after them.
+
+    Args:
+        broker: The broker the deliveries came from.
+        shutdown: Stop requests (a warm one returns prefetched messages at once).
+        window: How many deliveries may be held at once.
+        parent_pid: Exit when this process stops being our parent (prefork children).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        shutdown: Shutdown,
+        *,
+        window: int,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.broker = broker
+        self.shutdown = shutdown
+        self.window = max(1, window)
+        self.parent_pid = parent_pid
+        self.done = 0
+        self._held: dict[str, Delivery] = {}
+        self._started: set[str] = set()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._returned_prefetch = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        renew = broker.visibility_timeout / 3 if broker.supports_leases else 5.0
+        self._renew_every = max(0.5, min(MAX_RENEW_INTERVAL, renew))
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def room(self, *, wait: float | None = None) -> int:
+        """Free places in the window (waiting up to `wait` seconds for one)."""
+        with self._changed:
+            if wait is not None and len(self._held) >= self.window:
+                self._changed.wait(wait)
+            return self.window - len(self._held)
+
+    def hold(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            for delivery in deliveries:
+                self._held[delivery.tag] = delivery
+
+    def claim(self, delivery: Delivery) -> bool:
+        """Mark a held delivery as started; False if it was already returned."""
+        with self._lock:
+            if delivery.tag not in self._held:
+                return False
+            self._started.add(delivery.tag)
+            return True
+
+    def release(self, delivery: Delivery) -> None:
+        """Forget a delivery that was acked, rejected or dead-lettered."""
+        with self._changed:
+            self._held.pop(delivery.tag, None)
+            self._started.discard(delivery.tag)
+            self.done += 1
+            self._changed.notify_all()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def return_prefetched(self) -> None:
+        """Give every held, not started message back to the queue now."""
+        with self._changed:
+            waiting = [d for tag, d in self._held.items() if tag not in self._started]
+            for delivery in waiting:
+                del self._held[delivery.tag]
+            self._changed.notify_all()
+        if waiting:
+            logger.info("Returning %d prefetched message(s) to the queue", len(waiting))
+            try:
+                self.broker.requeue_many(waiting)
+            except Exception:
+                logger.exception(
+                    "Could not return prefetched messages; their leases will "
+                    "lapse and they will come back"
+                )
+
+    # -- keeper thread ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._keep, name="celeriac-keeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _keep(self) -> None:
+        last_renew = last_sweep = time.monotonic()
+        while not self._stop.wait(KEEPER_TICK):
+            try:
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    self._orphaned()
+                if self.shutdown.warm.is_set() and not self._returned_prefetch:
+                    self._returned_prefetch = True
+                    self.return_prefetched()
+                now = time.monotonic()
+                if now - last_renew >= self._renew_every:
+                    last_renew = now
+                    self._renew()
+                if now - last_sweep >= SWEEP_INTERVAL:
+                    last_sweep = now
+                    self.broker.restore_expired()
+            except Exception:  # isolation boundary: keep renewing whatever happens
+                logger.exception("Lease keeper hiccup; continuing")
+
+    def _renew(self) -> None:
+        with self._lock:
+            held = list(self._held.values())
+        if held or not self.broker.supports_leases:
+            self.broker.extend(held, seconds=self.broker.visibility_timeout)
+
+    def _orphaned(self) -> None:
+        logger.error("Supervisor %s is gone; returning held messages and exiting", self.parent_pid)
+        try:
+            if self.broker.supports_recover:
+                self.broker.recover(self.broker.consumer_id)
+        finally:
+            os._exit(70)
+
+
+class Consumer:
+    """Fetches deliveries for one process and runs them with an `Executor`.
+
+    Args:
+        broker: This process's broker (its consumer_id owns the leases).
+        executor: Runs each delivery.
+        queues: Queues to consume, in order.
+        prefetch: Messages fetched ahead per slot (the prefetch multiplier).
+        shutdown: Stop requests.
+        concurrency: Tasks run at once (threads); 1 runs them inline in this thread.
+        max_tasks: Leave after this many tasks (`--max-tasks-per-child`).
+        max_memory_kib: Leave after a task once resident memory passes this.
+        parent_pid: Exit when this process stops being our parent (prefork children).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        executor: Executor,
+        *,
+        queues: Sequence[str],
+        prefetch: int,
+        shutdown: Shutdown,
+        concurrency: int = 1,
+        max_tasks: int | None = None,
+        max_memory_kib: int | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.broker = broker
+        self.executor = executor
+        self.queues = list(queues)
+        self.concurrency = max(1, concurrency)
+        self.shutdown = shutdown
+        self.max_tasks = max_tasks
+        self.max_memory_kib = max_memory_kib
+        self.holdings = Holdings(
+            broker, shutdown, window=max(1, prefetch) * self.concurrency, parent_pid=parent_pid
+        )
+        self._pool: ThreadPoolExecutor | None = None
+
+    def run(self) -> str:
+        """Consume until stopped; return why ("shutdown", "max-tasks", "max-memory")."""
+        holdings = self.holdings
+        holdings.start()
+        if self.concurrency > 1:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="celeriac-task")
+        reason = "shutdown"
+        try:
+            for queue in self.queues:
+                self.broker.declare(queue)
+            while not self.shutdown.is_requested():
+                free = holdings.room(wait=0.5)
+                if free <= 0:
+                    continue
+                batch = self.broker.receive(self.queues, limit=free, timeout=RECEIVE_TIMEOUT)
+                if not batch:
+                    continue
+                holdings.hold(batch)
+                for delivery in batch:
+                    if self.shutdown.is_requested():
+                        break
+                    self._dispatch(delivery)
+                stop = self._should_leave()
+                if stop:
+                    reason = stop
+                    break
+        finally:
+            holdings.return_prefetched()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            holdings.stop()
+        return reason
+
+    def _dispatch(self, delivery: Delivery) -> None:
+        if not self.holdings.claim(delivery):
+            return
+        if self._pool is None:
+            self._run_one(delivery)
+        else:
+            self._pool.submit(self._run_one, delivery)
+
+    def _run_one(self, delivery: Delivery) -> None:
+        try:
+            self.executor.handle(delivery)
+        except Exception:  # isolation boundary: never let one delivery stop the loop
+            logger.exception(
+                "Delivery %s could not be handled; returning it to the queue", delivery.tag
+            )
+            try:
+                self.broker.reject(delivery, requeue=True)
+            except Exception:
+                logger.exception(
+                    "Delivery %s could not be returned either; its lease will "
+                    "lapse and it will come back",
+                    delivery.tag,
+                )
+        finally:
+            self.holdings.release(delivery)
+
+    def _should_leave(self) -> str | None:
+        if self.max_tasks is not None and self.holdings.done >= self.max_tasks:
+            return "max-tasks"
+        if self.max_memory_kib is not None and resident_kib() > self.max_memory_kib:
+            return "max-memory"
+        return None

@@ -1,0 +1,1 @@
+"""Execution pools: prefork (default), threads, solo and asyncio."""

@@ -1,0 +1,137 @@
+"""The asyncio pool: `async def` tasks run concurrently on one event loop.
+
+Concurrency is a semaphore, so thousands of tasks waiting on I/O cost a coroutine each.
+Broker and backend calls are blocking, so they run on a small thread pool and never stall
+the loop; a plain `def` task runs on that pool too. The soft time limit cancels the
+coroutine (it sees `CancelledError`) and is recorded as `SoftTimeLimitExceeded`; the hard
+limit does the same at its own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from celeriac import states
+from celeriac.app.task import pop_context, push_context
+from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celeriac.worker.consumer import RECEIVE_TIMEOUT, Holdings
+from celeriac.worker.execute import Executor, Outcome
+from celeriac.worker.limits import ThreadTimeLimits
+from celeriac.worker.pools.base import InProcessPool
+from celeriac.worker.pools.prefork import consumer_id_for
+
+if TYPE_CHECKING:
+    from celeriac.brokers.base import Delivery
+    from celeriac.worker.execute import Request
+
+__all__ = ["AsyncioPool"]
+
+logger = logging.getLogger("celeriac.worker")
+
+# Threads for blocking broker/backend calls and plain `def` tasks.
+IO_THREADS = 32
+
+
+class AsyncioPool(InProcessPool):
+    """One event loop, `concurrency` tasks in flight."""
+
+    name: ClassVar[str] = "asyncio"
+
+    def run(self) -> int:
+        self.install_signals()
+        asyncio.run(self._main())
+        return 0
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        options = self.options
+        io = ThreadPoolExecutor(
+            min(IO_THREADS, max(4, options.concurrency)), thread_name_prefix="celeriac-io"
+        )
+        broker = self.app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
+        self.broker = broker
+        executor = Executor(self.app, broker, hostname=options.hostname, limits=ThreadTimeLimits())
+        holdings = Holdings(
+            broker, self.shutdown, window=options.concurrency * options.prefetch_multiplier
+        )
+        slots = asyncio.Semaphore(options.concurrency)
+        running: set[asyncio.Task[None]] = set()
+
+        async def blocking(fun: Any, *args: Any) -> Any:
+            return await loop.run_in_executor(io, fun, *args)
+
+        async def handle(delivery: Delivery) -> None:
+            try:
+                async with slots:
+                    if not holdings.claim(delivery):
+                        return
+                    request = await blocking(executor.prepare, delivery)
+                    if request is None:
+                        return
+                    if request.task.is_async:
+                        outcome = await self._run_coroutine(executor, request)
+                    else:
+                        outcome = await blocking(executor.run, request)
+                    await blocking(executor.finish, request, outcome)
+            except Exception:  # isolation boundary: one delivery must not stop the loop
+                logger.exception("Delivery %s could not be handled; returning it", delivery.tag)
+                try:
+                    await blocking(broker.reject, delivery, True)
+                except Exception:
+                    logger.exception("Delivery %s could not be returned either", delivery.tag)
+            finally:
+                holdings.release(delivery)
+
+        try:
+            await blocking(broker.connect)
+            for queue in options.queues:
+                await blocking(broker.declare, queue)
+            holdings.start()
+            while not self.shutdown.is_requested():
+                free = holdings.room()
+                if free <= 0:
+                    await asyncio.sleep(0.005)
+                    continue
+                batch = await blocking(self._receive, free)
+                if not batch:
+                    continue
+                holdings.hold(batch)
+                for delivery in batch:
+                    task = asyncio.create_task(handle(delivery))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            holdings.return_prefetched()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            holdings.stop()
+            await blocking(broker.close)
+            io.shutdown(wait=True)
+
+    def _receive(self, limit: int) -> list[Delivery]:
+        assert self.broker is not None
+        return self.broker.receive(list(self.options.queues), limit=limit, timeout=RECEIVE_TIMEOUT)
+
+    async def _run_coroutine(self, executor: Executor, request: Request) -> Outcome:
+        task, call = request.task, request.call
+        token = push_context(task, request.context)
+        loop = asyncio.get_running_loop()
+        request.started = loop.time()
+        limit = request.soft_time_limit or request.time_limit
+        try:
+            task.before_start(call.id, call.args, call.kwargs)
+            body = task.run(*call.args, **call.kwargs)
+            try:
+                value = await (asyncio.wait_for(body, limit) if limit else body)
+            except asyncio.TimeoutError:
+                kind = SoftTimeLimitExceeded if request.soft_time_limit else TimeLimitExceeded
+                raise kind(f"time limit ({limit}s) exceeded") from None
+            return Outcome(states.SUCCESS, value, runtime=loop.time() - request.started)
+        except BaseException as exc:  # isolation boundary: the task's own failure
+            return executor.outcome_of(request, exc)
+        finally:
+            pop_context(token)

@@ -1,0 +1,99 @@
+"""The pool interface, and what the in-process pools (solo, threads, asyncio) share.
+
+A pool runs until shut down and returns the process exit code. How work reaches it
+differs: prefork children each run their own consumer; solo and threads run one consumer
+in the worker process; asyncio runs one consumer feeding an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, final
+
+from celeriac.worker.consumer import Shutdown
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from celeriac.app.base import Celeriac
+    from celeriac.brokers.base import Broker
+    from celeriac.worker.options import WorkerOptions
+
+__all__ = ["InProcessPool", "Pool", "PoolStats"]
+
+logger = logging.getLogger("celeriac.worker")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A pool's shape, for banners, stats and the dashboard."""
+
+    implementation: str
+    max_concurrency: int
+    processes: tuple[int, ...]
+
+
+class Pool(ABC):
+    """Runs tasks for a worker until it is shut down."""
+
+    name: ClassVar[str]
+    #: The pool can interrupt a task at its soft time limit.
+    supports_soft_time_limit: ClassVar[bool] = True
+
+    def __init__(self, app: Celeriac, options: WorkerOptions) -> None:
+        self.app = app
+        self.options = options
+
+    @abstractmethod
+    def run(self) -> int:
+        """Run until shut down; return the exit code."""
+
+    @abstractmethod
+    def stats(self) -> PoolStats: ...
+
+
+class InProcessPool(Pool):
+    """A pool whose consumer lives in the worker process itself."""
+
+    def __init__(self, app: Celeriac, options: WorkerOptions) -> None:
+        super().__init__(app, options)
+        self.shutdown = Shutdown()
+        self._sigint_count = 0
+        self.broker: Broker | None = None
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_int)
+        signal.signal(signal.SIGQUIT, self._on_quit)
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        if not self.shutdown.warm.is_set():
+            logger.warning("Warm shutdown: finishing running tasks")
+        self.shutdown.warm.set()
+
+    def _on_int(self, signum: int, frame: FrameType | None) -> None:
+        self._sigint_count += 1
+        if self._sigint_count == 1:
+            self._on_term(signum, frame)
+        else:
+            self._on_quit(signum, frame)
+
+    def _on_quit(self, signum: int, frame: FrameType | None) -> None:
+        # Cold shutdown: give back everything held, running tasks included, and leave now.
+        logger.warning("Cold shutdown: returning every held message and exiting")
+        self.shutdown.cold.set()
+        broker = self.broker
+        try:
+            if broker is not None and broker.supports_recover:
+                broker.recover(broker.consumer_id)
+        finally:
+            logging.shutdown()
+            os._exit(0)
+
+    def stats(self) -> PoolStats:
+        return PoolStats(self.name, self.options.concurrency, (os.getpid(),))

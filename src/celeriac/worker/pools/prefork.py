@@ -1,0 +1,111 @@
+"""The inside of a prefork child: a complete consumer in its own process.
+
+The child fetches its own batches, runs them one at a time, stores results and acks, so
+no task pays for a hop through the supervisor. It ignores SIGINT/SIGQUIT (a terminal
+sends those to the whole process group; the supervisor decides), treats SIGTERM as a
+warm shutdown, and exits by itself if its supervisor dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from celeriac.worker.consumer import Consumer, Shutdown
+from celeriac.worker.execute import Executor
+from celeriac.worker.limits import SlotTimeLimits, install_alarm_handler
+from celeriac.worker.pools.base import Pool, PoolStats
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from celeriac.app.base import Celeriac
+    from celeriac.worker.options import WorkerOptions
+    from celeriac.worker.slots import SlotTable
+
+__all__ = ["PreforkPool", "child_main", "consumer_id_for"]
+
+logger = logging.getLogger("celeriac.worker")
+
+
+def consumer_id_for(hostname: str, pid: int) -> str:
+    """The lease owner name of the consuming process `pid` of worker `hostname`."""
+    return f"{hostname}:{pid}"
+
+
+def child_main(
+    app: Celeriac,
+    options: WorkerOptions,
+    *,
+    index: int,
+    slots: SlotTable,
+    parent_pid: int,
+) -> int:
+    """Run one prefork child until it is told to stop; return its exit code."""
+    shutdown = Shutdown()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        shutdown.warm.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    install_alarm_handler()
+
+    loop = asyncio.new_event_loop()
+
+    def run_async(coroutine: Any) -> Any:
+        return loop.run_until_complete(coroutine)
+
+    broker = app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
+    try:
+        broker.connect()
+        executor = Executor(
+            app,
+            broker,
+            hostname=options.hostname,
+            limits=SlotTimeLimits(slots, index),
+            run_async=run_async,
+        )
+        consumer = Consumer(
+            broker,
+            executor,
+            queues=options.queues,
+            prefetch=options.prefetch_multiplier,
+            shutdown=shutdown,
+            max_tasks=options.max_tasks_per_child,
+            max_memory_kib=options.max_memory_per_child,
+            parent_pid=parent_pid,
+        )
+        reason = consumer.run()
+        if reason != "shutdown":
+            logger.info("Child %d leaving (%s); the supervisor replaces it", os.getpid(), reason)
+        return 0
+    finally:
+        try:
+            broker.close()
+            app.close()
+        finally:
+            loop.close()
+
+
+class PreforkPool(Pool):
+    """A supervisor process keeping one consuming child per slot."""
+
+    name: ClassVar[str] = "prefork"
+
+    def __init__(self, app: Celeriac, options: WorkerOptions) -> None:
+        super().__init__(app, options)
+        from celeriac.worker.supervisor import Supervisor
+
+        self.supervisor = Supervisor(app, options)
+
+    def run(self) -> int:
+        return self.supervisor.run()
+
+    def stats(self) -> PoolStats:
+        return PoolStats(self.name, self.options.concurrency, tuple(self.supervisor.processes()))

@@ -1,0 +1,117 @@
+"""A table in shared memory where each prefork child says what it is running.
+
+The supervisor reads it to enforce hard time limits (kill a child past its deadline) and,
+when a child dies, to know which message was running (it counts toward that message's
+redelivery cap; prefetched ones do not). One fixed-size record per child; a sequence
+number makes reads consistent without locks (a writer bumps it to odd before writing and
+to even after).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+from typing import final
+
+__all__ = ["RunningTask", "SlotTable"]
+
+# seq, started (epoch s), deadline (epoch s or 0), tag, task id, task name
+_FORMAT = "<Qdd128s256s256s"
+_SIZE = struct.calcsize(_FORMAT)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    """What one child is running right now."""
+
+    tag: str
+    task_id: str
+    name: str
+    started: float
+    deadline: float | None
+
+
+def _encode(text: str, size: int) -> bytes:
+    return text.encode("utf-8")[:size]
+
+
+def _decode(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("utf-8", "replace")
+
+
+class SlotTable:
+    """`size` slots in an anonymous shared mapping, made before forking."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._map = mmap.mmap(-1, max(1, size) * _SIZE)
+
+    def _offset(self, index: int) -> int:
+        if not 0 <= index < self.size:
+            raise IndexError(f"slot {index} out of range 0..{self.size - 1}")
+        return index * _SIZE
+
+    def _seq(self, index: int) -> int:
+        value: int = struct.unpack_from("<Q", self._map, self._offset(index))[0]
+        return value
+
+    def start(
+        self,
+        index: int,
+        *,
+        tag: str,
+        task_id: str,
+        name: str,
+        started: float,
+        deadline: float | None,
+    ) -> None:
+        """Record that slot `index` started a task (called by the child)."""
+        offset = self._offset(index)
+        seq = self._seq(index)
+        struct.pack_into("<Q", self._map, offset, seq + 1 if seq % 2 == 0 else seq)
+        struct.pack_into(
+            _FORMAT,
+            self._map,
+            offset,
+            seq + 1 if seq % 2 == 0 else seq,
+            started,
+            deadline or 0.0,
+            _encode(tag, 128),
+            _encode(task_id, 256),
+            _encode(name, 256),
+        )
+        struct.pack_into("<Q", self._map, offset, (seq | 1) + 1)
+
+    def clear(self, index: int) -> None:
+        """Record that slot `index` runs nothing (called by the child, and after a
+        replacement by the supervisor)."""
+        offset = self._offset(index)
+        seq = self._seq(index)
+        odd = seq + 1 if seq % 2 == 0 else seq
+        struct.pack_into(_FORMAT, self._map, offset, odd, 0.0, 0.0, b"", b"", b"")
+        struct.pack_into("<Q", self._map, offset, odd + 1)
+
+    def read(self, index: int) -> RunningTask | None:
+        """What slot `index` runs, or None."""
+        offset = self._offset(index)
+        for _ in range(100):
+            seq, started, deadline, tag, task_id, name = struct.unpack_from(
+                _FORMAT, self._map, offset
+            )
+            if seq % 2 == 1 or self._seq(index) != seq:
+                continue
+            if not started:
+                return None
+            return RunningTask(
+                tag=_decode(tag),
+                task_id=_decode(task_id),
+                name=_decode(name),
+                started=started,
+                deadline=deadline or None,
+            )
+        return None
+
+    def close(self) -> None:
+        self._map.close()

@@ -1,0 +1,260 @@
+"""The prefork parent: keeps one consuming child per slot, runs no task itself.
+
+- A child that dies is replaced within a second, and the messages it held go back to the
+  queue at once (`Broker.recover`); the one it was running counts toward that message's
+  redelivery cap, prefetched ones do not.
+- A child past its hard time limit is killed; its task is recorded as
+  `TimeLimitExceeded` before its message comes back, so the redelivered copy is not run
+  again (the executor finds the stored failure and only propagates it).
+- SIGTERM (or a first SIGINT) is a warm shutdown: children stop fetching, return what they
+  prefetched at once, finish what runs, and the supervisor exits 0 once they are gone.
+  A second SIGINT, or SIGQUIT, is a cold shutdown: children are killed and everything
+  they held is returned to the queue at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from celeriac import states
+from celeriac.exceptions import TimeLimitExceeded
+from celeriac.protocol.errors import encode_exception
+from celeriac.worker.consumer import Shutdown
+from celeriac.worker.pools.prefork import child_main, consumer_id_for
+from celeriac.worker.slots import RunningTask, SlotTable
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from celeriac.app.base import Celeriac
+    from celeriac.brokers.base import Broker
+    from celeriac.worker.options import WorkerOptions
+
+__all__ = ["Supervisor"]
+
+logger = logging.getLogger("celeriac.worker")
+
+# Supervisor loop tick: bounds how late a dead child or a passed deadline is noticed.
+TICK = 0.05
+# A child that dies sooner than this after starting is restarted with backoff.
+FAST_FAILURE = 1.0
+MAX_RESPAWN_DELAY = 10.0
+
+
+@dataclass(slots=True)
+class _Child:
+    pid: int
+    started: float
+    timed_out: RunningTask | None = None
+
+
+class Supervisor:
+    """Spawns, watches and replaces prefork children."""
+
+    def __init__(self, app: Celeriac, options: WorkerOptions) -> None:
+        self.app = app
+        self.options = options
+        self.shutdown = Shutdown()
+        self.slots = SlotTable(options.concurrency)
+        self.children: dict[int, _Child] = {}
+        self._pid_to_index: dict[int, int] = {}
+        self._respawn_at: dict[int, float] = {}
+        self._respawn_delay: dict[int, float] = {}
+        self._broker: Broker | None = None
+        self._sigint_count = 0
+        self._signalled_children = False
+
+    # -- signals -----------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_int)
+        signal.signal(signal.SIGQUIT, self._on_quit)
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.shutdown.warm.set()
+
+    def _on_int(self, signum: int, frame: FrameType | None) -> None:
+        self._sigint_count += 1
+        if self._sigint_count == 1:
+            self.shutdown.warm.set()
+        else:
+            self.shutdown.cold.set()
+
+    def _on_quit(self, signum: int, frame: FrameType | None) -> None:
+        self.shutdown.cold.set()
+
+    # -- children ----------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = self.app.create_broker(consumer_id=f"{self.options.hostname}:supervisor")
+        return self._broker
+
+    def processes(self) -> list[int]:
+        return [child.pid for child in self.children.values()]
+
+    def _spawn(self, index: int) -> None:
+        self.slots.clear(index)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                code = child_main(
+                    self.app, self.options, index=index, slots=self.slots, parent_pid=parent
+                )
+            except BaseException:
+                logger.exception("Child %d crashed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[index] = _Child(pid=pid, started=time.monotonic())
+        self._pid_to_index[pid] = index
+        logger.debug("Started child %d in slot %d", pid, index)
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            index = self._pid_to_index.pop(pid, None)
+            if index is None:
+                continue
+            child = self.children.pop(index)
+            self._child_gone(index, child, status)
+
+    def _child_gone(self, index: int, child: _Child, status: int) -> None:
+        running = self.slots.read(index)
+        self.slots.clear(index)
+        consumer_id = consumer_id_for(self.options.hostname, child.pid)
+        crashed = not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+        if child.timed_out is not None:
+            self._record_time_limit(child.timed_out)
+            running_tags: list[str] = []
+        elif crashed and running is not None and not self.shutdown.cold.is_set():
+            running_tags = [running.tag]
+        else:
+            running_tags = []
+        if crashed and not self.shutdown.is_requested():
+            how = (
+                f"signal {os.WTERMSIG(status)}"
+                if os.WIFSIGNALED(status)
+                else f"exit code {os.WEXITSTATUS(status)}"
+            )
+            what = f" while running {running.name}[{running.task_id}]" if running else ""
+            logger.error("Child %d died (%s)%s", child.pid, how, what)
+        self._recover(consumer_id, running_tags)
+        if not self.shutdown.is_requested():
+            lived = time.monotonic() - child.started
+            delay = 0.0
+            if crashed and lived < FAST_FAILURE:
+                delay = min(MAX_RESPAWN_DELAY, max(0.1, self._respawn_delay.get(index, 0) * 2))
+            self._respawn_delay[index] = delay
+            self._respawn_at[index] = time.monotonic() + delay
+
+    def _recover(self, consumer_id: str, running: list[str]) -> None:
+        try:
+            broker = self.broker
+            if broker.supports_recover:
+                returned = broker.recover(consumer_id, running=running)
+                if returned:
+                    logger.warning(
+                        "Returned %d message(s) held by %s to the queue", returned, consumer_id
+                    )
+        except Exception:  # isolation boundary: the lease will lapse instead
+            logger.exception(
+                "Could not return the messages of %s; they come back when their lease lapses",
+                consumer_id,
+            )
+
+    def _record_time_limit(self, running: RunningTask) -> None:
+        limit = (running.deadline or 0) - running.started
+        logger.error(
+            "Task %s[%s] killed: hard time limit (%.1fs) exceeded",
+            running.name,
+            running.task_id,
+            limit,
+        )
+        try:
+            backend = self.app.backend
+            backend.store(
+                backend.ready_meta(
+                    running.task_id,
+                    states.FAILURE,
+                    encode_exception(TimeLimitExceeded(round(limit, 3))),
+                    traceback=f"TimeLimitExceeded: hard time limit ({limit:.1f}s) exceeded",
+                )
+            )
+        except Exception:  # isolation boundary
+            logger.exception("Could not record the time limit failure of %s", running.task_id)
+
+    def _check_deadlines(self) -> None:
+        now = time.time()
+        for index, child in self.children.items():
+            if child.timed_out is not None:
+                continue
+            running = self.slots.read(index)
+            if running is not None and running.deadline is not None and now > running.deadline:
+                child.timed_out = running
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+
+    def _respawn_missing(self) -> None:
+        now = time.monotonic()
+        for index in range(self.options.concurrency):
+            if index in self.children:
+                continue
+            if self._respawn_at.get(index, 0.0) <= now:
+                self._spawn(index)
+
+    # -- main loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until shut down; return the exit code."""
+        self.install_signals()
+        for index in range(self.options.concurrency):
+            self._spawn(index)
+        try:
+            while True:
+                self._reap()
+                if self.shutdown.cold.is_set():
+                    self._cold_stop()
+                    return 0
+                if self.shutdown.warm.is_set():
+                    if not self._signalled_children:
+                        logger.warning("Warm shutdown: finishing running tasks")
+                        self._signal_children(signal.SIGTERM)
+                        self._signalled_children = True
+                    if not self.children:
+                        return 0
+                else:
+                    self._check_deadlines()
+                    self._respawn_missing()
+                time.sleep(TICK)
+        finally:
+            if self._broker is not None:
+                self._broker.close()
+
+    def _signal_children(self, signum: int) -> None:
+        for child in self.children.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+
+    def _cold_stop(self) -> None:
+        logger.warning("Cold shutdown: stopping children now, returning their messages")
+        self._signal_children(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.01)
