@@ -206,6 +206,12 @@ class Executor:
             )
             return None
 
+        try:
+            task.check_arguments(call.args, call.kwargs)
+        except TypeError as exc:
+            self._dead_letter_with_failure(delivery, call, exc, reason=str(exc), task=task)
+            return None
+
         if delivery.crashes >= self.redelivery_limit:
             error = WorkerLostError(
                 f"the worker process running {call.name}[{call.id}] died "
