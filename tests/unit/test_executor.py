@@ -46,6 +46,12 @@ def dead_letters(app: Celeriac) -> list[Any]:
     return app.broker.list_dead_letters()
 
 
+def leased(app: Celeriac) -> int:
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    return broker.leased_count()
+
+
 def test_success_is_stored_and_the_message_acked(app: Celeriac, start_worker: StartWorker):
     @app.task
     def add(x: int, y: int) -> int:
@@ -183,7 +189,7 @@ def test_ignore_stores_nothing(app: Celeriac, start_worker: StartWorker):
     start_worker()
     result = skip.delay()
     assert ran.wait(5)
-    wait_for(lambda: app.broker.size("celery") == 0 and not app.broker._store.leased, timeout=5)
+    wait_for(lambda: app.broker.size("celery") == 0 and not leased(app), timeout=5)
     assert result.state == states.PENDING
 
 
@@ -316,7 +322,7 @@ def test_ignore_result_stores_nothing(app: Celeriac, start_worker: StartWorker):
     start_worker()
     result = quiet.delay()
     assert done.wait(5)
-    wait_for(lambda: not app.broker._store.leased, timeout=5)
+    wait_for(lambda: not leased(app), timeout=5)
     assert result.state == states.PENDING
 
 
@@ -327,11 +333,11 @@ def test_early_ack_acks_before_running(app: Celeriac, start_worker: StartWorker)
 
     @app.task(acks_late=False)
     def early() -> None:
-        leased_while_running.append(len(broker._store.leased))
+        leased_while_running.append(broker.leased_count())
 
     @app.task
     def late() -> None:
-        leased_while_running.append(len(broker._store.leased))
+        leased_while_running.append(broker.leased_count())
 
     start_worker(prefetch=1)
     early.delay().get(timeout=5)
@@ -461,7 +467,7 @@ def test_a_redelivered_copy_of_a_finished_task_is_dropped(app: Celeriac, start_w
     wait_for(lambda: holder.receive(["celery"], limit=1, timeout=0.2), timeout=5)
     holder_broker = app.broker
     holder_broker.recover("holder")
-    wait_for(lambda: app.broker.size("celery") == 0 and not broker._store.leased, timeout=5)
+    wait_for(lambda: app.broker.size("celery") == 0 and not leased(app), timeout=5)
     assert runs == [1]
 
 

@@ -294,6 +294,11 @@ class MemoryBroker(Broker):
             store.delayed = kept
             return count
 
+    def leased_count(self) -> int:
+        """How many messages are leased right now (tests)."""
+        with self._store.lock:
+            return len(self._store.leased)
+
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
         store = self._store
         with store.lock:
