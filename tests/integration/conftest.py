@@ -7,21 +7,24 @@ every child it made) by pid when the test ends, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 import pytest
 
 from tests.helpers import wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 
@@ -69,10 +72,8 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
         for pid in self.known_pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 class RunWorker(Protocol):
@@ -111,18 +112,21 @@ def run_worker(tasks_dir: Path) -> Iterator[RunWorker]:
 
     def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
         log = tasks_dir / f"worker-{len(started)}.log"
-        command = [sys.executable, "-m", "celeriac", "-A", "tasks", "worker", "-l", "info",
-                   *args]
+        command = [sys.executable, "-m", "celeriac", "-A", "tasks", "worker", "-l", "info", *args]
         environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         handle = log.open("wb")
-        process = subprocess.Popen(command, cwd=tasks_dir, stdout=handle, stderr=handle,
-                                   env=environment)
+        process = subprocess.Popen(
+            command, cwd=tasks_dir, stdout=handle, stderr=handle, env=environment
+        )
         handle.close()
         worker = WorkerProcess(process, tasks_dir, log)
         started.append(worker)
         if wait:
-            wait_for(lambda: "ready" in worker.output() or process.poll() is not None,
-                     timeout=20, what="worker start")
+            wait_for(
+                lambda: "ready" in worker.output() or process.poll() is not None,
+                timeout=20,
+                what="worker start",
+            )
             if process.poll() is not None:
                 pytest.fail(f"worker exited at start:\n{worker.output()}")
         return worker
@@ -136,8 +140,9 @@ def run_worker(tasks_dir: Path) -> Iterator[RunWorker]:
 def wait_until_gone(pids: list[int], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
-                   for pid in pids):
+        if not any(
+            psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids
+        ):
             return True
         time.sleep(0.05)
     return False

@@ -6,8 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -15,6 +14,9 @@ from celeriac.cli import EX_SOFTWARE, EX_USAGE
 from tests.helpers import wait_for
 from tests.integration.conftest import RunWorker, import_tasks, write_tasks
 from tests.integration.worker_tasks import SOURCE, events
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +88,10 @@ def test_in_process_pools_shut_down_warm_on_sigterm(
 def _celeriac(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "celeriac", *args],
-        cwd=directory, capture_output=True, text=True, timeout=60,
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -6,11 +6,11 @@ promise of the worker: what a user would see from outside (results, processes, q
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
@@ -20,6 +20,9 @@ from celeriac.exceptions import TimeLimitExceeded, WorkerLostError
 from tests.helpers import wait_for
 from tests.integration.conftest import RunWorker, import_tasks, wait_until_gone, write_tasks
 from tests.integration.worker_tasks import SOURCE, events
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 
@@ -59,8 +62,11 @@ def test_a_killed_child_is_replaced_and_its_task_runs_elsewhere(
     os.kill(first["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
     # Replaced within a second...
-    wait_for(lambda: len(worker.children()) == 2 and first["pid"] not in worker.children(),
-             timeout=1.5, what="a replacement child")
+    wait_for(
+        lambda: len(worker.children()) == 2 and first["pid"] not in worker.children(),
+        timeout=1.5,
+        what="a replacement child",
+    )
     assert time.monotonic() - killed_at < 1.5
     # ...and the message came back at once (the visibility timeout is 300 s).
     assert result.get(timeout=15) == "victim"
@@ -170,7 +176,7 @@ def test_rate_limit_holds_across_workers_and_children(
     run_worker("-c", "2", "-n", "two@%h")
     results = [tasks.limited.delay(n) for n in range(6)]
     starts = sorted(r.get(timeout=20) for r in results)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 0.2 - 0.01, gaps
     pids = {e["pid"] for e in events(tasks_dir)}
     assert len(pids) > 1  # really spread over several processes
@@ -183,9 +189,7 @@ def test_max_tasks_per_child_recycles_children(tasks: Any, run_worker: RunWorker
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
 
 
-def test_max_memory_per_child_recycles_a_bloated_child(
-    tasks: Any, run_worker: RunWorker
-) -> None:
+def test_max_memory_per_child_recycles_a_bloated_child(tasks: Any, run_worker: RunWorker) -> None:
     run_worker("-c", "1", "--max-memory-per-child", str(150 * 1024))
     first = tasks.hog.delay(200).get(timeout=20)
     after = tasks.where.delay().get(timeout=20)["pid"]

@@ -4,7 +4,7 @@ Tasks append JSON lines to `events.log` beside the module: the ground truth of w
 where and when, independent of the system under test.
 """
 
-SOURCE = '''
+SOURCE = """
 import asyncio
 import json
 import os
@@ -103,7 +103,7 @@ async def nap(seconds, value):
 def pid_and_thread():
     import threading
     return [os.getpid(), threading.get_ident()]
-'''
+"""
 
 
 def events(directory: object) -> list[dict[str, object]]:

@@ -288,7 +288,9 @@ class Celeriac:
         module = getattr(fun, "__module__", None) or "__main__"
         if module == "__main__" and self.main:
             module = self.main
-        return f"{module}.{getattr(fun, '__qualname__', fun.__name__)}"
+        # Celery compat: `<module>.<__name__>` (not the qualified name), so producers
+        # and workers of both agree on names.
+        return f"{module}.{fun.__name__}"
 
     # -- handles ---------------------------------------------------------------------
 
