@@ -87,6 +87,8 @@ def parse_sqlite_url(url: str) -> Path:
             f"SQLite URL {url!r} carries options; put them in broker_transport_options "
             f"(or result_backend_transport_options) instead, and {_EXAMPLES}"
         )
+    if not rest.strip("/"):
+        raise ImproperlyConfigured(f"SQLite URL {url!r} names no database file; {_EXAMPLES}")
     if not rest.startswith("/"):
         raise ImproperlyConfigured(
             f"SQLite URL {url!r} names a host ({rest.split('/')[0]!r}); SQLite is a local "
@@ -399,6 +401,11 @@ class Database:
                 self._ready = True
         except BaseException as exc:
             connection.close()
+            if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+                raise ImproperlyConfigured(
+                    f"{self.path} is not an SQLite database ({exc}); point the URL at a new "
+                    "file or at a celeriac database"
+                ) from exc
             if isinstance(exc, sqlite3.Error):
                 raise self.map_error(exc) from exc
             raise
@@ -550,30 +557,29 @@ class ChangeWatcher:
         while True:
             with self._condition:
                 while self._waiters == 0:
-                    # Commits made while parked are unknown: the first read counts as one.
+                    # Commits made while parked are unknown: the next reading counts as one.
                     last = None
                     self._condition.wait()
             try:
-                version = self._read_version()
+                version, fresh = self._read_version()
             except Exception:  # isolation boundary: keep waking waiters, log the cause
                 logger.exception("reading data_version of %s failed", self.path)
-                version = None
-            if version is None or version != last:
+                version, fresh = None, True
+            if fresh or last is None or version != last:
                 with self._condition:
                     self._changes += 1
                     self._condition.notify_all()
-                last = version
+            last = version
             time.sleep(self.interval)
 
-    def _read_version(self) -> int | None:
+    def _read_version(self) -> tuple[int, bool]:
+        """`PRAGMA data_version`, and whether it comes from a new connection (versions of
+        two connections are not comparable, so a reconnect counts as a change)."""
         with self._database.use() as connection:
             version = int(connection.execute("PRAGMA data_version").fetchone()[0])
-        # Versions of two connections are not comparable: a reconnect (after a fork in
-        # this process) reads as a change.
-        if connection is not self._connection:
-            self._connection = connection
-            return None
-        return version
+        fresh = connection is not self._connection
+        self._connection = connection
+        return version, fresh
 
 
 _watchers: dict[tuple[Path, float], ChangeWatcher] = {}
