@@ -418,6 +418,27 @@ def test_an_eta_in_the_past_is_ready_at_once(make: Any) -> None:
     assert len(broker.receive(["q"], limit=1, timeout=0)) == 1
 
 
+@pytest.fixture
+def local_time_far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time 5:30 h east of UTC (a POSIX TZ string: no tz database needed)."""
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_time_far_from_utc")
+def test_a_naive_eta_is_taken_as_utc(make: Any) -> None:
+    assert time.timezone == -19800  # the fixture took effect
+    broker = make()
+    naive = (utcnow() + timedelta(hours=1)).replace(tzinfo=None)
+    broker.publish(make_message(1), queue="q", eta=naive)
+    with broker._db.use() as connection:
+        (due,) = connection.execute("SELECT due FROM message").fetchone()
+    assert due == pytest.approx(time.time() + 3600, abs=5)
+
+
 def test_a_due_eta_message_keeps_its_priority(make: Any) -> None:
     broker = make()
     broker.publish(make_message(0), queue="q", priority=1)

@@ -28,7 +28,7 @@ from celeriac._sqlite import (
     parse_sqlite_url,
     watcher_for,
 )
-from celeriac._time import UTC
+from celeriac._time import UTC, to_timestamp
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, clamp_priority
 from celeriac.exceptions import (
     BrokerConnectionError,
@@ -229,11 +229,10 @@ class SQLiteBroker(Broker):
         routing_key: str | None,
         now: float,
     ) -> tuple[Any, ...]:
-        due = None
-        if eta is not None:
-            when = eta.timestamp()
-            if when > now:
-                due = when
+        # Naive ETAs are UTC, as everywhere in celeriac; a past ETA is ready at once.
+        due = to_timestamp(eta, now=now)
+        if due is not None and due <= now:
+            due = None
         return (
             queue,
             clamp_priority(message.priority if priority is None else priority),
