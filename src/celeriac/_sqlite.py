@@ -539,6 +539,8 @@ class ChangeWatcher:
                 return True
             if timeout is not None and timeout <= 0:
                 return False
+            if timeout is not None and timeout > threading.TIMEOUT_MAX:
+                timeout = None  # "forever" would overflow the lock's timeout
             self._waiters += 1
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -554,6 +556,7 @@ class ChangeWatcher:
 
     def _run(self) -> None:
         last: int | None = None
+        failing = False
         while True:
             with self._condition:
                 while self._waiters == 0:
@@ -562,8 +565,11 @@ class ChangeWatcher:
                     self._condition.wait()
             try:
                 version, fresh = self._read_version()
-            except Exception:  # isolation boundary: keep waking waiters, log the cause
-                logger.exception("reading data_version of %s failed", self.path)
+                failing = False
+            except Exception:  # isolation boundary: waiters wake and meet the error
+                if not failing:
+                    logger.exception("cannot read data_version of %s", self.path)
+                failing = True  # log once per failure streak, not every interval
                 version, fresh = None, True
             if fresh or last is None or version != last:
                 with self._condition:

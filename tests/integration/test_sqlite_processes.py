@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import random
 import signal
+import sqlite3
 import statistics
 import sys
 import time
@@ -225,6 +226,8 @@ def test_forked_children_reconnect_and_the_parent_keeps_working(
     broker.publish(make_message("before"), queue="forked")
     assert broker.receive(["empty"], limit=1, timeout=0.1) == []
     backend.store(backend.ready_meta("r", states.SUCCESS, 1))
+    with broker._db.use() as before_fork:
+        pass
     out: Queue[Any] = FORK.Queue()
     with warnings.catch_warnings():
         # Python 3.12+ warns about fork() in a process with threads (our watcher).
@@ -233,7 +236,10 @@ def test_forked_children_reconnect_and_the_parent_keeps_working(
             start(processes, FORK.Process(target=use_inherited_broker, args=(broker, f"k{n}", out)))
             for n in range(2)
         ]
-    # The parent goes on using the same objects while the children run.
+    # The fork closed the parent's connections (none was copied open into a child) ...
+    with pytest.raises(sqlite3.ProgrammingError):
+        before_fork.execute("SELECT 1")
+    # ... and the parent goes on using the same objects while the children run.
     for n in range(50):
         broker.publish(make_message(f"parent-{n}"), queue="forked")
     taken_by_children: list[str | None] = [

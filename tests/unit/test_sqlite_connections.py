@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from celeriac import _sqlite
 from celeriac._sqlite import ChangeWatcher, Database, parse_sqlite_url
 from celeriac.exceptions import BackendError, ImproperlyConfigured
 
@@ -172,3 +173,31 @@ def test_the_watcher_stops_reading_when_nobody_waits(
     parked = reads
     time.sleep(0.5)
     assert reads == parked
+
+
+def test_an_endless_timeout_waits_for_the_change(
+    watcher: ChangeWatcher, database: Database
+) -> None:
+    watcher.wait(watcher.token(), 1)
+    token = watcher.token()
+    timer = threading.Timer(0.2, commit_from_elsewhere, args=(database.path,))
+    timer.start()
+    try:
+        assert watcher.wait(token, float("inf"))
+    finally:
+        timer.cancel()
+        timer.join()
+
+
+def test_the_fork_hooks_close_connections_and_the_next_use_reopens(database: Database) -> None:
+    with database.use() as before:
+        pass
+    _sqlite._before_fork()  # what os.fork() runs first ...
+    try:
+        with pytest.raises(sqlite3.ProgrammingError):
+            before.execute("SELECT 1")  # closed: nothing open is copied into the child
+    finally:
+        _sqlite._after_fork_in_parent()  # ... and after, in the parent
+    with database.use() as after:
+        assert after is not before
+        assert after.execute("SELECT count(*) FROM t").fetchone() == (0,)
