@@ -66,7 +66,7 @@ def test_a_failure_from_an_unimported_module_imports_nothing(app: Celeriac) -> N
         {"exc_type": "Boom", "exc_module": "json.tool", "exc_message": ["x"]},
     )
     sys.modules.pop("json.tool", None)
-    with pytest.raises(RemoteTaskError, match="json.tool.Boom: x"):
+    with pytest.raises(RemoteTaskError, match=r"json\.tool\.Boom: x"):
         app.AsyncResult("far").get(timeout=1)
     assert "json.tool" not in sys.modules
 
