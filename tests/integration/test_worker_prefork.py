@@ -79,7 +79,8 @@ def test_children_exit_when_the_supervisor_is_killed(
     tasks: Any, tasks_dir: Path, run_worker: RunWorker
 ) -> None:
     worker = run_worker("-c", "2")
-    children = wait_for(lambda: len(worker.children()) == 2 and worker.children(), timeout=10)
+    wait_for(lambda: len(worker.children()) == 2, timeout=10)
+    children = worker.children()
     result = tasks.sleeper.delay(30, "orphaned")
     wait_for(lambda: started(tasks_dir, "orphaned"), timeout=10)
     worker.signal(signal.SIGKILL)

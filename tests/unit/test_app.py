@@ -159,7 +159,7 @@ def test_tasks_defined_in_main_take_the_apps_name() -> None:
 def test_an_unknown_task_option_is_refused() -> None:
     app = memory_app()
     with pytest.raises(ImproperlyConfigured, match="max_retry"):
-        app.task(max_retry=3)(lambda: None)
+        app.task(max_retry=3)(lambda: None)  # type: ignore[call-overload]
 
 
 def test_a_soft_limit_above_the_hard_limit_is_refused() -> None:

@@ -108,7 +108,7 @@ def test_get_inside_a_task_is_refused(app: Celeriac, start_worker: Any) -> None:
 
 def test_a_chain_result_raises_its_failed_parents_error(app: Celeriac) -> None:
     store(app, "step1", states.FAILURE, encode_exception(ValueError("first")))
-    last = AsyncResult("step2", app=app, parent=AsyncResult("step1", app=app))
+    last: AsyncResult[Any] = AsyncResult("step2", app=app, parent=AsyncResult("step1", app=app))
     with pytest.raises(ValueError, match="first"):
         last.get(timeout=0.2)
 
@@ -161,7 +161,7 @@ def test_a_saved_group_is_restored(app: Celeriac) -> None:
 
 def test_as_tuple_round_trips(app: Celeriac) -> None:
     parent = app.AsyncResult("p")
-    child = AsyncResult("c", app=app, parent=parent)
+    child: AsyncResult[Any] = AsyncResult("c", app=app, parent=parent)
     rebuilt = result_from_tuple(child.as_tuple(), app=app)
     assert rebuilt.id == "c"
     assert rebuilt.parent.id == "p"

@@ -58,7 +58,7 @@ def test_bound_tasks_check_arguments_without_self(app: Celeriac) -> None:
 
     bound.delay(1)
     with pytest.raises(TypeError):
-        bound.delay()  # type: ignore[call-arg]
+        bound.delay()
 
 
 def test_apply_runs_eagerly_and_returns_an_eager_result(app: Celeriac) -> None:

@@ -698,6 +698,24 @@ def _is_coroutine_function(fun: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fun)
 
 
+@overload
+def shared_task(fun: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+
+@overload
+def shared_task(fun: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def shared_task(*, bind: Literal[True], **options: Unpack[TaskOptions]) -> BoundTaskDecorator: ...
+
+
+@overload
+def shared_task(
+    *, bind: Literal[False] = False, **options: Unpack[TaskOptions]
+) -> TaskDecorator: ...
+
+
 def shared_task(*args: Any, **options: Any) -> Any:
     """Define a task usable by every app (Celery's `shared_task`)."""
 
