@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from celeriac.worker.crashpoints import crash_point
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -254,6 +256,7 @@ class Consumer:
                 if not batch:
                     continue
                 holdings.hold(batch)
+                crash_point("after_fetch")
                 for delivery in batch:
                     if self.shutdown.is_requested():
                         break

@@ -43,6 +43,7 @@ from celeriac.exceptions import (
 from celeriac.protocol.codec import TaskCall, decode_task
 from celeriac.protocol.errors import decode_exception, encode_exception
 from celeriac.protocol.serializers import normalize_accept
+from celeriac.worker.crashpoints import crash_point
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -242,7 +243,7 @@ class Executor:
             if wait > HOLD_SECONDS:
                 # A message that came early (a stock producer, a clock ahead of ours)
                 # waits on the broker, never in this process.
-                self.broker.defer(delivery, eta=call.eta)
+                self._defer(delivery, eta=call.eta)
                 return None
             if wait > 0:
                 time.sleep(wait)
@@ -373,8 +374,13 @@ class Executor:
             return True
         message = delivery.message
         deferred = replace(message, headers={**message.headers, RATE_SLOT_HEADER: slot})
-        self.broker.defer(delivery, eta=datetime.fromtimestamp(slot, UTC), message=deferred)
+        self._defer(delivery, eta=datetime.fromtimestamp(slot, UTC), message=deferred)
         return False
+
+    def _defer(self, delivery: Delivery, *, eta: datetime, message: Message | None = None) -> None:
+        crash_point("before_defer")
+        self.broker.defer(delivery, eta=eta, message=message)
+        crash_point("after_defer")
 
     def _time_limits(
         self, task: Task[Any, Any], call: TaskCall
@@ -431,6 +437,8 @@ class Executor:
         token = push_context(task, request.context)
         request.started = time.monotonic()
         try:
+            # Not counted against the message: the slot is not armed yet.
+            crash_point("before_run")
             self.limits.arm(request)
             try:
                 task.before_start(call.id, call.args, call.kwargs)
@@ -496,7 +504,9 @@ class Executor:
             if outcome.state == states.FAILURE and not self._ack_failures(task):
                 self.broker.dead_letter(request.delivery, reason=f"failed: {outcome.exc!r}")
             else:
+                crash_point("before_ack")
                 self.broker.ack(request.delivery)
+                crash_point("after_ack")
             request.acked = True
 
     def _ack_failures(self, task: Task[Any, Any]) -> bool:
@@ -759,7 +769,9 @@ class Executor:
         delay = STORE_RETRY_START
         while True:
             try:
+                crash_point("before_store")
                 self.backend.store(meta)
+                crash_point("after_store")
                 return
             except Exception as exc:  # isolation boundary: backend outages
                 if time.monotonic() + delay > deadline:
