@@ -223,3 +223,16 @@ def test_a_task_longer_than_the_visibility_timeout_runs_once(
 def test_async_tasks_run_on_prefork(tasks: Any, run_worker: RunWorker) -> None:
     run_worker("-c", "1")
     assert tasks.nap.delay(0.01, "awake").get(timeout=10) == "awake"
+
+
+def test_a_hard_time_limit_fails_the_rest_of_a_chain(
+    tasks: Any, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    from celeriac import chain
+
+    run_worker("-c", "1")
+    result = chain(tasks.hard.si(), tasks.where.si())()
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=15)
+    assert result.parent is not None
+    assert result.parent.state == states.FAILURE

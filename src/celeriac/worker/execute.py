@@ -227,12 +227,11 @@ class Executor:
             )
             return None
 
-        if delivery.redelivered and self._already_done(call):
-            logger.info(
-                "Task %s[%s] already finished; dropping a redelivered copy", call.name, call.id
-            )
-            self.broker.ack(delivery)
-            return None
+        if delivery.redelivered:
+            done = self._finished(call)
+            if done is not None:
+                self._drop_finished(delivery, call, done)
+                return None
 
         if call.expires is not None and call.expires <= now:
             self._revoke_expired(delivery, call)
@@ -311,7 +310,8 @@ class Executor:
         context = self._context(call, delivery)
         self._propagate_failure(call, context, exc, None)
 
-    def _already_done(self, call: TaskCall) -> bool:
+    def _finished(self, call: TaskCall) -> ResultMeta | None:
+        """The stored final result of `call`, if it already has one."""
         try:
             meta = self.backend.get(call.id)
         except Exception:  # isolation boundary: the check is an optimisation only
@@ -321,8 +321,23 @@ class Executor:
                 call.id,
                 exc_info=True,
             )
-            return False
-        return meta is not None and meta.is_ready
+            return None
+        return meta if meta is not None and meta.is_ready else None
+
+    def _drop_finished(self, delivery: Delivery, call: TaskCall, meta: ResultMeta) -> None:
+        """A redelivered copy of a finished task: do not run it again. A failure recorded
+        by someone else (the supervisor, at a hard time limit) is passed on to the rest of
+        the workflow here, as the run that failed could not do it."""
+        logger.info(
+            "Task %s[%s] already finished (%s); dropping a redelivered copy",
+            call.name,
+            call.id,
+            meta.status,
+        )
+        if meta.status in states.PROPAGATE_STATES:
+            exc = decode_exception(meta.result)
+            self._propagate_failure(call, self._context(call, delivery), exc, meta.traceback)
+        self.broker.ack(delivery)
 
     def _revoke_expired(self, delivery: Delivery, call: TaskCall) -> None:
         logger.info("Task %s[%s] expired at %s; not run", call.name, call.id, call.expires)
