@@ -51,8 +51,6 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
-    ConnectionError,
-    TimeoutError,
 )
 # ConnectionError subclasses that no retry will fix.
 _FATAL_ERRORS: tuple[type[BaseException], ...] = (

@@ -584,9 +584,14 @@ class RedisBroker(Broker):
                 poll = min(poll * 2, self._poll_max)
                 continue
             try:
-                watcher.wait(pause)
+                woken = watcher.wait(pause)
             except _WATCH_ERRORS:
                 self._drop_watcher()
+                continue
+            # Nothing was written to our keys and nothing came due: another fetch would
+            # find nothing, so an idle consumer costs one script call per timeout.
+            if not woken and deadline - time.monotonic() <= 0:
+                return []
 
     def _ensure_watcher(self, plan: _Plan) -> _KeyWatcher | None:
         watcher = self._watcher
