@@ -306,6 +306,7 @@ class RedisBackend(ResultBackend):
 
     def _set_and_publish(self, key: str, value: bytes | int, what: str) -> None:
         def write(client: redis.Redis) -> None:
+            pipe: Any
             with client.pipeline(transaction=True) as pipe:
                 if self._ttl:
                     pipe.execute_command("SETEX", key, self._ttl, value)
@@ -343,6 +344,7 @@ class RedisBackend(ResultBackend):
         key = self._group_key(group_id, ".s")
 
         def write(client: redis.Redis) -> None:
+            pipe: Any
             # Celery compat: re-applying a frozen chord reuses its group id, so clear a
             # previous run's 'done' claim first (5.7); SETEX + PUBLISH as 5.5 does.
             with client.pipeline(transaction=True) as pipe:
