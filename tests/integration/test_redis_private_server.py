@@ -45,12 +45,37 @@ def _free_port() -> int:
 class PrivateRedis:
     """A redis-server of this test's own, restartable on the same port and directory."""
 
-    def __init__(self, directory: Path, *extra: str) -> None:
+    def __init__(
+        self, directory: Path, *extra: str, tls: Path | None = None, unix: bool = False
+    ) -> None:
         self.port = _free_port()
         self.directory = directory
-        self.extra = extra
+        self.extra = list(extra)
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client_options: dict[str, object] = {"host": "127.0.0.1", "port": self.port}
+        if tls is not None:
+            # TLS only: the plain port is switched off.
+            self.extra += [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(tls / "server.crt"),
+                "--tls-key-file",
+                str(tls / "server.key"),
+                "--tls-ca-cert-file",
+                str(tls / "ca.crt"),
+                "--tls-auth-clients",
+                "no",
+            ]
+            self.url = f"rediss://127.0.0.1:{self.port}/0"
+            self.client_options.update(ssl=True, ssl_ca_certs=str(tls / "ca.crt"))
+        if unix:
+            self.socket = directory / "redis.sock"
+            self.extra += ["--unixsocket", str(self.socket)]
+            self.url = f"redis+socket://{self.socket}"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -71,7 +96,7 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = self.client()
         try:
             wait_for(lambda: self._ready(client), timeout=10, what="private redis-server")
         finally:
@@ -101,7 +126,7 @@ class PrivateRedis:
         self.start()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        return redis.Redis(**self.client_options)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -109,8 +134,8 @@ def server(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     private = PrivateRedis(tmp_path)
-    private.start()
     try:
+        private.start()
         yield private
     finally:
         private.stop()
@@ -254,8 +279,8 @@ def test_eviction_warning_names_a_dangerous_policy(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     private = PrivateRedis(tmp_path, "--maxmemory-policy", "allkeys-lru")
-    private.start()
     try:
+        private.start()
         broker = RedisBroker(private.url)
         warning = broker.eviction_warning()
         assert warning is not None
@@ -265,6 +290,112 @@ def test_eviction_warning_names_a_dangerous_policy(tmp_path: Path) -> None:
         client.config_set("maxmemory-policy", "noeviction")
         client.close()
         assert broker.eviction_warning() is None
+        broker.close()
+    finally:
+        private.stop()
+
+
+def _make_certificates(directory: Path) -> None:
+    """A throw-away CA and a server certificate for 127.0.0.1, valid for a day."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=celeriac-test-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    )
+
+
+def test_rediss_with_a_verified_certificate(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None or shutil.which("openssl") is None:
+        pytest.skip("redis-server or openssl is not installed")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    _make_certificates(tls)
+    private = PrivateRedis(tmp_path, tls=tls)
+    try:
+        private.start()
+        url = f"{private.url}?ssl_cert_reqs=required&ssl_ca_certs={tls / 'ca.crt'}"
+        consumer = RedisBroker(url, consumer_id="c")
+        producer = RedisBroker(
+            url, transport_options={"ssl": {"ssl_ca_certs": str(tls / "ca.crt")}}
+        )
+        consumer.receive(["q"], limit=1, timeout=0)
+        timer = threading.Timer(
+            0.3, lambda: producer.publish(encode_task(make_message(1)), queue="q")
+        )
+        timer.start()
+        started = time.monotonic()
+        got = consumer.receive(["q"], limit=1, timeout=10)
+        timer.join()
+        assert len(got) == 1
+        assert time.monotonic() - started < 1.5
+        backend = RedisBackend(url)
+        backend.store(backend.ready_meta("t", states.SUCCESS, 1))
+        assert backend.wait("t", timeout=5).result == 1
+        unverified = RedisBroker(
+            private.url, transport_options={"connection_retries": 0}, consumer_id="x"
+        )
+        with pytest.raises(BrokerConnectionError):
+            unverified.connect()
+        for closable in (consumer, producer, backend, unverified):
+            closable.close()
+    finally:
+        private.stop()
+
+
+def test_unix_socket_url(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    private = PrivateRedis(tmp_path, unix=True)
+    try:
+        private.start()
+        broker = RedisBroker(private.url, consumer_id="c")
+        broker.publish(encode_task(make_message(4)), queue="q")
+        got = broker.receive(["q"], limit=1, timeout=5)
+        assert [decode_task(d.message, accept=ACCEPT).args[0] for d in got] == [4]
         broker.close()
     finally:
         private.stop()
