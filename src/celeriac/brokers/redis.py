@@ -289,7 +289,8 @@ class RedisBroker(Broker):
         self._watcher: _KeyWatcher | None = None
         self._tracking = bool(options.get("wake_by_tracking", True))
         self._watcher_failed_at = float("-inf")
-        self._last_sweep = time.monotonic()
+        # The first idle receive sweeps at once, as kombu does when a consumer starts.
+        self._last_sweep = float("-inf")
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -477,9 +478,20 @@ class RedisBroker(Broker):
         exchange: str = "",
         routing_key: str | None = None,
     ) -> None:
+        if eta is None:
+            # The hot path: one LPUSH, as kombu does.
+            level = clamp_priority(priority if priority is not None else message.priority)
+            key = self._list_key(queue, level)
+            envelope = self._envelope(
+                message, exchange=exchange or "", routing_key=routing_key or queue, priority=level
+            )
+            self._run(f"publish to {queue}", lambda client: client.lpush(key, envelope))
+            self._published += 1
+            return
+
         def send(client: redis.Redis) -> None:
             # MULTI: an ETA message lands in its sorted set and the index together.
-            with client.pipeline(transaction=eta is not None) as pipe:
+            with client.pipeline(transaction=True) as pipe:
                 self._stage(
                     pipe,
                     message,
