@@ -10,6 +10,7 @@ import threading
 import time
 import tracemalloc
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -373,6 +374,27 @@ def test_far_future_etas_live_only_in_redis(make_broker) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000
+
+
+def test_defer_moves_a_lease_to_the_delayed_set_in_one_step(make_broker, client, prefix) -> None:
+    broker = make_broker()
+    broker.publish(make_message(1), queue="q", priority=3)
+    [held] = receive_n(broker, "q", 1)
+    broker.recover(broker.consumer_id, running=[held.tag])
+    [again] = receive_n(broker, "q", 1)
+    assert again.redelivered
+    slotted = replace(again.message, headers=again.message.headers | {"slot": 1.5})
+    broker.defer(again, eta=utcnow() + timedelta(seconds=0.4), message=slotted)
+    assert not client.hexists(f"{prefix}unacked", again.tag)
+    assert client.zcard(f"{prefix}_celeriac.delayed.q") == 1
+    assert broker.receive(["q"], limit=1, timeout=0.1) == []
+    [later] = receive_n(broker, "q", 1)
+    assert later.tag == again.tag
+    assert later.crashes == 1
+    assert later.message.headers["slot"] == 1.5
+    assert later.message.priority == 3
+    assert not later.redelivered
+    broker.ack(later)
 
 
 # -- leases ------------------------------------------------------------------------------

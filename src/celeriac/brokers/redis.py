@@ -418,7 +418,13 @@ class RedisBroker(Broker):
         self._declared.add(queue)
 
     def _envelope(
-        self, message: Message, *, exchange: str, routing_key: str, priority: int
+        self,
+        message: Message,
+        *,
+        exchange: str,
+        routing_key: str,
+        priority: int,
+        tag: str | None = None,
     ) -> bytes:
         properties = {
             key: value
@@ -429,7 +435,7 @@ class RedisBroker(Broker):
         properties["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
         properties["priority"] = priority
         properties["body_encoding"] = "base64"
-        properties["delivery_tag"] = str(uuid.uuid4())
+        properties["delivery_tag"] = tag or str(uuid.uuid4())
         envelope = {
             "body": base64.b64encode(message.body).decode("ascii"),
             "content-encoding": message.content_encoding,
@@ -779,6 +785,49 @@ class RedisBroker(Broker):
             return
         # Celery compat: kombu 5.7 requeues a rejected message at the back of the line.
         self._restore_own([delivery], action="L")
+
+    def defer(self, delivery: Delivery, *, eta: datetime, message: Message | None = None) -> None:
+        """Hand a leased message back to wait in the delayed set until `eta`, atomically.
+
+        The lease ends and the delayed copy appears in one MULTI, so a crash can neither
+        lose nor duplicate it. The delivery tag is kept (its crash count stays with it);
+        the redelivered flag is not, since waiting for an ETA is no redelivery.
+        """
+        source = message or delivery.message
+        if "redelivered" in source.headers:
+            headers = {k: v for k, v in source.headers.items() if k != "redelivered"}
+            source = Message(
+                headers=headers,
+                body=source.body,
+                properties=source.properties,
+                content_type=source.content_type,
+                content_encoding=source.content_encoding,
+            )
+        level = clamp_priority(source.priority)
+        envelope = self._envelope(
+            source,
+            exchange=delivery.exchange,
+            routing_key=delivery.routing_key or delivery.queue,
+            priority=level,
+            tag=delivery.tag,
+        )
+        due = eta.timestamp()
+        held = self._held_of(delivery, self._held_key)
+        queue = delivery.queue
+
+        def move(client: redis.Redis) -> None:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._index, delivery.tag)
+                pipe.hdel(self._unacked, delivery.tag)
+                pipe.hdel(held, delivery.tag)
+                if due > self.clock.time():
+                    pipe.zadd(self._prefix + DELAYED_PREFIX + queue, {envelope: due})
+                    pipe.zadd(self._delayed_index, {queue: due}, lt=True)
+                else:
+                    pipe.lpush(self._list_key(queue, level), envelope)
+                pipe.execute()
+
+        self._run(f"defer {delivery.tag} to {eta.isoformat()}", move)
 
     def requeue_many(self, deliveries: Sequence[Delivery]) -> None:
         # Celery compat: kombu restores a closing channel's messages to be consumed next.
