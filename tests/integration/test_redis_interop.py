@@ -236,3 +236,19 @@ def test_kombu_consumes_a_promoted_eta_message(make_broker, kombu_connection) ->
         received.ack()
     finally:
         queue.close()
+
+
+def test_without_broker_side_eta_stock_workers_get_eta_messages_at_once(
+    make_broker, kombu_connection
+) -> None:
+    broker = make_broker(broker_side_eta=False)
+    eta = utcnow() + timedelta(hours=1)
+    call = TaskCall(name="proj.add", id=str(uuid.uuid4()), args=[1], eta=eta)
+    broker.publish(encode_task(call), queue="q", eta=eta)
+    queue = kombu_connection.SimpleQueue("q")
+    try:
+        received = queue.get(timeout=5)  # a stock worker holds it until its eta header
+        assert received.headers["eta"] == eta.isoformat()
+        received.ack()
+    finally:
+        queue.close()

@@ -234,8 +234,10 @@ class RedisBroker(Broker):
         every peer sweeps the shared `unacked_index`, so the smallest value wins),
         unacked_key, unacked_index_key, unacked_mutex_key, unacked_mutex_expire,
         unacked_restore_limit, unacked_restore_interval (seconds between sweeps run by an
-        idle `receive`), wakeup_interval (longest idle wait between fetches), polling_interval
-        (longest poll step when the server refuses CLIENT TRACKING), connection_retries,
+        idle `receive`), wakeup_interval (longest idle wait between fetches),
+        wake_by_tracking (wait on CLIENT TRACKING invalidations; False polls),
+        polling_interval (longest poll step when polling), broker_side_eta (keep ETA
+        messages in Redis; False pushes them at once, as kombu does), connection_retries,
         connection_retry_backoff, connection_retry_backoff_max, and connection settings:
         socket_timeout, socket_connect_timeout, socket_keepalive, health_check_interval,
         max_connections, client_name, ssl (dict of ssl_* settings, for rediss://).
@@ -272,6 +274,9 @@ class RedisBroker(Broker):
         self._sweep_interval = float(options.get("unacked_restore_interval", default_sweep))
         self._wakeup_interval = float(options.get("wakeup_interval", 2.0))
         self._poll_max = float(options.get("polling_interval", 0.1))
+        # False: ETA messages go straight to their list like kombu's (their `eta` header
+        # makes the consumer wait), for fleets where no celeriac consumer promotes them.
+        self._broker_side_eta = bool(options.get("broker_side_eta", True))
         self._retry_policy = RetryPolicy.from_options(options)
         self._held_key = prefix + HELD_PREFIX + self.consumer_id
         self._held_ttl = int(max(86400, 4 * self.visibility_timeout))
@@ -466,7 +471,7 @@ class RedisBroker(Broker):
         envelope = self._envelope(
             message, exchange=exchange or "", routing_key=routing_key or queue, priority=level
         )
-        due = eta.timestamp() if eta is not None else None
+        due = eta.timestamp() if eta is not None and self._broker_side_eta else None
         if due is not None and due > self.clock.time():
             pipe.zadd(self._prefix + DELAYED_PREFIX + queue, {envelope: due})
             # LT: the index keeps each queue's earliest due time.
@@ -484,7 +489,7 @@ class RedisBroker(Broker):
         exchange: str = "",
         routing_key: str | None = None,
     ) -> None:
-        if eta is None:
+        if eta is None or not self._broker_side_eta:
             # The hot path: one LPUSH, as kombu does.
             level = clamp_priority(priority if priority is not None else message.priority)
             key = self._list_key(queue, level)
