@@ -264,6 +264,7 @@ def test_receive_wakes_for_a_plain_lpush(make_broker, client, prefix) -> None:
     timer.join()
     assert [arg_of(d) for d in got] == [1]
     assert waited < 1.5
+    assert consumer._watcher is not None  # woken by the invalidation, not by polling
 
 
 def test_receive_wakes_when_an_eta_comes_due(make_broker) -> None:

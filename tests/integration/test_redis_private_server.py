@@ -372,6 +372,7 @@ def test_rediss_with_a_verified_certificate(tmp_path: Path) -> None:
         timer.join()
         assert len(got) == 1
         assert time.monotonic() - started < 1.5
+        assert consumer._watcher is not None  # woken over TLS, not by polling
         backend = RedisBackend(url)
         backend.store(backend.ready_meta("t", states.SUCCESS, 1))
         assert backend.wait("t", timeout=5).result == 1
