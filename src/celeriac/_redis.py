@@ -2,9 +2,10 @@
 
 What lives here: turning a `redis://`, `rediss://` or `redis+socket://` URL plus options
 into a redis-py connection pool, the one retry loop (bounded reconnect with exponential
-backoff) every Redis operation goes through, and the mapping of redis-py exceptions to
-celeriac's. What does not: any key layout or Lua script; those belong to the broker and
-the backend, which never import each other.
+backoff) every Redis operation goes through, the mapping of redis-py exceptions to
+celeriac's, and `KeyWatcher`, a connection that reports writes to a set of keys. What
+does not: any key layout or Lua script; those belong to the broker and the backend,
+which never import each other.
 
 redis-py is imported here and by the two implementation modules, nowhere else.
 """
@@ -30,14 +31,17 @@ from celeriac._urls import redact_url
 from celeriac.exceptions import CeleriacError, ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
 __all__ = [
     "RETRYABLE_ERRORS",
+    "KeyWatcher",
     "RetryPolicy",
     "call_with_retry",
     "connection_pool",
+    "disjoint_prefixes",
     "load_script",
+    "new_connection",
     "pool_options",
 ]
 
@@ -52,6 +56,8 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
 )
+# Redis publishes client-side-caching invalidations here (RESP2 redirect mode).
+INVALIDATE_CHANNEL = "__redis__:invalidate"
 # ConnectionError subclasses that no retry will fix.
 _FATAL_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.AuthenticationError,
@@ -291,6 +297,77 @@ def _describe(pool: redis.ConnectionPool) -> str:
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"
     return f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
+
+
+def disjoint_prefixes(keys: Iterable[bytes]) -> list[bytes]:
+    """The fewest prefixes covering `keys` with none a prefix of another (Redis refuses
+    overlapping BCAST prefixes on one connection)."""
+    kept: list[bytes] = []
+    for key in sorted(keys):
+        if not kept or not key.startswith(kept[-1]):
+            kept.append(key)
+    return kept
+
+
+class KeyWatcher:
+    """Wakes a waiting thread when any of the watched keys is written, by anyone.
+
+    One dedicated connection turns on client-side-caching tracking in BCAST mode for the
+    watched keys' prefixes, redirected to itself, and subscribes to Redis's invalidation
+    channel: every write to a watched key (LPUSH, RPUSH, ZADD, DEL...) produces a message
+    naming it within the server's event-loop iteration. Nothing is read from the keys, so
+    waiting takes nothing from them. Needs Redis >= 6 and the CLIENT command; raises
+    redis-py's ResponseError when the server refuses tracking.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool, watched: frozenset[bytes]) -> None:
+        self.watched = watched
+        self._conn: Any = None
+        conn = new_connection(pool, health_check_interval=0)
+        try:
+            conn.connect()
+            conn.send_command("CLIENT", "ID")
+            client_id = conn.read_response()
+            prefixes: list[bytes] = []
+            for prefix in disjoint_prefixes(watched):
+                prefixes += [b"PREFIX", prefix]
+            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes)
+            conn.read_response()
+            conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
+            conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._conn = conn
+
+    def _relevant(self, reply: Any) -> bool:
+        if not isinstance(reply, list) or len(reply) < 3 or reply[0] != b"message":
+            return False
+        keys = reply[2]
+        # None: the whole database was flushed (or tracking broke); look again.
+        return keys is None or any(key in self.watched for key in keys)
+
+    def drain(self) -> None:
+        """Discard notifications already received (the coming fetch covers them)."""
+        conn = self._conn
+        while conn.can_read(timeout=0):
+            conn.read_response()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a watched key changes (True) or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
+        conn = self._conn
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not conn.can_read(timeout=remaining):
+                return False
+            if self._relevant(conn.read_response()):
+                return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
 
 
 def load_script(package: str, name: str) -> str:

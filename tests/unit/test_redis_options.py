@@ -7,11 +7,17 @@ import pytest
 import redis
 import redis.exceptions as redis_errors
 
-from celeriac._redis import RetryPolicy, call_with_retry, connection_pool, pool_options
+from celeriac._redis import (
+    RetryPolicy,
+    call_with_retry,
+    connection_pool,
+    disjoint_prefixes,
+    pool_options,
+)
 from celeriac.backends import create_backend
 from celeriac.backends.redis import RedisBackend, _global_prefix
 from celeriac.brokers import create_broker
-from celeriac.brokers.redis import RedisBroker, _disjoint_prefixes
+from celeriac.brokers.redis import RedisBroker
 from celeriac.exceptions import (
     BrokerConnectionError,
     BrokerError,
@@ -219,7 +225,7 @@ def test_priority_lists_match_kombu(steps: tuple[int, ...], priority: int, key: 
 
 def test_watched_prefixes_never_overlap() -> None:
     keys = [b"celery", b"celery\x06\x163", b"celery_high", b"ab", b"a", b"b"]
-    assert _disjoint_prefixes(keys) == [b"a", b"b", b"celery"]
+    assert disjoint_prefixes(keys) == [b"a", b"b", b"celery"]
 
 
 @pytest.mark.parametrize(

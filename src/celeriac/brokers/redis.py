@@ -38,11 +38,11 @@ import redis.exceptions as redis_errors
 
 from celeriac._redis import (
     RETRYABLE_ERRORS,
+    KeyWatcher,
     RetryPolicy,
     call_with_retry,
     connection_pool,
     load_script,
-    new_connection,
 )
 from celeriac._time import UTC
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, clamp_priority
@@ -101,8 +101,6 @@ RATE_PREFIX = "_celeriac.rate."
 # kombu's defaults, which every peer must share.
 DEFAULT_SEP = "\x06\x16"
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
-# Redis publishes client-side-caching invalidations here (RESP2 redirect mode).
-INVALIDATE_CHANNEL = "__redis__:invalidate"
 # Largest batch one fetch leases (keeps each script call short).
 MAX_BATCH = 1000
 # Due ETA messages one fetch promotes at most; the next fetch continues.
@@ -154,76 +152,6 @@ def _flag_redelivered(envelope: dict[str, Any]) -> None:
         if isinstance(info, dict):
             headers["redelivered"] = True
             info["redelivered"] = True
-
-
-def _disjoint_prefixes(keys: Iterable[bytes]) -> list[bytes]:
-    """The fewest prefixes covering `keys` with none a prefix of another (Redis refuses
-    overlapping BCAST prefixes on one connection)."""
-    kept: list[bytes] = []
-    for key in sorted(keys):
-        if not kept or not key.startswith(kept[-1]):
-            kept.append(key)
-    return kept
-
-
-class _KeyWatcher:
-    """Wakes a waiting consumer when any watched key is written, by anyone.
-
-    One dedicated connection turns on client-side-caching tracking in BCAST mode for the
-    watched keys' prefixes, redirected to itself, and subscribes to Redis's invalidation
-    channel: every LPUSH/RPUSH/ZADD on a watched key produces a message on it within the
-    server's event-loop iteration. Nothing is read from the lists here, so waiting takes
-    nothing from the queue; the atomic fetch script runs after a wake-up.
-    """
-
-    def __init__(self, pool: redis.ConnectionPool, watched: frozenset[bytes]) -> None:
-        self.watched = watched
-        self._conn: Any = None
-        conn = new_connection(pool, health_check_interval=0)
-        try:
-            conn.connect()
-            conn.send_command("CLIENT", "ID")
-            client_id = conn.read_response()
-            prefixes: list[bytes] = []
-            for prefix in _disjoint_prefixes(watched):
-                prefixes += [b"PREFIX", prefix]
-            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes)
-            conn.read_response()
-            conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
-            conn.read_response()
-        except BaseException:
-            conn.disconnect()
-            raise
-        self._conn = conn
-
-    def _relevant(self, reply: Any) -> bool:
-        if not isinstance(reply, list) or len(reply) < 3 or reply[0] != b"message":
-            return False
-        keys = reply[2]
-        # None: the whole database was flushed (or tracking broke); look again.
-        return keys is None or any(key in self.watched for key in keys)
-
-    def drain(self) -> None:
-        """Discard notifications already received (the coming fetch covers them)."""
-        conn = self._conn
-        while conn.can_read(timeout=0):
-            conn.read_response()
-
-    def wait(self, timeout: float) -> bool:
-        """Block until a watched key changes (True) or `timeout` passes (False)."""
-        deadline = time.monotonic() + timeout
-        conn = self._conn
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not conn.can_read(timeout=remaining):
-                return False
-            if self._relevant(conn.read_response()):
-                return True
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.disconnect()
-            self._conn = None
 
 
 class RedisBroker(Broker):
@@ -291,7 +219,7 @@ class RedisBroker(Broker):
         self._declared: set[str] = set()
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._cycle: list[str] = []
-        self._watcher: _KeyWatcher | None = None
+        self._watcher: KeyWatcher | None = None
         self._tracking = bool(options.get("wake_by_tracking", True))
         self._watcher_failed_at = float("-inf")
         # The first idle receive sweeps at once, as kombu does when a consumer starts.
@@ -616,7 +544,7 @@ class RedisBroker(Broker):
             if not woken and deadline - time.monotonic() <= 0:
                 return []
 
-    def _ensure_watcher(self, plan: _Plan) -> _KeyWatcher | None:
+    def _ensure_watcher(self, plan: _Plan) -> KeyWatcher | None:
         watcher = self._watcher
         if watcher is not None and watcher.watched == plan.watched:
             return watcher
@@ -628,7 +556,7 @@ class RedisBroker(Broker):
         self._connection()
         assert self._pool is not None
         try:
-            self._watcher = _KeyWatcher(self._pool, plan.watched)
+            self._watcher = KeyWatcher(self._pool, plan.watched)
         except redis_errors.ResponseError as exc:
             self._tracking = False
             logger.info(
