@@ -323,11 +323,17 @@ def test_due_etas_are_promoted_once_by_racing_consumers(make_broker) -> None:
     lock = threading.Lock()
 
     def drain(broker: RedisBroker) -> None:
-        deadline = time.monotonic() + 4
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             batch = broker.receive(["q"], limit=5, timeout=0.3)
             with lock:
                 got.extend(batch)
+                if len(got) >= 60:
+                    break
+        # Whoever stops last has seen any duplicate the others took.
+        time.sleep(0.3)
+        with lock:
+            got.extend(broker.receive(["q"], limit=5, timeout=0))
 
     threads = [threading.Thread(target=drain, args=(b,)) for b in consumers]
     for thread in threads:
