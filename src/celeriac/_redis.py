@@ -1,0 +1,375 @@
+"""Redis connection plumbing shared by the Redis broker and the Redis result backend.
+
+What lives here: turning a `redis://`, `rediss://` or `redis+socket://` URL plus options
+into a redis-py connection pool, the one retry loop (bounded reconnect with exponential
+backoff) every Redis operation goes through, the mapping of redis-py exceptions to
+celeriac's, and `KeyWatcher`, a connection that reports writes to a set of keys. What
+does not: any key layout or Lua script; those belong to the broker and the backend,
+which never import each other.
+
+redis-py is imported here and by the two implementation modules, nowhere else.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, final
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+# A missing driver raises ImportError here, which brokers/__init__ and backends/__init__
+# turn into ImproperlyConfigured naming the extra to install.
+import redis
+import redis.exceptions as redis_errors
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from celeriac._urls import redact_url
+from celeriac.exceptions import CeleriacError, ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+
+__all__ = [
+    "RETRYABLE_ERRORS",
+    "KeyWatcher",
+    "RetryPolicy",
+    "call_with_retry",
+    "connection_pool",
+    "disjoint_prefixes",
+    "load_script",
+    "new_connection",
+    "pool_options",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Errors after which a new connection may succeed: the server restarted, is still
+# loading its AOF (BusyLoadingError is a ConnectionError), or failed over to a replica.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+)
+# Redis publishes client-side-caching invalidations here (RESP2 redirect mode).
+INVALIDATE_CHANNEL = "__redis__:invalidate"
+# ConnectionError subclasses that no retry will fix.
+_FATAL_ERRORS: tuple[type[BaseException], ...] = (
+    redis_errors.AuthenticationError,
+    redis_errors.AuthorizationError,
+)
+
+# URL query parameters and transport options passed to the connection pool as they are.
+_FLOAT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
+_INT_OPTIONS = ("health_check_interval", "max_connections")
+_BOOL_OPTIONS = ("socket_keepalive", "ssl_check_hostname")
+_STR_OPTIONS = ("client_name", "username", "password", "ssl_ca_certs", "ssl_certfile")
+_STR_OPTIONS_MORE = ("ssl_keyfile", "ssl_ca_path", "ssl_password")
+
+_CERT_REQS = {
+    "required": "required",
+    "cert_required": "required",
+    "optional": "optional",
+    "cert_optional": "optional",
+    "none": "none",
+    "cert_none": "none",
+}
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _cert_reqs(value: Any) -> str:
+    if isinstance(value, ssl.VerifyMode):
+        return {ssl.CERT_REQUIRED: "required", ssl.CERT_OPTIONAL: "optional"}.get(value, "none")
+    try:
+        return _CERT_REQS[str(value).strip().lower()]
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"ssl_cert_reqs={value!r} is not one of required, optional, none "
+            "(or CERT_REQUIRED, CERT_OPTIONAL, CERT_NONE)"
+        ) from None
+
+
+def pool_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Connection-pool keyword arguments for `url` and transport `options`.
+
+    `redis://[user:pass@]host:port/db`, `rediss://...` (TLS; certificate options from the
+    query string or the `ssl` option, as in Celery's `broker_use_ssl`) and
+    `redis+socket:///path/to/socket?virtual_host=db` are understood. Options win over
+    the URL's query string.
+
+    Raises:
+        ImproperlyConfigured: the URL or an option cannot work.
+    """
+    options = dict(options or {})
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = dict(parse_qsl(parts.query))
+    kwargs: dict[str, Any] = {
+        # RESP2 on purpose: the replies our scripts and the key watcher parse have one
+        # shape on every redis-py version (redis-py 8 defaults to RESP3).
+        "protocol": 2,
+        # Retries are ours (call_with_retry), with the same arguments, so that a retried
+        # fetch can be recognised; redis-py must not retry behind our back.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    db_text = query.pop("db", None) or query.pop("virtual_host", None)
+    if scheme in ("redis", "rediss"):
+        kwargs["host"] = parts.hostname or "localhost"
+        try:
+            kwargs["port"] = parts.port or 6379
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"bad port in Redis URL {redact_url(url)!r}") from exc
+        path_db = parts.path.strip("/")
+        db_text = db_text or path_db or "0"
+        if scheme == "rediss":
+            kwargs["connection_class"] = redis.SSLConnection
+            kwargs["ssl_cert_reqs"] = "required"
+    elif scheme == "redis+socket":
+        if not parts.path:
+            raise ImproperlyConfigured(
+                f"{redact_url(url)!r} names no socket: use redis+socket:///path/to/redis.sock"
+            )
+        kwargs["path"] = unquote(parts.path)
+        kwargs["connection_class"] = redis.UnixDomainSocketConnection
+        db_text = db_text or "0"
+    else:
+        raise ImproperlyConfigured(
+            f"{redact_url(url)!r} is not a Redis URL: use redis://, rediss:// or redis+socket://"
+        )
+    try:
+        kwargs["db"] = int(db_text)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"Redis database {db_text!r} in {redact_url(url)!r} is not a number"
+        ) from exc
+
+    merged: dict[str, Any] = {**query, **options}
+    ssl_options = merged.pop("ssl", None)
+    if isinstance(ssl_options, dict):
+        merged.update(ssl_options)
+    elif ssl_options and scheme != "rediss":
+        raise ImproperlyConfigured(
+            "the ssl option needs a rediss:// URL (or a dict of ssl_* settings with it)"
+        )
+    has_ssl_settings = any(key.startswith("ssl_") for key in merged)
+    if has_ssl_settings and scheme != "rediss":
+        raise ImproperlyConfigured(
+            f"TLS settings were given but {redact_url(url)!r} is not a rediss:// URL"
+        )
+    for name in _FLOAT_OPTIONS:
+        if merged.get(name) is not None:
+            kwargs[name] = float(merged[name])
+    for name in _INT_OPTIONS:
+        if merged.get(name) is not None:
+            kwargs[name] = int(merged[name])
+    for name in _BOOL_OPTIONS:
+        if merged.get(name) is not None:
+            kwargs[name] = _to_bool(merged[name])
+    for name in (*_STR_OPTIONS, *_STR_OPTIONS_MORE):
+        if merged.get(name) is not None:
+            kwargs[name] = str(merged[name])
+    if merged.get("ssl_cert_reqs") is not None:
+        kwargs["ssl_cert_reqs"] = _cert_reqs(merged["ssl_cert_reqs"])
+    if scheme != "rediss":
+        for name in [key for key in kwargs if key.startswith("ssl_")]:
+            del kwargs[name]
+    return kwargs
+
+
+def connection_pool(url: str, options: Mapping[str, Any] | None = None) -> redis.ConnectionPool:
+    """A (not yet connected) redis-py pool for `url`."""
+    kwargs = pool_options(url, options)
+    max_connections = kwargs.pop("max_connections", None)
+    return redis.ConnectionPool(max_connections=max_connections, **kwargs)
+
+
+def new_connection(pool: redis.ConnectionPool, **overrides: Any) -> Any:
+    """A connection outside `pool` (but configured like it) for a long-lived subscriber."""
+    kwargs = {**pool.connection_kwargs, **overrides}
+    return pool.connection_class(**kwargs)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard an operation tries to reach Redis before giving up.
+
+    Waits `interval_start`, doubling up to `interval_max`, between at most `max_retries`
+    retries: with the defaults about 6.5 s in all, enough for a Redis restart.
+    """
+
+    max_retries: int = 10
+    interval_start: float = 0.05
+    interval_max: float = 1.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RetryPolicy:
+        """Read `connection_retries`, `connection_retry_backoff`, `..._backoff_max`."""
+        default = cls()
+        return cls(
+            max_retries=int(options.get("connection_retries", default.max_retries)),
+            interval_start=float(options.get("connection_retry_backoff", default.interval_start)),
+            interval_max=float(options.get("connection_retry_backoff_max", default.interval_max)),
+        )
+
+    def delays(self) -> Iterator[float]:
+        delay = self.interval_start
+        for _ in range(self.max_retries):
+            yield delay
+            delay = min(delay * 2, self.interval_max)
+
+
+def call_with_retry(
+    operation: Callable[[], T],
+    *,
+    pool: redis.ConnectionPool,
+    policy: RetryPolicy,
+    what: str,
+    error: type[CeleriacError],
+    unreachable: type[CeleriacError] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run `operation`, reconnecting with backoff while Redis cannot be reached.
+
+    Driver exceptions never escape: connection trouble that outlasts `policy` becomes
+    `unreachable` (default `error`), anything else Redis answers becomes `error`.
+
+    Args:
+        operation: The Redis call(s); run again, unchanged, after a connection error.
+        pool: The pool whose idle connections are dropped before a retry.
+        policy: How many retries, how far apart.
+        what: What was being done, for the error message ("publish to celery").
+        error: The celeriac exception for a failed operation.
+        unreachable: The celeriac exception once retries are exhausted.
+    """
+    delays = policy.delays()
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return operation()
+        except _FATAL_ERRORS as exc:
+            raise (unreachable or error)(
+                f"{what}: Redis refused the credentials ({exc}); check the user and "
+                "password in the URL"
+            ) from exc
+        except RETRYABLE_ERRORS as exc:
+            delay = next(delays, None)
+            host = _describe(pool)
+            if delay is None:
+                raise (unreachable or error)(
+                    f"{what}: cannot reach Redis at {host} after {attempts} attempts "
+                    f"({exc}); check that the server is running and the URL is right"
+                ) from exc
+            logger.warning(
+                "%s: Redis at %s unreachable (%s); retry %d/%d in %.2f s",
+                what,
+                host,
+                exc,
+                attempts,
+                policy.max_retries,
+                delay,
+            )
+            # Idle connections point at the old server process; drop them all so the
+            # retry dials a fresh one instead of finding the next dead socket.
+            pool.disconnect(inuse_connections=False)
+            sleep(delay)
+        except redis_errors.RedisError as exc:
+            raise error(f"{what}: Redis answered with an error: {exc}") from exc
+
+
+def _describe(pool: redis.ConnectionPool) -> str:
+    kwargs = pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
+
+
+def disjoint_prefixes(keys: Iterable[bytes]) -> list[bytes]:
+    """The fewest prefixes covering `keys` with none a prefix of another (Redis refuses
+    overlapping BCAST prefixes on one connection)."""
+    kept: list[bytes] = []
+    for key in sorted(keys):
+        if not kept or not key.startswith(kept[-1]):
+            kept.append(key)
+    return kept
+
+
+class KeyWatcher:
+    """Wakes a waiting thread when any of the watched keys is written, by anyone.
+
+    One dedicated connection turns on client-side-caching tracking in BCAST mode for the
+    watched keys' prefixes, redirected to itself, and subscribes to Redis's invalidation
+    channel: every write to a watched key (LPUSH, RPUSH, ZADD, DEL...) produces a message
+    naming it within the server's event-loop iteration. Nothing is read from the keys, so
+    waiting takes nothing from them. Needs Redis >= 6 and the CLIENT command; raises
+    redis-py's ResponseError when the server refuses tracking.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool, watched: frozenset[bytes]) -> None:
+        self.watched = watched
+        self._conn: Any = None
+        conn = new_connection(pool, health_check_interval=0)
+        try:
+            conn.connect()
+            conn.send_command("CLIENT", "ID")
+            client_id = conn.read_response()
+            prefixes: list[bytes] = []
+            for prefix in disjoint_prefixes(watched):
+                prefixes += [b"PREFIX", prefix]
+            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes)
+            conn.read_response()
+            conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
+            conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._conn = conn
+
+    def _relevant(self, reply: Any) -> bool:
+        if not isinstance(reply, list) or len(reply) < 3 or reply[0] != b"message":
+            return False
+        keys = reply[2]
+        # None: the whole database was flushed (or tracking broke); look again.
+        return keys is None or any(key in self.watched for key in keys)
+
+    def drain(self) -> None:
+        """Discard notifications already received (the coming fetch covers them)."""
+        conn = self._conn
+        while conn.can_read(timeout=0):
+            conn.read_response()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a watched key changes (True) or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
+        conn = self._conn
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not conn.can_read(timeout=remaining):
+                return False
+            if self._relevant(conn.read_response()):
+                return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
+
+
+def load_script(package: str, name: str) -> str:
+    """The text of Lua script `name` shipped in `package`."""
+    return importlib.resources.files(package).joinpath(name).read_text(encoding="utf-8")

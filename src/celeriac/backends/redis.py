@@ -1,0 +1,406 @@
+"""Redis result backend, with Celery's keys and JSON (spec §3), notified by pub/sub.
+
+A result is written as Celery writes it: `celery-task-meta-<id>` with SETEX (or SET when
+results never expire) and PUBLISH on the channel of the same name, skipped when a
+SUCCESS is already stored; one Lua script (`redis_store.lua`) does all of that in one
+round trip. Stock `AsyncResult.get()` therefore wakes on our results, and we read theirs.
+
+Waiting never polls: `wait`/`wait_many` borrow a subscriber connection, SUBSCRIBE to the
+task keys first and only then GET them (so a result stored in between is not missed),
+and sleep on the socket. If that connection drops, they reconnect, subscribe again and
+GET again, so a result published while they were disconnected is still seen.
+
+Chords join with Celery 5.7's keys (`.j` `.t` `.s` `.d` `.c`) in one script
+(`redis_chord.lua`): the call that completes the header gets every part, once.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from celeriac import states
+from celeriac._redis import (
+    RETRYABLE_ERRORS,
+    RetryPolicy,
+    call_with_retry,
+    connection_pool,
+    load_script,
+    new_connection,
+)
+from celeriac.backends.base import (
+    GROUP_KEY_PREFIX,
+    TASK_KEY_PREFIX,
+    ChordPart,
+    ResultBackend,
+    ResultMeta,
+)
+from celeriac.exceptions import BackendError, ResultLost, ResultTimeout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import redis
+
+__all__ = ["RedisBackend"]
+
+# -- storage layout (Celery's; every key gets the backend's global key prefix) ------------
+#   celery-task-meta-<task_id>            string: task result JSON; also a pub/sub channel
+#   celery-taskset-meta-<group_id>        string: {"result": GroupResult.as_tuple()}
+#   celery-taskset-meta-<group_id>.j      zset (list if result_chord_ordered is off): parts
+#   celery-taskset-meta-<group_id>.t      string int: chord size delta (add_to_chord)
+#   celery-taskset-meta-<group_id>.s      string int: chord size
+#   celery-taskset-meta-<group_id>.d      set: "<task_id>:<group_index>" counted (Celery 5.7)
+#   celery-taskset-meta-<group_id>.c      string: dispatch claim, "done" once fired (5.7)
+
+# Celery compat: the prefix gets "_" appended unless it already ends with one of these.
+_PREFIX_ENDINGS = ":_-."
+# What can break a subscriber connection.
+_SUBSCRIBER_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, OSError)
+# Idle subscriber connections kept for the next wait.
+_MAX_IDLE_SUBSCRIBERS = 4
+# Longest single sleep on the socket, so a wait without timeout stays interruptible.
+_MAX_SOCKET_WAIT = 1.0
+
+
+def _global_prefix(options: dict[str, Any]) -> str:
+    prefix = str(options.get("global_keyprefix") or "")
+    if prefix and prefix[-1] not in _PREFIX_ENDINGS:
+        prefix += "_"
+    return prefix
+
+
+class RedisBackend(ResultBackend):
+    """Results in Redis, readable by stock Celery and the other way round.
+
+    Transport options (`result_backend_transport_options`): global_keyprefix,
+    result_chord_ordered (default True), connection_retries, connection_retry_backoff,
+    connection_retry_backoff_max and the connection settings of `celeriac._redis`.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket")
+    supports_native_join: ClassVar[bool] = True
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        options = self.transport_options
+        prefix = _global_prefix(options)
+        self._task_prefix = prefix + TASK_KEY_PREFIX
+        self._group_prefix = prefix + GROUP_KEY_PREFIX
+        self._ordered = bool(options.get("result_chord_ordered", True))
+        self._retry_policy = RetryPolicy.from_options(options)
+        self._lock = threading.Lock()
+        self._pool: redis.ConnectionPool | None = None
+        self._client: redis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._idle: list[Any] = []
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _task_key(self, task_id: str) -> str:
+        return self._task_prefix + task_id
+
+    def _group_key(self, group_id: str, suffix: str = "") -> str:
+        return self._group_prefix + group_id + suffix
+
+    @property
+    def _ttl(self) -> int:
+        # Celery compat: SETEX takes whole seconds; 0 means keep forever.
+        return math.ceil(self.expires) if self.expires else 0
+
+    def _connection(self) -> redis.Redis:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                import redis as redis_module
+
+                self._pool = connection_pool(self.url, self.transport_options)
+                self._client = redis_module.Redis(connection_pool=self._pool)
+                for name in ("store", "chord"):
+                    script = load_script("celeriac.backends", f"redis_{name}.lua")
+                    self._scripts[name] = self._client.register_script(script)
+            return self._client
+
+    def _run(
+        self,
+        what: str,
+        operation: Callable[[redis.Redis], Any],
+        *,
+        unreachable: type[BackendError] = BackendError,
+    ) -> Any:
+        client = self._connection()
+        assert self._pool is not None
+        return call_with_retry(
+            lambda: operation(client),
+            pool=self._pool,
+            policy=self._retry_policy,
+            what=what,
+            error=BackendError,
+            unreachable=unreachable,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool, self._client = self._pool, None, None
+            idle, self._idle = self._idle, []
+            self._scripts.clear()
+        for conn in idle:
+            conn.disconnect()
+        if pool is not None:
+            pool.disconnect()
+
+    # -- task results ---------------------------------------------------------------
+
+    def store(self, meta: ResultMeta) -> None:
+        key = self._task_key(meta.task_id)
+        value = self.encode_meta(meta)
+        if self.serializer.name not in ("json", "msgpack"):
+            # The script reads JSON and msgpack; for other serializers check here, as
+            # Celery does (GET, then write).
+            current = self.get(meta.task_id)
+            if current is not None and current.status == states.SUCCESS:
+                return
+        self._connection()
+        script = self._scripts["store"]
+        self._run(
+            f"store the result of {meta.task_id}",
+            lambda client: script(keys=[key], args=[value, self._ttl], client=client),
+            unreachable=ResultLost,
+        )
+
+    def get(self, task_id: str) -> ResultMeta | None:
+        raw = self._run(
+            f"read the result of {task_id}", lambda client: client.get(self._task_key(task_id))
+        )
+        return None if raw is None else self.decode_meta(raw, task_id=task_id)
+
+    def get_many(self, task_ids: Sequence[str]) -> dict[str, ResultMeta]:
+        if not task_ids:
+            return {}
+        keys = [self._task_key(task_id) for task_id in task_ids]
+        raws = self._run(f"read {len(keys)} results", lambda client: client.mget(keys))
+        return {
+            task_id: self.decode_meta(raw, task_id=task_id)
+            for task_id, raw in zip(task_ids, raws, strict=True)
+            if raw is not None
+        }
+
+    def forget(self, task_id: str) -> None:
+        self._run(f"forget {task_id}", lambda client: client.delete(self._task_key(task_id)))
+
+    # -- waiting --------------------------------------------------------------------
+
+    def wait(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
+        return self.wait_many([task_id], timeout=timeout)[task_id]
+
+    def wait_many(
+        self, task_ids: Sequence[str], *, timeout: float | None = None
+    ) -> dict[str, ResultMeta]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = {tid: meta for tid, meta in self.get_many(task_ids).items() if meta.is_ready}
+        pending = {self._task_key(tid): tid for tid in task_ids if tid not in done}
+        delays = self._retry_policy.delays()
+        while pending:
+            conn = None
+            try:
+                conn = self._subscriber()
+                # Subscribe first, then GET: a result stored between the two is in the
+                # GET, one stored after it arrives as a message.
+                conn.send_command("SUBSCRIBE", *pending)
+                for _ in pending:
+                    conn.read_response()
+                delays = self._retry_policy.delays()
+                self._collect(self.get_many(list(pending.values())), pending, done)
+                self._listen(conn, pending, done, deadline, timeout)
+            except _SUBSCRIBER_ERRORS as exc:
+                if isinstance(exc, ResultTimeout):
+                    raise
+                if conn is not None:
+                    conn.disconnect()
+                    conn = None
+                delay = next(delays, None)
+                if delay is None:
+                    raise BackendError(
+                        f"lost the Redis subscription while waiting for results ({exc}); "
+                        "check that the server is running"
+                    ) from exc
+                time.sleep(delay)
+            finally:
+                if conn is not None:
+                    self._release(conn)
+        return {tid: done[tid] for tid in task_ids}
+
+    @staticmethod
+    def _collect(
+        found: dict[str, ResultMeta], pending: dict[str, str], done: dict[str, ResultMeta]
+    ) -> None:
+        for key, task_id in list(pending.items()):
+            meta = found.get(task_id)
+            if meta is not None and meta.is_ready:
+                done[task_id] = meta
+                del pending[key]
+
+    def _listen(
+        self,
+        conn: Any,
+        pending: dict[str, str],
+        done: dict[str, ResultMeta],
+        deadline: float | None,
+        timeout: float | None,
+    ) -> None:
+        encoded = {key.encode(): key for key in pending}
+        while pending:
+            wait = _MAX_SOCKET_WAIT
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    missing = ", ".join(sorted(pending.values()))
+                    raise ResultTimeout(f"task(s) {missing} not ready after {timeout} s")
+                wait = min(wait, remaining)
+            if not conn.can_read(timeout=wait):
+                continue
+            reply = conn.read_response()
+            if not isinstance(reply, list) or len(reply) != 3 or reply[0] != b"message":
+                continue
+            key = encoded.get(reply[1])
+            if key is None or key not in pending:
+                continue
+            meta = self.decode_meta(reply[2], task_id=pending[key])
+            if meta.is_ready:
+                done[pending.pop(key)] = meta
+
+    def _subscriber(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        self._connection()
+        assert self._pool is not None
+        # Health checks send PING, which a subscribed RESP2 connection answers
+        # differently; the socket wait notices a dead server by itself.
+        conn = new_connection(self._pool, health_check_interval=0)
+        conn.connect()
+        return conn
+
+    def _release(self, conn: Any) -> None:
+        """Unsubscribe and keep the connection for the next wait (or drop it)."""
+        try:
+            conn.send_command("UNSUBSCRIBE")
+            while True:
+                reply = conn.read_response()
+                if isinstance(reply, list) and reply[0] == b"unsubscribe" and reply[2] == 0:
+                    break
+        except _SUBSCRIBER_ERRORS:
+            conn.disconnect()
+            return
+        with self._lock:
+            if self._pool is not None and len(self._idle) < _MAX_IDLE_SUBSCRIBERS:
+                self._idle.append(conn)
+                return
+        conn.disconnect()
+
+    # -- groups ---------------------------------------------------------------------
+
+    def _set_and_publish(self, key: str, value: bytes | int, what: str) -> None:
+        def write(client: redis.Redis) -> None:
+            pipe: Any
+            with client.pipeline(transaction=True) as pipe:
+                if self._ttl:
+                    pipe.execute_command("SETEX", key, self._ttl, value)
+                else:
+                    pipe.set(key, value)
+                pipe.publish(key, value)
+                pipe.execute()
+
+        self._run(what, write, unreachable=ResultLost)
+
+    def save_group(self, group_id: str, result: Any) -> None:
+        # Celery compat: {"result": as_tuple}, SETEX + PUBLISH like a task result.
+        self._set_and_publish(
+            self._group_key(group_id), self.encode({"result": result}), f"save group {group_id}"
+        )
+
+    def get_group(self, group_id: str) -> Any | None:
+        raw = self._run(
+            f"read group {group_id}", lambda client: client.get(self._group_key(group_id))
+        )
+        if raw is None:
+            return None
+        value = self.decode(raw)
+        return value.get("result") if isinstance(value, dict) else None
+
+    def delete_group(self, group_id: str) -> None:
+        self._run(
+            f"delete group {group_id}", lambda client: client.delete(self._group_key(group_id))
+        )
+
+    # -- chords ---------------------------------------------------------------------
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        claim = self._group_key(group_id, ".c")
+        key = self._group_key(group_id, ".s")
+
+        def write(client: redis.Redis) -> None:
+            pipe: Any
+            # Celery compat: re-applying a frozen chord reuses its group id, so clear a
+            # previous run's 'done' claim first (5.7); SETEX + PUBLISH as 5.5 does.
+            with client.pipeline(transaction=True) as pipe:
+                pipe.delete(claim)
+                if self._ttl:
+                    pipe.execute_command("SETEX", key, self._ttl, size)
+                else:
+                    pipe.set(key, size)
+                pipe.publish(key, size)
+                pipe.execute()
+
+        self._run(f"set the size of chord {group_id}", write, unreachable=ResultLost)
+
+    def chord_part_return(
+        self,
+        group_id: str,
+        *,
+        index: int | None,
+        task_id: str,
+        status: str,
+        result: Any,
+    ) -> list[ChordPart] | None:
+        keys = [self._group_key(group_id, suffix) for suffix in (".j", ".t", ".s", ".d")]
+        keys += [self._group_key(group_id), self._group_key(group_id, ".c")]
+        score = "+inf" if index is None else str(int(index))
+        ttl = self._ttl
+        args = [
+            task_id,
+            self.encode([1, task_id, status, result]),
+            "1" if self._ordered else "0",
+            score,
+            ttl,
+            ttl,
+            # Celery 5.7 keeps 'done' at least 300 s; we keep it as long as results.
+            max(ttl, 300) if ttl else 86400,
+        ]
+        self._connection()
+        script = self._scripts["chord"]
+        reply = self._run(
+            f"join chord {group_id}",
+            lambda client: script(keys=keys, args=args, client=client),
+            unreachable=ResultLost,
+        )
+        if len(reply) < 2:
+            return None
+        members = reply[1:]
+        parts = []
+        if self._ordered:
+            pairs = zip(members[0::2], members[1::2], strict=True)
+            indexed = [(member, float(position)) for member, position in pairs]
+        else:
+            indexed = [(member, float(n)) for n, member in enumerate(members)]
+        for member, position in indexed:
+            value = self.decode(member)
+            if not isinstance(value, list) or len(value) != 4:
+                raise BackendError(f"chord {group_id} holds a malformed part: {value!r}")
+            _, part_id, part_status, part_result = value
+            parts.append(ChordPart(position, part_id, part_status, part_result))
+        return parts
