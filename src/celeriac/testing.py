@@ -77,6 +77,7 @@ class TestWorker:
             prefetch=prefetch,
             shutdown=self.shutdown,
             concurrency=concurrency,
+            receive_timeout=0.05,
         )
         self._thread = threading.Thread(target=self._run, name="celeriac-test-worker", daemon=True)
         self.error: BaseException | None = None

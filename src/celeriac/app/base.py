@@ -288,7 +288,9 @@ class Celeriac:
         module = getattr(fun, "__module__", None) or "__main__"
         if module == "__main__" and self.main:
             module = self.main
-        return f"{module}.{getattr(fun, '__qualname__', fun.__name__)}"
+        # Celery compat: `<module>.<__name__>` (not the qualified name), so producers
+        # and workers of both agree on names.
+        return f"{module}.{fun.__name__}"
 
     # -- handles ---------------------------------------------------------------------
 
@@ -694,6 +696,24 @@ def _is_coroutine_function(fun: Callable[..., Any]) -> bool:
     import inspect
 
     return inspect.iscoroutinefunction(fun)
+
+
+@overload
+def shared_task(fun: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+
+@overload
+def shared_task(fun: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def shared_task(*, bind: Literal[True], **options: Unpack[TaskOptions]) -> BoundTaskDecorator: ...
+
+
+@overload
+def shared_task(
+    *, bind: Literal[False] = False, **options: Unpack[TaskOptions]
+) -> TaskDecorator: ...
 
 
 def shared_task(*args: Any, **options: Any) -> Any:

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKEND_SCHEMES", "backend_class", "create_backend"]
 
+# Celery's default result_expires: one day (the same as ResultBackend's default).
+DEFAULT_RESULT_EXPIRES = 86400.0
+
 # scheme → (module, class, extra that installs its driver or None)
 BACKEND_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("celeriac.backends.memory", "MemoryBackend", None),
@@ -69,7 +72,7 @@ def create_backend(
     *,
     serializer: str = "json",
     accept: Iterable[str] = ("json",),
-    expires: float | timedelta | None = None,
+    expires: float | timedelta | None = DEFAULT_RESULT_EXPIRES,
     transport_options: Mapping[str, Any] | None = None,
     clock: Clock | None = None,
 ) -> ResultBackend:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +71,14 @@ def _store_for(url: str) -> _Store:
         return store
 
 
+def _timestamp(eta: datetime | None) -> float | None:
+    if eta is None:
+        return None
+    if eta.tzinfo is None:
+        eta = eta.replace(tzinfo=UTC)  # naive means UTC, as on the wire
+    return eta.timestamp()
+
+
 class MemoryBroker(Broker):
     """A complete broker living in this process's memory."""
 
@@ -120,7 +129,7 @@ class MemoryBroker(Broker):
                 priority=clamp_priority(priority),
                 seq=next(store.seq),
             )
-            self._put(entry, eta=eta.timestamp() if eta is not None else None)
+            self._put(entry, eta=_timestamp(eta))
             self._published += 1
             store.lock.notify_all()
 
@@ -151,7 +160,8 @@ class MemoryBroker(Broker):
     def receive(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
         store = self._store
         with store.lock:
-            deadline = self.clock.monotonic() + timeout
+            # Waiting is real time even under a fake clock (which only decides what is due).
+            deadline = time.monotonic() + timeout
             while True:
                 now = self.clock.time()
                 next_due = self._promote(now)
@@ -159,7 +169,7 @@ class MemoryBroker(Broker):
                 if taken:
                     self._received += len(taken)
                     return taken
-                remaining = deadline - self.clock.monotonic()
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
                 if next_due is not None:
@@ -293,6 +303,11 @@ class MemoryBroker(Broker):
             heapq.heapify(kept)
             store.delayed = kept
             return count
+
+    def leased_count(self) -> int:
+        """How many messages are leased right now (tests)."""
+        with self._store.lock:
+            return len(self._store.leased)
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
         store = self._store

@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from celeriac.worker.crashpoints import crash_point
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -206,6 +208,7 @@ class Consumer:
         max_tasks: Leave after this many tasks (`--max-tasks-per-child`).
         max_memory_kib: Leave after a task once resident memory passes this.
         parent_pid: Exit when this process stops being our parent (prefork children).
+        receive_timeout: Longest wait in one receive call (how soon a stop is noticed).
     """
 
     def __init__(
@@ -220,9 +223,11 @@ class Consumer:
         max_tasks: int | None = None,
         max_memory_kib: int | None = None,
         parent_pid: int | None = None,
+        receive_timeout: float = RECEIVE_TIMEOUT,
     ) -> None:
         self.broker = broker
         self.executor = executor
+        self.receive_timeout = receive_timeout
         self.queues = list(queues)
         self.concurrency = max(1, concurrency)
         self.shutdown = shutdown
@@ -244,13 +249,14 @@ class Consumer:
             for queue in self.queues:
                 self.broker.declare(queue)
             while not self.shutdown.is_requested():
-                free = holdings.room(wait=0.5)
+                free = holdings.room(wait=self.receive_timeout)
                 if free <= 0:
                     continue
-                batch = self.broker.receive(self.queues, limit=free, timeout=RECEIVE_TIMEOUT)
+                batch = self.broker.receive(self.queues, limit=free, timeout=self.receive_timeout)
                 if not batch:
                     continue
                 holdings.hold(batch)
+                crash_point("after_fetch")
                 for delivery in batch:
                     if self.shutdown.is_requested():
                         break

@@ -43,6 +43,7 @@ from celeriac.exceptions import (
 from celeriac.protocol.codec import TaskCall, decode_task
 from celeriac.protocol.errors import decode_exception, encode_exception
 from celeriac.protocol.serializers import normalize_accept
+from celeriac.worker.crashpoints import crash_point
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -206,6 +207,12 @@ class Executor:
             )
             return None
 
+        try:
+            task.check_arguments(call.args, call.kwargs)
+        except TypeError as exc:
+            self._dead_letter_with_failure(delivery, call, exc, reason=str(exc), task=task)
+            return None
+
         if delivery.crashes >= self.redelivery_limit:
             error = WorkerLostError(
                 f"the worker process running {call.name}[{call.id}] died "
@@ -220,12 +227,11 @@ class Executor:
             )
             return None
 
-        if delivery.redelivered and self._already_done(call):
-            logger.info(
-                "Task %s[%s] already finished; dropping a redelivered copy", call.name, call.id
-            )
-            self.broker.ack(delivery)
-            return None
+        if delivery.redelivered:
+            done = self._finished(call)
+            if done is not None:
+                self._drop_finished(delivery, call, done)
+                return None
 
         if call.expires is not None and call.expires <= now:
             self._revoke_expired(delivery, call)
@@ -236,7 +242,7 @@ class Executor:
             if wait > HOLD_SECONDS:
                 # A message that came early (a stock producer, a clock ahead of ours)
                 # waits on the broker, never in this process.
-                self.broker.defer(delivery, eta=call.eta)
+                self._defer(delivery, eta=call.eta)
                 return None
             if wait > 0:
                 time.sleep(wait)
@@ -304,7 +310,8 @@ class Executor:
         context = self._context(call, delivery)
         self._propagate_failure(call, context, exc, None)
 
-    def _already_done(self, call: TaskCall) -> bool:
+    def _finished(self, call: TaskCall) -> ResultMeta | None:
+        """The stored final result of `call`, if it already has one."""
         try:
             meta = self.backend.get(call.id)
         except Exception:  # isolation boundary: the check is an optimisation only
@@ -314,8 +321,23 @@ class Executor:
                 call.id,
                 exc_info=True,
             )
-            return False
-        return meta is not None and meta.is_ready
+            return None
+        return meta if meta is not None and meta.is_ready else None
+
+    def _drop_finished(self, delivery: Delivery, call: TaskCall, meta: ResultMeta) -> None:
+        """A redelivered copy of a finished task: do not run it again. A failure recorded
+        by someone else (the supervisor, at a hard time limit) is passed on to the rest of
+        the workflow here, as the run that failed could not do it."""
+        logger.info(
+            "Task %s[%s] already finished (%s); dropping a redelivered copy",
+            call.name,
+            call.id,
+            meta.status,
+        )
+        if meta.status in states.PROPAGATE_STATES:
+            exc = decode_exception(meta.result)
+            self._propagate_failure(call, self._context(call, delivery), exc, meta.traceback)
+        self.broker.ack(delivery)
 
     def _revoke_expired(self, delivery: Delivery, call: TaskCall) -> None:
         logger.info("Task %s[%s] expired at %s; not run", call.name, call.id, call.expires)
@@ -367,8 +389,13 @@ class Executor:
             return True
         message = delivery.message
         deferred = replace(message, headers={**message.headers, RATE_SLOT_HEADER: slot})
-        self.broker.defer(delivery, eta=datetime.fromtimestamp(slot, UTC), message=deferred)
+        self._defer(delivery, eta=datetime.fromtimestamp(slot, UTC), message=deferred)
         return False
+
+    def _defer(self, delivery: Delivery, *, eta: datetime, message: Message | None = None) -> None:
+        crash_point("before_defer")
+        self.broker.defer(delivery, eta=eta, message=message)
+        crash_point("after_defer")
 
     def _time_limits(
         self, task: Task[Any, Any], call: TaskCall
@@ -425,6 +452,8 @@ class Executor:
         token = push_context(task, request.context)
         request.started = time.monotonic()
         try:
+            # Not counted against the message: the slot is not armed yet.
+            crash_point("before_run")
             self.limits.arm(request)
             try:
                 task.before_start(call.id, call.args, call.kwargs)
@@ -490,7 +519,9 @@ class Executor:
             if outcome.state == states.FAILURE and not self._ack_failures(task):
                 self.broker.dead_letter(request.delivery, reason=f"failed: {outcome.exc!r}")
             else:
+                crash_point("before_ack")
                 self.broker.ack(request.delivery)
+                crash_point("after_ack")
             request.acked = True
 
     def _ack_failures(self, task: Task[Any, Any]) -> bool:
@@ -753,7 +784,9 @@ class Executor:
         delay = STORE_RETRY_START
         while True:
             try:
+                crash_point("before_store")
                 self.backend.store(meta)
+                crash_point("after_store")
                 return
             except Exception as exc:  # isolation boundary: backend outages
                 if time.monotonic() + delay > deadline:

@@ -26,6 +26,7 @@ from celeriac import states
 from celeriac.exceptions import TimeLimitExceeded
 from celeriac.protocol.errors import encode_exception
 from celeriac.worker.consumer import Shutdown
+from celeriac.worker.crashpoints import crash_point
 from celeriac.worker.pools.prefork import child_main, consumer_id_for
 from celeriac.worker.slots import RunningTask, SlotTable
 
@@ -167,7 +168,9 @@ class Supervisor:
         try:
             broker = self.broker
             if broker.supports_recover:
+                crash_point("before_recover")
                 returned = broker.recover(consumer_id, running=running)
+                crash_point("after_recover")
                 if returned:
                     logger.warning(
                         "Returned %d message(s) held by %s to the queue", returned, consumer_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -45,6 +46,8 @@ def child_main(
     parent_pid: int,
 ) -> int:
     """Run one prefork child until it is told to stop; return its exit code."""
+    # Celery compat: children log as ForkPoolWorker-<n>.
+    multiprocessing.current_process().name = f"ForkPoolWorker-{index + 1}"
     shutdown = Shutdown()
 
     def on_term(signum: int, frame: FrameType | None) -> None:

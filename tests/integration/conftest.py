@@ -1,0 +1,148 @@
+"""Real worker processes for integration tests.
+
+`run_worker(source, *args)` writes `source` as module `tasks.py` in a fresh directory,
+starts `celeriac -A tasks worker ...` there, waits until it answers, and stops it (and
+every child it made) by pid when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psutil
+import pytest
+
+from tests.helpers import wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class WorkerProcess:
+    """A running `celeriac worker` and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    directory: Path
+    log: Path
+    known_pids: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def children(self) -> list[int]:
+        """Pids of the worker's child processes, right now."""
+        try:
+            kids = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        pids = [kid.pid for kid in kids]
+        self.known_pids.update(pids)
+        return pids
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop the worker and every child it ever had (by pid)."""
+        self.children()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        for pid in self.known_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class RunWorker(Protocol):
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> WorkerProcess: ...
+
+
+@pytest.fixture
+def tasks_dir(tmp_path: Path) -> Path:
+    """Where `tasks.py` and the SQLite file of the test live."""
+    directory = tmp_path / "app"
+    directory.mkdir()
+    return directory
+
+
+def write_tasks(directory: Path, source: str) -> None:
+    (directory / "tasks.py").write_text(textwrap.dedent(source))
+
+
+def import_tasks(directory: Path) -> Any:
+    """Import the test's `tasks` module in the test process (fresh each time)."""
+    sys.modules.pop("tasks", None)
+    sys.path.insert(0, str(directory))
+    try:
+        import tasks  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(directory))
+    return tasks
+
+
+@pytest.fixture
+def run_worker(tasks_dir: Path) -> Iterator[RunWorker]:
+    """Start workers on the test's `tasks.py`; all stopped by pid at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
+        log = tasks_dir / f"worker-{len(started)}.log"
+        command = [sys.executable, "-m", "celeriac", "-A", "tasks", "worker", "-l", "info", *args]
+        environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        handle = log.open("wb")
+        process = subprocess.Popen(
+            command, cwd=tasks_dir, stdout=handle, stderr=handle, env=environment
+        )
+        handle.close()
+        worker = WorkerProcess(process, tasks_dir, log)
+        started.append(worker)
+        if wait:
+            wait_for(
+                lambda: "ready" in worker.output() or process.poll() is not None,
+                timeout=20,
+                what="worker start",
+            )
+            if process.poll() is not None:
+                pytest.fail(f"worker exited at start:\n{worker.output()}")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    sys.modules.pop("tasks", None)
+
+
+def wait_until_gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(
+            psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids
+        ):
+            return True
+        time.sleep(0.05)
+    return False
