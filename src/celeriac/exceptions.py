@@ -40,6 +40,7 @@ Outside the tree, because a task's own code must not catch them by accident with
 from __future__ import annotations
 
 import builtins
+import functools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -211,6 +212,13 @@ class MaxRetriesExceededError(TaskError):
         self.task_args = kwargs.pop("task_args", [])
         self.task_kwargs = kwargs.pop("task_kwargs", {})
         super().__init__(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the task's arguments when the error crosses a process boundary.
+        rebuild = functools.partial(
+            self.__class__, task_args=self.task_args, task_kwargs=self.task_kwargs
+        )
+        return rebuild, self.args
 
 
 class TaskRevokedError(TaskError):

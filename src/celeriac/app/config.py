@@ -12,6 +12,8 @@ Where celeriac's default differs from Celery's it is on purpose and marked
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
@@ -19,7 +21,7 @@ from typing import Any
 
 from celeriac.exceptions import ImproperlyConfigured
 
-__all__ = ["DEFAULTS", "Settings"]
+__all__ = ["DEFAULTS", "Settings", "new_setting_name"]
 
 # One MiB: larger bodies are refused (and dead-lettered by workers).
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
@@ -109,7 +111,12 @@ def _optional_seconds(name: str, value: Any) -> float | None:
         return None
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise _fail(name, value, "write a number of seconds (e.g. 30 or 2.5) or None")
     return float(value)
 
@@ -142,7 +149,7 @@ def _accept(name: str, value: Any) -> list[str] | None:
     items = list(value)
     from celeriac.protocol.serializers import normalize_accept
 
-    normalize_accept(items)  # raises with the offending entry named
+    normalize_accept(items, setting=name)  # raises with the offending entry named
     return items
 
 
@@ -176,11 +183,18 @@ def _priority(name: str, value: Any) -> int | None:
     return value
 
 
+def _is_route_pairs(item: Any) -> bool:
+    # Celery's ordered form of a route table: [(name or pattern, route), ...].
+    return isinstance(item, list | tuple) and all(
+        isinstance(pair, list | tuple) and len(pair) == 2 for pair in item
+    )
+
+
 def _routes(name: str, value: Any) -> Any:
-    if value is None or isinstance(value, Mapping) or callable(value):
+    if value is None or isinstance(value, Mapping | str) or callable(value):
         return value
     if isinstance(value, list | tuple) and all(
-        isinstance(item, Mapping) or callable(item) or isinstance(item, str) for item in value
+        isinstance(item, Mapping | str) or callable(item) or _is_route_pairs(item) for item in value
     ):
         return list(value)
     raise _fail(
@@ -208,9 +222,11 @@ def _rate(name: str, value: Any) -> Any:
 def _modules(name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
-    if not isinstance(value, Iterable) or not all(isinstance(v, str) for v in value):
+    # Materialize first: a generator would be used up by the check below.
+    names = tuple(value) if isinstance(value, Iterable) else None
+    if names is None or not all(isinstance(v, str) for v in names):
         raise _fail(name, value, "write a list of module names")
-    return tuple(value)
+    return names
 
 
 def _optional_str(name: str, value: Any) -> str | None:
@@ -300,13 +316,18 @@ class Settings:
     def __init__(self, values: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_values", {})
         for key, value in DEFAULTS.items():
-            self._values[key] = value.copy() if isinstance(value, dict) else value
+            # Copies: `conf.accept_content.append(...)` must not change every other app.
+            self._values[key] = copy.deepcopy(value) if isinstance(value, dict | list) else value
         if values:
             self.update(values)
 
     # -- access -------------------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            # Private and dunder lookups (copy, pickle) must not reach `_values`, which
+            # does not exist yet on an instance being rebuilt.
+            raise AttributeError(name)
         try:
             return self._values[name]
         except KeyError:
@@ -319,9 +340,11 @@ class Settings:
         return self._values[name]
 
     def __setitem__(self, name: str, value: Any) -> None:
-        if not isinstance(name, str) or not name or name != name.lower():
+        if not isinstance(name, str) or not name:
+            raise ImproperlyConfigured(f"setting names are non-empty strings, got {name!r}")
+        if name != name.lower():
             raise ImproperlyConfigured(
-                f"setting names are lower case (Celery 4+ style): write {name.lower()!r} "
+                f"setting names are lower case (Celery 4+ style): write {new_setting_name(name)!r} "
                 f"instead of {name!r}"
             )
         validator = _VALIDATORS.get(name)
@@ -370,6 +393,41 @@ class Settings:
                 value = redact_url(value)
             lines.append(f"{key}: {value!r}")
         return "\n".join(lines)
+
+
+# Celery 3 upper-case names whose new name does not follow the prefix rules below.
+_OLD_NAMES_IRREGULAR = {
+    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
+    "CELERY_MESSAGE_COMPRESSION": "task_compression",
+    "CELERY_EAGER_PROPAGATES_EXCEPTIONS": "task_eager_propagates",
+    "CELERY_SEND_EVENTS": "worker_send_task_events",
+}
+# Old prefix → candidate new prefixes, tried in order.
+_OLD_PREFIXES = (
+    ("CELERYD_", ("worker_", "")),
+    ("CELERYBEAT_", ("beat_",)),
+    ("CELERY_", ("", "task_", "result_", "worker_")),
+    ("BROKER_", ("broker_",)),
+)
+
+
+def new_setting_name(name: str) -> str:
+    """The lower-case setting that an upper-case (Celery 3 style) `name` became.
+
+    Falls back to `name.lower()` when no known setting matches.
+    """
+    if name in _OLD_NAMES_IRREGULAR:
+        return _OLD_NAMES_IRREGULAR[name]
+    lower = name.lower()
+    if lower in DEFAULTS:
+        return lower
+    for prefix, replacements in _OLD_PREFIXES:
+        if name.startswith(prefix):
+            rest = name[len(prefix) :].lower()
+            for replacement in replacements:
+                if replacement + rest in DEFAULTS:
+                    return replacement + rest
+    return lower
 
 
 def _from_environment(name: str) -> str | None:

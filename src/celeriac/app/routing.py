@@ -1,16 +1,21 @@
 """Pick the queue for a task call: explicit options, then `task_routes`, then the default.
 
 `task_routes` takes Celery's forms: a dict keyed by task name, glob (`"feeds.*"`) or
-compiled regex, whose values are `{"queue": ...}` dicts or plain queue names; a router
-function `(name, args, kwargs, options, task=None, **kw) -> dict | str | None`; or a list
-of these, tried in order.
+compiled regex, whose values are `{"queue": ...}` dicts or plain queue names; the same
+table as a list of `(key, route)` pairs (ordered); a router function
+`(name, args, kwargs, options, task=None, **kw) -> dict | str | None` or the dotted path of
+one; or a list of these, tried in order.
+
+Celery compat: as in Celery 5.7, a key is a glob only when it holds `*` (a glob matches the
+whole name), and a compiled regex matches at the start of the name (`re.match`).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -70,11 +75,18 @@ class Router:
         compiled: list[Callable[..., Any]] = []
         for item in items:
             if isinstance(item, str):
-                item = import_object(item)
+                try:
+                    item = import_object(item)
+                except ImportError as exc:
+                    raise ImproperlyConfigured(
+                        f"task_routes names router {item!r}, which cannot be imported: {exc}"
+                    ) from exc
             if isinstance(item, Mapping):
+                compiled.append(_MapRouter(item.items()))
+            elif isinstance(item, list | tuple):
                 compiled.append(_MapRouter(item))
             elif callable(item):
-                compiled.append(item)
+                compiled.append(_FunctionRouter(item))
             else:
                 raise ImproperlyConfigured(f"cannot route with {item!r}")
         return compiled
@@ -88,7 +100,13 @@ class Router:
         *,
         task: Any = None,
     ) -> Route:
-        """The route of one call; explicit `queue`/`routing_key`/`exchange` options win."""
+        """The route of one call; explicit `queue`/`routing_key`/`exchange` options win.
+
+        Celery compat: a direct queue (the default exchange type) without both an explicit
+        exchange and routing key is published to the default exchange `""` with the queue
+        name as routing key; any other exchange type keeps its exchange, with the routing
+        key falling back to `task_default_routing_key`, then the queue name.
+        """
         chosen: dict[str, Any] = {}
         if options.get("queue") is None and self._routers:
             found = self._lookup(name, args, kwargs, options, task)
@@ -101,10 +119,13 @@ class Router:
         if not isinstance(exchange, str):
             exchange = getattr(exchange, "name", "") or ""
         routing_key = options.get("routing_key") or chosen.get("routing_key")
-        # Celery compat: a direct queue without an explicit exchange and routing key goes
-        # to the default exchange "" with the queue name as routing key.
-        if not exchange or not routing_key:
-            exchange, routing_key = "", queue
+        exchange_type = options.get("exchange_type") or chosen.get("exchange_type") or "direct"
+        if exchange_type == "direct":
+            if not exchange or not routing_key:
+                exchange, routing_key = "", queue
+        else:
+            exchange = exchange or self.default_exchange or queue
+            routing_key = routing_key or self.default_routing_key or queue
         priority = options.get("priority")
         if priority is None:
             priority = chosen.get("priority")
@@ -123,28 +144,68 @@ class Router:
             return self._cache[name]
         result: dict[str, Any] | None = None
         for router in self._routers:
-            try:
-                found = router(name, args, kwargs, options, task=task)
-            except TypeError:
-                found = router(name, args, kwargs, options)
-            result = _as_route_dict(found)
-            if result:
+            result = _as_route_dict(router(name, args, kwargs, options, task=task))
+            # Celery compat: the first router that answers anything but None decides,
+            # even with an empty dict (which means "the default queue").
+            if result is not None:
                 break
         if static:
             self._cache[name] = result
         return result
 
 
-class _MapRouter:
-    """A dict of name / glob / regex → route."""
+class _FunctionRouter:
+    """A user's router function; `task=` is passed only if it takes it (Celery always does)."""
 
-    def __init__(self, table: Mapping[Any, Any]) -> None:
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        # Decided once, from the signature: retrying a call on TypeError would run the
+        # router twice and hide a TypeError raised inside it.
+        self.takes_task = _accepts_keyword(function, "task")
+
+    def __call__(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: Mapping[str, Any],
+        *,
+        task: Any = None,
+    ) -> Any:
+        if self.takes_task:
+            return self.function(name, args, kwargs, options, task=task)
+        return self.function(name, args, kwargs, options)
+
+
+def _accepts_keyword(function: Callable[..., Any], keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature (some builtins): pass it, as Celery does
+        return True
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == keyword and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        for p in parameters
+    )
+
+
+class _MapRouter:
+    """A table of name / glob / regex → route; exact names first, then patterns in order."""
+
+    def __init__(self, table: Iterable[Any]) -> None:
         self.exact: dict[str, Any] = {}
         self.patterns: list[tuple[re.Pattern[str], Any]] = []
-        for key, value in table.items():
+        for pair in table:
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise ImproperlyConfigured(
+                    f"task_routes entry {pair!r} is not a (name or pattern, route) pair"
+                )
+            key, value = pair
             if isinstance(key, re.Pattern):
                 self.patterns.append((key, value))
-            elif isinstance(key, str) and any(ch in key for ch in "*?["):
+            elif isinstance(key, str) and "*" in key:
+                # Celery compat: only a key with `*` is a glob (then `?` and `[...]` are
+                # wildcards too); any other key is an exact name.
                 self.patterns.append((re.compile(fnmatch.translate(key)), value))
             elif isinstance(key, str):
                 self.exact[key] = value

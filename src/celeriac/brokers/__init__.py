@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from celeriac._urls import redact_url
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
@@ -45,12 +46,20 @@ def broker_class(url: str) -> type[Broker]:
     except KeyError:
         known = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
         raise ImproperlyConfigured(
-            f"unknown broker URL scheme in {url.split('@')[-1]!r}: use one of {known} "
+            f"unknown broker URL scheme in {redact_url(url)!r}: use one of {known} "
             "(for example redis://localhost:6379/0 or sqlite:///celeriac.db)"
         ) from None
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        if exc.name is not None and (
+            exc.name == module_name or module_name.startswith(exc.name + ".")
+        ):
+            # Our own module is missing, not its driver: no extra would help.
+            raise ImproperlyConfigured(
+                f"the {scheme}:// broker is not available in this celeriac installation "
+                f"({module_name} is missing)"
+            ) from exc
         if extra is None:
             raise
         raise ImproperlyConfigured(

@@ -9,13 +9,14 @@ names it, so the worker can dead-letter the message with that reason.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from celeriac._time import from_iso, to_iso
+from celeriac._time import UTC, from_iso, to_iso
 from celeriac.exceptions import InvalidTaskError, MessageTooLarge
 from celeriac.protocol.message import Message
 from celeriac.protocol.serializers import compress, decompress, dumps, loads
@@ -53,6 +54,8 @@ PROTOCOL_HEADERS = frozenset(
 REPR_MAX = 1024
 # An ETA further out than this is taken for a mistake, not a schedule.
 MAX_ETA_YEARS = 10
+# A dict body with any of these keys is protocol v1 (or a v1 body under v2 headers).
+_V1_KEYS = frozenset({"args", "kwargs", "task"})
 
 
 @dataclass(slots=True)
@@ -162,14 +165,18 @@ def encode_task(
         body, headers["compression"] = compress(body, compression)
     properties: dict[str, Any] = {
         "correlation_id": call.correlation_id or call.id,
-        "reply_to": call.reply_to,
+        # Celery compat: an unset reply_to is written as "" (never null).
+        "reply_to": call.reply_to or "",
         "delivery_mode": call.delivery_mode,
     }
     if call.priority is not None:
         properties["priority"] = call.priority
     if call.expires is not None:
         # Celery compat: AMQP per-message TTL in whole milliseconds, never negative.
-        remaining = (call.expires - datetime.now(call.expires.tzinfo)).total_seconds()
+        expires = call.expires
+        if expires.tzinfo is None:  # naive means UTC, as in the `expires` header
+            expires = expires.replace(tzinfo=UTC)
+        remaining = (expires - datetime.now(UTC)).total_seconds()
         properties["expiration"] = str(max(0, int(remaining * 1000)))
     return Message(
         headers=headers,
@@ -187,6 +194,8 @@ def _parse_instant(value: Any, what: str, *, now: datetime | None) -> datetime |
         instant = from_iso(value)
     except (ValueError, TypeError) as exc:
         raise InvalidTaskError(f"{what} {value!r} is not an ISO-8601 instant") from exc
+    if now is not None and now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
     if now is not None and (instant - now).days > 366 * MAX_ETA_YEARS:
         raise InvalidTaskError(f"{what} {value!r} is more than {MAX_ETA_YEARS} years away")
     return instant
@@ -195,9 +204,35 @@ def _parse_instant(value: Any, what: str, *, now: datetime | None) -> datetime |
 def _number(value: Any, what: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidTaskError(f"{what} must be a number of seconds, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidTaskError(f"{what} must be a number of seconds >= 0, got {value!r}")
     return float(value)
+
+
+def _optional_str(headers: dict[str, Any], key: str) -> str | None:
+    value = headers.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidTaskError(f"header {key!r} must be a string or null, got {value!r}")
+    return value
+
+
+def _count(headers: dict[str, Any], key: str) -> int:
+    value = headers.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidTaskError(f"header {key!r} must be a count >= 0, got {value!r}")
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    # For headers that only feed logs and monitors: a wrong type is dropped, not fatal.
+    return value if isinstance(value, str) else None
 
 
 def _decode_body(message: Message, *, accept: frozenset[str], max_size: int | None) -> Any:
@@ -208,11 +243,8 @@ def _decode_body(message: Message, *, accept: frozenset[str], max_size: int | No
         )
     kind = message.headers.get("compression")
     if kind:
-        body = decompress(body, str(kind))
-        if max_size is not None and len(body) > max_size:
-            raise MessageTooLarge(
-                f"decompressed body is {len(body)} bytes, over task_max_message_size ({max_size})"
-            )
+        # Bounded: a small body that would inflate past max_size is refused while inflating.
+        body = decompress(body, str(kind), max_size=max_size)
     return loads(body, message.content_type, accept=accept)
 
 
@@ -250,7 +282,7 @@ def decode_task(
     headers = message.headers if isinstance(message.headers, dict) else {}
     payload = _decode_body(message, accept=accept, max_size=max_size)
 
-    if isinstance(payload, dict) and "args" in payload:
+    if isinstance(payload, dict) and not _V1_KEYS.isdisjoint(payload):
         # Protocol v1, or a hybrid (v1 body under v2 headers): fold the body into headers.
         merged = dict(headers)
         for key in (
@@ -301,6 +333,8 @@ def decode_task(
         raise InvalidTaskError(f"args of {name}[{task_id}] must be a list, got {args!r}")
     if not isinstance(kwargs, dict):
         raise InvalidTaskError(f"kwargs of {name}[{task_id}] must be an object, got {kwargs!r}")
+    if not all(isinstance(key, str) for key in kwargs):
+        raise InvalidTaskError(f"kwargs of {name}[{task_id}] must have string keys")
     if embed is None:
         embed = {}
     if not isinstance(embed, dict):
@@ -314,9 +348,7 @@ def decode_task(
     elif timelimit is not None:
         raise InvalidTaskError(f"timelimit must be [hard, soft], got {timelimit!r}")
 
-    retries = headers.get("retries") or 0
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise InvalidTaskError(f"retries must be a count, got {retries!r}")
+    retries = _count(headers, "retries")
     group_index = headers.get("group_index")
     if group_index is not None and (
         isinstance(group_index, bool) or not isinstance(group_index, int)
@@ -326,10 +358,17 @@ def decode_task(
     if chord is not None and not isinstance(chord, dict):
         raise InvalidTaskError(f"embed chord must be a signature, got {chord!r}")
     stamps = headers.get("stamps")
+    stamped_headers = headers.get("stamped_headers")
+    if stamped_headers is not None and (
+        not isinstance(stamped_headers, list)
+        or not all(isinstance(item, str) for item in stamped_headers)
+    ):
+        raise InvalidTaskError(f"stamped_headers must be a list of names, got {stamped_headers!r}")
     ignore_result = headers.get("ignore_result")
     custom = {k: v for k, v in headers.items() if k not in PROTOCOL_HEADERS}
-    props = message.properties
+    props = message.properties if isinstance(message.properties, dict) else {}
     priority = props.get("priority")
+    delivery_mode = props.get("delivery_mode")
     return TaskCall(
         name=name,
         id=task_id,
@@ -344,21 +383,22 @@ def decode_task(
         retries=retries,
         time_limit=hard,
         soft_time_limit=soft,
-        group=headers.get("group"),
+        group=_optional_str(headers, "group"),
         group_index=group_index,
-        root_id=headers.get("root_id"),
-        parent_id=headers.get("parent_id"),
-        shadow=headers.get("shadow"),
-        origin=headers.get("origin"),
+        root_id=_optional_str(headers, "root_id"),
+        parent_id=_optional_str(headers, "parent_id"),
+        shadow=_optional_str(headers, "shadow"),
+        origin=_text_or_none(headers.get("origin")),
         ignore_result=ignore_result if isinstance(ignore_result, bool) else None,
-        reply_to=props.get("reply_to"),
-        correlation_id=props.get("correlation_id"),
-        priority=priority if isinstance(priority, int) else None,
-        delivery_mode=props.get("delivery_mode") or 2,
+        # Celery writes "" for "no reply address".
+        reply_to=_text_or_none(props.get("reply_to")) or None,
+        correlation_id=_text_or_none(props.get("correlation_id")),
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else None,
+        delivery_mode=delivery_mode if delivery_mode in (1, 2) else 2,
         headers=custom,
-        stamped_headers=headers.get("stamped_headers"),
+        stamped_headers=stamped_headers,
         stamps=stamps if isinstance(stamps, dict) else {},
-        replaced_task_nesting=headers.get("replaced_task_nesting") or 0,
-        argsrepr=headers.get("argsrepr"),
-        kwargsrepr=headers.get("kwargsrepr"),
+        replaced_task_nesting=_count(headers, "replaced_task_nesting"),
+        argsrepr=_text_or_none(headers.get("argsrepr")),
+        kwargsrepr=_text_or_none(headers.get("kwargsrepr")),
     )

@@ -10,7 +10,9 @@ a backend can make a reader import or run arbitrary code.
 from __future__ import annotations
 
 import builtins
+import inspect
 import sys
+from types import ModuleType
 from typing import Any
 
 from celeriac import exceptions as _exc
@@ -19,11 +21,14 @@ from celeriac.protocol.serializers import json_dumps
 
 __all__ = ["CELERY_EXC_MODULE", "decode_exception", "encode_exception"]
 
-# Celery compat: these classes live in celery.exceptions (or billiard.exceptions) for stock
-# peers; we write them under celery.exceptions and read either name back as ours.
+# Celery compat: where stock Celery keeps the classes celeriac has under the same meaning.
+# Ours are written under Celery's module and name (what `prepare_exception` writes for
+# Celery's own), so stock clients rebuild them; either name reads back as ours.
 CELERY_EXC_MODULE = "celery.exceptions"
-_CELERY_NAMES = frozenset(
-    {
+BILLIARD_EXC_MODULE = "billiard.exceptions"
+_CELERY_NAMES: dict[str, tuple[str, str]] = {
+    name: (CELERY_EXC_MODULE, name)
+    for name in (
         "ChordError",
         "TaskRevokedError",
         "NotRegistered",
@@ -31,16 +36,25 @@ _CELERY_NAMES = frozenset(
         "Retry",
         "Ignore",
         "Reject",
-        "TimeLimitExceeded",
-        "SoftTimeLimitExceeded",
-        "WorkerLostError",
         "InvalidTaskError",
         "ImproperlyConfigured",
         "SecurityError",
         "TaskError",
-    }
+        "TaskPredicate",
+        "QueueNotFound",
+    )
+}
+# celery.exceptions re-exports billiard's classes of these names.
+_CELERY_NAMES.update(
+    (name, (BILLIARD_EXC_MODULE, name))
+    for name in ("TimeLimitExceeded", "SoftTimeLimitExceeded", "WorkerLostError")
 )
-_OUR_MODULES = frozenset({"celery.exceptions", "billiard.exceptions", "celeriac.exceptions"})
+# Celery's `TimeoutError` is our `ResultTimeout`.
+_CELERY_NAMES["ResultTimeout"] = (CELERY_EXC_MODULE, "TimeoutError")
+_OUR_MODULES = frozenset({CELERY_EXC_MODULE, BILLIARD_EXC_MODULE, "celeriac.exceptions"})
+# Control flow of the worker itself, never a task's failure: a stored one stays remote.
+# (Celery's WorkerShutdown is a SystemExit, which no stock reader should raise either.)
+_NEVER_REBUILT = frozenset({"WorkerShutdown"})
 
 
 def _jsonable(value: Any) -> Any:
@@ -53,33 +67,49 @@ def _jsonable(value: Any) -> Any:
 
 def encode_exception(exc: BaseException) -> dict[str, Any]:
     """Return the stored form of `exc` (Celery's layout for non-pickle serializers)."""
-    cls = type(exc)
-    module = cls.__module__
-    if module == "celeriac.exceptions" and cls.__name__ in _CELERY_NAMES:
-        module = CELERY_EXC_MODULE
     if isinstance(exc, _exc.RemoteTaskError):
         # Pass a failure we could not rebuild on unchanged, under its original name.
+        message = exc.exc_message
         return {
             "exc_type": exc.exc_type,
-            "exc_message": _jsonable(exc.exc_message),
+            "exc_message": [_jsonable(arg) for arg in message]
+            if isinstance(message, list | tuple)
+            else _jsonable(message),
             "exc_module": exc.exc_module,
         }
+    cls = type(exc)
+    module, qualname = cls.__module__, cls.__qualname__
+    if module == "celeriac.exceptions" and qualname in _CELERY_NAMES:
+        module, qualname = _CELERY_NAMES[qualname]
     args = [_jsonable(arg) for arg in exc.args]
-    return {"exc_type": cls.__qualname__, "exc_message": args, "exc_module": module}
+    return {"exc_type": qualname, "exc_message": args, "exc_module": module}
+
+
+def _static_attribute(owner: object, name: str) -> object:
+    # Never getattr(): a module `__getattr__`, a property or a metaclass hook would run
+    # code on behalf of stored data. Plain namespace lookups only.
+    if isinstance(owner, ModuleType):
+        return vars(owner).get(name)
+    try:
+        return inspect.getattr_static(owner, name)
+    except AttributeError:
+        return None
 
 
 def _lookup_class(module: str | None, qualname: str) -> type[Exception] | None:
     if module in _OUR_MODULES:
-        candidate = getattr(_exc, qualname, None)
+        if qualname in _NEVER_REBUILT:
+            return None
+        candidate: object = _static_attribute(_exc, qualname)
     elif module in (None, "builtins", "exceptions"):
-        candidate = getattr(builtins, qualname, None)
+        candidate = _static_attribute(builtins, qualname)
     else:
         loaded = sys.modules.get(module) if module else None
         if loaded is None:
             return None
         candidate = loaded
         for part in qualname.split("."):
-            candidate = getattr(candidate, part, None)
+            candidate = _static_attribute(candidate, part)
             if candidate is None:
                 return None
     if isinstance(candidate, type) and issubclass(candidate, Exception):

@@ -37,5 +37,6 @@ class Message:
 
     @property
     def priority(self) -> int | None:
+        """The `priority` property, if it is an integer."""
         value = self.properties.get("priority")
-        return value if isinstance(value, int) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -14,6 +14,7 @@ import bz2
 import json
 import lzma
 import pickle
+import re
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -23,7 +24,12 @@ from typing import TYPE_CHECKING, Any, final
 
 import orjson
 
-from celeriac.exceptions import ContentDisallowed, ImproperlyConfigured, SerializationError
+from celeriac.exceptions import (
+    ContentDisallowed,
+    ImproperlyConfigured,
+    MessageTooLarge,
+    SerializationError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -45,6 +51,8 @@ __all__ = [
 TYPE_KEY = "__type__"
 VALUE_KEY = "__value__"
 _TAG_MARKER = b'"__type__"'
+# A run of digits this long may be an integer beyond 64 bits (see json_loads).
+_LONG_NUMBER = re.compile(rb"\d{19}")
 
 
 @final
@@ -89,33 +97,93 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
+def _decode_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _decode_date(value: Any) -> date:
+    # kombu decodes dates through datetime, so a full timestamp is accepted too.
+    return datetime.fromisoformat(_decode_str(value)).date()
+
+
+def _decode_decimal(value: Any) -> Decimal:
+    if not isinstance(value, str | int | float):
+        raise TypeError(f"expected a number or a string, got {type(value).__name__}")
+    try:
+        return Decimal(value)
+    except ArithmeticError as exc:  # decimal.InvalidOperation is not a ValueError
+        raise ValueError(f"{value!r} is not a decimal number") from exc
+
+
+def _decode_uuid(value: Any) -> uuid.UUID:
+    if isinstance(value, dict):
+        return uuid.UUID(**value)
+    return uuid.UUID(_decode_str(value))
+
+
+def _decode_base64(value: Any) -> bytes:
+    return base64.b64decode(_decode_str(value))
+
+
 _DECODERS: dict[str, Callable[[Any], Any]] = {
-    "datetime": datetime.fromisoformat,
-    "date": date.fromisoformat,
-    "time": time.fromisoformat,
-    "decimal": Decimal,
-    "uuid": lambda v: uuid.UUID(**v) if isinstance(v, dict) else uuid.UUID(v),
-    "bytes": lambda v: v.encode("utf-8"),
-    "base64": lambda v: base64.b64decode(v),
+    "datetime": lambda v: datetime.fromisoformat(_decode_str(v)),
+    "date": _decode_date,
+    "time": lambda v: time.fromisoformat(_decode_str(v)),
+    "decimal": _decode_decimal,
+    "uuid": _decode_uuid,
+    "bytes": lambda v: _decode_str(v).encode("utf-8"),
+    "base64": _decode_base64,
 }
 
 
-def _untag(obj: Any) -> Any:
-    """Rebuild typed values anywhere inside a decoded JSON document."""
-    if isinstance(obj, dict):
-        if len(obj) == 2 and TYPE_KEY in obj and VALUE_KEY in obj:
-            kind = obj[TYPE_KEY]
-            decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
-            if decoder is None:
-                raise SerializationError(f"unknown JSON type tag {kind!r}")
-            try:
-                return decoder(obj[VALUE_KEY])
-            except (TypeError, ValueError) as exc:
-                raise SerializationError(f"bad value for JSON type tag {kind!r}: {exc}") from exc
-        return {key: _untag(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [_untag(value) for value in obj]
-    return obj
+def _decode_tag(obj: dict[str, Any]) -> Any:
+    kind = obj[TYPE_KEY]
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        known = ", ".join(sorted(_DECODERS))
+        raise SerializationError(f"unknown JSON type tag {kind!r} (known tags: {known})")
+    try:
+        return decoder(obj[VALUE_KEY])
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"bad value for JSON type tag {kind!r}: {exc}") from exc
+
+
+def _is_tag(obj: dict[str, Any]) -> bool:
+    return len(obj) == 2 and TYPE_KEY in obj and VALUE_KEY in obj
+
+
+def _untag(root: Any) -> Any:
+    """Rebuild typed values anywhere inside a freshly decoded document, in place.
+
+    Iterative, so any depth the parser accepted is fine here too.
+    """
+    if isinstance(root, dict) and _is_tag(root):
+        return _decode_tag(root)
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            # Assigning to an existing key while iterating keeps the dict's size: safe.
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    if _is_tag(value):
+                        node[key] = _decode_tag(value)
+                    else:
+                        stack.append(value)
+                elif isinstance(value, list):
+                    stack.append(value)
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                if isinstance(value, dict):
+                    if _is_tag(value):
+                        node[index] = _decode_tag(value)
+                    else:
+                        stack.append(value)
+                elif isinstance(value, list):
+                    stack.append(value)
+    return root
 
 
 _encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"))
@@ -137,24 +205,32 @@ def json_loads(data: bytes | str) -> Any:
     """Decode kombu-compatible JSON, rebuilding tagged values.
 
     Raises:
-        SerializationError: `data` is not valid JSON (or nests too deep).
+        SerializationError: `data` is not valid JSON (or nests too deep), or holds a
+            type tag that is unknown or carries a bad value.
     """
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        # orjson refuses NaN/Infinity and integers beyond 64 bits, which Python's
-        # json module (and so a stock Celery peer) may write.
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    # orjson turns integers beyond 64 bits into lossy floats, so a body that may hold one
+    # goes to Python's json, which (like a stock Celery peer) reads them exactly.
+    if _LONG_NUMBER.search(raw) is None:
         try:
-            value = json.loads(data)
-        except (ValueError, RecursionError) as exc:
-            raise SerializationError(f"invalid JSON: {exc}") from exc
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # Maybe NaN/Infinity, which orjson refuses and Python's json writes.
+            value = _python_json_loads(data)
+    else:
+        value = _python_json_loads(data)
     if _TAG_MARKER in raw:
-        try:
-            return _untag(value)
-        except RecursionError as exc:
-            raise SerializationError("invalid JSON: nested too deeply") from exc
+        return _untag(value)
     return value
+
+
+def _python_json_loads(data: bytes | str) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise SerializationError("invalid JSON: nested too deeply") from exc
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise SerializationError(f"invalid JSON: {exc}") from exc
 
 
 def _pickle_loads(data: bytes) -> Any:
@@ -165,11 +241,17 @@ def _pickle_dumps(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=4)
 
 
+def _msgpack_default(obj: Any) -> Any:
+    if isinstance(obj, int):
+        raise OverflowError(f"integer {obj} does not fit in 64 bits (use the json serializer)")
+    return _json_default(obj)
+
+
 def _msgpack_dumps(obj: Any) -> bytes:
     import msgpack
 
     try:
-        data: bytes = msgpack.packb(obj, use_bin_type=True, default=_json_default)
+        data: bytes = msgpack.packb(obj, use_bin_type=True, default=_msgpack_default)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"cannot encode as msgpack: {exc}") from exc
     return data
@@ -181,7 +263,7 @@ def _msgpack_loads(data: bytes) -> Any:
     try:
         return _untag(msgpack.unpackb(data, raw=False))
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise SerializationError(f"invalid msgpack: {exc}") from exc
+        raise SerializationError(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
 
 
 _REGISTRY: dict[str, Serializer] = {}
@@ -226,22 +308,26 @@ def serializer_for_content_type(content_type: str) -> Serializer | None:
     return _BY_CONTENT_TYPE.get(content_type)
 
 
-def normalize_accept(accept: Iterable[str]) -> frozenset[str]:
+def normalize_accept(accept: Iterable[str], *, setting: str = "accept_content") -> frozenset[str]:
     """Turn an `accept_content` list of names or MIME types into a set of MIME types.
 
+    Args:
+        accept: Serializer names (`"json"`) and MIME types (`"application/json"`).
+        setting: The setting the list came from, named in the error.
+
     Raises:
-        ImproperlyConfigured: a name that is neither a serializer nor a MIME type.
+        ImproperlyConfigured: an entry that is neither a serializer name nor a MIME type.
     """
     types: set[str] = set()
     for item in accept:
-        if item in _REGISTRY:
+        if isinstance(item, str) and item in _REGISTRY:
             types.add(_REGISTRY[item].content_type)
-        elif "/" in item:
+        elif isinstance(item, str) and "/" in item:
             types.add(item)
         else:
             known = ", ".join(sorted(_REGISTRY))
             raise ImproperlyConfigured(
-                f"accept_content lists {item!r}, which is not a serializer: use one of {known} "
+                f"{setting} lists {item!r}, which is not a serializer: use one of {known} "
                 "or a MIME type such as 'application/json'"
             )
     return frozenset(types)
@@ -280,47 +366,111 @@ def loads(data: bytes, content_type: str | None, *, accept: frozenset[str]) -> A
         ) from exc
 
 
-# Compression: header `compression` carries the MIME type (kombu writes that); decoders
-# also accept the short aliases.
-_COMPRESSORS: dict[str, tuple[str, Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
-    "zlib": ("application/x-gzip", zlib.compress, zlib.decompress),
-    "bzip2": ("application/x-bz2", bz2.compress, bz2.decompress),
-    "lzma": ("application/x-lzma", lzma.compress, lzma.decompress),
+# Compression: header `compression` carries the MIME type (kombu writes that); both ways
+# also accept kombu's short aliases.
+_COMPRESSORS: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "zlib": ("application/x-gzip", zlib.compress),
+    "bzip2": ("application/x-bz2", bz2.compress),
+    "lzma": ("application/x-lzma", lzma.compress),
 }
-_COMPRESSOR_ALIASES = {"gzip": "zlib", "bz2": "bzip2", "xz": "lzma"}
-_BY_COMPRESSION_TYPE = {mime: (dec) for mime, _, dec in _COMPRESSORS.values()}
+_COMPRESSOR_ALIASES = {"gzip": "zlib", "bz2": "bzip2", "bzip": "bzip2", "xz": "lzma"}
+_COMPRESSOR_BY_MIME = {mime: name for name, (mime, _) in _COMPRESSORS.items()}
+# Output is produced in pieces of this size, so a size limit is checked as it grows.
+_DECOMPRESS_CHUNK = 256 * 1024
+
+
+def _compressor_name(kind: str) -> str | None:
+    name = _COMPRESSOR_BY_MIME.get(kind) or _COMPRESSOR_ALIASES.get(kind, kind)
+    return name if name in _COMPRESSORS else None
 
 
 def compress(data: bytes, name: str) -> tuple[bytes, str]:
-    """Compress with compressor `name`; return (data, MIME type for the header).
+    """Compress with compressor `name` (or its MIME type); return (data, header MIME type).
 
     Raises:
         ImproperlyConfigured: unknown compressor.
     """
-    key = _COMPRESSOR_ALIASES.get(name, name)
-    try:
-        mime, encode, _ = _COMPRESSORS[key]
-    except KeyError:
+    key = _compressor_name(name)
+    if key is None:
         raise ImproperlyConfigured(
             f"unknown compression {name!r}: use one of {', '.join(sorted(_COMPRESSORS))}"
-        ) from None
+        )
+    mime, encode = _COMPRESSORS[key]
     return encode(data), mime
 
 
-def decompress(data: bytes, kind: str) -> bytes:
+def decompress(data: bytes, kind: str, *, max_size: int | None = None) -> bytes:
     """Undo `compress`; `kind` is the header value (MIME type or alias).
 
+    Args:
+        data: The compressed body.
+        kind: The `compression` header.
+        max_size: Stop as soon as the output passes this many bytes, so a small
+            "zip bomb" is refused without ever being inflated in memory.
+
     Raises:
-        SerializationError: unknown compression or corrupt data.
+        MessageTooLarge: the output would be larger than `max_size`.
+        SerializationError: unknown compression, or corrupt or truncated data.
     """
-    decoder = _BY_COMPRESSION_TYPE.get(kind)
-    if decoder is None:
-        key = _COMPRESSOR_ALIASES.get(kind, kind)
-        if key in _COMPRESSORS:
-            decoder = _COMPRESSORS[key][2]
-    if decoder is None:
-        raise SerializationError(f"unknown compression {kind!r}")
+    key = _compressor_name(kind)
+    if key is None:
+        known = ", ".join(sorted(_COMPRESSOR_BY_MIME))
+        raise SerializationError(f"unknown compression {kind!r}: known are {known}")
+    out = bytearray()
     try:
-        return decoder(data)
-    except (zlib.error, OSError, lzma.LZMAError, ValueError) as exc:
+        if key == "zlib":
+            complete = _inflate_zlib(data, out, max_size)
+        else:
+            complete = _inflate_streams(data, out, max_size, key)
+    except (zlib.error, OSError, lzma.LZMAError, EOFError, ValueError) as exc:
         raise SerializationError(f"cannot decompress ({kind}): {exc}") from exc
+    if not complete:
+        raise SerializationError(f"cannot decompress ({kind}): the data is truncated")
+    return bytes(out)
+
+
+def _check_size(out: bytearray, max_size: int | None) -> None:
+    if max_size is not None and len(out) > max_size:
+        raise MessageTooLarge(
+            f"decompressed body is over {max_size} bytes (task_max_message_size): "
+            "refusing to inflate it further"
+        )
+
+
+def _inflate_zlib(data: bytes, out: bytearray, max_size: int | None) -> bool:
+    decompressor = zlib.decompressobj()
+    pending = data
+    while not decompressor.eof:
+        chunk = decompressor.decompress(pending, _DECOMPRESS_CHUNK)
+        pending = decompressor.unconsumed_tail
+        if not chunk and not pending:
+            break  # wants more input than there is
+        out += chunk
+        _check_size(out, max_size)
+    return decompressor.eof
+
+
+def _inflate_streams(data: bytes, out: bytearray, max_size: int | None, key: str) -> bool:
+    # bzip2 and lzma data may be several streams back to back; like bz2.decompress and
+    # lzma.decompress, trailing bytes that do not start a valid stream are ignored.
+    pending = data
+    first = True
+    while pending:
+        decompressor: bz2.BZ2Decompressor | lzma.LZMADecompressor = (
+            bz2.BZ2Decompressor() if key == "bzip2" else lzma.LZMADecompressor()
+        )
+        try:
+            out += decompressor.decompress(pending, _DECOMPRESS_CHUNK)
+        except (OSError, lzma.LZMAError):
+            if first:
+                raise
+            return True
+        _check_size(out, max_size)
+        while not decompressor.eof and not decompressor.needs_input:
+            out += decompressor.decompress(b"", _DECOMPRESS_CHUNK)
+            _check_size(out, max_size)
+        if not decompressor.eof:
+            return False
+        pending = decompressor.unused_data
+        first = False
+    return True
