@@ -39,7 +39,6 @@ Outside the tree, because a task's own code must not catch them by accident with
 
 from __future__ import annotations
 
-import builtins
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -132,8 +131,12 @@ class BackendError(CeleriacError):
     """A result backend operation failed."""
 
 
-class ResultTimeout(BackendError, builtins.TimeoutError):
-    """`AsyncResult.get` gave up waiting (Celery's `TimeoutError`)."""
+class ResultTimeout(BackendError):
+    """`AsyncResult.get` gave up waiting (Celery's `TimeoutError`).
+
+    Like Celery's, it is not an `OSError` (the built-in `TimeoutError` is), so code that
+    catches socket errors does not swallow it by accident.
+    """
 
 
 # Celery compat: `from celery.exceptions import TimeoutError` is how users catch it.

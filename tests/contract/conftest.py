@@ -73,6 +73,8 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
             broker.purge_dead_letters()
         finally:
             broker.close()
+    if kind == "redis":
+        _delete_redis_keys(url, f"{prefix}:")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -99,3 +101,18 @@ def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     yield make
     for backend in made:
         backend.close()
+    if kind == "redis":
+        _delete_redis_keys(url, f"{prefix}:")
+
+
+def _delete_redis_keys(url: str, prefix: str) -> None:
+    """Leave the shared Redis as the test found it: drop every key under the prefix."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

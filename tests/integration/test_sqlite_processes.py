@@ -27,6 +27,7 @@ from celeriac import states
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.brokers.base import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.exceptions import ResultTimeout
 from celeriac.protocol.codec import TaskCall, encode_task
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def idle_wait_cpu(url: str, seconds: float, out: Queue[Any]) -> None:
     backend = SQLiteBackend(url)
     backend.get("nothing")  # open the file first: measure the wait alone
     cpu, wall = time.process_time(), time.monotonic()
-    with contextlib.suppress(TimeoutError):
+    with contextlib.suppress(ResultTimeout):
         backend.wait("never-stored", timeout=seconds)
     out.put((time.process_time() - cpu, time.monotonic() - wall))
     backend.close()

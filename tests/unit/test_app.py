@@ -318,3 +318,16 @@ def test_a_group_is_published_in_one_batch() -> None:
     group(add.s(i, i) for i in range(10))()
     assert calls == [10]
     assert broker.size("celery") == 10
+
+
+def test_a_body_that_compresses_well_is_still_refused_when_too_large() -> None:
+    # Workers check the size after decompression too: the producer must not send it.
+    app = memory_app(task_max_message_size=1000, task_compression="zlib")
+
+    @app.task
+    def big(data: str) -> None:
+        pass
+
+    with pytest.raises(MessageTooLarge):
+        big.delay("x" * 100_000)
+    assert app.broker.size("celery") == 0

@@ -481,3 +481,22 @@ def test_async_task_runs_on_the_worker(app: Celeriac, start_worker: StartWorker)
 
     start_worker()
     assert slow_add.delay(2, 5).get(timeout=5) == 7
+
+
+def test_a_retry_goes_back_to_the_queue_it_came_from(app: Celeriac, start_worker: StartWorker):
+    # A named exchange with its own routing key: the routing key is not a queue name.
+    app.conf.task_routes = {
+        "tests.routed": {"queue": "math", "exchange": "tasks", "routing_key": "m.add"}
+    }
+    runs: list[int] = []
+
+    @app.task(name="tests.routed", bind=True, max_retries=1, default_retry_delay=0.05)
+    def routed(self: Any) -> str:
+        runs.append(self.request.retries)
+        if self.request.retries == 0:
+            raise self.retry()
+        return "done"
+
+    start_worker(queues=["math"])
+    assert routed.delay().get(timeout=5) == "done"
+    assert runs == [0, 1]

@@ -33,7 +33,7 @@ from celeriac.app.registry import TaskRegistry
 from celeriac.app.routing import Router
 from celeriac.app.task import AsyncTask, Context, Task, TaskOptions, current_request
 from celeriac.brokers.base import Outgoing
-from celeriac.exceptions import BrokerConnectionError, ImproperlyConfigured, MessageTooLarge
+from celeriac.exceptions import BrokerConnectionError, ImproperlyConfigured
 from celeriac.protocol.codec import TaskCall, encode_task
 
 if sys.version_info >= (3, 11):
@@ -495,14 +495,12 @@ class Celeriac:
         )
         serializer = options.get("serializer") or self.conf.task_serializer
         compression = options.get("compression") or self.conf.task_compression
-        message = encode_task(call, serializer=serializer, compression=compression)
-        limit = self.conf.task_max_message_size
-        if limit is not None and len(message.body) > limit:
-            raise MessageTooLarge(
-                f"{name}[{call.id}]: message body is {len(message.body)} bytes, over "
-                f"task_max_message_size ({limit}); pass a reference (a key, a URL) instead "
-                "of the data"
-            )
+        message = encode_task(
+            call,
+            serializer=serializer,
+            compression=compression,
+            max_size=self.conf.task_max_message_size,
+        )
         deliver_at = eta if eta is not None and eta > utcnow() else None
         outgoing = Outgoing(
             message,
@@ -638,7 +636,10 @@ class Celeriac:
         retry_options: dict[str, Any] = {
             "task_id": request.id,
             "retries": request.retries + 1,
-            "queue": delivery.get("routing_key") or None,
+            # The queue it came from (a routing key names a queue only on the default
+            # exchange, Celery's rule).
+            "queue": request.queue
+            or (delivery.get("routing_key") if not delivery.get("exchange") else None),
             "priority": request.priority,
             "link": request.callbacks,
             "link_error": request.errbacks,

@@ -116,6 +116,8 @@ class Context:
     stamped_headers: list[str] | None = None
     replaced_task_nesting: int = 0
     priority: int | None = None
+    #: celeriac: the queue the message was taken from (retries go back there).
+    queue: str | None = None
     #: Results of tasks sent by this task (`as_tuple()` forms), stored as `children`.
     children: list[Any] = field(default_factory=list)
 

@@ -352,6 +352,10 @@ class Broker(ABC):
 
     # -- introspection --------------------------------------------------------------
 
+    def startup_warnings(self) -> list[str]:
+        """Problems worth a warning when a worker starts (e.g. an evicting Redis)."""
+        return []
+
     def stats(self) -> BrokerStats:
         return BrokerStats(
             transport=self.schemes[0] if self.schemes else type(self).__name__,

@@ -306,6 +306,10 @@ class RedisBroker(Broker):
         if pool is not None:
             pool.disconnect()
 
+    def startup_warnings(self) -> list[str]:
+        warning = self.eviction_warning()
+        return [warning] if warning else []
+
     def eviction_warning(self) -> str | None:
         """A warning for the worker's start banner when Redis may evict our keys.
 

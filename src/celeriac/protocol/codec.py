@@ -125,11 +125,20 @@ def encode_task(
     *,
     serializer: str = "json",
     compression: str | None = None,
+    max_size: int | None = None,
 ) -> Message:
     """Build the protocol v2 message for `call`.
 
+    Args:
+        call: The call to send.
+        serializer: Serializer name.
+        compression: Compressor name, or None.
+        max_size: Largest serialized body in bytes, checked before compression (a worker
+            checks both sizes, so a body that compresses well must still fit).
+
     Raises:
         SerializationError: the arguments cannot be serialized with `serializer`.
+        MessageTooLarge: the serialized body is over `max_size`.
     """
     args = list(call.args)
     headers: dict[str, Any] = {
@@ -161,6 +170,12 @@ def encode_task(
             if key not in PROTOCOL_HEADERS:
                 headers[key] = value
     body, content_type, content_encoding = dumps([args, call.kwargs, call.embed], serializer)
+    if max_size is not None and len(body) > max_size:
+        raise MessageTooLarge(
+            f"{call.name}[{call.id}]: message body is {len(body)} bytes, over "
+            f"task_max_message_size ({max_size}); pass a reference (a key, a URL) instead "
+            "of the data"
+        )
     if compression:
         body, headers["compression"] = compress(body, compression)
     properties: dict[str, Any] = {

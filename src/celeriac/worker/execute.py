@@ -441,6 +441,7 @@ class Executor:
             stamped_headers=call.stamped_headers,
             replaced_task_nesting=call.replaced_task_nesting,
             priority=call.priority,
+            queue=delivery.queue,
         )
 
     # -- running ----------------------------------------------------------------------

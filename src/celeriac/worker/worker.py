@@ -69,8 +69,7 @@ class Worker:
             broker.connect()
             for queue in self.options.queues:
                 broker.declare(queue)
-            warnings = getattr(broker, "startup_warnings", None)
-            return list(warnings()) if callable(warnings) else []
+            return broker.startup_warnings()
         except BrokerError as exc:
             raise WorkerStartError(
                 f"cannot reach the broker at {broker.safe_url()}: {exc}"
