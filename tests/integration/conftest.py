@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psutil
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import require_redis, unique, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -80,6 +80,32 @@ class RunWorker(Protocol):
     def __call__(
         self, *args: str, env: dict[str, str] | None = None, wait: bool = True
     ) -> WorkerProcess: ...
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def broker_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a test on each broker: sets the environment the test's `tasks.py` reads (in
+    this process and in the workers it starts); Redis keys are removed afterwards."""
+    kind: str = request.param
+    prefix = unique("w") + ":"
+    if kind == "redis":
+        url = require_redis()
+        monkeypatch.setenv("TEST_BROKER_URL", url)
+        monkeypatch.setenv("TEST_KEY_PREFIX", prefix)
+    else:
+        monkeypatch.delenv("TEST_BROKER_URL", raising=False)
+        monkeypatch.delenv("TEST_KEY_PREFIX", raising=False)
+    yield kind
+    if kind == "redis":
+        import redis
+
+        client = redis.Redis.from_url(url)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def tasks(tasks_dir: Path) -> Any:
+def tasks(tasks_dir: Path, broker_env: str) -> Any:
     write_tasks(tasks_dir, SOURCE)
     module = import_tasks(tasks_dir)
     yield module

@@ -25,6 +25,10 @@ app = Celeriac(
         **({"global_keyprefix": os.environ["TEST_KEY_PREFIX"]}
            if os.environ.get("TEST_KEY_PREFIX") else {}),
     },
+    result_backend_transport_options=(
+        {"global_keyprefix": os.environ["TEST_KEY_PREFIX"]}
+        if os.environ.get("TEST_KEY_PREFIX") else {}
+    ),
 )
 
 
