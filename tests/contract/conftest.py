@@ -54,7 +54,9 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
         options = {"global_keyprefix": f"{prefix}:"}
     else:
         url = require_rabbitmq()
-        options = {"dead_letter_queue": f"{prefix}.dead"}
+        # RabbitMQ honours priorities only on queues declared with x-max-priority;
+        # like Celery (task_queue_max_priority) that is opt-in, so the suite opts in.
+        options = {"dead_letter_queue": f"{prefix}.dead", "max_priority": 10}
     if kind in ("sqlite", "redis", "amqp") and not _available(f"celeriac.brokers.{kind}"):
         pytest.fail(f"broker module celeriac.brokers.{kind} is missing")
 
