@@ -137,6 +137,8 @@ class AMQPBroker(Broker):
             (default 10).
         pool_limit: publishing connections per broker object (default 10).
         retry_interval_max: longest pause between reconnection attempts (default 5).
+        keepalive: run the keep-alive thread that sends heartbeats for connections
+            nobody reads (default True; without it, call `extend` while tasks run).
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("amqp", "amqps", "pyamqp")
@@ -183,6 +185,7 @@ class AMQPBroker(Broker):
             retry_interval_max=self._retry_interval_max,
         )
         self._host_index = 0
+        self._use_keepalive = bool(opts.get("keepalive", True))
         self._keepalive: KeepAlive | None = None
         self._state_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -191,17 +194,19 @@ class AMQPBroker(Broker):
 
     def connect(self) -> None:
         """Open one publishing connection now, so that a wrong URL fails here."""
+        self._with_link(lambda link: None)
+        logger.debug("connected to RabbitMQ at %s", self.safe_url())
+
+    def _ensure_keepalive(self, heartbeat: float) -> None:
+        """Start the keep-alive thread once a connection told us its heartbeat."""
+        if self._keepalive is not None or heartbeat <= 0 or not self._use_keepalive:
+            return
         with self._state_lock:
-            if self._keepalive is not None:
-                return
-        heartbeat = self._with_link(lambda link: float(link.connection.heartbeat or 0))
-        with self._state_lock:
-            if self._keepalive is None and heartbeat > 0:
+            if self._keepalive is None:
                 self._keepalive = KeepAlive(
                     self._keep_alive, interval=keepalive_interval(heartbeat), name="celeriac-amqp"
                 )
                 self._keepalive.start()
-        logger.debug("connected to RabbitMQ at %s", self.safe_url())
 
     def close(self) -> None:
         """Close every connection; unacked deliveries go back to their queues. The
@@ -216,6 +221,7 @@ class AMQPBroker(Broker):
     def _new_link(self) -> Link:
         link = Link(self._params, start=self._host_index)
         self._host_index = link.host_index
+        self._ensure_keepalive(float(link.connection.heartbeat or 0))
         return link
 
     def _keep_alive(self) -> None:
@@ -578,6 +584,8 @@ class AMQPBroker(Broker):
             raise
         except Exception as exc:
             raise self._map_error(exc, "consume") from exc
+        if self._keepalive is None:
+            self._ensure_keepalive(self._consumer.negotiated_heartbeat)
         if not raw:
             return []
         deliveries = [self._delivery(queue, msg, generation) for queue, msg, generation in raw]

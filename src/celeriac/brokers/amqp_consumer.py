@@ -213,17 +213,19 @@ class Consumer:
     def _receive_locked(self, queues: list[str], limit: int) -> list[RawDelivery]:
         if self._connection is None and not self._connect():
             return []
-        try:
-            self._sync_consumers(queues)
-        except Exception as exc:
-            self._failed(exc, "declare")
-            if is_connection_error(exc):
-                return []
-            # A declaration RabbitMQ refused (406 and friends): the caller must know.
-            raise
-        try:
-            if limit > 0:
+        if limit > 0:
+            try:
+                # The window first: a consumer started before it would get everything
+                # (prefetch 0 means unlimited).
                 self._sync_qos(min(MAX_PREFETCH, len(self._held) + limit))
+                self._sync_consumers(queues)
+            except Exception as exc:
+                self._failed(exc, "declare")
+                if is_connection_error(exc):
+                    return []
+                # A declaration RabbitMQ refused (406 and friends): the caller must know.
+                raise
+        try:
             assert self._connection is not None
             drain_nowait(self._connection)
             self._connection.heartbeat_tick()
