@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.integration]
 
 
-def make_message(n: int = 0, **headers: Any) -> Message:
+def make_message(n: int = 0, headers: dict[str, Any] | None = None) -> Message:
     call = TaskCall(name="tests.echo", id=str(uuid.uuid4()), args=[n])
-    call.headers = dict(headers)
+    call.headers = dict(headers or {})
     return encode_task(call)
 
 
@@ -154,7 +154,7 @@ def test_header_tables_carry_nulls_nested_arrays_and_tables(
         "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
         "money": Decimal("1.25"),
     }
-    message = make_message(**custom)
+    message = make_message(headers=custom)
     broker.publish(message, queue=queue)
     [delivery] = receive(broker, queue, 1)
     for key in ("nothing", "nested", "table", "big", "money"):
@@ -171,9 +171,9 @@ def test_headers_an_amqp_table_cannot_carry_are_refused_before_sending(
     queue = unique("bad")
     queues.append(queue)
     with pytest.raises(SerializationError, match="set"):
-        broker.publish(make_message(odd={1, 2}), queue=queue)
+        broker.publish(make_message(headers={"odd": {1, 2}}), queue=queue)
     with pytest.raises(SerializationError, match="64 bits"):
-        broker.publish(make_message(huge=2**70), queue=queue)
+        broker.publish(make_message(headers={"huge": 2**70}), queue=queue)
     broker.publish(make_message(), queue=queue)
     assert broker.size(queue) == 1
 
