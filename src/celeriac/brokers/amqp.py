@@ -274,15 +274,30 @@ class AMQPBroker(Broker):
                 self._pool.release(link, broken=broken)
 
     def _retry_or_raise(
-        self, exc: BaseException, what: str, deadline: float, backoff: Backoff
+        self,
+        exc: BaseException,
+        what: str,
+        deadline: float,
+        backoff: Backoff,
+        *,
+        in_doubt: int = 0,
     ) -> None:
+        """Sleep before the next attempt, or raise if retrying cannot help or the time
+        is up. `in_doubt` counts messages sent whose confirm the connection lost."""
         if is_permanent_refusal(exc) or not is_connection_error(exc):
             raise self._map_error(exc, what) from exc
         delay = backoff.next_delay()
         if time.monotonic() + delay > deadline:
+            where = self._params.describe(self._host_index)
+            if in_doubt:
+                raise PublishError(
+                    f"the connection to RabbitMQ at {where} failed before it confirmed "
+                    f"{in_doubt} message(s), and they could not be sent again within "
+                    f"{self._retry_timeout:g} s ({exc}): they may or may not have been queued"
+                ) from exc
             raise BrokerConnectionError(
-                f"cannot reach RabbitMQ at {self._params.describe(self._host_index)} to "
-                f"{what} after retrying for {self._retry_timeout:g} s: {exc}"
+                f"cannot reach RabbitMQ at {where} to {what} after retrying for "
+                f"{self._retry_timeout:g} s: {exc}"
             ) from exc
         logger.warning(
             "RabbitMQ connection failed (%s) while trying to %s; retrying in %.1f s",
@@ -505,13 +520,14 @@ class AMQPBroker(Broker):
         deadline = time.monotonic() + self._retry_timeout
         backoff = Backoff(maximum=self._retry_interval_max)
         resent_returns = False
+        in_doubt = 0
         while pending:
             try:
                 link = self._pool.acquire(timeout=self._retry_timeout)
             except BrokerError:
                 raise
             except Exception as exc:
-                self._retry_or_raise(exc, "publish", deadline, backoff)
+                self._retry_or_raise(exc, "publish", deadline, backoff, in_doubt=in_doubt)
                 continue
             broken = False
             try:
@@ -534,15 +550,17 @@ class AMQPBroker(Broker):
             except LinkLost as lost:
                 broken = True
                 pending = lost.unconfirmed
+                in_doubt = len(pending)
                 self._pool.discard_idle()
-                self._retry_or_raise(lost.cause, "publish", deadline, backoff)
+                self._retry_or_raise(lost.cause, "publish", deadline, backoff, in_doubt=in_doubt)
             except (BrokerError, ImproperlyConfigured, SerializationError):
                 raise
             except Exception as exc:
                 if is_connection_error(exc):
+                    # Lost while declaring: nothing of this batch was sent on it.
                     broken = True
                     self._pool.discard_idle()
-                    self._retry_or_raise(exc, "publish", deadline, backoff)
+                    self._retry_or_raise(exc, "publish", deadline, backoff, in_doubt=in_doubt)
                     continue
                 if is_channel_error(exc):
                     self._reset_channels(link)
