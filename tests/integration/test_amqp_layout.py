@@ -182,3 +182,54 @@ def test_an_exchange_of_another_type_is_reported_clearly(queues: list[str]) -> N
             broker.declare(name)
     finally:
         broker.close()
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    """A throwaway vhost (with a '/' in its name), so that Celery's real default names
+    (`celery`) can be used without touching anybody's queues."""
+    require_rabbitmq()
+    name = f"celeriac/{unique('vh')}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, timeout=30)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        check=True,
+        timeout=30,
+    )
+    try:
+        yield name
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], check=True, timeout=30)
+
+
+def test_celerys_default_queue_exchange_and_routing_key(vhost: str) -> None:
+    from urllib.parse import quote
+
+    import celery
+
+    url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    app = celery.Celery("defaults", broker=url, set_as_current=False)
+    sent = app.send_task("proj.add", args=(1, 2))  # no queue given: Celery's default route
+    consumer = AMQPBroker(url)
+    try:
+        [delivery] = consumer.receive(["celery"], limit=1, timeout=5)
+        assert delivery.message.task_id == sent.id
+        assert (delivery.exchange, delivery.routing_key) == ("", "celery")
+        consumer.ack(delivery)
+    finally:
+        consumer.close()
+    # And ours lands where a stock worker with default settings consumes.
+    producer = AMQPBroker(url)
+    try:
+        producer.publish(delivery.message, queue="celery")
+        with Connection(url) as conn:
+            got = app.amqp.queues["celery"](conn.default_channel).get(no_ack=True)
+        assert got is not None
+        assert got.headers["id"] == sent.id
+    finally:
+        producer.close()
+        app.close()
+    rows = rabbitmqctl(
+        "list_bindings", "-p", vhost, "source_name", "destination_name", "routing_key"
+    )
+    assert ["celery", "celery", "celery"] in rows
