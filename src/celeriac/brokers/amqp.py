@@ -24,17 +24,10 @@ connection lives and requeues it (redelivered) when the connection goes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
 import time
-import uuid
-from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-
-import amqp
 
 from celeriac._amqp import (
     Backoff,
@@ -45,10 +38,18 @@ from celeriac._amqp import (
     keepalive_interval,
     parse_amqp_url,
 )
-from celeriac._time import UTC, from_iso, to_iso
 from celeriac.brokers.amqp_consumer import Consumer
 from celeriac.brokers.amqp_delay import DEFAULT_DELAY_PREFIX, LEVELS, DelayLayout
+from celeriac.brokers.amqp_layout import EntityLayout, check_name
 from celeriac.brokers.amqp_link import Link, LinkLost, LinkPool, Outbound
+from celeriac.brokers.amqp_message import (
+    basic_properties,
+    check_headers,
+    dead_letter_copy,
+    from_amqp,
+    read_dead_letter,
+    to_amqp,
+)
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing
 from celeriac.exceptions import (
     BrokerConnectionError,
@@ -57,12 +58,15 @@ from celeriac.exceptions import (
     PublishError,
     SerializationError,
 )
-from celeriac.protocol.message import Message
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
+    from datetime import datetime
+
+    import amqp
 
     from celeriac.brokers.amqp_link import Returned
+    from celeriac.protocol.message import Message
 
 __all__ = ["AMQPBroker"]
 
@@ -70,49 +74,12 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# -- layout ------------------------------------------------------------------------------
-DEFAULT_DEAD_LETTER_QUEUE = "celeriac.dead_letter"
-# Headers a dead letter carries (plain names: RabbitMQ reserves the x- prefix).
-DL_ID = "celeriac-dead-letter-id"
-DL_REASON = "celeriac-dead-letter-reason"
-DL_QUEUE = "celeriac-dead-letter-queue"
-DL_TIME = "celeriac-dead-letter-time"
-DL_EXCHANGE = "celeriac-dead-letter-exchange"
-DL_ROUTING_KEY = "celeriac-dead-letter-routing-key"
-DL_HEADERS = (DL_ID, DL_REASON, DL_QUEUE, DL_TIME, DL_EXCHANGE, DL_ROUTING_KEY)
-# Headers RabbitMQ adds when it dead-letters; removed from messages that only passed
-# through our delay ladder (they would grow with every hop and mean nothing to a task).
-DEATH_HEADERS = (
-    "x-death",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-first-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-last-death-exchange",
-)
-# Basic properties carried between `Message.properties` and AMQP (content type and
-# encoding and headers travel in their own fields).
-PROPERTY_NAMES = (
-    "delivery_mode",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "expiration",
-    "message_id",
-    "timestamp",
-    "type",
-    "user_id",
-    "app_id",
-)
 # Transport option defaults.
+DEFAULT_DEAD_LETTER_QUEUE = "celeriac.dead_letter"
 DEFAULT_CONFIRM_TIMEOUT = 30.0
 DEFAULT_PUBLISH_RETRY_TIMEOUT = 10.0
 DEFAULT_POOL_LIMIT = 10
 DEFAULT_RETRY_INTERVAL_MAX = 5.0
-# Field-table integers are signed 64-bit at most.
-_INT64 = 2**63
-_INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)'")
 
 
 class AMQPBroker(Broker):
@@ -164,7 +131,7 @@ class AMQPBroker(Broker):
             self._delay_threshold = float(opts.get("delay_threshold", 0.0))
             pool_limit = int(opts.get("pool_limit", DEFAULT_POOL_LIMIT))
             max_priority = opts.get("max_priority")
-            self._max_priority = int(max_priority) if max_priority is not None else None
+            max_priority = int(max_priority) if max_priority is not None else None
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"invalid AMQP transport option: {exc}") from exc
         queue_arguments = opts.get("queue_arguments") or {}
@@ -175,13 +142,18 @@ class AMQPBroker(Broker):
                 "transport option queue_arguments must map queue names to dicts of "
                 "AMQP arguments, e.g. {'tasks': {'x-max-priority': 10}}"
             )
-        self._queue_arguments: dict[str, dict[str, Any]] = queue_arguments
-        self.dead_letter_queue = str(opts.get("dead_letter_queue") or DEFAULT_DEAD_LETTER_QUEUE)
         self._delay = DelayLayout(str(opts.get("delay_prefix") or DEFAULT_DELAY_PREFIX))
+        self._layout = EntityLayout(
+            max_priority=max_priority,
+            queue_arguments=queue_arguments,
+            dead_letter_queue=str(opts.get("dead_letter_queue") or DEFAULT_DEAD_LETTER_QUEUE),
+            delay=self._delay,
+        )
+        self.dead_letter_queue = self._layout.dead_letter_queue
         self._pool = LinkPool(self._new_link, limit=pool_limit)
         self._consumer = Consumer(
             self._params,
-            declare=self._declare_on,
+            declare=self._layout.declare_queue,
             retry_interval_max=self._retry_interval_max,
         )
         self._host_index = 0
@@ -320,99 +292,13 @@ class AMQPBroker(Broker):
 
     def queue_arguments(self, queue: str) -> dict[str, Any] | None:
         """The AMQP arguments `queue` is declared with (None: plain classic queue)."""
-        args = dict(self._queue_arguments.get(queue) or {})
-        # Celery compat: task_queue_max_priority applies only where none is set.
-        if "x-max-priority" not in args and self._max_priority is not None:
-            args["x-max-priority"] = self._max_priority
-        return args or None
-
-    def _declare_on(self, channel: amqp.Channel, queue: str) -> None:
-        """Declare `queue` as Celery does: its direct exchange, the queue, the binding."""
-        _check_name(queue, "queue")
-        try:
-            channel.exchange_declare(queue, "direct", durable=True, auto_delete=False)
-        except Exception as exc:
-            _raise_inequivalent(exc, "exchange", queue)
-            raise
-        try:
-            channel.queue_declare(
-                queue,
-                durable=True,
-                exclusive=False,
-                auto_delete=False,
-                arguments=self.queue_arguments(queue),
-            )
-        except Exception as exc:
-            _raise_inequivalent(exc, "queue", queue)
-            raise
-        channel.queue_bind(queue, exchange=queue, routing_key=queue)
-
-    def _ensure(self, link: Link, need: Hashable) -> None:
-        if need in link.declared:
-            return
-        assert isinstance(need, tuple)
-        kind = need[0]
-        channel = link.channel
-        if kind == "queue":
-            self._declare_on(channel, need[1])
-        elif kind == "dead-letters":
-            channel.queue_declare(
-                self.dead_letter_queue, durable=True, exclusive=False, auto_delete=False
-            )
-        elif kind == "bind":
-            _, exchange, queue, routing_key = need
-            self._bind_exchange(link, exchange, queue, routing_key)
-        elif kind == "ladder-exchanges":
-            self._declare_ladder_exchanges(channel)
-        elif kind == "ladder":
-            self._ensure(link, ("ladder-exchanges",))
-            self._declare_ladder(channel, need[1])
-        else:  # pragma: no cover - internal invariant
-            raise AssertionError(f"unknown declaration {need!r}")
-        link.declared.add(need)
-
-    def _bind_exchange(self, link: Link, exchange: str, queue: str, routing_key: str) -> None:
-        # A named exchange that exists keeps its type; a missing one is created as
-        # Celery would (a durable direct exchange).
-        _check_name(exchange, "exchange")
-        admin = link.admin()
-        try:
-            admin.exchange_declare(exchange, "direct", passive=True)
-        except Exception as exc:
-            if not is_channel_error(exc):
-                raise
-            link.reset_admin()
-            link.channel.exchange_declare(exchange, "direct", durable=True, auto_delete=False)
-        link.channel.queue_bind(queue, exchange=exchange, routing_key=routing_key)
-
-    def _declare_ladder_exchanges(self, channel: amqp.Channel) -> None:
-        layout = self._delay
-        # nowait: one round trip for the whole ladder; the final synchronous declare
-        # surfaces any error RabbitMQ raised on the way (it closes the channel).
-        for level in range(LEVELS):
-            channel.exchange_declare(
-                layout.exchange(level), "topic", durable=True, auto_delete=False, nowait=True
-            )
-        for destination, source, key in layout.exchange_bindings():
-            channel.exchange_bind(destination, source, key, nowait=True)
-        channel.exchange_declare(layout.exchange(0), "topic", passive=True)
-
-    def _declare_ladder(self, channel: amqp.Channel, queue: str) -> None:
-        for name, arguments, exchange, key in self._delay.queue_declarations(queue):
-            channel.queue_declare(
-                name,
-                durable=True,
-                exclusive=False,
-                auto_delete=False,
-                arguments=arguments,
-                nowait=True,
-            )
-            channel.queue_bind(name, exchange=exchange, routing_key=key, nowait=True)
-        channel.queue_declare(self._delay.out_queue(queue), passive=True)
+        return self._layout.queue_arguments(queue)
 
     def declare(self, queue: str) -> None:
-        need = ("queue", queue)
-        self._with_link(lambda link: self._ensure(link, need), what=f"declare queue {queue!r}")
+        need = self._layout.queue(queue)
+        self._with_link(
+            lambda link: self._layout.ensure(link, need), what=f"declare queue {queue!r}"
+        )
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -448,24 +334,13 @@ class AMQPBroker(Broker):
         exchange: str,
         routing_key: str | None,
     ) -> Outbound:
-        _check_name(queue, "queue")
-        properties: dict[str, Any] = {}
-        for name in PROPERTY_NAMES:
-            value = message.properties.get(name)
-            if value is not None:
-                properties[name] = value
-        properties.setdefault("delivery_mode", 2)
-        if priority is not None:
-            # AMQP priority is one octet; RabbitMQ caps it at the queue's x-max-priority.
-            properties["priority"] = max(0, min(255, int(priority)))
-        _check_headers(message.headers)
+        check_name(queue, "queue")
+        check_headers(message.headers)
+        properties = basic_properties(message, priority=priority)
         label = message.task_id or ""
-        delay = None
-        if eta is not None:
-            delay = eta.timestamp() - self.clock.time()
-            if delay <= self._delay_threshold:
-                delay = None
-        if delay is not None:
+        layout = self._layout
+        delay = None if eta is None else eta.timestamp() - self.clock.time()
+        if delay is not None and delay > self._delay_threshold:
             self._delay.check_queue(queue)
             route = self._delay.route(queue, delay)
             # The `expiration` TTL would run inside the ladder and push the message on
@@ -475,41 +350,28 @@ class AMQPBroker(Broker):
             return Outbound(
                 exchange=route.exchange,
                 routing_key=route.routing_key,
-                message=amqp.Message(
-                    message.body,
-                    content_type=message.content_type,
-                    content_encoding=message.content_encoding,
-                    application_headers=message.headers,
-                    **properties,
-                ),
+                message=to_amqp(message, properties),
                 mandatory=True,
-                needs=(("queue", queue), ("ladder", queue)),
+                needs=(layout.queue(queue), layout.ladder(queue)),
                 label=label,
             )
-        amqp_message = amqp.Message(
-            message.body,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            application_headers=message.headers,
-            **properties,
-        )
         if exchange:
             key = routing_key if routing_key is not None else queue
             return Outbound(
                 exchange=exchange,
                 routing_key=key,
-                message=amqp_message,
+                message=to_amqp(message, properties),
                 # Celery compat: a named exchange drops what it cannot route.
                 mandatory=False,
-                needs=(("queue", queue), ("bind", exchange, queue, key)),
+                needs=(layout.queue(queue), layout.bind(exchange, queue, key)),
                 label=label,
             )
         return Outbound(
             exchange="",
             routing_key=queue,
-            message=amqp_message,
+            message=to_amqp(message, properties),
             mandatory=True,
-            needs=(("queue", queue),),
+            needs=(layout.queue(queue),),
             label=label,
         )
 
@@ -533,7 +395,7 @@ class AMQPBroker(Broker):
             try:
                 for item in pending:
                     for need in item.needs:
-                        self._ensure(link, need)
+                        self._layout.ensure(link, need)
                 returned = link.publish_all(pending, timeout=self._confirm_timeout)
                 self._count("_published", len(pending) - len(returned))
                 pending = []
@@ -573,10 +435,10 @@ class AMQPBroker(Broker):
     def _resend(self, link: Link, returned: Returned) -> Outbound:
         if returned.exchange:
             queue = self._delay.target_of(returned.routing_key) or returned.routing_key
-            needs: tuple[Hashable, ...] = (("queue", queue), ("ladder", queue))
+            needs: tuple[Hashable, ...] = (self._layout.queue(queue), self._layout.ladder(queue))
         else:
             queue = returned.routing_key
-            needs = (("queue", queue),)
+            needs = (self._layout.queue(queue),)
         for need in needs:
             link.declared.discard(need)
         logger.warning("queue %r was missing on RabbitMQ: declared it again", queue)
@@ -612,25 +474,9 @@ class AMQPBroker(Broker):
 
     def _delivery(self, queue: str, message: amqp.Message, generation: int) -> Delivery:
         info = message.delivery_info
-        props = message.properties
-        headers = dict(props.get("application_headers") or {})
-        first_death = headers.get("x-first-death-queue")
-        if isinstance(first_death, str) and self._delay.owns(first_death):
-            for name in DEATH_HEADERS:
-                headers.pop(name, None)
-        body = message.body
-        if isinstance(body, str):  # pragma: no cover - channels never auto-decode
-            body = body.encode(props.get("content_encoding") or "utf-8")
         tag = info["delivery_tag"]
         return Delivery(
-            message=Message(
-                headers=headers,
-                body=bytes(body),
-                properties={name: props[name] for name in PROPERTY_NAMES if name in props},
-                # kombu treats a message without a content type as raw data.
-                content_type=props.get("content_type") or "application/data",
-                content_encoding=props.get("content_encoding") or "binary",
-            ),
+            message=from_amqp(message, strip_death=self._delay.owns),
             queue=queue,
             tag=f"{generation}.{tag}",
             exchange=info.get("exchange", ""),
@@ -690,35 +536,12 @@ class AMQPBroker(Broker):
     def dead_letter(self, delivery: Delivery, *, reason: str) -> None:
         """Publish a copy to the dead-letter queue (confirmed), then ack the original."""
         message = delivery.message
-        headers = dict(message.headers)
-        headers.update(
-            {
-                DL_ID: uuid.uuid4().hex,
-                DL_REASON: reason,
-                DL_QUEUE: delivery.queue,
-                DL_TIME: to_iso(datetime.fromtimestamp(self.clock.time(), UTC)),
-                DL_EXCHANGE: delivery.exchange,
-                DL_ROUTING_KEY: delivery.routing_key,
-            }
-        )
-        properties = {
-            name: value
-            for name, value in message.properties.items()
-            if name in PROPERTY_NAMES and value is not None and name != "expiration"
-        }
-        properties["delivery_mode"] = 2
         item = Outbound(
             exchange="",
             routing_key=self.dead_letter_queue,
-            message=amqp.Message(
-                message.body,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                application_headers=headers,
-                **properties,
-            ),
+            message=dead_letter_copy(delivery, reason=reason, now=self.clock.time()),
             mandatory=True,
-            needs=(("dead-letters",),),
+            needs=(self._layout.DEAD_LETTERS,),
             label=message.task_id or "",
         )
         self._publish([item])
@@ -740,7 +563,7 @@ class AMQPBroker(Broker):
 
         def op(link: Link) -> list[DeadLetter]:
             found = [
-                _dead_letter_of(msg)
+                read_dead_letter(msg)
                 for msg in self._fetch_dead_letters(link, limit=limit, stop=lambda _m: False)
             ]
             link.reset_admin()
@@ -756,15 +579,15 @@ class AMQPBroker(Broker):
             # that channel puts them back in order.
             try:
                 hits = self._fetch_dead_letters(
-                    link, limit=None, stop=lambda m: _dead_letter_of(m).id == dead_letter_id
+                    link, limit=None, stop=lambda m: read_dead_letter(m).id == dead_letter_id
                 )
-                if not hits or _dead_letter_of(hits[-1]).id != dead_letter_id:
+                if not hits or read_dead_letter(hits[-1]).id != dead_letter_id:
                     return False
                 found = hits[-1]
-                dead = _dead_letter_of(found)
+                dead = read_dead_letter(found)
                 item = self._outbound(dead.message, dead.queue, None, None, "", None)
                 for need in item.needs:
-                    self._ensure(link, need)
+                    self._layout.ensure(link, need)
                 if link.publish_all([item], timeout=self._confirm_timeout):
                     raise PublishError(f"RabbitMQ could not route the replay to {dead.queue!r}")
                 self._count("_published", 1)
@@ -778,7 +601,7 @@ class AMQPBroker(Broker):
     def _fetch_dead_letters(
         self, link: Link, *, limit: int | None, stop: Callable[[amqp.Message], bool]
     ) -> list[amqp.Message]:
-        self._ensure(link, ("dead-letters",))
+        self._layout.ensure(link, self._layout.DEAD_LETTERS)
         admin = link.admin()
         fetched: list[amqp.Message] = []
         while limit is None or len(fetched) < limit:
@@ -792,7 +615,7 @@ class AMQPBroker(Broker):
 
     def purge_dead_letters(self) -> int:
         def op(link: Link) -> int:
-            self._ensure(link, ("dead-letters",))
+            self._layout.ensure(link, self._layout.DEAD_LETTERS)
             return int(link.channel.queue_purge(self.dead_letter_queue) or 0)
 
         return self._with_link(op, what="purge dead letters")
@@ -862,90 +685,4 @@ def _log_lost(deliveries: Sequence[Delivery], what: str) -> None:
         "the message and will deliver it again",
         what,
         ids,
-    )
-
-
-def _check_name(name: str, what: str) -> None:
-    if not name or len(name.encode()) > 255:
-        raise ImproperlyConfigured(f"{what} name {name!r} must be 1 to 255 bytes long")
-
-
-def _raise_inequivalent(exc: BaseException, kind: str, name: str) -> None:
-    """Turn RabbitMQ's 406 on a re-declaration into a clear ImproperlyConfigured."""
-    if not is_channel_error(exc) or getattr(exc, "reply_code", 0) != 406:
-        return
-    text = str(getattr(exc, "reply_text", "") or exc)
-    match = _INEQUIVALENT.search(text)
-    argument = match.group(1) if match else "flags"
-    hint = (
-        "set the same value for this queue (transport options max_priority / "
-        "queue_arguments, as the existing declaration), or delete the queue"
-        if kind == "queue"
-        else "use a different exchange name, or delete the exchange"
-    )
-    raise ImproperlyConfigured(
-        f"{kind} {name!r} already exists on RabbitMQ with a different {argument!r} than "
-        f"this app declares ({text}); {hint}"
-    ) from exc
-
-
-def _check_headers(headers: dict[str, Any]) -> None:
-    """Refuse header values an AMQP field table cannot carry, before anything is sent."""
-    for key, value in headers.items():
-        if not isinstance(key, str):
-            raise SerializationError(f"message header names must be strings, got {key!r}")
-        _check_value(value, key)
-
-
-def _check_value(value: Any, where: str) -> None:
-    if value is None or isinstance(value, str | bytes | bool | float | Decimal | datetime):
-        return
-    if isinstance(value, int):
-        if -_INT64 <= value < _INT64:
-            return
-        raise SerializationError(f"header {where!r}: integer {value} does not fit in 64 bits")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise SerializationError(f"header {where!r}: table keys must be strings")
-            _check_value(item, f"{where}.{key}")
-        return
-    if isinstance(value, list | tuple):
-        for item in value:
-            _check_value(item, where)
-        return
-    raise SerializationError(
-        f"header {where!r}: a {type(value).__name__} cannot be sent in an AMQP field table"
-    )
-
-
-def _dead_letter_of(message: amqp.Message) -> DeadLetter:
-    props = message.properties
-    headers = dict(props.get("application_headers") or {})
-    dead_id = headers.pop(DL_ID, None)
-    reason = headers.pop(DL_REASON, None)
-    queue = headers.pop(DL_QUEUE, None)
-    when = headers.pop(DL_TIME, None)
-    headers.pop(DL_EXCHANGE, None)
-    headers.pop(DL_ROUTING_KEY, None)
-    body = message.body if isinstance(message.body, bytes) else bytes(message.body)
-    if not isinstance(dead_id, str):
-        # Not ours (someone else's message in the queue): a stable id from its content.
-        dead_id = hashlib.sha1(body, usedforsecurity=False).hexdigest()
-    try:
-        failed_at = from_iso(when) if isinstance(when, str) else None
-    except ValueError:
-        failed_at = None
-    return DeadLetter(
-        id=dead_id,
-        queue=str(queue or props.get("application_headers", {}).get("x-first-death-queue", "")),
-        reason=str(reason or "unknown"),
-        message=Message(
-            headers=headers,
-            body=body,
-            properties={name: props[name] for name in PROPERTY_NAMES if name in props},
-            content_type=props.get("content_type") or "application/data",
-            content_encoding=props.get("content_encoding") or "binary",
-        ),
-        failed_at=failed_at or datetime.fromtimestamp(0, UTC),
     )
