@@ -44,7 +44,6 @@ from celeriac.brokers.amqp_layout import EntityLayout, check_name
 from celeriac.brokers.amqp_link import Link, LinkLost, LinkPool, Outbound
 from celeriac.brokers.amqp_message import (
     basic_properties,
-    check_headers,
     dead_letter_copy,
     from_amqp,
     read_dead_letter,
@@ -335,7 +334,6 @@ class AMQPBroker(Broker):
         routing_key: str | None,
     ) -> Outbound:
         check_name(queue, "queue")
-        check_headers(message.headers)
         properties = basic_properties(message, priority=priority)
         label = message.task_id or ""
         layout = self._layout
