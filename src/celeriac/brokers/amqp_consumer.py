@@ -104,6 +104,10 @@ class Consumer:
         wanted = list(dict.fromkeys(queues))
         epoch = self._epoch
         while True:
+            if self._connection is None:
+                # Connect outside the lock: acks and heartbeats from other threads must
+                # not wait for a connection attempt to time out.
+                self._connect()
             with self._lock:
                 if self._wake_r < 0:
                     self._open_pipe()
@@ -211,7 +215,7 @@ class Consumer:
     # -- receive internals -------------------------------------------------------------
 
     def _receive_locked(self, queues: list[str], limit: int) -> list[RawDelivery]:
-        if self._connection is None and not self._connect():
+        if self._connection is None:
             return []
         if limit > 0:
             try:
@@ -236,10 +240,11 @@ class Consumer:
             raise
         return self._take(queues, limit)
 
-    def _connect(self) -> bool:
+    def _connect(self) -> None:
+        """Open a connection if the backoff allows; install it under the lock."""
         now = time.monotonic()
         if now < self._next_attempt:
-            return False
+            return
         try:
             connection, index = open_connection(self._params, start=self._host_index)
             channel = connection.channel()
@@ -257,11 +262,15 @@ class Consumer:
             self._host_index += 1
             if is_permanent_refusal(exc):
                 raise
-            return False
+            return
         channel.auto_decode = False
-        self._connection, self._channel, self._host_index = connection, channel, index
-        self.generation += 1
-        self._prefetch = 0
+        with self._lock:
+            if self._connection is not None:  # pragma: no cover - one receiving thread
+                close_connection(connection, timeout=0.5)
+                return
+            self._connection, self._channel, self._host_index = connection, channel, index
+            self.generation += 1
+            self._prefetch = 0
         self._backoff.reset()
         if self._down_since is not None:
             logger.warning(
@@ -270,7 +279,6 @@ class Consumer:
                 time.monotonic() - self._down_since,
             )
             self._down_since = None
-        return True
 
     def _sync_consumers(self, queues: list[str]) -> None:
         channel = self._channel
