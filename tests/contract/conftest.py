@@ -73,6 +73,11 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
     for broker in made:
         try:
             broker.purge_dead_letters()
+            # RabbitMQ keeps durable queues: remove the ones this test made.
+            declared = getattr(broker, "declared_queues", None)
+            if declared is not None:
+                for queue in {*declared, broker.dead_letter_queue}:  # type: ignore[attr-defined]
+                    broker.delete_queue(queue)  # type: ignore[attr-defined]
         finally:
             broker.close()
 
