@@ -271,3 +271,17 @@ def test_extend_and_receive_from_different_threads_lose_nothing(
         thread.join(5)
     assert errors == []
     assert sorted(seen) == list(range(300))
+
+
+def test_a_per_consumer_ack_timeout_can_be_given(
+    make_broker: BrokerFactory, queues: list[str]
+) -> None:
+    """`consumer_timeout` becomes x-consumer-timeout (RabbitMQ >= 3.12 honours it;
+    older servers accept and ignore it), so consuming works either way."""
+    queue = unique("ct")
+    queues.append(queue)
+    consumer = make_broker(consumer_timeout=7200)
+    assert consumer._consumer._consume_arguments == {"x-consumer-timeout": 7_200_000}
+    fill(consumer, queue, 1)
+    [delivery] = take(consumer, queue, 1)
+    consumer.ack(delivery)

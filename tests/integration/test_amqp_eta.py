@@ -148,3 +148,23 @@ def test_eta_far_beyond_the_ladder_is_refused(broker: AMQPBroker, queue: str) ->
     eta = datetime(2100, 1, 1, tzinfo=timezone.utc)
     with pytest.raises(PublishError, match="years"):
         broker.publish(make_message(5, eta=eta), queue=queue, eta=eta)
+
+
+def test_delete_queue_removes_the_queue_its_exchange_and_its_ladder(
+    broker: AMQPBroker, queue: str
+) -> None:
+    eta = utcnow() + timedelta(hours=1)
+    broker.publish(make_message(1, eta=eta), queue=queue, eta=eta)
+    broker.publish(make_message(2), queue=queue)
+    assert queue in broker.declared_queues
+    assert broker.delete_queue(queue) == 2
+    assert queue not in broker.declared_queues
+    conn = amqp.Connection("127.0.0.1:5672")
+    conn.connect()
+    try:
+        for name in (queue, DelayLayout().level_queue(queue, 0), DelayLayout().out_queue(queue)):
+            channel = conn.channel()
+            with pytest.raises(amqp.exceptions.NotFound):
+                channel.queue_declare(name, passive=True)
+    finally:
+        conn.close()

@@ -103,6 +103,9 @@ class AMQPBroker(Broker):
             (default 10).
         pool_limit: publishing connections per broker object (default 10).
         retry_interval_max: longest pause between reconnection attempts (default 5).
+        consumer_timeout: seconds RabbitMQ >= 3.12 waits for an ack before it closes
+            the channel (per-consumer `x-consumer-timeout`; older servers ignore it and
+            use the server-wide `consumer_timeout`, 30 min by default).
         keepalive: run the keep-alive thread that sends heartbeats for connections
             nobody reads (default True; without it, call `extend` while tasks run).
     """
@@ -131,6 +134,12 @@ class AMQPBroker(Broker):
             pool_limit = int(opts.get("pool_limit", DEFAULT_POOL_LIMIT))
             max_priority = opts.get("max_priority")
             max_priority = int(max_priority) if max_priority is not None else None
+            consumer_timeout = opts.get("consumer_timeout")
+            consume_arguments = (
+                {"x-consumer-timeout": int(float(consumer_timeout) * 1000)}
+                if consumer_timeout is not None
+                else None
+            )
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"invalid AMQP transport option: {exc}") from exc
         queue_arguments = opts.get("queue_arguments") or {}
@@ -154,6 +163,7 @@ class AMQPBroker(Broker):
             self._params,
             declare=self._layout.declare_queue,
             retry_interval_max=self._retry_interval_max,
+            consume_arguments=consume_arguments,
         )
         self._host_index = 0
         self._use_keepalive = bool(opts.get("keepalive", True))
@@ -656,6 +666,31 @@ class AMQPBroker(Broker):
             return total
 
         return self._with_link(op, what="purge a queue")
+
+    def delete_queue(self, queue: str) -> int:
+        """Delete `queue`, its exchange and its delay ladder; return the messages lost.
+
+        An admin operation (Celery's `celery amqp queue.delete`); consumers of the queue
+        are cancelled by RabbitMQ.
+        """
+
+        def op(link: Link) -> int:
+            admin = link.admin()
+            lost = 0
+            for name in [queue, *self._delay.queues_of(queue)]:
+                lost += int(admin.queue_delete(name) or 0)
+            admin.exchange_delete(queue)
+            link.declared.clear()
+            return lost
+
+        lost = self._with_link(op, what=f"delete queue {queue!r}")
+        self._layout.declared_queues.discard(queue)
+        return lost
+
+    @property
+    def declared_queues(self) -> frozenset[str]:
+        """The queues this broker object declared (publishing or consuming)."""
+        return frozenset(self._layout.declared_queues)
 
     # -- stats ---------------------------------------------------------------------------
 

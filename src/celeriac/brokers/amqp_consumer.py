@@ -67,6 +67,7 @@ class Consumer:
         params: Where to connect.
         declare: Declares one queue on a channel (the broker's layout).
         retry_interval_max: Longest pause between reconnection attempts.
+        consume_arguments: `basic.consume` arguments (e.g. `x-consumer-timeout`).
     """
 
     def __init__(
@@ -75,9 +76,11 @@ class Consumer:
         *,
         declare: Callable[[amqp.Channel, str], None],
         retry_interval_max: float = 5.0,
+        consume_arguments: dict[str, Any] | None = None,
     ) -> None:
         self._params = params
         self._declare = declare
+        self._consume_arguments = consume_arguments or None
         self._lock = threading.Lock()
         self._connection: amqp.Connection | None = None
         self._channel: amqp.Channel | None = None
@@ -304,6 +307,7 @@ class Consumer:
                 callback=self._on_message,
                 on_cancel=self._on_cancel,
                 no_ack=False,
+                arguments=self._consume_arguments,
             )
             self._tags[queue] = tag
             self._queue_of[tag] = queue

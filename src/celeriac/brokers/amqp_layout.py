@@ -60,6 +60,8 @@ class EntityLayout:
         self._queue_arguments = {name: dict(args) for name, args in queue_arguments.items()}
         self.dead_letter_queue = dead_letter_queue
         self.delay = delay
+        #: Every task queue this layout declared (for tidying up after tests).
+        self.declared_queues: set[str] = set()
 
     # -- what a message needs ------------------------------------------------------------
 
@@ -111,6 +113,7 @@ class EntityLayout:
             raise_inequivalent(exc, "queue", queue)
             raise
         channel.queue_bind(queue, exchange=queue, routing_key=queue)
+        self.declared_queues.add(queue)
 
     def ensure(self, link: Link, need: Hashable) -> None:
         """Declare what `need` names on `link`, unless that connection already did."""
