@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl, unquote, urlparse
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
-    import ssl
     from collections.abc import Callable, Mapping
 
     import amqp
@@ -68,7 +67,7 @@ class AMQPParams:
     userid: str
     password: str = field(repr=False)
     virtual_host: str = "/"
-    ssl: bool | dict[str, Any] | ssl.SSLContext = False
+    ssl: bool | dict[str, Any] = False
     heartbeat: float = DEFAULT_HEARTBEAT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     login_method: str | None = None
@@ -113,9 +112,9 @@ def parse_amqp_url(url: str, options: Mapping[str, Any] | None = None) -> AMQPPa
     Args:
         url: `amqp://user:pass@host:port/vhost`, `amqps://...`, or `pyamqp://...`.
         options: Transport options: `heartbeat` (seconds, 0 disables), `connect_timeout`,
-            `ssl` (True, an `ssl.SSLContext`, or a dict of py-amqp/Celery
-            `broker_use_ssl` keys: `ca_certs`, `certfile`, `keyfile`, `cert_reqs`,
-            `server_hostname`), `login_method`. Query-string values win over options.
+            `ssl` (True, or a dict of py-amqp/Celery `broker_use_ssl` keys: `ca_certs`,
+            `certfile`, `keyfile`, `cert_reqs`, `server_hostname`, `ciphers`,
+            `tls_minimum_version`), `login_method`. Query-string values win over options.
 
     Raises:
         ImproperlyConfigured: the URL or an option cannot work.
@@ -140,6 +139,14 @@ def parse_amqp_url(url: str, options: Mapping[str, Any] | None = None) -> AMQPPa
     hosts = tuple((host, port) for _, host, port, _, _, _, _ in parsed)
 
     ssl_option: Any = opts.get("ssl", False)
+    if not isinstance(ssl_option, bool | dict):
+        # py-amqp would silently ignore anything but a dict (an SSLContext included)
+        # and connect with default settings.
+        raise ImproperlyConfigured(
+            "the ssl transport option must be True or a dict of TLS options "
+            "(ca_certs, certfile, keyfile, cert_reqs, server_hostname, ciphers, "
+            f"tls_minimum_version), as Celery's broker_use_ssl; got {type(ssl_option).__name__}"
+        )
     if use_tls and not ssl_option:
         ssl_option = True
     if ssl_option is True and len(hosts) == 1:
@@ -255,11 +262,18 @@ def is_channel_error(exc: BaseException) -> bool:
 
 
 def is_permanent_refusal(exc: BaseException) -> bool:
-    """Retrying cannot help: bad credentials, unknown vhost, no permission."""
+    """Retrying cannot help: bad credentials, unknown vhost, no permission, or a
+    server certificate that does not verify."""
+    import ssl
+
     from amqp import exceptions
 
     return isinstance(
-        exc, exceptions.AccessRefused | exceptions.InvalidPath | exceptions.NotAllowed
+        exc,
+        exceptions.AccessRefused
+        | exceptions.InvalidPath
+        | exceptions.NotAllowed
+        | ssl.SSLCertVerificationError,
     )
 
 

@@ -55,8 +55,11 @@ def test_tls_options_come_from_the_ssl_transport_option() -> None:
         "cert_reqs": ssl.CERT_REQUIRED,
         "server_hostname": "h",
     }
-    context = ssl.create_default_context()
-    assert parse_amqp_url("amqps://h", {"ssl": context}).ssl is context
+
+
+def test_an_ssl_context_is_refused_since_py_amqp_would_ignore_it() -> None:
+    with pytest.raises(ImproperlyConfigured, match="dict of TLS options"):
+        parse_amqp_url("amqps://h", {"ssl": ssl.create_default_context()})
 
 
 def test_query_string_and_options_set_heartbeat_and_timeout() -> None:

@@ -25,6 +25,7 @@ connection lives and requeues it (redelivered) when the connection goes.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -87,8 +88,8 @@ class AMQPBroker(Broker):
     Transport options (all optional):
         heartbeat: seconds (default 120, Celery's `broker_heartbeat`; 0 disables).
         connect_timeout: seconds per connection attempt (default 4).
-        ssl: True, an `ssl.SSLContext` or a dict (`ca_certs`, `certfile`, `keyfile`,
-            `cert_reqs`, `server_hostname`), as Celery's `broker_use_ssl`.
+        ssl: True or a dict (`ca_certs`, `certfile`, `keyfile`, `cert_reqs`,
+            `server_hostname`, ...), as Celery's `broker_use_ssl`.
         max_priority: `x-max-priority` for every queue declared (Celery's
             `task_queue_max_priority`; default none).
         queue_arguments: `{queue: {argument: value}}`, e.g. per-queue
@@ -212,6 +213,11 @@ class AMQPBroker(Broker):
     # -- errors ------------------------------------------------------------------------
 
     def _map_error(self, exc: BaseException, what: str) -> BrokerError | ImproperlyConfigured:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return BrokerConnectionError(
+                f"the TLS certificate of RabbitMQ at {self._params.describe(self._host_index)} "
+                f"did not verify ({exc}): check the ssl options ca_certs / server_hostname"
+            )
         if is_permanent_refusal(exc):
             return BrokerConnectionError(
                 f"RabbitMQ at {self._params.describe(self._host_index)} refused the "

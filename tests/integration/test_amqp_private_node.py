@@ -1,9 +1,11 @@
-"""RabbitMQ outages: producers and consumers reconnect with backoff, declare again and
-go on; nothing confirmed is lost.
+"""Tests that need a PRIVATE RabbitMQ node: outages and TLS.
 
-These tests run a PRIVATE RabbitMQ node (own name, ports, mnesia and log dirs in a tmp
-dir), started once for the module, so that stopping it cannot disturb anybody else.
-The node is stopped by pid at the end.
+Outages: producers and consumers reconnect with backoff, declare again and go on;
+nothing confirmed is lost. TLS: `amqps://` with certificate and host name checks.
+
+The node (own name, ports, mnesia and log dirs, throwaway TLS certificates, all in a
+tmp dir) is started once for the module, so that stopping it cannot disturb anybody
+else, and stopped by pid at the end.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Node:
     base: Path
     name: str = field(default_factory=lambda: f"celeriac-{uuid.uuid4().hex[:8]}@localhost")
     port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     beam_pid: int | None = None
@@ -79,9 +82,41 @@ class Node:
             "RABBITMQ_PID_FILE": str(self.base / "node.pid"),
         }
 
+    @property
+    def ca_file(self) -> Path:
+        return self.base / "certs" / "ca.pem"
+
+    def make_certificates(self) -> None:
+        """A throwaway CA and a server certificate for localhost / 127.0.0.1."""
+        certs = self.base / "certs"
+        certs.mkdir(exist_ok=True)
+        (certs / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        for command in (
+            "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
+            "-subj /CN=celeriac-test-ca",
+            "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost",
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+            "-out server.pem -days 2 -extfile ext.cnf",
+        ):
+            subprocess.run(
+                ["openssl", *command.split()],
+                cwd=certs,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+
     def start(self) -> None:
+        certs = self.base / "certs"
         (self.base / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n"
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            "loopback_users = none\n"
+            f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {certs / 'ca.pem'}\n"
+            f"ssl_options.certfile = {certs / 'server.pem'}\n"
+            f"ssl_options.keyfile = {certs / 'server.key'}\n"
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
         )
         (self.base / "enabled_plugins").write_text("[].\n")
         self.process = subprocess.Popen(
@@ -145,12 +180,14 @@ class Node:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    if not (os.path.exists(SERVER) and os.path.exists(CTL)) or shutil.which("erl") is None:
+    missing = not (os.path.exists(SERVER) and os.path.exists(CTL))
+    if missing or shutil.which("erl") is None or shutil.which("openssl") is None:
         if os.environ.get("CI"):
-            pytest.fail("RabbitMQ server binaries are needed for the outage tests in CI")
-        pytest.skip("RabbitMQ server binaries not installed")
+            pytest.fail("RabbitMQ server binaries and openssl are needed for these tests in CI")
+        pytest.skip("RabbitMQ server binaries or openssl not installed")
     started = Node(tmp_path_factory.mktemp("rabbit"))
     try:
+        started.make_certificates()
         started.start()
         yield started
     finally:
@@ -275,3 +312,42 @@ def test_publishing_during_an_outage_fails_clearly_after_the_retry_time(node: No
         assert broker.size(queue) >= 1
     finally:
         broker.close()
+
+
+def test_amqps_verifies_the_server_and_carries_tasks(node: Node) -> None:
+    queue = unique("tls")
+    url = f"amqps://guest:guest@localhost:{node.tls_port}//"
+    broker = AMQPBroker(url, transport_options={"ssl": {"ca_certs": str(node.ca_file)}})
+    try:
+        broker.publish(make_message(1), queue=queue)
+        [delivery] = broker.receive([queue], limit=1, timeout=5)
+        assert delivery.message.headers["task"] == "tests.echo"
+        broker.ack(delivery)
+    finally:
+        broker.close()
+
+
+def test_amqps_refuses_a_server_it_cannot_verify_at_once(node: Node) -> None:
+    url = f"amqps://guest:guest@localhost:{node.tls_port}//"
+    # Without the test CA the certificate does not verify: no retrying, a clear error.
+    broker = AMQPBroker(url, transport_options={"publish_retry_timeout": 30})
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerConnectionError, match="did not verify"):
+            broker.connect()
+        assert time.monotonic() - started < 5
+    finally:
+        broker.close()
+    # The host name is checked too: the certificate is not for this name.
+    other = AMQPBroker(
+        url,
+        transport_options={
+            "ssl": {"ca_certs": str(node.ca_file), "server_hostname": "rabbit.example"},
+            "publish_retry_timeout": 30,
+        },
+    )
+    try:
+        with pytest.raises(BrokerConnectionError, match="did not verify"):
+            other.connect()
+    finally:
+        other.close()
