@@ -182,11 +182,13 @@ def open_connection(
     start: int = 0,
     on_blocked: Callable[[str], None] | None = None,
     on_unblocked: Callable[[], None] | None = None,
+    write_timeout: float | None = None,
 ) -> tuple[amqp.Connection, int]:
     """Connect to the first reachable host, trying them in turn from `start`.
 
     Returns the open connection and the index of the host it reached. Raises the
-    driver's exception of the last attempt; callers map it.
+    driver's exception of the last attempt; callers map it. `write_timeout` bounds a
+    socket write (a server that stops reading, e.g. under a memory alarm).
     """
     import amqp
 
@@ -205,6 +207,7 @@ def open_connection(
             login_method=params.login_method,
             on_blocked=on_blocked,
             on_unblocked=on_unblocked,
+            write_timeout=write_timeout,
             client_properties={"product": "celeriac"},
         )
         try:

@@ -351,3 +351,31 @@ def test_amqps_refuses_a_server_it_cannot_verify_at_once(node: Node) -> None:
             other.connect()
     finally:
         other.close()
+
+
+def test_a_blocked_connection_makes_publish_fail_clearly(node: Node) -> None:
+    queue = unique("blocked")
+    broker = broker_for(node, confirm_timeout=2, publish_retry_timeout=3)
+    try:
+        broker.declare(queue)
+        # A memory alarm: RabbitMQ stops reading from publishing connections.
+        node.ctl("set_vm_memory_high_watermark", "0.000001")
+        started = time.monotonic()
+        # A small message sits in the socket buffer: no confirm within confirm_timeout.
+        with pytest.raises(PublishError, match=r"did not confirm.*blocked"):
+            broker.publish(make_message(0), queue=queue)
+        # A large batch cannot even be written: the write times out, and after
+        # publish_retry_timeout the batch is reported in doubt, with the reason.
+        with pytest.raises(PublishError, match=r"blocked publishing.*may or may not"):
+            broker.publish_many([Outgoing(make_message(n), queue=queue) for n in range(3000)])
+        assert time.monotonic() - started < 30
+    finally:
+        node.ctl("set_vm_memory_high_watermark", "0.4")
+        broker.close()
+    # Once the alarm clears, publishing works again.
+    again = broker_for(node)
+    try:
+        again.publish(make_message(1), queue=queue)
+        assert again.size(queue) >= 1
+    finally:
+        again.close()

@@ -201,7 +201,7 @@ class AMQPBroker(Broker):
         self._pool.close()
 
     def _new_link(self) -> Link:
-        link = Link(self._params, start=self._host_index)
+        link = Link(self._params, start=self._host_index, write_timeout=self._confirm_timeout)
         self._host_index = link.host_index
         self._ensure_keepalive(float(link.connection.heartbeat or 0))
         return link
@@ -258,7 +258,7 @@ class AMQPBroker(Broker):
                     self._reset_channels(link)
                 raise self._map_error(exc, what) from exc
             finally:
-                self._pool.release(link, broken=broken)
+                self._pool.release(link, broken=broken or link.broken)
 
     def _retry_or_raise(
         self,
@@ -268,19 +268,23 @@ class AMQPBroker(Broker):
         backoff: Backoff,
         *,
         in_doubt: int = 0,
+        blocked: str | None = None,
     ) -> None:
         """Sleep before the next attempt, or raise if retrying cannot help or the time
-        is up. `in_doubt` counts messages sent whose confirm the connection lost."""
+        is up. `in_doubt` counts messages sent whose confirm the connection lost;
+        `blocked` is why RabbitMQ had blocked publishing, if it had."""
         if is_permanent_refusal(exc) or not is_connection_error(exc):
             raise self._map_error(exc, what) from exc
         delay = backoff.next_delay()
         if time.monotonic() + delay > deadline:
             where = self._params.describe(self._host_index)
             if in_doubt:
+                why = f"; RabbitMQ had blocked publishing ({blocked})" if blocked else ""
                 raise PublishError(
                     f"the connection to RabbitMQ at {where} failed before it confirmed "
                     f"{in_doubt} message(s), and they could not be sent again within "
-                    f"{self._retry_timeout:g} s ({exc}): they may or may not have been queued"
+                    f"{self._retry_timeout:g} s ({exc}{why}): they may or may not have "
+                    "been queued"
                 ) from exc
             raise BrokerConnectionError(
                 f"cannot reach RabbitMQ at {where} to {what} after retrying for "
@@ -397,13 +401,16 @@ class AMQPBroker(Broker):
         backoff = Backoff(maximum=self._retry_interval_max)
         resent_returns = False
         in_doubt = 0
+        blocked: str | None = None
         while pending:
             try:
                 link = self._pool.acquire(timeout=self._retry_timeout)
             except BrokerError:
                 raise
             except Exception as exc:
-                self._retry_or_raise(exc, "publish", deadline, backoff, in_doubt=in_doubt)
+                self._retry_or_raise(
+                    exc, "publish", deadline, backoff, in_doubt=in_doubt, blocked=blocked
+                )
                 continue
             broken = False
             try:
@@ -427,8 +434,11 @@ class AMQPBroker(Broker):
                 broken = True
                 pending = lost.unconfirmed
                 in_doubt = len(pending)
+                blocked = lost.blocked or blocked
                 self._pool.discard_idle()
-                self._retry_or_raise(lost.cause, "publish", deadline, backoff, in_doubt=in_doubt)
+                self._retry_or_raise(
+                    lost.cause, "publish", deadline, backoff, in_doubt=in_doubt, blocked=blocked
+                )
             except (BrokerError, ImproperlyConfigured, SerializationError):
                 raise
             except Exception as exc:
@@ -436,7 +446,9 @@ class AMQPBroker(Broker):
                     # Lost while declaring: nothing of this batch was sent on it.
                     broken = True
                     self._pool.discard_idle()
-                    self._retry_or_raise(exc, "publish", deadline, backoff, in_doubt=in_doubt)
+                    self._retry_or_raise(
+                        exc, "publish", deadline, backoff, in_doubt=in_doubt, blocked=blocked
+                    )
                     continue
                 if is_channel_error(exc):
                     self._reset_channels(link)
@@ -444,7 +456,7 @@ class AMQPBroker(Broker):
                         raise PublishError(f"RabbitMQ refused the message: {exc}") from exc
                 raise self._map_error(exc, "publish") from exc
             finally:
-                self._pool.release(link, broken=broken)
+                self._pool.release(link, broken=broken or link.broken)
 
     def _resend(self, link: Link, returned: Returned) -> Outbound:
         if returned.exchange:

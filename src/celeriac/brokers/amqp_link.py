@@ -68,10 +68,14 @@ class Returned:
 class LinkLost(Exception):  # internal signal, never escapes the broker
     """The connection failed while publishing; `unconfirmed` must be published again."""
 
-    def __init__(self, unconfirmed: list[Outbound], cause: BaseException) -> None:
+    def __init__(
+        self, unconfirmed: list[Outbound], cause: BaseException, *, blocked: str | None = None
+    ) -> None:
         super().__init__(str(cause))
         self.unconfirmed = unconfirmed
         self.cause = cause
+        #: Why RabbitMQ had blocked publishing on the connection, if it had.
+        self.blocked = blocked
 
 
 class Link:
@@ -80,13 +84,20 @@ class Link:
     Args:
         params: Where to connect.
         start: Index of the host to try first (failover rotation).
+        write_timeout: Longest a socket write may block (a blocked connection).
     """
 
-    def __init__(self, params: AMQPParams, *, start: int = 0) -> None:
+    def __init__(
+        self, params: AMQPParams, *, start: int = 0, write_timeout: float | None = None
+    ) -> None:
         self.params = params
         self.blocked_reason: str | None = None
         self.connection, self.host_index = open_connection(
-            params, start=start, on_blocked=self._on_blocked, on_unblocked=self._on_unblocked
+            params,
+            start=start,
+            on_blocked=self._on_blocked,
+            on_unblocked=self._on_unblocked,
+            write_timeout=write_timeout,
         )
         #: Declarations already made on this connection (cleared with the channel).
         self.declared: set[Hashable] = set()
@@ -102,6 +113,8 @@ class Link:
         self._returned: list[Returned] = []
         self.last_used = time.monotonic()
         self.epoch = 0
+        #: Set when the connection cannot be trusted any more (closed on release).
+        self.broken = False
 
     def describe(self) -> str:
         return self.params.describe(self.host_index)
@@ -241,7 +254,7 @@ class Link:
             if is_connection_error(exc) and not is_timeout(exc):
                 unconfirmed = [item for seq, item in sent.items() if seq in self._pending]
                 unconfirmed.extend(items[len(sent) :])
-                raise LinkLost(unconfirmed, exc) from exc
+                raise LinkLost(unconfirmed, exc, blocked=self.blocked_reason) from exc
             raise
         finally:
             returned, self._returned = self._returned, []
@@ -267,9 +280,10 @@ class Link:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 pending = len(self._pending)
-                self._pending.clear()
-                # The channel's numbering cannot be trusted after giving up on it.
-                self.reset_channel()
+                # The channel's numbering cannot be trusted after giving up on it, and
+                # a blocked server would not even answer a channel.close: drop the
+                # whole connection when the link goes back to the pool.
+                self.broken = True
                 why = f" (connection blocked: {self.blocked_reason})" if self.blocked_reason else ""
                 raise PublishError(
                     f"RabbitMQ did not confirm {pending} message(s) within {timeout:g} s"
