@@ -122,11 +122,13 @@ class RPCBackend(ResultBackend):
         self._publisher: amqp.Connection | None = None
         self._publisher_channel: amqp.Channel | None = None
         self._keepalive: KeepAlive | None = None
+        self._keepalive_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
-        keepalive, self._keepalive = self._keepalive, None
+        with self._keepalive_lock:
+            keepalive, self._keepalive = self._keepalive, None
         if keepalive is not None:
             keepalive.stop()
         with self._consume_lock:
@@ -135,13 +137,17 @@ class RPCBackend(ResultBackend):
             self._drop_publisher()
 
     def _start_keepalive(self, connection: amqp.Connection) -> None:
-        if self._keepalive is None and connection.heartbeat:
-            self._keepalive = KeepAlive(
-                self._tick,
-                interval=keepalive_interval(float(connection.heartbeat)),
-                name="celeriac-rpc",
-            )
-            self._keepalive.start()
+        if self._keepalive is not None or not connection.heartbeat:
+            return
+        # Both the publishing and the consuming side may get here first.
+        with self._keepalive_lock:
+            if self._keepalive is None:
+                self._keepalive = KeepAlive(
+                    self._tick,
+                    interval=keepalive_interval(float(connection.heartbeat)),
+                    name="celeriac-rpc",
+                )
+                self._keepalive.start()
 
     def _tick(self) -> None:
         # Whoever holds a lock is using that connection, which keeps it alive.
