@@ -54,7 +54,9 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
         options = {"global_keyprefix": f"{prefix}:"}
     else:
         url = require_rabbitmq()
-        options = {"dead_letter_queue": f"{prefix}.dead"}
+        # RabbitMQ honours priorities only on queues declared with x-max-priority;
+        # like Celery (task_queue_max_priority) that is opt-in, so the suite opts in.
+        options = {"dead_letter_queue": f"{prefix}.dead", "max_priority": 10}
     if kind in ("sqlite", "redis", "amqp") and not _available(f"celeriac.brokers.{kind}"):
         pytest.fail(f"broker module celeriac.brokers.{kind} is missing")
 
@@ -71,6 +73,11 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
     for broker in made:
         try:
             broker.purge_dead_letters()
+            # RabbitMQ keeps durable queues: remove the ones this test made.
+            declared = getattr(broker, "declared_queues", None)
+            if declared is not None:
+                for queue in {*declared, broker.dead_letter_queue}:  # type: ignore[attr-defined]
+                    broker.delete_queue(queue)  # type: ignore[attr-defined]
         finally:
             broker.close()
     if kind == "redis":

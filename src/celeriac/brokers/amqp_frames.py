@@ -1,0 +1,95 @@
+"""`basic.publish` frames, encoded ahead of time so a batch goes out in one write.
+
+py-amqp writes each published message with its own `sendall` (and first reads the
+socket for a `connection.blocked` notice), which dominates the cost of a batch. Here
+the three AMQP 0-9-1 frames of a publish (method, content header, body) are built
+with py-amqp's own `dumps`, so the header table is byte-for-byte what py-amqp (and
+so Celery/kombu) would send, and all the frames of a batch are joined and written at
+once. Encoding happens before anything is written: a value a field table cannot
+carry fails the whole batch cleanly.
+"""
+
+from __future__ import annotations
+
+from struct import error as StructError
+from struct import pack
+from typing import TYPE_CHECKING
+
+from amqp import Message
+from amqp.exceptions import FrameSyntaxError
+from amqp.serialization import dumps
+
+from celeriac.brokers.amqp_message import check_headers
+from celeriac.exceptions import SerializationError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+__all__ = ["encode_publish"]
+
+# Frame types and the end-of-frame octet (AMQP 0-9-1 §4.2.3).
+FRAME_METHOD = 1
+FRAME_HEADER = 2
+FRAME_BODY = 3
+FRAME_END = b"\xce"
+# basic.publish is class 60, method 40; its arguments: reserved short, exchange,
+# routing key, mandatory and immediate bits.
+BASIC_CLASS = 60
+PUBLISH_METHOD = pack(">HH", 60, 40)
+PUBLISH_ARGS = "Bssbb"
+# Property order and types of the basic class (what py-amqp's Message declares).
+PROPERTIES: tuple[tuple[str, str], ...] = tuple(Message.PROPERTIES)
+
+
+def _frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return pack(">BHI", kind, channel, len(payload)) + payload + FRAME_END
+
+
+def encode_properties(properties: Mapping[str, Any]) -> bytes:
+    """Property flags and values of a content header, as py-amqp encodes them."""
+    flags = 0
+    shift = 15
+    formats: list[str] = []
+    values: list[Any] = []
+    for name, kind in PROPERTIES:
+        value = properties.get(name)
+        if value is not None:
+            flags |= 1 << shift
+            formats.append(kind)
+            values.append(value)
+        shift -= 1
+    # 14 basic properties fit in one flags word (bit 0 would say "more flags").
+    encoded: bytes = dumps("".join(formats), values)
+    return pack(">H", flags) + encoded
+
+
+def encode_publish(
+    channel: int,
+    exchange: str,
+    routing_key: str,
+    message: Message,
+    *,
+    mandatory: bool,
+    frame_max: int,
+) -> bytes:
+    """The frames of one `basic.publish` of `message` on `channel`.
+
+    Raises:
+        SerializationError: a property or header value cannot be encoded.
+    """
+    body = message.body
+    if isinstance(body, str):
+        body = body.encode(message.properties.get("content_encoding") or "utf-8")
+    try:
+        method = PUBLISH_METHOD + dumps(PUBLISH_ARGS, (0, exchange, routing_key, mandatory, False))
+        header = pack(">HHQ", BASIC_CLASS, 0, len(body)) + encode_properties(message.properties)
+    except (ValueError, TypeError, StructError, OverflowError, FrameSyntaxError) as exc:
+        # Name the culprit when it is a header (the usual case), else say what failed.
+        check_headers(message.properties.get("application_headers") or {})
+        raise SerializationError(f"cannot encode an AMQP message: {exc}") from exc
+    parts = [_frame(FRAME_METHOD, channel, method), _frame(FRAME_HEADER, channel, header)]
+    chunk = frame_max - 8  # frame header (7) and end octet (1)
+    for start in range(0, len(body), chunk):
+        parts.append(_frame(FRAME_BODY, channel, bytes(body[start : start + chunk])))
+    return b"".join(parts)

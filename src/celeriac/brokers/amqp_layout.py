@@ -1,0 +1,209 @@
+"""What the RabbitMQ broker declares, and how: Celery's task-queue layout, the
+dead-letter queue and the delay ladder, each declared once per connection.
+
+A task queue `Q` is declared exactly as kombu declares Celery's
+`Queue(Q, Exchange(Q, "direct"), routing_key=Q)`: a durable direct exchange `Q`, the
+durable queue `Q` (not auto-delete, not exclusive, arguments only when configured),
+and the binding `Q` → `Q` with key `Q`. RabbitMQ refuses (406) a re-declaration with
+other flags or arguments; that refusal becomes an `ImproperlyConfigured` naming the
+queue and the argument.
+
+Declarations a message needs travel with it as small tuples ("needs"), so the
+publisher can declare them on whichever connection it uses and remember them there:
+`("queue", Q)`, `("dead-letters",)`, `("bind", exchange, Q, routing_key)`,
+`("ladder", Q)`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from celeriac._amqp import is_channel_error
+from celeriac.brokers.amqp_delay import LEVELS, DelayLayout
+from celeriac.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable, Mapping
+
+    import amqp
+
+    from celeriac.brokers.amqp_link import Link
+
+__all__ = ["EntityLayout", "Need", "check_name"]
+
+Need = tuple[str, ...]
+
+_INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)'")
+
+
+class EntityLayout:
+    """Declares queues, exchanges and bindings the way the broker's options say.
+
+    Args:
+        max_priority: `x-max-priority` for every task queue (Celery's
+            `task_queue_max_priority`), unless `queue_arguments` sets one.
+        queue_arguments: Extra AMQP arguments per queue name.
+        dead_letter_queue: Name of the dead-letter queue.
+        delay: The delay ladder's names.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_priority: int | None,
+        queue_arguments: Mapping[str, Mapping[str, Any]],
+        dead_letter_queue: str,
+        delay: DelayLayout,
+    ) -> None:
+        self.max_priority = max_priority
+        self._queue_arguments = {name: dict(args) for name, args in queue_arguments.items()}
+        self.dead_letter_queue = dead_letter_queue
+        self.delay = delay
+        #: Every task queue this layout declared (for tidying up after tests).
+        self.declared_queues: set[str] = set()
+
+    # -- what a message needs ------------------------------------------------------------
+
+    @staticmethod
+    def queue(name: str) -> Need:
+        return ("queue", name)
+
+    @staticmethod
+    def bind(exchange: str, queue: str, routing_key: str) -> Need:
+        return ("bind", exchange, queue, routing_key)
+
+    @staticmethod
+    def ladder(queue: str) -> Need:
+        return ("ladder", queue)
+
+    DEAD_LETTERS: Need = ("dead-letters",)
+
+    # -- declaring -----------------------------------------------------------------------
+
+    def queue_arguments(self, queue: str) -> dict[str, Any] | None:
+        """The AMQP arguments `queue` is declared with (None: plain classic queue)."""
+        args = dict(self._queue_arguments.get(queue) or {})
+        # Celery compat: task_queue_max_priority applies only where none is set.
+        if "x-max-priority" not in args and self.max_priority is not None:
+            args["x-max-priority"] = self.max_priority
+        return args or None
+
+    def declare_queue(self, channel: amqp.Channel, queue: str) -> None:
+        """Declare `queue` as Celery does: its direct exchange, the queue, the binding.
+
+        Raises:
+            ImproperlyConfigured: it exists with other flags or arguments.
+        """
+        check_name(queue, "queue")
+        try:
+            channel.exchange_declare(queue, "direct", durable=True, auto_delete=False)
+        except Exception as exc:
+            raise_inequivalent(exc, "exchange", queue)
+            raise
+        try:
+            channel.queue_declare(
+                queue,
+                durable=True,
+                exclusive=False,
+                auto_delete=False,
+                arguments=self.queue_arguments(queue),
+            )
+        except Exception as exc:
+            raise_inequivalent(exc, "queue", queue)
+            raise
+        channel.queue_bind(queue, exchange=queue, routing_key=queue)
+        self.declared_queues.add(queue)
+
+    def ensure(self, link: Link, need: Hashable) -> None:
+        """Declare what `need` names on `link`, unless that connection already did."""
+        if need in link.declared:
+            return
+        assert isinstance(need, tuple)
+        kind = need[0]
+        channel = link.channel
+        if kind == "queue":
+            self.declare_queue(channel, need[1])
+        elif kind == "dead-letters":
+            channel.queue_declare(
+                self.dead_letter_queue, durable=True, exclusive=False, auto_delete=False
+            )
+        elif kind == "bind":
+            _, exchange, queue, routing_key = need
+            self._bind_exchange(link, exchange, queue, routing_key)
+        elif kind == "ladder-exchanges":
+            self._declare_ladder_exchanges(channel)
+        elif kind == "ladder":
+            self.ensure(link, ("ladder-exchanges",))
+            self._declare_ladder(channel, need[1])
+        else:  # pragma: no cover - internal invariant
+            raise AssertionError(f"unknown declaration {need!r}")
+        link.declared.add(need)
+
+    def _bind_exchange(self, link: Link, exchange: str, queue: str, routing_key: str) -> None:
+        # A named exchange that exists keeps its type; a missing one is created as
+        # Celery would (a durable direct exchange).
+        check_name(exchange, "exchange")
+        admin = link.admin()
+        try:
+            admin.exchange_declare(exchange, "direct", passive=True)
+        except Exception as exc:
+            if not is_channel_error(exc):
+                raise
+            link.reset_admin()
+            link.channel.exchange_declare(exchange, "direct", durable=True, auto_delete=False)
+        link.channel.queue_bind(queue, exchange=exchange, routing_key=routing_key)
+
+    def _declare_ladder_exchanges(self, channel: amqp.Channel) -> None:
+        delay = self.delay
+        # nowait: one round trip for the whole ladder; the final synchronous declare
+        # surfaces any error RabbitMQ raised on the way (it closes the channel).
+        for level in range(LEVELS):
+            channel.exchange_declare(
+                delay.exchange(level), "topic", durable=True, auto_delete=False, nowait=True
+            )
+        for destination, source, key in delay.exchange_bindings():
+            channel.exchange_bind(destination, source, key, nowait=True)
+        channel.exchange_declare(delay.exchange(0), "topic", passive=True)
+
+    def _declare_ladder(self, channel: amqp.Channel, queue: str) -> None:
+        for name, arguments, exchange, key in self.delay.queue_declarations(queue):
+            channel.queue_declare(
+                name,
+                durable=True,
+                exclusive=False,
+                auto_delete=False,
+                arguments=arguments,
+                nowait=True,
+            )
+            channel.queue_bind(name, exchange=exchange, routing_key=key, nowait=True)
+        channel.queue_declare(self.delay.out_queue(queue), passive=True)
+
+
+def check_name(name: str, what: str) -> None:
+    """AMQP names are short strings: 1 to 255 bytes.
+
+    Raises:
+        ImproperlyConfigured: `name` is empty or too long.
+    """
+    if not name or len(name.encode()) > 255:
+        raise ImproperlyConfigured(f"{what} name {name!r} must be 1 to 255 bytes long")
+
+
+def raise_inequivalent(exc: BaseException, kind: str, name: str) -> None:
+    """Turn RabbitMQ's 406 on a re-declaration into a clear ImproperlyConfigured."""
+    if not is_channel_error(exc) or getattr(exc, "reply_code", 0) != 406:
+        return
+    text = str(getattr(exc, "reply_text", "") or exc)
+    match = _INEQUIVALENT.search(text)
+    argument = match.group(1) if match else "flags"
+    hint = (
+        "set the same value for this queue (transport options max_priority / "
+        "queue_arguments, as the existing declaration), or delete the queue"
+        if kind == "queue"
+        else "use a different exchange name, or delete the exchange"
+    )
+    raise ImproperlyConfigured(
+        f"{kind} {name!r} already exists on RabbitMQ with a different {argument!r} than "
+        f"this app declares ({text}); {hint}"
+    ) from exc

@@ -1,0 +1,220 @@
+"""A celeriac `Message` as an AMQP message and back; how dead letters are marked.
+
+Mapping (what stock Celery/kombu write, spec §4.2): the body travels raw; content
+type and encoding in their own AMQP fields; the protocol headers as the AMQP field
+table (None as void, lists as arrays, dicts as tables); `correlation_id`, `reply_to`,
+`delivery_mode`, `priority`, `expiration` (and any other basic property given) as
+basic properties.
+
+A dead letter is a copy of the message with `celeriac-dead-letter-*` headers (id,
+reason, origin queue, time, exchange, routing key) and no `expiration`, so it cannot
+expire in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import amqp
+
+from celeriac._time import UTC, from_iso, to_iso
+from celeriac.brokers.base import DeadLetter
+from celeriac.exceptions import SerializationError
+from celeriac.protocol.message import Message
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from celeriac.brokers.base import Delivery
+
+__all__ = [
+    "PROPERTY_NAMES",
+    "check_headers",
+    "dead_letter_copy",
+    "from_amqp",
+    "read_dead_letter",
+    "to_amqp",
+]
+
+# Basic properties carried between `Message.properties` and AMQP (content type,
+# encoding and headers travel in their own fields).
+PROPERTY_NAMES = (
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+)
+# Headers RabbitMQ adds when it dead-letters; removed from messages that only passed
+# through our delay ladder (they grow with every hop and mean nothing to a task).
+DEATH_HEADERS = (
+    "x-death",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-first-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-last-death-exchange",
+)
+# Headers of a dead letter (plain names: RabbitMQ reserves the x- prefix).
+DL_ID = "celeriac-dead-letter-id"
+DL_REASON = "celeriac-dead-letter-reason"
+DL_QUEUE = "celeriac-dead-letter-queue"
+DL_TIME = "celeriac-dead-letter-time"
+DL_EXCHANGE = "celeriac-dead-letter-exchange"
+DL_ROUTING_KEY = "celeriac-dead-letter-routing-key"
+DL_HEADERS = (DL_ID, DL_REASON, DL_QUEUE, DL_TIME, DL_EXCHANGE, DL_ROUTING_KEY)
+# Field-table integers are signed 64-bit at most.
+_INT64 = 2**63
+
+
+def basic_properties(message: Message, *, priority: int | None = None) -> dict[str, Any]:
+    """The message's basic properties, persistent unless it says otherwise."""
+    properties = {
+        name: value
+        for name in PROPERTY_NAMES
+        if (value := message.properties.get(name)) is not None
+    }
+    properties.setdefault("delivery_mode", 2)
+    if priority is not None:
+        # AMQP priority is one octet; RabbitMQ caps it at the queue's x-max-priority.
+        properties["priority"] = max(0, min(255, int(priority)))
+    return properties
+
+
+def to_amqp(
+    message: Message,
+    properties: Mapping[str, Any],
+    *,
+    headers: Mapping[str, Any] | None = None,
+) -> amqp.Message:
+    """An AMQP message with `message`'s body, content type, encoding and headers."""
+    return amqp.Message(
+        message.body,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        application_headers=dict(headers) if headers is not None else message.headers,
+        **properties,
+    )
+
+
+def from_amqp(message: amqp.Message, *, strip_death: Callable[[str], bool]) -> Message:
+    """The celeriac `Message` of a received AMQP message.
+
+    `strip_death(queue)` says whether dead-lettering bookkeeping that started in
+    `queue` is ours (the delay ladder) and is dropped.
+    """
+    props = message.properties
+    headers = dict(props.get("application_headers") or {})
+    first_death = headers.get("x-first-death-queue")
+    if isinstance(first_death, str) and strip_death(first_death):
+        for name in DEATH_HEADERS:
+            headers.pop(name, None)
+    body = message.body
+    if isinstance(body, str):  # pragma: no cover - our channels never auto-decode
+        body = body.encode(props.get("content_encoding") or "utf-8")
+    return Message(
+        headers=headers,
+        body=bytes(body),
+        properties={name: props[name] for name in PROPERTY_NAMES if name in props},
+        # kombu treats a message without a content type as raw data.
+        content_type=props.get("content_type") or "application/data",
+        content_encoding=props.get("content_encoding") or "binary",
+    )
+
+
+def check_headers(headers: Mapping[str, Any]) -> None:
+    """Refuse header values an AMQP field table cannot carry, before anything is sent.
+
+    Raises:
+        SerializationError: names the header and the value's type.
+    """
+    for key, value in headers.items():
+        if not isinstance(key, str):
+            raise SerializationError(f"message header names must be strings, got {key!r}")
+        _check_value(value, key)
+
+
+def _check_value(value: Any, where: str) -> None:
+    if value is None or isinstance(value, str | bytes | bool | float | Decimal | datetime):
+        return
+    if isinstance(value, int):
+        if -_INT64 <= value < _INT64:
+            return
+        raise SerializationError(f"header {where!r}: integer {value} does not fit in 64 bits")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(f"header {where!r}: table keys must be strings")
+            _check_value(item, f"{where}.{key}")
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_value(item, where)
+        return
+    raise SerializationError(
+        f"header {where!r}: a {type(value).__name__} cannot be sent in an AMQP field table"
+    )
+
+
+def dead_letter_copy(delivery: Delivery, *, reason: str, now: float) -> amqp.Message:
+    """The dead-letter queue's copy of `delivery`, marked with why and where from."""
+    message = delivery.message
+    headers = dict(message.headers)
+    headers.update(
+        {
+            DL_ID: uuid.uuid4().hex,
+            DL_REASON: reason,
+            DL_QUEUE: delivery.queue,
+            DL_TIME: to_iso(datetime.fromtimestamp(now, UTC)),
+            DL_EXCHANGE: delivery.exchange,
+            DL_ROUTING_KEY: delivery.routing_key,
+        }
+    )
+    properties = basic_properties(message)
+    # A TTL would silently drop the dead letter.
+    properties.pop("expiration", None)
+    properties["delivery_mode"] = 2
+    return to_amqp(message, properties, headers=headers)
+
+
+def read_dead_letter(message: amqp.Message) -> DeadLetter:
+    """A `DeadLetter` from a message of the dead-letter queue (its marks removed)."""
+    props = message.properties
+    headers = dict(props.get("application_headers") or {})
+    dead_id = headers.pop(DL_ID, None)
+    reason = headers.pop(DL_REASON, None)
+    queue = headers.pop(DL_QUEUE, None) or headers.get("x-first-death-queue") or ""
+    when = headers.pop(DL_TIME, None)
+    headers.pop(DL_EXCHANGE, None)
+    headers.pop(DL_ROUTING_KEY, None)
+    body = message.body if isinstance(message.body, bytes) else bytes(message.body)
+    if not isinstance(dead_id, str):
+        # Not ours (someone else's message in the queue): a stable id from its content.
+        dead_id = hashlib.sha1(body, usedforsecurity=False).hexdigest()
+    try:
+        failed_at = from_iso(when) if isinstance(when, str) else None
+    except ValueError:
+        failed_at = None
+    return DeadLetter(
+        id=dead_id,
+        queue=str(queue),
+        reason=str(reason or "unknown"),
+        message=Message(
+            headers=headers,
+            body=body,
+            properties={name: props[name] for name in PROPERTY_NAMES if name in props},
+            content_type=props.get("content_type") or "application/data",
+            content_encoding=props.get("content_encoding") or "binary",
+        ),
+        failed_at=failed_at or datetime.fromtimestamp(0, UTC),
+    )
