@@ -40,9 +40,11 @@ __all__ = [
     "call_with_retry",
     "connection_pool",
     "disjoint_prefixes",
+    "load_rate_script",
     "load_script",
     "new_connection",
     "pool_options",
+    "reserve_rate_slot",
 ]
 
 logger = logging.getLogger(__name__)
@@ -368,6 +370,24 @@ class KeyWatcher:
         if self._conn is not None:
             self._conn.disconnect()
             self._conn = None
+
+
+# Cluster-wide rate limits, shared by the broker and the result backend (a RabbitMQ fleet
+# with Redis results keeps its rate limits here).
+RATE_PREFIX = "_celeriac.rate."
+
+
+def load_rate_script(client: redis.Redis) -> Any:
+    """Register the rate-slot script (`_redis_rate.lua`) on `client`."""
+    return client.register_script(load_script("celeriac", "_redis_rate.lua"))
+
+
+def reserve_rate_slot(
+    script: Any, client: redis.Redis, key: str, *, now: float, interval: float
+) -> float:
+    """Reserve the next start slot of rate key `key` (atomic, one round trip)."""
+    slot = script(keys=[key], args=[f"{now:.6f}", repr(float(interval))], client=client)
+    return float(slot)
 
 
 def load_script(package: str, name: str) -> str:

@@ -40,9 +40,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "DEFAULT_POLLING_INTERVAL",
+    "RATE_SLOT_SCHEMA",
     "ChangeWatcher",
     "Database",
     "parse_sqlite_url",
+    "reserve_rate_slot",
     "watcher_for",
 ]
 
@@ -68,6 +70,31 @@ _EXAMPLES = (
     "write sqlite:///celeriac.db (a file relative to the current directory) or "
     "sqlite:////absolute/path/celeriac.db (four slashes for an absolute path)"
 )
+
+
+# Cluster-wide rate limits (one row per key), in the broker's schema and the backend's:
+# a broker that has the table uses it; a RabbitMQ fleet with SQLite results uses the
+# backend's.
+RATE_SLOT_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS rate_slot (
+    key TEXT PRIMARY KEY,
+    slot REAL NOT NULL
+);
+"""
+_RATE_SLOT: Final = (
+    "INSERT INTO rate_slot (key, slot) VALUES (:key, :now) ON CONFLICT (key) "
+    "DO UPDATE SET slot = max(:now, slot + :interval) RETURNING slot"
+)
+
+
+def reserve_rate_slot(db: Database, key: str, *, now: float, interval: float) -> float:
+    """Reserve the next start slot of `key`: one upsert, atomic across every process on
+    the file (no read-modify-write race)."""
+    with db.use() as connection:
+        row = connection.execute(
+            _RATE_SLOT, {"key": key, "now": now, "interval": interval}
+        ).fetchone()
+    return float(row[0])
 
 
 def parse_sqlite_url(url: str) -> Path:

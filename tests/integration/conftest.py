@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psutil
 import pytest
 
-from tests.helpers import require_redis, unique, wait_for
+from tests.helpers import require_rabbitmq, require_redis, unique, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -82,24 +82,50 @@ class RunWorker(Protocol):
     ) -> WorkerProcess: ...
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "amqp"])
 def broker_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run a test on each broker: sets the environment the test's `tasks.py` reads (in
-    this process and in the workers it starts); Redis keys are removed afterwards."""
+    this process and in the workers it starts). Every test has its own queue (and, on
+    Redis, key prefix); what it created on a server is removed afterwards. RabbitMQ runs
+    with Redis results, the usual production pairing (and what gives it a crash ledger
+    and shared rate limits)."""
     kind: str = request.param
-    prefix = unique("w") + ":"
+    name = unique("w")
+    prefix = f"{name}:"
+    for variable in (
+        "TEST_BROKER_URL",
+        "TEST_BACKEND_URL",
+        "TEST_KEY_PREFIX",
+        "TEST_DEAD_LETTER_QUEUE",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("TEST_QUEUE", name)
+    redis_url = None
     if kind == "redis":
-        url = require_redis()
-        monkeypatch.setenv("TEST_BROKER_URL", url)
+        redis_url = require_redis()
+        monkeypatch.setenv("TEST_BROKER_URL", redis_url)
         monkeypatch.setenv("TEST_KEY_PREFIX", prefix)
-    else:
-        monkeypatch.delenv("TEST_BROKER_URL", raising=False)
-        monkeypatch.delenv("TEST_KEY_PREFIX", raising=False)
+    elif kind == "amqp":
+        amqp_url = require_rabbitmq()
+        redis_url = require_redis()
+        monkeypatch.setenv("TEST_BROKER_URL", amqp_url)
+        monkeypatch.setenv("TEST_BACKEND_URL", redis_url)
+        monkeypatch.setenv("TEST_KEY_PREFIX", prefix)
+        monkeypatch.setenv("TEST_DEAD_LETTER_QUEUE", f"{name}.dead")
     yield kind
-    if kind == "redis":
+    if kind == "amqp":
+        from celeriac.brokers.amqp import AMQPBroker
+
+        broker = AMQPBroker(amqp_url)
+        try:
+            for queue in (name, f"{name}.dead"):
+                broker.delete_queue(queue)
+        finally:
+            broker.close()
+    if redis_url is not None:
         import redis
 
-        client = redis.Redis.from_url(url)
+        client = redis.Redis.from_url(redis_url)
         try:
             keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
             if keys:

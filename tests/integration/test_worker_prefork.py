@@ -102,7 +102,8 @@ def test_sigterm_finishes_running_tasks_and_returns_prefetched_at_once(
     worker.signal(signal.SIGTERM)
     broker = tasks.app.broker
     # The prefetched three are back in the queue while the first still runs.
-    wait_for(lambda: broker.size("celery") == 3, timeout=1.0, what="prefetched returned")
+    queue = tasks.app.conf.task_default_queue
+    wait_for(lambda: broker.size(queue) == 3, timeout=1.0, what="prefetched returned")
     assert not [e for e in events(tasks_dir) if e["event"] == "end"]
     assert worker.wait(timeout=10) == 0
     assert results[0].get(timeout=5) == "warm-0"
@@ -126,7 +127,7 @@ def test_cold_shutdown_returns_running_tasks_at_once(
         worker.signal(signal.SIGINT)
     worker.wait(timeout=5)
     assert time.monotonic() - stopped_at < 5
-    assert tasks.app.broker.size("celery") == 1
+    assert tasks.app.broker.size(tasks.app.conf.task_default_queue) == 1
     # A cold shutdown is not a crash: the task runs again without a strike against it.
     run_worker("-c", "1")
     wait_for(lambda: len(started(tasks_dir, "cold")) == 2, timeout=15)

@@ -20,10 +20,13 @@ app = Celeriac(
     "tasks",
     broker=os.environ.get("TEST_BROKER_URL") or f"sqlite:///{HERE / 'celeriac.db'}",
     backend=os.environ.get("TEST_BACKEND_URL") or None,
+    task_default_queue=os.environ.get("TEST_QUEUE") or "celery",
     broker_transport_options={
         "visibility_timeout": float(os.environ.get("TEST_VISIBILITY_TIMEOUT", "300")),
         **({"global_keyprefix": os.environ["TEST_KEY_PREFIX"]}
            if os.environ.get("TEST_KEY_PREFIX") else {}),
+        **({"dead_letter_queue": os.environ["TEST_DEAD_LETTER_QUEUE"]}
+           if os.environ.get("TEST_DEAD_LETTER_QUEUE") else {}),
     },
     result_backend_transport_options=(
         {"global_keyprefix": os.environ["TEST_KEY_PREFIX"]}

@@ -129,6 +129,8 @@ class Celeriac:
         self._router: Router | None = None
         self._control: Control | None = None
         self._autodiscover: list[tuple[Sequence[str], str]] = []
+        self._local = threading.local()
+        self._rpc_reply_to: tuple[int, str] | None = None
         self._finalized = False
         from celeriac.app.builtins import register_builtins
 
@@ -398,12 +400,31 @@ class Celeriac:
     @property
     def thread_oid(self) -> str:
         """A name unique to this app, process and thread (Celery's `reply_to`)."""
-        return str(
-            uuid.uuid3(
-                uuid.NAMESPACE_OID,
-                f"{_default_nodename()}-{os.getpid()}-{threading.get_ident()}-{id(self)}",
+        local = self._local
+        pid = os.getpid()
+        if getattr(local, "pid", None) != pid:
+            local.pid = pid
+            local.oid = str(
+                uuid.uuid3(
+                    uuid.NAMESPACE_OID,
+                    f"{_default_nodename()}-{pid}-{threading.get_ident()}-{id(self)}",
+                )
             )
-        )
+        oid: str = local.oid
+        return oid
+
+    def default_reply_to(self) -> str:
+        """The `reply_to` of messages sent from here: with `rpc://` results, this
+        process's reply queue (declared before the first message goes out, so no result
+        can arrive before it exists); otherwise `thread_oid`, as Celery writes."""
+        if not self.result_backend_url.startswith("rpc://"):
+            return self.thread_oid
+        cached = self._rpc_reply_to
+        pid = os.getpid()
+        if cached is None or cached[0] != pid:
+            queue = self.backend.reply_queue() or self.thread_oid
+            cached = self._rpc_reply_to = (pid, queue)
+        return cached[1]
 
     def close(self) -> None:
         """Close this process's connections."""
@@ -584,7 +605,7 @@ class Celeriac:
             parent_id=parent_id,
             shadow=options.get("shadow"),
             ignore_result=options.get("ignore_result"),
-            reply_to=options.get("reply_to") or self.thread_oid,
+            reply_to=options.get("reply_to") or self.default_reply_to(),
             priority=priority,
             headers=dict(options.get("headers") or {}),
             stamped_headers=options.get("stamped_headers"),

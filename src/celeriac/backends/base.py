@@ -182,6 +182,12 @@ class ResultBackend(ABC):
     schemes: ClassVar[tuple[str, ...]] = ()
     #: Chords join through `chord_part_return` (False: the backend cannot join chords).
     supports_native_join: ClassVar[bool] = True
+    #: `get` reads a shared store (False for `rpc://`, whose results go to one client).
+    supports_lookup: ClassVar[bool] = True
+    #: `note_crash`/`crash_count` are kept, shared by every worker (see below).
+    supports_crash_ledger: ClassVar[bool] = False
+    #: `reserve_rate_slot` is shared by every worker (used when the broker has none).
+    supports_rate_limit: ClassVar[bool] = False
     #: Seconds between polls in the default `wait`, growing to `_max_poll`.
     _min_poll: ClassVar[float] = 0.005
     _max_poll: ClassVar[float] = 0.2
@@ -292,6 +298,37 @@ class ResultBackend(ABC):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             done[task_id] = self.wait(task_id, timeout=remaining)
         return done
+
+    def store_for_request(
+        self, meta: ResultMeta, *, reply_to: str | None, correlation_id: str | None
+    ) -> None:
+        """Store `meta` for the caller of one request (`rpc://` sends it to the caller's
+        reply queue; every other backend just stores it)."""
+        self.store(meta)
+
+    def reserve_rate_slot(self, key: str, *, interval: float) -> float:
+        """Like `Broker.reserve_rate_slot`, for fleets whose broker keeps no rate slots
+        (RabbitMQ) but whose result backend can."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared rate limiter")
+
+    def reply_queue(self) -> str | None:
+        """The queue results come back to, declared and ready, for backends that send
+        results to their caller (`rpc://`); None for backends that store them."""
+        return None
+
+    # -- crash ledger ----------------------------------------------------------------
+    #
+    # Brokers that cannot count deliveries (RabbitMQ's classic queues) leave it to the
+    # result backend to remember how often a task's process died while running it, so
+    # that the redelivery cap holds across workers there too.
+
+    def note_crash(self, task_id: str) -> int:
+        """Count one more death of a process running `task_id`; return the count."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no crash ledger")
+
+    def crash_count(self, task_id: str) -> int:
+        """How many processes died running `task_id` (0 when none)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no crash ledger")
 
     # -- groups ----------------------------------------------------------------------
 

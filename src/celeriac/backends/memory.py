@@ -28,6 +28,7 @@ class _Store:
     values: dict[str, tuple[bytes, float | None]] = field(default_factory=dict)
     chord_sizes: dict[str, int] = field(default_factory=dict)
     chord_parts: dict[str, dict[str, ChordPart]] = field(default_factory=dict)
+    crashes: dict[str, int] = field(default_factory=dict)
 
 
 _stores: dict[str, _Store] = {}
@@ -46,6 +47,7 @@ class MemoryBackend(ResultBackend):
     """A complete result backend in this process's memory."""
 
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    supports_crash_ledger: ClassVar[bool] = True
 
     def __init__(self, url: str = "memory://", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -105,6 +107,16 @@ class MemoryBackend(ResultBackend):
                 if remaining <= 0:
                     raise ResultTimeout(f"task {task_id} not ready after {timeout} s")
                 self._store.lock.wait(remaining)
+
+    def note_crash(self, task_id: str) -> int:
+        with self._store.lock:
+            count = self._store.crashes.get(task_id, 0) + 1
+            self._store.crashes[task_id] = count
+            return count
+
+    def crash_count(self, task_id: str) -> int:
+        with self._store.lock:
+            return self._store.crashes.get(task_id, 0)
 
     def save_group(self, group_id: str, result: Any) -> None:
         with self._store.lock:

@@ -23,12 +23,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac import states
 from celeriac._redis import (
+    RATE_PREFIX,
     RETRYABLE_ERRORS,
     RetryPolicy,
     call_with_retry,
     connection_pool,
+    load_rate_script,
     load_script,
     new_connection,
+    reserve_rate_slot,
 )
 from celeriac.backends.base import (
     GROUP_KEY_PREFIX,
@@ -57,6 +60,10 @@ __all__ = ["RedisBackend"]
 
 # Celery compat: the prefix gets "_" appended unless it already ends with one of these.
 _PREFIX_ENDINGS = ":_-."
+# celeriac's crash ledger (RabbitMQ fleets): how often a process died running a task.
+CRASH_KEY_PREFIX = "celeriac-crashes-"
+# How long a crash count is kept when results never expire.
+DEFAULT_CRASH_TTL = 86400
 # What can break a subscriber connection.
 _SUBSCRIBER_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, OSError)
 # Idle subscriber connections kept for the next wait.
@@ -81,6 +88,8 @@ class RedisBackend(ResultBackend):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket")
+    supports_crash_ledger: ClassVar[bool] = True
+    supports_rate_limit: ClassVar[bool] = True
     supports_native_join: ClassVar[bool] = True
 
     def __init__(self, url: str, **kwargs: Any) -> None:
@@ -89,6 +98,8 @@ class RedisBackend(ResultBackend):
         prefix = _global_prefix(options)
         self._task_prefix = prefix + TASK_KEY_PREFIX
         self._group_prefix = prefix + GROUP_KEY_PREFIX
+        self._crash_prefix = prefix + CRASH_KEY_PREFIX
+        self._rate_prefix = prefix + RATE_PREFIX
         self._ordered = bool(options.get("result_chord_ordered", True))
         self._retry_policy = RetryPolicy.from_options(options)
         self._lock = threading.Lock()
@@ -123,6 +134,7 @@ class RedisBackend(ResultBackend):
                 for name in ("store", "chord"):
                     script = load_script("celeriac.backends", f"redis_{name}.lua")
                     self._scripts[name] = self._client.register_script(script)
+                self._scripts["rate"] = load_rate_script(self._client)
             return self._client
 
     def _run(
@@ -188,6 +200,41 @@ class RedisBackend(ResultBackend):
             for task_id, raw in zip(task_ids, raws, strict=True)
             if raw is not None
         }
+
+    def reserve_rate_slot(self, key: str, *, interval: float) -> float:
+        self._connection()
+        script = self._scripts["rate"]
+        slot: float = self._run(
+            f"reserve a rate slot for {key}",
+            lambda client: reserve_rate_slot(
+                script,
+                client,
+                self._rate_prefix + key,
+                now=self.clock.time(),
+                interval=interval,
+            ),
+        )
+        return slot
+
+    def note_crash(self, task_id: str) -> int:
+        key = f"{self._crash_prefix}{task_id}"
+
+        def incr(client: redis.Redis) -> int:
+            pipe = client.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, self._ttl or DEFAULT_CRASH_TTL)
+            count, _ = pipe.execute()
+            return int(count)
+
+        count: int = self._run(f"count a crash of {task_id}", incr)
+        return count
+
+    def crash_count(self, task_id: str) -> int:
+        value = self._run(
+            f"read the crashes of {task_id}",
+            lambda client: client.get(f"{self._crash_prefix}{task_id}"),
+        )
+        return int(value) if value else 0
 
     def forget(self, task_id: str) -> None:
         self._run(f"forget {task_id}", lambda client: client.delete(self._task_key(task_id)))

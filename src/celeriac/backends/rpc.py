@@ -96,6 +96,7 @@ class RPCBackend(ResultBackend):
 
     schemes: ClassVar[tuple[str, ...]] = ("rpc",)
     supports_native_join: ClassVar[bool] = False
+    supports_lookup: ClassVar[bool] = False
 
     def __init__(self, url: str = "rpc://", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -173,6 +174,11 @@ class RPCBackend(ResultBackend):
                 self._publish_lock.release()
 
     # -- storing (the worker side) -----------------------------------------------------
+
+    def store_for_request(
+        self, meta: ResultMeta, *, reply_to: str | None, correlation_id: str | None
+    ) -> None:
+        self.store(meta, reply_to=reply_to, correlation_id=correlation_id)
 
     def store(
         self,
@@ -270,6 +276,10 @@ class RPCBackend(ResultBackend):
         close_connection(connection, timeout=0.5)
 
     # -- reading (the client side) -----------------------------------------------------
+
+    def reply_queue(self) -> str | None:
+        self.ensure_reply_queue()
+        return self.reply_to
 
     def ensure_reply_queue(self) -> None:
         """Declare the reply queue (once); call before sending tasks whose results

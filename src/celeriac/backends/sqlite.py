@@ -21,8 +21,10 @@ from celeriac import states
 from celeriac._sqlite import (
     DEFAULT_BUSY_TIMEOUT,
     DEFAULT_POLLING_INTERVAL,
+    RATE_SLOT_SCHEMA,
     Database,
     parse_sqlite_url,
+    reserve_rate_slot,
     watcher_for,
 )
 from celeriac.backends.base import ChordPart, ResultBackend, ResultMeta
@@ -44,7 +46,11 @@ __all__ = ["SQLiteBackend"]
 #   chord_part    finished header parts, keyed by task id (a redelivered part replaces
 #                 its first report instead of counting twice); `position` is the group
 #                 index (+inf when unknown)
-SCHEMA: Final = """
+#   crash         how often a process died running a task (brokers without delivery
+#                 counts, i.e. RabbitMQ, keep the redelivery cap through this)
+_LIVE_SQL: Final = "(expires_at IS NULL OR expires_at > :now)"
+SCHEMA: Final = (
+    """
 CREATE TABLE IF NOT EXISTS result (
     task_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -72,9 +78,22 @@ CREATE TABLE IF NOT EXISTS chord_part (
     expires_at REAL,
     PRIMARY KEY (group_id, task_id)
 );
+CREATE TABLE IF NOT EXISTS crash (
+    task_id TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    expires_at REAL
+);
 """
+    + RATE_SLOT_SCHEMA
+)
+_NOTE_CRASH: Final = (
+    "INSERT INTO crash (task_id, count, expires_at) VALUES (?, 1, ?) "
+    "ON CONFLICT (task_id) DO UPDATE SET count = crash.count + 1, "
+    "expires_at = excluded.expires_at RETURNING count"
+)
+_CRASH_COUNT: Final = f"SELECT count FROM crash WHERE task_id = :task_id AND {_LIVE_SQL}"
 
-_LIVE: Final = "(expires_at IS NULL OR expires_at > :now)"
+_LIVE: Final = _LIVE_SQL
 # A stored SUCCESS is final (Celery's dedupe guard) unless it has expired.
 _STORE: Final = (
     "INSERT INTO result (task_id, status, meta, expires_at) "
@@ -151,6 +170,8 @@ class SQLiteBackend(ResultBackend):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+    supports_crash_ledger: ClassVar[bool] = True
+    supports_rate_limit: ClassVar[bool] = True
 
     def __init__(self, url: str = "sqlite:///celeriac.db", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -208,6 +229,23 @@ class SQLiteBackend(ResultBackend):
             for task_id in task_ids
             if task_id in rows
         }
+
+    def reserve_rate_slot(self, key: str, *, interval: float) -> float:
+        return reserve_rate_slot(self._db, key, now=self.clock.time(), interval=interval)
+
+    def note_crash(self, task_id: str) -> int:
+        with self._db.use() as connection:
+            row = connection.execute(
+                _NOTE_CRASH, (task_id, self._expires_at(self.clock.time()))
+            ).fetchone()
+        return int(row[0])
+
+    def crash_count(self, task_id: str) -> int:
+        with self._db.use() as connection:
+            row = connection.execute(
+                _CRASH_COUNT, {"task_id": task_id, "now": self.clock.time()}
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def forget(self, task_id: str) -> None:
         with self._db.use() as connection:

@@ -118,6 +118,8 @@ class AMQPBroker(Broker):
     supports_rate_limit: ClassVar[bool] = False
     supports_leases: ClassVar[bool] = False
     supports_recover: ClassVar[bool] = False
+    # The delay ladder rounds up to 100 ms steps.
+    delay_precision: ClassVar[float] = 0.15
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -529,6 +531,11 @@ class AMQPBroker(Broker):
         self._count("_rejected", 1)
         if not done:
             _log_lost([delivery], "reject")
+
+    def stop_consuming(self) -> None:
+        # Cancel first: a message rejected with requeue while its consumer is still
+        # subscribed goes straight back to that same consumer.
+        self._consumer.stop()
 
     def requeue_many(self, deliveries: Sequence[Delivery]) -> None:
         for generation, tags in _by_generation(deliveries):

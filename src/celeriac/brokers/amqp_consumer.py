@@ -122,6 +122,17 @@ class Consumer:
                 return []
             self._wait(remaining)
 
+    def stop(self) -> None:
+        """Cancel every consumer and return what was prefetched but not handed out; the
+        deliveries already handed out stay held (ack or reject them as usual)."""
+        with self._lock:
+            if self._connection is None or self._channel is None:
+                return
+            try:
+                self._sync_consumers([])
+            except Exception as exc:  # the connection is gone: RabbitMQ requeues anyway
+                self._failed(exc, "stop consuming")
+
     def ack(self, generation: int, tags: Collection[int]) -> int:
         """Ack deliveries of `generation`; return how many could be acked.
 

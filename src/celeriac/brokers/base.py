@@ -161,6 +161,8 @@ class Broker(ABC):
     #: `recover` can return another consumer's messages (False: the server returns a
     #: dead consumer's messages itself when its connection drops, as RabbitMQ does).
     supports_recover: ClassVar[bool] = True
+    #: How late (seconds) a delayed message may be handed out after its ETA; never early.
+    delay_precision: ClassVar[float] = 0.05
     #: Default lease length in seconds when `visibility_timeout` is not set.
     default_visibility_timeout: ClassVar[float] = 300.0
 
@@ -276,6 +278,11 @@ class Broker(ABC):
             routing_key=delivery.routing_key or None,
         )
         self.ack(delivery)
+
+    def stop_consuming(self) -> None:  # noqa: B027 - most brokers hold nothing to stop
+        """Take no more messages (warm shutdown). What is held stays held; brokers that
+        push messages to a subscribed consumer (RabbitMQ) cancel the subscription, so
+        that messages handed back with `requeue_many` go to other consumers."""
 
     def requeue_many(self, deliveries: Sequence[Delivery]) -> None:
         """Return several leased messages to their queues at once (shutdown)."""

@@ -37,12 +37,15 @@ import orjson
 import redis.exceptions as redis_errors
 
 from celeriac._redis import (
+    RATE_PREFIX,
     RETRYABLE_ERRORS,
     KeyWatcher,
     RetryPolicy,
     call_with_retry,
     connection_pool,
+    load_rate_script,
     load_script,
+    reserve_rate_slot,
 )
 from celeriac._time import UTC
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, clamp_priority
@@ -96,7 +99,6 @@ CRASHES = "_celeriac.crashes"
 LAST_FETCH_PREFIX = "_celeriac.fetch."
 DEAD = "_celeriac.dead"
 DEAD_INDEX = "_celeriac.dead_index"
-RATE_PREFIX = "_celeriac.rate."
 
 # kombu's defaults, which every peer must share.
 DEFAULT_SEP = "\x06\x16"
@@ -237,9 +239,10 @@ class RedisBroker(Broker):
 
                 self._pool = connection_pool(self.url, self.transport_options)
                 self._client = redis_module.Redis(connection_pool=self._pool)
-                for name in ("fetch", "restore", "extend", "replay", "rate", "unlock"):
+                for name in ("fetch", "restore", "extend", "replay", "unlock"):
                     script = load_script("celeriac.brokers", f"redis_{name}.lua")
                     self._scripts[name] = self._client.register_script(script)
+                self._scripts["rate"] = load_rate_script(self._client)
             return self._client
 
     def _run(
@@ -1133,12 +1136,14 @@ class RedisBroker(Broker):
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
         script = self._script("rate")
-        slot = self._run(
+        slot: float = self._run(
             f"reserve a rate slot for {key}",
-            lambda client: script(
-                keys=[self._prefix + RATE_PREFIX + key],
-                args=[f"{self.clock.time():.6f}", repr(float(interval))],
-                client=client,
+            lambda client: reserve_rate_slot(
+                script,
+                client,
+                self._prefix + RATE_PREFIX + key,
+                now=self.clock.time(),
+                interval=interval,
             ),
         )
-        return float(slot)
+        return slot

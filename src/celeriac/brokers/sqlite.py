@@ -24,8 +24,10 @@ import orjson
 from celeriac._sqlite import (
     DEFAULT_BUSY_TIMEOUT,
     DEFAULT_POLLING_INTERVAL,
+    RATE_SLOT_SCHEMA,
     Database,
     parse_sqlite_url,
+    reserve_rate_slot,
     watcher_for,
 )
 from celeriac._time import UTC, to_timestamp
@@ -58,7 +60,8 @@ logger = logging.getLogger(__name__)
 # is "<id>.<deliveries>", so the tag of a lease that lapsed and went to somebody else
 # matches no row any more: a late ack, extend or reject from the first holder is a no-op.
 # `headers` and `properties` are UTF-8 JSON (kombu's type tags for datetimes and the like).
-SCHEMA: Final = """
+SCHEMA: Final = (
+    """
 CREATE TABLE IF NOT EXISTS message (
     id INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
@@ -95,11 +98,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letter_failed_at ON dead_letter (failed_at);
-CREATE TABLE IF NOT EXISTS rate_slot (
-    key TEXT PRIMARY KEY,
-    slot REAL NOT NULL
-);
 """
+    + RATE_SLOT_SCHEMA
+)
 
 _INSERT: Final = (
     "INSERT INTO message (queue, priority, due, exchange, routing_key, content_type, "
@@ -145,10 +146,6 @@ _SIZE: Final = (
     "SELECT (SELECT count(*) FROM message WHERE queue = :queue AND due IS NULL) + "
     "(SELECT count(*) FROM message WHERE due IS NOT NULL AND queue = :queue "
     "AND (owner IS NULL OR due <= :now))"
-)
-_RATE_SLOT: Final = (
-    "INSERT INTO rate_slot (key, slot) VALUES (:key, :now) ON CONFLICT (key) "
-    "DO UPDATE SET slot = max(:now, slot + :interval) RETURNING slot"
 )
 
 
@@ -494,12 +491,7 @@ class SQLiteBroker(Broker):
     # -- rate limits -----------------------------------------------------------------
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
-        # One upsert: atomic across every process on the file, no read-modify-write race.
-        with self._db.use() as connection:
-            row = connection.execute(
-                _RATE_SLOT, {"key": key, "now": self.clock.time(), "interval": interval}
-            ).fetchone()
-        return float(row[0])
+        return reserve_rate_slot(self._db, key, now=self.clock.time(), interval=interval)
 
 
 def _lease_statement(queue_count: int) -> str:

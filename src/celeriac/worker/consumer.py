@@ -169,6 +169,7 @@ class Holdings:
                     self._orphaned()
                 if self.shutdown.warm.is_set() and not self._returned_prefetch:
                     self._returned_prefetch = True
+                    self.broker.stop_consuming()
                     self.return_prefetched()
                 now = time.monotonic()
                 if now - last_renew >= self._renew_every:

@@ -167,6 +167,8 @@ class Executor:
         self.store_retry_time: float = conf.result_backend_max_retry_time or 0.0
         self.stats = ExecutorStats()
         self._local_slots: dict[str, float] = {}
+        # A rate-limited message this close to its slot is held here, not deferred.
+        self._hold_limit = broker.delay_precision + HOLD_SECONDS
         self._rate_intervals: dict[str, float | None] = {}
 
     @property
@@ -213,21 +215,22 @@ class Executor:
             self._dead_letter_with_failure(delivery, call, exc, reason=str(exc), task=task)
             return None
 
-        if delivery.crashes >= self.redelivery_limit:
+        crashes = self._crashes(delivery, call)
+        if crashes >= self.redelivery_limit:
             error = WorkerLostError(
                 f"the worker process running {call.name}[{call.id}] died "
-                f"{delivery.crashes} times; it is not run again"
+                f"{crashes} times; it is not run again"
             )
             self._dead_letter_with_failure(
                 delivery,
                 call,
                 error,
-                reason=f"WorkerLostError: process died {delivery.crashes} times running it",
+                reason=f"WorkerLostError: process died {crashes} times running it",
                 task=task,
             )
             return None
 
-        if delivery.redelivered:
+        if delivery.redelivered and self.backend.supports_lookup:
             done = self._finished(call)
             if done is not None:
                 self._drop_finished(delivery, call, done)
@@ -286,8 +289,11 @@ class Executor:
         self.broker.dead_letter(delivery, reason=reason)
         self.stats.dead_lettered += 1
         if task_id:
+            props = delivery.message.properties
             self._store_quietly(
-                self.backend.ready_meta(task_id, states.FAILURE, encode_exception(exc))
+                self.backend.ready_meta(task_id, states.FAILURE, encode_exception(exc)),
+                reply_to=props.get("reply_to"),
+                correlation_id=props.get("correlation_id"),
             )
 
     def _dead_letter_with_failure(
@@ -306,9 +312,25 @@ class Executor:
         meta = self.backend.ready_meta(
             call.id, states.FAILURE, stored, group_id=call.group, parent_id=call.parent_id
         )
-        self._store_quietly(meta)
+        self._store_quietly(meta, reply_to=call.reply_to, correlation_id=call.correlation_id)
         context = self._context(call, delivery)
         self._propagate_failure(call, context, exc, None)
+
+    def _crashes(self, delivery: Delivery, call: TaskCall) -> int:
+        """How often a process died running this message. Brokers that cannot count it
+        (RabbitMQ) leave it to the result backend's crash ledger; read only for
+        redelivered messages, so the normal path pays nothing."""
+        if self.broker.supports_recover or not delivery.redelivered:
+            return delivery.crashes
+        if not self.backend.supports_crash_ledger:
+            return delivery.crashes
+        try:
+            return max(delivery.crashes, self.backend.crash_count(call.id))
+        except Exception:  # isolation boundary: the cap is a safety net, not a must
+            logger.warning(
+                "Task %s[%s]: cannot read its crash count", call.name, call.id, exc_info=True
+            )
+            return delivery.crashes
 
     def _finished(self, call: TaskCall) -> ResultMeta | None:
         """The stored final result of `call`, if it already has one."""
@@ -349,7 +371,9 @@ class Executor:
                 encode_exception(exc),
                 group_id=call.group,
                 parent_id=call.parent_id,
-            )
+            ),
+            reply_to=call.reply_to,
+            correlation_id=call.correlation_id,
         )
         if call.chord is not None and call.group:
             self._chord_part(
@@ -374,23 +398,49 @@ class Executor:
         self._rate_intervals[name] = rate_interval(limit)
 
     def _take_rate_slot(self, delivery: Delivery, task: Task[Any, Any], interval: float) -> bool:
-        """True to run now; False when the message was deferred to its slot."""
-        now = time.time()
+        """True to run now (on its slot); False when the message was deferred.
+
+        Every start happens on a slot of its own, and slots are `interval` apart (the
+        reservation is atomic and shared by every worker). A deferred message waits on
+        the broker until a little before its slot (the broker's `delay_precision`: how
+        late a delayed message may come back) and the last moment is waited here. One
+        that comes back after its slot has lost it and reserves a new one, so a late
+        message never starts too close to the next.
+        """
         reserved = delivery.message.headers.get(RATE_SLOT_HEADER)
-        if isinstance(reserved, int | float) and reserved <= now + DUE_TOLERANCE:
+        if isinstance(reserved, int | float) and self._start_on_slot(reserved):
             return True
-        if self.broker.supports_rate_limit:
-            slot = self.broker.reserve_rate_slot(f"rate:{task.name}", interval=interval)
-        else:
-            previous = self._local_slots.get(task.name)
-            slot = now if previous is None else max(now, previous + interval)
-            self._local_slots[task.name] = slot
-        if slot <= now + DUE_TOLERANCE:
+        slot = self._reserve_slot(task.name, interval)
+        if self._start_on_slot(slot):
             return True
         message = delivery.message
         deferred = replace(message, headers={**message.headers, RATE_SLOT_HEADER: slot})
-        self._defer(delivery, eta=datetime.fromtimestamp(slot, UTC), message=deferred)
+        release = slot - self.broker.delay_precision
+        self._defer(delivery, eta=datetime.fromtimestamp(release, UTC), message=deferred)
         return False
+
+    def _start_on_slot(self, slot: float) -> bool:
+        """Wait for `slot` if it is close; False if it is too far off, or already gone."""
+        wait = slot - time.time()
+        if wait < -DUE_TOLERANCE or wait > self._hold_limit:
+            return False
+        if wait > 0:
+            time.sleep(wait)
+        return True
+
+    def _reserve_slot(self, name: str, interval: float) -> float:
+        # Shared by every worker: the broker's slots, else the result backend's (RabbitMQ
+        # fleets), else (neither can) this process's own.
+        key = f"rate:{name}"
+        if self.broker.supports_rate_limit:
+            return self.broker.reserve_rate_slot(key, interval=interval)
+        if self.backend.supports_rate_limit:
+            return self.backend.reserve_rate_slot(key, interval=interval)
+        now = time.time()
+        previous = self._local_slots.get(name)
+        slot = now if previous is None else max(now, previous + interval)
+        self._local_slots[name] = slot
+        return slot
 
     def _defer(self, delivery: Delivery, *, eta: datetime, message: Message | None = None) -> None:
         crash_point("before_defer")
@@ -786,7 +836,11 @@ class Executor:
         while True:
             try:
                 crash_point("before_store")
-                self.backend.store(meta)
+                self.backend.store_for_request(
+                    meta,
+                    reply_to=request.call.reply_to,
+                    correlation_id=request.call.correlation_id,
+                )
                 crash_point("after_store")
                 return
             except Exception as exc:  # isolation boundary: backend outages
@@ -810,9 +864,15 @@ class Executor:
                 time.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
 
-    def _store_quietly(self, meta: ResultMeta) -> None:
+    def _store_quietly(
+        self,
+        meta: ResultMeta,
+        *,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
         try:
-            self.backend.store(meta)
+            self.backend.store_for_request(meta, reply_to=reply_to, correlation_id=correlation_id)
         except Exception:  # isolation boundary: best effort on the error paths
             logger.warning("cannot store %s for task %s", meta.status, meta.task_id, exc_info=True)
 

@@ -147,6 +147,8 @@ class Supervisor:
             running_tags = [running.tag]
         else:
             running_tags = []
+        if running_tags and running is not None:
+            self._note_crash(running)
         if crashed and not self.shutdown.is_requested():
             how = (
                 f"signal {os.WTERMSIG(status)}"
@@ -163,6 +165,18 @@ class Supervisor:
                 delay = min(MAX_RESPAWN_DELAY, max(0.1, self._respawn_delay.get(index, 0) * 2))
             self._respawn_delay[index] = delay
             self._respawn_at[index] = time.monotonic() + delay
+
+    def _note_crash(self, running: RunningTask) -> None:
+        """Where the broker cannot count a message's crashes (RabbitMQ), count them in
+        the result backend's crash ledger, shared by every worker."""
+        try:
+            if self.broker.supports_recover:
+                return
+            backend = self.app.backend
+            if backend.supports_crash_ledger:
+                backend.note_crash(running.task_id)
+        except Exception:  # isolation boundary
+            logger.exception("Could not count the crash of %s", running.task_id)
 
     def _recover(self, consumer_id: str, running: list[str]) -> None:
         try:
