@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from celeriac import states
 from celeriac.canvas.group import group
-from celeriac.canvas.signature import Signature, _as_list, _unroll, maybe_signature
+from celeriac.canvas.signature import (
+    Signature,
+    _as_list,
+    _shared_options,
+    _unroll,
+    _unroll_group,
+    maybe_signature,
+)
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
@@ -53,6 +60,28 @@ class _chain(Signature[Any]):
         """`chain(...)(*args)` sends the chain (Celery compat)."""
         return self.apply_async(args, kwargs)
 
+    def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]
+        """`chain | x`: a longer chain (`chain | chain` joins the steps)."""
+        if isinstance(other, _chain):
+            return _chain(*self.tasks, *other.tasks, app=self._app, **self.options)
+        if isinstance(other, Signature):
+            return _chain(*self.tasks, _unroll_group(other), app=self._app, **self.options)
+        return NotImplemented
+
+    def _part_count(self) -> int:
+        # Celery compat: the last step that reports anything counts for the chain.
+        for step in reversed(self.tasks):
+            count: int = step._part_count()
+            if count:
+                return count
+        return 0
+
+    def _failure_errbacks(self) -> list[Signature[Any]]:
+        errbacks = super()._failure_errbacks()
+        if self.tasks:
+            errbacks.extend(self.tasks[0]._failure_errbacks())
+        return errbacks
+
     def _steps(self) -> list[Signature[Any]]:
         """Nested chains flattened; a group followed by a step upgraded to a chord."""
         flat: list[Signature[Any]] = []
@@ -67,7 +96,8 @@ class _chain(Signature[Any]):
                 header = steps.pop()
                 from celeriac.canvas.chord import _chord
 
-                steps.append(_chord(header, step, app=self._app, **header.options))
+                # The header keeps its own options (its id is the chord's group id).
+                steps.append(_chord(header, step, app=self._app))
             else:
                 steps.append(step)
         return steps
@@ -144,10 +174,7 @@ class _chain(Signature[Any]):
             results.append(result)
         first, rest = steps[0], steps[1:]
         rest_dicts = [dict(s) for s in reversed(rest)]
-        options = {
-            **{k: v for k, v in self.options.items() if k not in ("task_id", "link", "link_error")},
-            **options,
-        }
+        options = {**_shared_options(self.options, "link", "link_error"), **options}
         if rest_dicts:
             options["chain"] = rest_dicts
         first.apply_async(args, kwargs, **options)

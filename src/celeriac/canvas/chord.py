@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from celeriac.canvas.chain import _chain
 from celeriac.canvas.group import group
-from celeriac.canvas.signature import Signature, _new_id, _unroll, maybe_signature
+from celeriac.canvas.signature import (
+    Signature,
+    _new_id,
+    _shared_options,
+    _unroll,
+    maybe_signature,
+)
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
@@ -67,6 +73,7 @@ class _chord(Signature[Any]):
             **dict(data.get("options") or {}),
         )
         made["args"] = list(data.get("args") or ())
+        made["immutable"] = bool(data.get("immutable", False))
         return made
 
     @property
@@ -96,6 +103,25 @@ class _chord(Signature[Any]):
             raise ImproperlyConfigured("a chord needs a body before it can be linked")
         return self.body.link_error(errback)
 
+    def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]
+        """`chord | sig`: the same chord with `sig` chained after its body."""
+        if isinstance(other, Signature) and not isinstance(other, group | _chain):
+            if self.body is None:
+                raise ImproperlyConfigured("a chord needs a body before it can be chained")
+            made = cast("_chord", self.clone())
+            made.kwargs["body"] = made.body | other  # type: ignore[operator]
+            return made
+        return super().__or__(other)
+
+    def _part_count(self) -> int:
+        return self.body._part_count() if self.body is not None else 0
+
+    def _failure_errbacks(self) -> list[Signature[Any]]:
+        errbacks = super()._failure_errbacks()
+        if self.body is not None:
+            errbacks.extend(self.body._failure_errbacks())
+        return errbacks
+
     def freeze(
         self,
         _id: str | None = None,
@@ -106,11 +132,12 @@ class _chord(Signature[Any]):
         root_id: str | None = None,
         parent_id: str | None = None,
     ) -> Any:
+        """Fix the body's id (the chord's result) and the header's; return the body's
+        result, whose `parent` is the header's `GroupResult`."""
         body = self.body
         if body is None:
             raise ImproperlyConfigured("a chord needs a body")
         gid = self.header.options.get("task_id") or _new_id()
-        self.header.options["task_id"] = gid
         result = body.freeze(
             _id or self.options.get("task_id"),
             group_id=group_id,
@@ -119,8 +146,7 @@ class _chord(Signature[Any]):
             root_id=root_id,
         )
         self.options["task_id"] = body.id
-        header_result = self.header.freeze(gid, chord=dict(body), root_id=root_id)
-        result.parent = header_result
+        result.parent = self.header.freeze(gid, chord=dict(body), root_id=root_id)
         return result
 
     def apply_async(
@@ -129,7 +155,8 @@ class _chord(Signature[Any]):
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Any:
-        """Write the chord size, publish the header; return the body's result."""
+        """Write the chord size, publish the header in one round trip; return the
+        body's result."""
         from celeriac.result import GroupResult
 
         app = self.app
@@ -142,6 +169,7 @@ class _chord(Signature[Any]):
                 f"the result backend {app.backend.safe_url()} cannot join chords: use a "
                 "Redis or SQLite result backend"
             )
+        # The chord's own place in an enclosing group or chord belongs to its body.
         outer = {k: options.pop(k) for k in ("group_id", "group_index", "chord") if k in options}
         task_id = options.pop("task_id", None) or self.options.get("task_id")
         body = self.body.clone()
@@ -158,24 +186,24 @@ class _chord(Signature[Any]):
             body = _chain(body, *[maybe_signature(s, app=app) for s in reversed(rest)], app=app)
         header = self.header
         gid = header.options.get("task_id") or _new_id()
-        members = header.members()
-        if not members:
+        size = header._part_count()
+        if size == 0:
+            # Celery compat: an empty header calls the body at once, with [].
             body.apply_async(([],), {}, **options)
             return body_result
-        app.backend.set_chord_size(gid, len(members))
-        body_dict = dict(body)
-        header_results = []
+        members, header_results = header._frozen_members(
+            gid, group_id=gid, group_index=0, chord=dict(body)
+        )
         header_options = {
-            **{k: v for k, v in header.options.items() if k != "task_id"},
-            **{k: v for k, v in self.options.items() if k != "task_id"},
+            **_shared_options(header.options),
+            **_shared_options(self.options),
             **options,
         }
+        # The size is written before any part can report (spec §1.10).
+        app.backend.set_chord_size(gid, size)
         with app.producer_batch():
-            for index, member in enumerate(members):
-                member = member.clone()
-                result = member.freeze(group_id=gid, group_index=index, chord=body_dict)
+            for member in members:
                 member.apply_async(args, kwargs, **header_options)
-                header_results.append(result)
         body_result.parent = GroupResult(gid, header_results, app=app)
         return body_result
 

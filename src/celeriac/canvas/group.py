@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from celeriac.canvas.signature import Signature, _new_id, _unroll, maybe_signature
+from celeriac.canvas.signature import (
+    Signature,
+    _new_id,
+    _shared_options,
+    _unroll,
+    maybe_signature,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -73,6 +79,56 @@ class group(Signature[Any]):
             member.link_error(errback)
         return errback
 
+    def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]
+        """`group | sig`: a chord with `sig` as its body (Celery compat)."""
+        if isinstance(other, Signature):
+            from celeriac.canvas.chord import _chord
+
+            return _chord(self, other, app=self._app)
+        return NotImplemented
+
+    def _part_count(self) -> int:
+        return sum(member._part_count() for member in self.tasks)
+
+    def _failure_errbacks(self) -> list[Signature[Any]]:
+        # Every member that never runs counts as failed (Celery compat: a failed chord
+        # with a group body calls the errbacks of each member).
+        errbacks = super()._failure_errbacks()
+        for member in self.tasks:
+            errbacks.extend(member._failure_errbacks())
+        return errbacks
+
+    def _frozen_members(
+        self,
+        gid: str,
+        *,
+        group_id: str | None,
+        group_index: int | None,
+        chord: Mapping[str, Any] | None,
+        root_id: str | None = None,
+    ) -> tuple[list[Signature[Any]], list[Any]]:
+        """Copies of the members frozen into this group, and their results.
+
+        Members report as group `group_id` (an enclosing chord's, when this group is
+        part of its header) or else `gid`. Positions count chord parts, starting at
+        `group_index`: a member that reports several parts (a nested group, a chain
+        ending in one) takes that many, so an enclosing chord's body gets every part
+        in header order.
+        """
+        members: list[Signature[Any]] = []
+        results: list[Any] = []
+        index = group_index or 0
+        for member in self.members():
+            member = member.clone()
+            results.append(
+                member.freeze(
+                    group_id=group_id or gid, group_index=index, chord=chord, root_id=root_id
+                )
+            )
+            members.append(member)
+            index += member._part_count()
+        return members, results
+
     def freeze(  # type: ignore[override]
         self,
         _id: str | None = None,
@@ -83,17 +139,29 @@ class group(Signature[Any]):
         root_id: str | None = None,
         parent_id: str | None = None,
     ) -> GroupResult:
+        """Fix the group id and every member's id and place; return the `GroupResult`."""
         from celeriac.result import GroupResult
 
-        gid = _id or self.options.get("task_id") or _new_id()
-        self.options["task_id"] = gid
-        members = [m.clone() for m in self.members()]
+        options = self.options
+        if _id is not None:
+            options["task_id"] = _id
+        gid = options.setdefault("task_id", _new_id())
+        # Remembered in the options so that a worker applying this group later (the
+        # last step of a chain) keeps the membership it was frozen with.
+        if group_id is not None:
+            options["group_id"] = group_id
+        if group_index is not None:
+            options["group_index"] = group_index
+        if chord is not None:
+            options["chord"] = dict(chord)
+        members, results = self._frozen_members(
+            gid,
+            group_id=options.get("group_id"),
+            group_index=options.get("group_index"),
+            chord=options.get("chord"),
+            root_id=root_id,
+        )
         self.kwargs["tasks"] = members
-        results = []
-        for index, member in enumerate(members):
-            results.append(
-                member.freeze(group_id=gid, group_index=index, chord=chord, root_id=root_id)
-            )
         return GroupResult(gid, results, app=self._app)
 
     def apply_async(  # type: ignore[override]
@@ -102,26 +170,28 @@ class group(Signature[Any]):
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> GroupResult:
-        """Publish every member (one round trip where the broker allows)."""
+        """Publish every member in one round trip (`app.producer_batch()`)."""
         from celeriac.result import GroupResult
 
         app = self.app
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        gid = options.pop("task_id", None) or self.options.get("task_id") or _new_id()
-        chord_body = options.pop("chord", None)
-        options.pop("group_id", None)
-        options.pop("group_index", None)
-        # A group that is the last step of a chain gets no further steps.
+        own = self.options
+        gid = options.pop("task_id", None) or own.get("task_id") or _new_id()
+        group_id = options.pop("group_id", None) or own.get("group_id")
+        group_index = options.pop("group_index", None)
+        if group_index is None:
+            group_index = own.get("group_index")
+        chord = options.pop("chord", None) or own.get("chord")
+        # A group is never followed by a step: a chain turns "group, step" into a chord.
         options.pop("chain", None)
-        base_options = {k: v for k, v in self.options.items() if k != "task_id"}
-        results = []
+        member_options = {**_shared_options(own), **options}
+        members, results = self._frozen_members(
+            gid, group_id=group_id, group_index=group_index, chord=chord
+        )
         with app.producer_batch():
-            for index, member in enumerate(self.members()):
-                member = member.clone()
-                result = member.freeze(group_id=gid, group_index=index, chord=chord_body)
-                member.apply_async(args, kwargs, **{**base_options, **options})
-                results.append(result)
+            for member in members:
+                member.apply_async(args, kwargs, **member_options)
         return GroupResult(gid, results, app=app)
 
     def apply(  # type: ignore[override]

@@ -25,8 +25,13 @@ def xmap(
     task: Signature[Any], items: Iterable[Any], *, app: Celeriac | None = None
 ) -> Signature[Any]:
     """One task (`celery.map`) applying `task` to each item in turn."""
+    # Celery compat: immutable, so a parent's result in a chain is not passed to it.
     return Signature(
-        "celery.map", (), {"task": dict(task), "it": list(items)}, app=app or task._app
+        "celery.map",
+        (),
+        {"task": dict(task), "it": list(items)},
+        immutable=True,
+        app=app or task._app,
     )
 
 
@@ -38,6 +43,7 @@ def xstarmap(
         "celery.starmap",
         (),
         {"task": dict(task), "it": [list(i) for i in items]},
+        immutable=True,
         app=app or task._app,
     )
 
@@ -59,6 +65,7 @@ class chunks(Signature[Any]):
             "celery.chunks",
             (),
             {"task": dict(task), "it": [list(i) for i in items], "n": n},
+            immutable=True,
             app=app or task._app,
         )
 

@@ -29,6 +29,15 @@ R = TypeVar("R")
 # override them once set (Celery compat).
 _STICKY_OPTIONS = ("group_id",)
 
+# Options that give a signature its identity and its place in an enclosing group or chord.
+# Freezing sets them; a composite never passes its own to its members.
+MEMBERSHIP_OPTIONS = frozenset({"task_id", "group_id", "group_index", "chord"})
+
+
+def _shared_options(options: Mapping[str, Any], *drop: str) -> dict[str, Any]:
+    """A composite's options that apply to each of its members."""
+    return {k: v for k, v in options.items() if k not in MEMBERSHIP_OPTIONS and k not in drop}
+
 
 def _new_id() -> str:
     return str(uuid.uuid4())
@@ -220,12 +229,12 @@ class Signature(dict[str, Any], Generic[R]):
 
     def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Call `callback` with this task's result when it succeeds."""
-        self.options.setdefault("link", []).append(callback)
+        self.options["link"] = [*_as_list(self.options.get("link")), callback]
         return callback
 
     def link_error(self, errback: Signature[Any]) -> Signature[Any]:
         """Call `errback` when this task fails."""
-        self.options.setdefault("link_error", []).append(errback)
+        self.options["link_error"] = [*_as_list(self.options.get("link_error")), errback]
         return errback
 
     def on_error(self, errback: Signature[Any]) -> Signature[R]:
@@ -233,12 +242,13 @@ class Signature(dict[str, Any], Generic[R]):
         return self
 
     def __or__(self, other: Any) -> Signature[Any]:  # type: ignore[override]
-        if isinstance(other, Signature):
-            from celeriac.canvas.chain import _chain
+        """`a | b`: a chain (`task | chain` joins the chain's steps)."""
+        from celeriac.canvas.chain import _chain
 
-            if isinstance(self, _chain):
-                return _chain(*self.tasks, other, app=self._app)
-            return _chain(self, other, app=self._app)
+        if isinstance(other, _chain):
+            return _chain(self, *other.tasks, app=self._app)
+        if isinstance(other, Signature):
+            return _chain(self, _unroll_group(other), app=self._app)
         return NotImplemented
 
     def __invert__(self) -> Any:
@@ -321,6 +331,16 @@ class Signature(dict[str, Any], Generic[R]):
         """The signature that reports this one's result to a group or chord."""
         return self
 
+    def _part_count(self) -> int:
+        """How many results this reports to a chord whose header holds it (Celery's
+        `_descend`): one for a task; a group counts its members, a chain its last step,
+        a chord its body."""
+        return 1
+
+    def _failure_errbacks(self) -> list[Signature[Any]]:
+        """The errbacks to call when this never runs because what it waits for failed."""
+        return [maybe_signature(e, app=self._app) for e in _as_list(self.options.get("link_error"))]
+
     def flatten_links(self) -> list[Signature[Any]]:
         links = [maybe_signature(s, app=self._app) for s in self.options.get("link") or ()]
         return [self, *itertools.chain.from_iterable(s.flatten_links() for s in links)]
@@ -364,6 +384,15 @@ def _unroll(tasks: Iterable[Any], *, app: Celeriac | None) -> list[Signature[Any
     ):
         tasks = list(tasks[0])
     return [maybe_signature(t, app=app) for t in tasks]
+
+
+def _unroll_group(sig: Signature[Any]) -> Signature[Any]:
+    """A group of one is that one member (Celery's `maybe_unroll_group`)."""
+    if sig.subtask_type == "group":
+        tasks = sig.kwargs.get("tasks") or []
+        if len(tasks) == 1:
+            return maybe_signature(tasks[0], app=sig._app)
+    return sig
 
 
 def _as_list(value: Any) -> list[Any]:
