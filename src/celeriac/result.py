@@ -383,7 +383,8 @@ class ResultSet:
                     blocking = result
                     break
                 if known.status in states.PROPAGATE_STATES:
-                    raise _exception_of(known)
+                    # Raised by the member itself: an eager result holds the exception.
+                    result.get(propagate=True, disable_sync_subtasks=False, follow_parents=False)
             if blocking is None:
                 return
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
