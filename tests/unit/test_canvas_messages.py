@@ -269,6 +269,22 @@ def test_a_chord_whose_header_holds_a_chain_ending_in_a_group_counts_each_part(
     assert parts[2] is not None
 
 
+def test_options_given_to_a_chord_apply_to_its_header_and_body(app: Celeriac) -> None:
+    callback = tsum(app).s()
+    chord([add(app).s(1, 1), add(app).s(2, 2)], tsum(app).s()).apply_async(
+        queue="elsewhere", priority=7, link=callback
+    )
+    assert sent(app) == []
+    messages = sent(app, "elsewhere")
+    assert [m.priority for m in messages] == [7, 7]
+    # The callback belongs to the body only, not to each header task.
+    assert [m.callbacks for m in messages] == [None, None]
+    body = messages[0].chord
+    assert body is not None
+    assert (body["options"]["queue"], body["options"]["priority"]) == ("elsewhere", 7)
+    assert body["options"]["link"] == [callback]
+
+
 def test_a_chord_needs_a_body(app: Celeriac) -> None:
     with pytest.raises(ImproperlyConfigured, match="needs a body"):
         chord([add(app).s(1, 1)]).apply_async()

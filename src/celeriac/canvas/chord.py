@@ -15,6 +15,7 @@ from celeriac.canvas.chain import _chain
 from celeriac.canvas.group import group
 from celeriac.canvas.signature import (
     Signature,
+    _as_list,
     _new_id,
     _shared_options,
     _unroll,
@@ -172,14 +173,24 @@ class _chord(Signature[Any]):
         # The chord's own place in an enclosing group or chord belongs to its body.
         outer = {k: options.pop(k) for k in ("group_id", "group_index", "chord") if k in options}
         task_id = options.pop("task_id", None) or self.options.get("task_id")
+        rest = options.pop("chain", None)
+        # Celery compat: the chord's options (queue, priority, ...) apply to its header
+        # and its body alike; callbacks and errbacks given here belong to the body.
+        shared = {**_shared_options(self.options), **options}
+        link = _as_list(shared.pop("link", None))
+        link_error = _as_list(shared.pop("link_error", None))
         body = self.body.clone()
+        body.options.update({k: v for k, v in shared.items() if k not in ("parent_id", "root_id")})
+        for callback in link:
+            body.link(maybe_signature(callback, app=app))
+        for errback in link_error:
+            body.link_error(maybe_signature(errback, app=app))
         body_result = body.freeze(
             task_id,
             group_id=outer.get("group_id"),
             group_index=outer.get("group_index"),
             chord=outer.get("chord"),
         )
-        rest = options.pop("chain", None)
         if rest:
             # Steps after a chord in a chain run after its body; they were frozen (and
             # carry any outer membership) when the chain was sent.
@@ -189,16 +200,12 @@ class _chord(Signature[Any]):
         size = header._part_count()
         if size == 0:
             # Celery compat: an empty header calls the body at once, with [].
-            body.apply_async(([],), {}, **options)
+            body.apply_async(([],), {}, **_parentage(options))
             return body_result
         members, header_results = header._frozen_members(
             gid, group_id=gid, group_index=0, chord=dict(body)
         )
-        header_options = {
-            **_shared_options(header.options),
-            **_shared_options(self.options),
-            **options,
-        }
+        header_options = {**_shared_options(header.options), **shared}
         # The size is written before any part can report (spec §1.10).
         app.backend.set_chord_size(gid, size)
         with app.producer_batch():
@@ -218,6 +225,10 @@ class _chord(Signature[Any]):
         header_result = self.header.apply(args, kwargs)
         values = header_result.join(propagate=True)
         return self.body.apply((values,), {}, **options)
+
+
+def _parentage(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k in ("parent_id", "root_id")}
 
 
 # Celery's lower-case public name.
