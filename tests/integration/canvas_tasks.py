@@ -131,10 +131,12 @@ CREATE TABLE IF NOT EXISTS published (
     id INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
     headers BLOB NOT NULL,
+    properties BLOB NOT NULL,
     body BLOB NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS log_publish AFTER INSERT ON message BEGIN
-    INSERT INTO published (queue, headers, body) VALUES (NEW.queue, NEW.headers, NEW.body);
+    INSERT INTO published (queue, headers, properties, body)
+    VALUES (NEW.queue, NEW.headers, NEW.properties, NEW.body);
 END;
 """
 
@@ -145,6 +147,7 @@ class Sent:
 
     queue: str
     headers: dict[str, Any]
+    properties: dict[str, Any]
     args: list[Any]
     kwargs: dict[str, Any]
     embed: dict[str, Any]
@@ -174,12 +177,14 @@ class CanvasWorker:
         """Every message published so far, oldest first."""
         with contextlib.closing(sqlite3.connect(self.database)) as connection:
             rows = connection.execute(
-                "SELECT queue, headers, body FROM published ORDER BY id"
+                "SELECT queue, headers, properties, body FROM published ORDER BY id"
             ).fetchall()
         messages = []
-        for queue, headers, body in rows:
+        for queue, headers, properties, body in rows:
             args, kwargs, embed = json.loads(body)
-            messages.append(Sent(queue, json.loads(headers), args, kwargs, embed or {}))
+            messages.append(
+                Sent(queue, json.loads(headers), json.loads(properties), args, kwargs, embed or {})
+            )
         return messages
 
     def sent_for(self, task_id: str) -> Sent:

@@ -100,6 +100,10 @@ def test_chain_steps_carry_their_parent_and_root_ids(worker: CanvasWorker, t: An
     assert sent.args == [first]
     assert [s["options"]["task_id"] for s in sent.embed["chain"]] == [third["id"]]
     assert worker.sent_for(third["id"]).embed["chain"] is None
+    # Every step reports to the client's reply queue (Celery's reply_to), not the worker's.
+    assert {worker.sent_for(r["id"]).properties["reply_to"] for r in (first, second, third)} == {
+        t.app.thread_oid
+    }
 
 
 def test_a_failing_step_stops_the_chain_fails_the_rest_and_calls_its_errbacks(

@@ -83,6 +83,9 @@ def test_a_chain_sends_its_first_task_with_the_rest_reversed(app: Celeriac) -> N
     assert [step["args"] for step in first.chain] == [[1, 1], [4]]
     assert [step["immutable"] for step in first.chain] == [True, False]
     assert first.chain[0]["options"]["queue"] == "other"
+    # Frozen steps carry the sender's reply queue, as Celery's do (spec §1.4).
+    assert {step["options"]["reply_to"] for step in first.chain} == {first.reply_to}
+    assert first.reply_to == app.thread_oid
     # Every step is frozen: the ids in the message are the ids of the results.
     assert first.chain[0]["options"]["task_id"] == result.id
     assert first.chain[1]["options"]["task_id"] == result.parent.id

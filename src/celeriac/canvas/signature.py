@@ -273,6 +273,10 @@ class Signature(dict[str, Any], Generic[R]):
         if _id is not None:
             options["task_id"] = _id
         options.setdefault("task_id", _new_id())
+        # Celery compat: a frozen signature names the sender's reply queue, so that a
+        # step a worker sends later still reports to the client (the rpc:// backend).
+        if "reply_to" not in options:
+            options["reply_to"] = self.app.thread_oid
         if group_id is not None:
             options["group_id"] = group_id
         if group_index is not None:
