@@ -329,13 +329,15 @@ class ResultSet:
         if disable_sync_subtasks:
             _assert_will_not_block()
         deadline = None if timeout is None else time.monotonic() + timeout
+        if propagate:
+            self._wait_in_order(timeout=timeout)
+        else:
+            pending = [r for r in self._leaves() if r._cache is None]
+            if pending:
+                metas = self.app.backend.wait_many([r.id for r in pending], timeout=timeout)
+                for result in pending:
+                    result._cache = metas[result.id]
         values: list[Any] = []
-        pending = [r for r in self._leaves() if r._cache is None]
-        metas = (
-            self.app.backend.wait_many([r.id for r in pending], timeout=timeout) if pending else {}
-        )
-        for result in pending:
-            result._cache = metas[result.id]
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if isinstance(result, GroupResult):
@@ -352,6 +354,41 @@ class ResultSet:
                     )
                 )
         return values
+
+    def _wait_in_order(self, *, timeout: float | None) -> None:
+        """Wait until every member is ready, or raise the failure of the first failed
+        member in call order as soon as every member before it is ready (Celery's
+        `join`: a failure is not hidden behind members that are still running).
+
+        One query reads every pending member after each wake-up, so members that
+        finish together cost one round trip, not one each.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backend = self.app.backend
+        leaves = self._leaves()
+        while True:
+            pending: dict[str, list[AsyncResult[Any]]] = {}
+            for result in leaves:
+                if result._cache is None:
+                    pending.setdefault(result.id, []).append(result)
+            if pending:
+                for task_id, meta in backend.get_many(list(pending)).items():
+                    if meta.is_ready:
+                        for result in pending[task_id]:
+                            result._cache = meta
+            blocking: AsyncResult[Any] | None = None
+            for result in leaves:
+                known = result._cache
+                if known is None:
+                    blocking = result
+                    break
+                if known.status in states.PROPAGATE_STATES:
+                    # Raised by the member itself: an eager result holds the exception.
+                    result.get(propagate=True, disable_sync_subtasks=False, follow_parents=False)
+            if blocking is None:
+                return
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            blocking._cache = backend.wait(blocking.id, timeout=remaining)
 
     get = join
     join_native = join

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["register_builtins"]
 
+# Celery's default result_chord_retry_interval: seconds between two checks of a header.
+CHORD_RETRY_INTERVAL = 1.0
+
 
 def register_builtins(app: Celeriac) -> None:
     """Register Celery's built-in tasks on `app`."""
@@ -60,35 +63,45 @@ def register_builtins(app: Celeriac) -> None:
         self: Task[Any, Any],
         group_id: str,
         callback: Mapping[str, Any],
-        interval: float = 1.0,
+        interval: float | None = None,
         max_retries: int | None = None,
         result: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        """Join a chord sent by a stock client whose backend cannot join natively:
+        check the header, retry in `interval` seconds until it is ready, then call the
+        body with the results (or fail it with `ChordError`). Celeriac's own chords
+        never send this task."""
+        from celeriac.app.task import Context
         from celeriac.canvas import signature
         from celeriac.exceptions import ChordError
+        from celeriac.protocol.errors import encode_exception
         from celeriac.result import GroupResult, result_from_tuple
 
         members = [result_from_tuple(r, app=app) for r in result or ()]
         group_result = GroupResult(group_id, members, app=app)
         if not group_result.ready():
-            raise self.retry(countdown=interval, max_retries=max_retries)
+            # Celery compat: a missing interval means result_chord_retry_interval (1 s).
+            raise self.retry(
+                countdown=CHORD_RETRY_INTERVAL if interval is None else interval,
+                max_retries=max_retries,
+            )
         body: Any = signature(callback, app=app)
         try:
             values = group_result.join(propagate=True, disable_sync_subtasks=False)
         except Exception as exc:
+            error = ChordError(f"Dependency of {group_id} raised {exc!r}")
             body_id = body.id
             if body_id:
                 app.backend.store(
-                    app.backend.ready_meta(
-                        body_id,
-                        states.FAILURE,
-                        {
-                            "exc_type": "ChordError",
-                            "exc_module": "celery.exceptions",
-                            "exc_message": [f"Dependency of {group_id} raised {exc!r}"],
-                        },
-                    )
+                    app.backend.ready_meta(body_id, states.FAILURE, encode_exception(error))
                 )
-            raise ChordError(f"Dependency of {group_id} raised {exc!r}") from exc
+            # The body's errbacks, in Celery's two styles (see the worker's executor).
+            for errback in body._failure_errbacks():
+                handler = app.tasks.get(errback.name)
+                if handler is not None and handler.new_style_errback:
+                    errback(Context(id=body_id, task=body.name), error, None)
+                else:
+                    errback.apply_async((body_id,), parent_id=body_id)
+            raise error from exc
         body.delay(values)

@@ -674,38 +674,43 @@ class Executor:
         stored = encode_exception(exc)
         for step in call.chain or ():
             # Celery compat: the remaining steps fail with the same exception, so that
-            # waiting on the chain's result raises it.
+            # waiting on the chain's result raises it (and a chord waiting on the chain's
+            # last step is told). Only the failed task's own errbacks are called.
             self._fail_pending(maybe_signature(step, app=self.app), stored, trace)
         if call.chord is not None and call.group:
             self._chord_part(call, context, states.FAILURE, stored)
         self._call_errbacks(call.errbacks or (), context, exc, trace, call.id)
 
     def _fail_pending(self, sig: Signature[Any], stored: Any, trace: str | None) -> None:
-        """Record FAILURE for a signature that will never run (and what hangs off it)."""
-        from celeriac.canvas import _chain, _chord, group, maybe_signature
+        """Record FAILURE for a signature that will never run, and for everything that
+        hangs off it, reporting the parts an enclosing chord waits for (so nothing waits
+        forever). Errbacks are the caller's business."""
+        from celeriac.canvas import _chain, _chord, group
 
         if isinstance(sig, _chord):
             if sig.body is not None:
                 self._fail_pending(sig.body, stored, trace)
             return
-        if isinstance(sig, _chain | group):
+        if isinstance(sig, _chain):
+            for step in sig.tasks:
+                self._fail_pending(step, stored, trace)
+            return
+        if isinstance(sig, group):
+            # Frozen members carry their group id, index and chord (see group.freeze).
             for member in sig.tasks:
                 self._fail_pending(member, stored, trace)
             return
         task_id = sig.id
+        if not task_id:
+            return
         options = sig.options
-        if task_id:
-            self._store_quietly(
-                self.backend.ready_meta(
-                    task_id,
-                    states.FAILURE,
-                    stored,
-                    traceback=trace,
-                    group_id=options.get("group_id"),
-                )
+        self._store_quietly(
+            self.backend.ready_meta(
+                task_id, states.FAILURE, stored, traceback=trace, group_id=options.get("group_id")
             )
+        )
         chord = options.get("chord")
-        if chord and options.get("group_id") and task_id:
+        if chord and options.get("group_id"):
             part = TaskCall(
                 name=sig.name,
                 id=task_id,
@@ -714,16 +719,6 @@ class Executor:
                 group_index=options.get("group_index"),
             )
             self._chord_part(part, Context(id=task_id), states.FAILURE, stored)
-        errbacks = options.get("link_error") or ()
-        if errbacks and task_id:
-            exc = decode_exception(stored)
-            self._call_errbacks(
-                [dict(maybe_signature(e, app=self.app)) for e in errbacks],
-                Context(id=task_id, task=sig.name),
-                exc,
-                trace,
-                task_id,
-            )
 
     def _call_errbacks(
         self,
@@ -733,35 +728,76 @@ class Executor:
         trace: str | None,
         task_id: str,
     ) -> None:
-        from celeriac.canvas import maybe_signature
+        """Call `(request, exc, traceback)` errbacks here; send the others, as one group,
+        with the failed task's id (Celery's two styles)."""
+        from celeriac.canvas import group, maybe_signature
 
+        old_style: list[Signature[Any]] = []
         for errback in errbacks:
             sig = maybe_signature(errback, app=self.app)
             handler = self.app.tasks.get(sig.name)
+            if handler is None or not handler.new_style_errback:
+                # Celery compat: an errback this worker does not know is sent as a task.
+                old_style.append(sig)
+                continue
             try:
-                if handler is not None and handler.new_style_errback:
-                    # Celery compat: (request, exc, traceback) errbacks run inline.
-                    sig(context, exc, trace)
-                else:
-                    sig.apply_async(
-                        (task_id,), parent_id=task_id, root_id=context.root_id or task_id
-                    )
+                sig(context, exc, trace)
             except Exception:  # isolation boundary: one errback must not stop the rest
                 logger.exception("Errback %s of task %s failed", sig.name, task_id)
+        if not old_style:
+            return
+        try:
+            group(*old_style, app=self.app).apply_async(
+                (task_id,), parent_id=task_id, root_id=context.root_id or task_id
+            )
+        except Exception:  # isolation boundary: a bad errback must not stop the worker
+            logger.exception("Errbacks of task %s could not be sent", task_id)
 
     def _dispatch_callbacks(self, call: TaskCall, context: Context, value: Any) -> None:
+        """Send the `link` callbacks with the result prepended (several as one group).
+
+        A callback that cannot be sent (arguments that do not fit it, a value that does
+        not serialize) is logged and recorded as failed; the task's own success stands
+        and the message is not redelivered for it (it would fail the same way forever).
+        Broker outages propagate: the delivery comes back and is sent again.
+        """
         from celeriac.canvas import group, maybe_signature
+        from celeriac.exceptions import BrokerError
 
         callbacks = [maybe_signature(c, app=self.app) for c in call.callbacks or ()]
         options: dict[str, Any] = {"parent_id": call.id, "root_id": context.root_id or call.id}
-        if len(callbacks) == 1:
-            callbacks[0].apply_async((value,), **options)
-        else:
-            # Celery compat: several callbacks go out as a group.
-            group(*callbacks, app=self.app).apply_async((value,), **options)
+        if len(callbacks) > 1:
+            try:
+                # Celery compat: several callbacks go out as a group.
+                group(*callbacks, app=self.app).apply_async((value,), **options)
+                return
+            except BrokerError:
+                raise
+            except Exception:  # isolation boundary: send them one by one to find the bad one
+                pass
+        for callback in callbacks:
+            try:
+                callback.apply_async((value,), **options)
+            except BrokerError:
+                raise
+            except Exception as exc:  # isolation boundary: one callback that cannot be sent
+                logger.exception(
+                    "Task %s[%s]: callback %s cannot be sent; recorded as failed",
+                    call.name,
+                    call.id,
+                    callback.name,
+                )
+                self._fail_pending(callback, encode_exception(exc), _format(exc))
 
     def _dispatch_chain(self, call: TaskCall, context: Context, value: Any) -> None:
+        """Send the next chain step with the result prepended and the rest embedded.
+
+        A step that cannot be sent fails itself and the rest of the chain (so nobody
+        waits on them forever) and calls that step's errbacks; broker outages
+        propagate.
+        """
         from celeriac.canvas import maybe_signature
+        from celeriac.exceptions import BrokerError
 
         chain = list(call.chain or ())
         step = maybe_signature(chain.pop(), app=self.app)
@@ -770,10 +806,33 @@ class Executor:
             options["chain"] = chain
         if self.app.conf.task_inherit_parent_priority and call.priority is not None:
             options.setdefault("priority", call.priority)
-        step.apply_async((value,), **options)
+        try:
+            step.apply_async((value,), **options)
+        except BrokerError:
+            raise
+        except Exception as exc:  # isolation boundary: a step that cannot be sent
+            logger.exception(
+                "Task %s[%s]: next chain step %s cannot be sent; the rest of the chain "
+                "is recorded as failed",
+                call.name,
+                call.id,
+                step.name,
+            )
+            stored, trace = encode_exception(exc), _format(exc)
+            for pending in (step, *(maybe_signature(s, app=self.app) for s in chain)):
+                self._fail_pending(pending, stored, trace)
+            step_id = step.id or call.id
+            self._call_errbacks(
+                [dict(e) for e in step._failure_errbacks()],
+                Context(id=step_id, task=step.name, root_id=context.root_id or call.id),
+                exc,
+                trace,
+                step_id,
+            )
 
     def _chord_part(self, call: TaskCall, context: Context, state: str, value: Any) -> None:
-        """Report one header part; the worker completing the chord starts the body."""
+        """Report one header part; the worker completing the chord starts the body, or
+        fails it (with its errbacks) when a part failed or the body cannot be sent."""
         from celeriac.canvas import maybe_signature
 
         assert call.chord is not None
@@ -785,14 +844,30 @@ class Executor:
             return
         body = maybe_signature(call.chord, app=self.app)
         failed = next((p for p in parts if p.status in states.PROPAGATE_STATES), None)
+        error: ChordError | None = None
         if failed is not None:
             cause = decode_exception(failed.result)
             error = ChordError(f"Dependency {failed.task_id} raised {cause!r}")
-            logger.error("Chord %s failed: %s", call.group, error)
-            self._fail_pending(body, encode_exception(error), None)
+        else:
+            try:
+                body.apply_async(
+                    ([p.result for p in parts],),
+                    parent_id=call.id,
+                    root_id=context.root_id or call.id,
+                )
+            except Exception as exc:  # isolation boundary: a body that cannot be sent
+                error = ChordError(f"Callback error: {exc!r}")
+        if error is None:
             return
-        body.apply_async(
-            ([p.result for p in parts],), parent_id=call.id, root_id=context.root_id or call.id
+        logger.error("Chord %s failed: %s", call.group, error)
+        self._fail_pending(body, encode_exception(error), None)
+        body_id = body.id or call.id
+        self._call_errbacks(
+            [dict(e) for e in body._failure_errbacks()],
+            Context(id=body_id, task=body.name, group=body.options.get("group_id")),
+            error,
+            None,
+            body_id,
         )
 
     # -- storing ----------------------------------------------------------------------
