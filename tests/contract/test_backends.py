@@ -239,3 +239,21 @@ def test_results_expire(backend_factory: BackendFactory) -> None:
     time.sleep(1.3)
     backend.cleanup()
     assert backend.get(task_id) is None
+
+
+def test_revocations_are_logged_and_read_since_a_cursor(backend_factory: BackendFactory) -> None:
+    writer = backend_factory()
+    reader = backend_factory()
+    if not writer.supports_revocation:
+        pytest.fail(f"{type(writer).__name__} must keep a revocation log")
+    start = time.time() - 1
+    writer.revoke(["a", "b"])
+    writer.revoke(["c"], terminate=True)
+    found, cursor = reader.revoked_since(start)
+    assert {r.task_id: r.terminate for r in found} == {"a": False, "b": False, "c": True}
+    assert cursor >= start
+    time.sleep(0.01)
+    writer.revoke(["d"])
+    newer, _ = reader.revoked_since(cursor)
+    assert "d" in {r.task_id for r in newer}
+    assert "a" not in {r.task_id for r in newer if r.at < cursor}

@@ -237,3 +237,34 @@ def test_a_hard_time_limit_fails_the_rest_of_a_chain(
         result.get(timeout=15)
     assert result.parent is not None
     assert result.parent.state == states.FAILURE
+
+
+def test_a_revoked_task_waiting_in_the_queue_is_not_run(
+    tasks: Any, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    run_worker("-c", "1", "--prefetch-multiplier", "1")
+    blocker = tasks.sleeper.delay(1.5, "blocker")
+    wait_for(lambda: started(tasks_dir, "blocker"), timeout=10)
+    doomed = tasks.sleeper.delay(0, "doomed")
+    doomed.revoke()
+    after = tasks.sleeper.delay(0, "after")
+    assert blocker.get(timeout=15) == "blocker"
+    assert after.get(timeout=15) == "after"
+    assert doomed.state == states.REVOKED
+    assert started(tasks_dir, "doomed") == []
+
+
+def test_revoke_with_terminate_stops_a_running_task(
+    tasks: Any, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    worker = run_worker("-c", "1")
+    result = tasks.sleeper.delay(30, "victim")
+    [run] = wait_for(lambda: started(tasks_dir, "victim"), timeout=10)
+    result.revoke(terminate=True)
+    assert wait_until_gone([run["pid"]], timeout=5), "the child kept running the task"
+    wait_for(lambda: len(worker.children()) == 1, timeout=5)
+    # The replacement child serves the next task; the revoked one never runs again.
+    assert tasks.where.delay().get(timeout=10)["ppid"] == worker.pid
+    time.sleep(1.5)
+    assert len(started(tasks_dir, "victim")) == 1
+    assert result.state == states.REVOKED

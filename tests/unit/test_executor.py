@@ -500,3 +500,58 @@ def test_a_retry_goes_back_to_the_queue_it_came_from(app: Celeriac, start_worker
     start_worker(queues=["math"])
     assert routed.delay().get(timeout=5) == "done"
     assert runs == [0, 1]
+
+
+def test_a_revoked_task_is_not_run(app: Celeriac, start_worker: StartWorker):
+    ran: list[str] = []
+
+    @app.task
+    def job(name: str) -> str:
+        ran.append(name)
+        return name
+
+    doomed = job.delay("doomed")
+    doomed.revoke()
+    kept = job.delay("kept")
+    start_worker()
+    assert kept.get(timeout=5) == "kept"
+    with pytest.raises(TaskRevokedError):
+        doomed.get(timeout=5)
+    wait_for(lambda: app.broker.size("celery") == 0 and not leased(app), timeout=5)
+    assert ran == ["kept"]
+
+
+def test_a_revoked_chain_step_fails_the_rest_of_the_chain(app: Celeriac, start_worker: StartWorker):
+    from celeriac import chain
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    result = chain(add.s(1, 1), add.s(2), add.s(3))()
+    assert result.parent is not None
+    assert result.parent.parent is not None
+    result.parent.parent.revoke()
+    start_worker()
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=5)
+
+
+def test_a_revoked_group_member_is_not_run(app: Celeriac, start_worker: StartWorker):
+    from celeriac import group
+
+    ran: list[int] = []
+
+    @app.task
+    def item(n: int) -> int:
+        ran.append(n)
+        return n
+
+    result = group(item.s(n) for n in range(4))()
+    result.revoke()
+    start_worker()
+    for member in result.results:
+        with pytest.raises(TaskRevokedError):
+            member.get(timeout=5)
+    wait_for(lambda: app.broker.size("celery") == 0 and not leased(app), timeout=5)
+    assert ran == []

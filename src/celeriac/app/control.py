@@ -1,8 +1,9 @@
 """Client-side control of tasks: revocation.
 
-`revoke` records REVOKED in the result backend (so readers see it at once, as Celery
-5.6+ does) and in the broker's revocation list where the broker keeps one, which workers
-consult before running a task.
+`revoke` records REVOKED in the result backend (readers see it at once, as Celery 5.6+
+does) and appends the ids to the backend's revocation log, which every worker process
+follows (about once a second): a revoked task that has not started is not run, and with
+`terminate=True` one that is running on a prefork child is stopped.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ class Control:
         self.app = app
 
     def revoke(self, task_id: str | Sequence[str], *, terminate: bool = False) -> None:
-        """Revoke tasks: not-yet-finished ones are recorded as REVOKED.
+        """Revoke tasks: not-yet-finished ones are recorded as REVOKED and not run.
 
         Args:
             task_id: One id or several.
-            terminate: Accepted for Celery compatibility; a running task is not killed.
+            terminate: Also stop the task if it is running (prefork: its child process
+                is killed and replaced; other pools skip only tasks not yet started).
         """
-        del terminate
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         backend = self.app.backend
         existing = backend.get_many(ids)
@@ -51,6 +52,5 @@ class Control:
                     },
                 )
             )
-        revoke = getattr(self.app.broker, "revoke", None)
-        if callable(revoke):
-            revoke(ids)
+        if backend.supports_revocation:
+            backend.revoke(ids, terminate=terminate)

@@ -33,9 +33,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_RESULT_EXPIRES",
+    "REVOCATION_TTL",
     "ChordPart",
     "ResultBackend",
     "ResultMeta",
+    "Revocation",
     "chord_key",
     "group_key",
     "task_key",
@@ -43,6 +45,8 @@ __all__ = [
 
 # Celery's default result_expires: one day.
 DEFAULT_RESULT_EXPIRES = 86400.0
+# How long revocations are remembered (Celery keeps revoked ids three hours).
+REVOCATION_TTL = 3 * 3600.0
 
 # Celery compat: key names of the Redis backend, reused by every key-value backend.
 TASK_KEY_PREFIX = "celery-task-meta-"
@@ -157,6 +161,16 @@ class ResultMeta:
 
 @final
 @dataclass(frozen=True, slots=True)
+class Revocation:
+    """One entry of the revocation log."""
+
+    task_id: str
+    terminate: bool
+    at: float
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class ChordPart:
     """One finished header task of a chord."""
 
@@ -188,6 +202,8 @@ class ResultBackend(ABC):
     supports_crash_ledger: ClassVar[bool] = False
     #: `reserve_rate_slot` is shared by every worker (used when the broker has none).
     supports_rate_limit: ClassVar[bool] = False
+    #: `revoke`/`revoked_since` keep a revocation log that workers follow.
+    supports_revocation: ClassVar[bool] = False
     #: Seconds between polls in the default `wait`, growing to `_max_poll`.
     _min_poll: ClassVar[float] = 0.005
     _max_poll: ClassVar[float] = 0.2
@@ -310,6 +326,21 @@ class ResultBackend(ABC):
         """Like `Broker.reserve_rate_slot`, for fleets whose broker keeps no rate slots
         (RabbitMQ) but whose result backend can."""
         raise NotImplementedError(f"{type(self).__name__} has no shared rate limiter")
+
+    # -- revocations -------------------------------------------------------------------
+    #
+    # `app.control.revoke` appends ids here; every worker process reads what is new about
+    # once a second and skips those tasks (or, with `terminate`, stops them running).
+    # Entries are kept `REVOCATION_TTL` seconds, as Celery keeps revoked ids.
+
+    def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> None:
+        """Append `task_ids` to the revocation log."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no revocation log")
+
+    def revoked_since(self, cursor: float) -> tuple[list[Revocation], float]:
+        """Revocations logged at or after `cursor` (epoch seconds); and the cursor to
+        pass next time. Entries at the cursor itself may come back again."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no revocation log")
 
     def reply_queue(self) -> str | None:
         """The queue results come back to, declared and ready, for backends that send

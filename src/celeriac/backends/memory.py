@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac import states
-from celeriac.backends.base import ChordPart, ResultBackend, ResultMeta
+from celeriac.backends.base import (
+    REVOCATION_TTL,
+    ChordPart,
+    ResultBackend,
+    ResultMeta,
+    Revocation,
+)
 from celeriac.exceptions import ResultTimeout
 
 if TYPE_CHECKING:
@@ -29,6 +35,7 @@ class _Store:
     chord_sizes: dict[str, int] = field(default_factory=dict)
     chord_parts: dict[str, dict[str, ChordPart]] = field(default_factory=dict)
     crashes: dict[str, int] = field(default_factory=dict)
+    revoked: list[Revocation] = field(default_factory=list)
 
 
 _stores: dict[str, _Store] = {}
@@ -48,6 +55,7 @@ class MemoryBackend(ResultBackend):
 
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
     supports_crash_ledger: ClassVar[bool] = True
+    supports_revocation: ClassVar[bool] = True
 
     def __init__(self, url: str = "memory://", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -107,6 +115,18 @@ class MemoryBackend(ResultBackend):
                 if remaining <= 0:
                     raise ResultTimeout(f"task {task_id} not ready after {timeout} s")
                 self._store.lock.wait(remaining)
+
+    def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> None:
+        now = self.clock.time()
+        with self._store.lock:
+            log = [r for r in self._store.revoked if r.at > now - REVOCATION_TTL]
+            log.extend(Revocation(task_id, terminate, now) for task_id in task_ids)
+            self._store.revoked = log
+
+    def revoked_since(self, cursor: float) -> tuple[list[Revocation], float]:
+        with self._store.lock:
+            found = [r for r in self._store.revoked if r.at >= cursor]
+        return found, max([cursor, *(r.at for r in found)])
 
     def note_crash(self, task_id: str) -> int:
         with self._store.lock:

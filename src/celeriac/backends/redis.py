@@ -35,10 +35,12 @@ from celeriac._redis import (
 )
 from celeriac.backends.base import (
     GROUP_KEY_PREFIX,
+    REVOCATION_TTL,
     TASK_KEY_PREFIX,
     ChordPart,
     ResultBackend,
     ResultMeta,
+    Revocation,
 )
 from celeriac.exceptions import BackendError, ResultLost, ResultTimeout
 
@@ -64,6 +66,9 @@ _PREFIX_ENDINGS = ":_-."
 CRASH_KEY_PREFIX = "celeriac-crashes-"
 # How long a crash count is kept when results never expire.
 DEFAULT_CRASH_TTL = 86400
+# celeriac's revocation log: sorted sets of task ids scored by the time of revocation.
+REVOKED_KEY = "celeriac-revoked"
+REVOKED_TERMINATE_KEY = "celeriac-revoked-terminate"
 # What can break a subscriber connection.
 _SUBSCRIBER_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, OSError)
 # Idle subscriber connections kept for the next wait.
@@ -90,6 +95,7 @@ class RedisBackend(ResultBackend):
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket")
     supports_crash_ledger: ClassVar[bool] = True
     supports_rate_limit: ClassVar[bool] = True
+    supports_revocation: ClassVar[bool] = True
     supports_native_join: ClassVar[bool] = True
 
     def __init__(self, url: str, **kwargs: Any) -> None:
@@ -100,6 +106,8 @@ class RedisBackend(ResultBackend):
         self._group_prefix = prefix + GROUP_KEY_PREFIX
         self._crash_prefix = prefix + CRASH_KEY_PREFIX
         self._rate_prefix = prefix + RATE_PREFIX
+        self._revoked_key = prefix + REVOKED_KEY
+        self._revoked_terminate_key = prefix + REVOKED_TERMINATE_KEY
         self._ordered = bool(options.get("result_chord_ordered", True))
         self._retry_policy = RetryPolicy.from_options(options)
         self._lock = threading.Lock()
@@ -215,6 +223,36 @@ class RedisBackend(ResultBackend):
             ),
         )
         return slot
+
+    def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> None:
+        now = self.clock.time()
+        keys = [self._revoked_key] + ([self._revoked_terminate_key] if terminate else [])
+
+        def write(client: redis.Redis) -> None:
+            pipe = client.pipeline(transaction=True)
+            for key in keys:
+                pipe.zadd(key, dict.fromkeys(task_ids, now))
+                pipe.zremrangebyscore(key, "-inf", now - REVOCATION_TTL)
+                pipe.expire(key, int(REVOCATION_TTL))
+            pipe.execute()
+
+        self._run(f"revoke {len(task_ids)} task(s)", write)
+
+    def revoked_since(self, cursor: float) -> tuple[list[Revocation], float]:
+        def read(client: redis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.zrangebyscore(self._revoked_key, cursor, "+inf", withscores=True)
+            pipe.zrangebyscore(self._revoked_terminate_key, cursor, "+inf", withscores=True)
+            result: list[Any] = pipe.execute()
+            return result
+
+        plain, terminated = self._run("read revocations", read)
+        stop = {_text(member) for member, _ in terminated}
+        found = [
+            Revocation(_text(member), _text(member) in stop, float(score))
+            for member, score in plain
+        ]
+        return found, max([cursor, *(r.at for r in found)])
 
     def note_crash(self, task_id: str) -> int:
         key = f"{self._crash_prefix}{task_id}"
@@ -451,3 +489,7 @@ class RedisBackend(ResultBackend):
             _, part_id, part_status, part_result = value
             parts.append(ChordPart(position, part_id, part_status, part_result))
         return parts
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value

@@ -27,7 +27,13 @@ from celeriac._sqlite import (
     reserve_rate_slot,
     watcher_for,
 )
-from celeriac.backends.base import ChordPart, ResultBackend, ResultMeta
+from celeriac.backends.base import (
+    REVOCATION_TTL,
+    ChordPart,
+    ResultBackend,
+    ResultMeta,
+    Revocation,
+)
 from celeriac.exceptions import BackendError, ImproperlyConfigured, ResultTimeout
 
 if TYPE_CHECKING:
@@ -48,6 +54,7 @@ __all__ = ["SQLiteBackend"]
 #                 index (+inf when unknown)
 #   crash         how often a process died running a task (brokers without delivery
 #                 counts, i.e. RabbitMQ, keep the redelivery cap through this)
+#   revoked       the revocation log workers follow (`app.control.revoke`)
 _LIVE_SQL: Final = "(expires_at IS NULL OR expires_at > :now)"
 SCHEMA: Final = (
     """
@@ -83,6 +90,12 @@ CREATE TABLE IF NOT EXISTS crash (
     count INTEGER NOT NULL,
     expires_at REAL
 );
+CREATE TABLE IF NOT EXISTS revoked (
+    task_id TEXT PRIMARY KEY,
+    terminate INTEGER NOT NULL,
+    revoked_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revoked_at ON revoked (revoked_at);
 """
     + RATE_SLOT_SCHEMA
 )
@@ -172,6 +185,7 @@ class SQLiteBackend(ResultBackend):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
     supports_crash_ledger: ClassVar[bool] = True
     supports_rate_limit: ClassVar[bool] = True
+    supports_revocation: ClassVar[bool] = True
 
     def __init__(self, url: str = "sqlite:///celeriac.db", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -232,6 +246,27 @@ class SQLiteBackend(ResultBackend):
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
         return reserve_rate_slot(self._db, key, now=self.clock.time(), interval=interval)
+
+    def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> None:
+        now = self.clock.time()
+        with self._db.transaction() as connection:
+            connection.execute("DELETE FROM revoked WHERE revoked_at < ?", (now - REVOCATION_TTL,))
+            connection.executemany(
+                "INSERT INTO revoked (task_id, terminate, revoked_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (task_id) DO UPDATE SET terminate = max(terminate, "
+                "excluded.terminate), revoked_at = excluded.revoked_at",
+                [(task_id, int(terminate), now) for task_id in task_ids],
+            )
+
+    def revoked_since(self, cursor: float) -> tuple[list[Revocation], float]:
+        with self._db.use() as connection:
+            rows = connection.execute(
+                "SELECT task_id, terminate, revoked_at FROM revoked WHERE revoked_at >= ? "
+                "ORDER BY revoked_at",
+                (cursor,),
+            ).fetchall()
+        found = [Revocation(task_id, bool(flag), at) for task_id, flag, at in rows]
+        return found, max([cursor, *(r.at for r in found)])
 
     def note_crash(self, task_id: str) -> int:
         with self._db.use() as connection:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from celeriac.worker.crashpoints import crash_point
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from celeriac.brokers.base import Broker, Delivery
     from celeriac.worker.execute import Executor
@@ -40,6 +40,8 @@ logger = logging.getLogger("celeriac.worker")
 RECEIVE_TIMEOUT = 1.0
 # Keeper thread tick.
 KEEPER_TICK = 0.2
+# How often a consuming process reads new revocations.
+REVOCATION_REFRESH = 1.0
 # Longest gap between lease renewals, and between sweeps for lapsed leases.
 MAX_RENEW_INTERVAL = 30.0
 SWEEP_INTERVAL = 10.0
@@ -96,6 +98,7 @@ class Holdings:
         self._returned_prefetch = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._periodic: list[tuple[Callable[[], object], float, list[float]]] = []
         renew = broker.visibility_timeout / 3 if broker.supports_leases else 5.0
         self._renew_every = max(0.5, min(MAX_RENEW_INTERVAL, renew))
 
@@ -152,6 +155,10 @@ class Holdings:
 
     # -- keeper thread ----------------------------------------------------------------
 
+    def every(self, seconds: float, job: Callable[[], object]) -> None:
+        """Also run `job` on the keeper thread every `seconds` (e.g. revocations)."""
+        self._periodic.append((job, seconds, [0.0]))
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._keep, name="celeriac-keeper", daemon=True)
         self._thread.start()
@@ -178,6 +185,10 @@ class Holdings:
                 if now - last_sweep >= SWEEP_INTERVAL:
                     last_sweep = now
                     self.broker.restore_expired()
+                for job, seconds, last in self._periodic:
+                    if now - last[0] >= seconds:
+                        last[0] = now
+                        job()
             except Exception:  # isolation boundary: keep renewing whatever happens
                 logger.exception("Lease keeper hiccup; continuing")
 
@@ -237,6 +248,7 @@ class Consumer:
         self.holdings = Holdings(
             broker, shutdown, window=max(1, prefetch) * self.concurrency, parent_pid=parent_pid
         )
+        self.holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
         self._pool: ThreadPoolExecutor | None = None
 
     def run(self) -> str:
@@ -249,6 +261,8 @@ class Consumer:
         try:
             for queue in self.queues:
                 self.broker.declare(queue)
+            # Know what was revoked before taking the first message.
+            self.executor.revocations.refresh()
             while not self.shutdown.is_requested():
                 free = holdings.room(wait=self.receive_timeout)
                 if free <= 0:

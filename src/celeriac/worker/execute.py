@@ -44,6 +44,7 @@ from celeriac.protocol.codec import TaskCall, decode_task
 from celeriac.protocol.errors import decode_exception, encode_exception
 from celeriac.protocol.serializers import normalize_accept
 from celeriac.worker.crashpoints import crash_point
+from celeriac.worker.revocations import Revocations
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -167,6 +168,7 @@ class Executor:
         self.store_retry_time: float = conf.result_backend_max_retry_time or 0.0
         self.stats = ExecutorStats()
         self._local_slots: dict[str, float] = {}
+        self.revocations = Revocations(app.backend)
         # A rate-limited message this close to its slot is held here, not deferred.
         self._hold_limit = broker.delay_precision + HOLD_SECONDS
         self._rate_intervals: dict[str, float | None] = {}
@@ -238,6 +240,10 @@ class Executor:
 
         if call.expires is not None and call.expires <= now:
             self._revoke_expired(delivery, call)
+            return None
+
+        if call.id in self.revocations:
+            self._skip_revoked(delivery, call)
             return None
 
         if call.eta is not None:
@@ -359,6 +365,25 @@ class Executor:
         if meta.status in states.PROPAGATE_STATES:
             exc = decode_exception(meta.result)
             self._propagate_failure(call, self._context(call, delivery), exc, meta.traceback)
+        self.broker.ack(delivery)
+
+    def _skip_revoked(self, delivery: Delivery, call: TaskCall) -> None:
+        """A revoked task is not run: what follows it in the workflow fails with
+        `TaskRevokedError` (chain tails, chords), and its message is acked."""
+        logger.info("Task %s[%s] revoked; not run", call.name, call.id)
+        exc = TaskRevokedError("revoked")
+        self._store_quietly(
+            self.backend.ready_meta(
+                call.id,
+                states.REVOKED,
+                encode_exception(exc),
+                group_id=call.group,
+                parent_id=call.parent_id,
+            ),
+            reply_to=call.reply_to,
+            correlation_id=call.correlation_id,
+        )
+        self._propagate_failure(call, self._context(call, delivery), exc, None)
         self.broker.ack(delivery)
 
     def _revoke_expired(self, delivery: Delivery, call: TaskCall) -> None:

@@ -28,6 +28,7 @@ from celeriac.protocol.errors import encode_exception
 from celeriac.worker.consumer import Shutdown
 from celeriac.worker.crashpoints import crash_point
 from celeriac.worker.pools.prefork import child_main, consumer_id_for
+from celeriac.worker.revocations import Revocations
 from celeriac.worker.slots import RunningTask, SlotTable
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ TICK = 0.05
 # A child that dies sooner than this after starting is restarted with backoff.
 FAST_FAILURE = 1.0
 MAX_RESPAWN_DELAY = 10.0
+# How often the supervisor looks for tasks revoked with terminate=True.
+REVOCATION_CHECK = 0.5
 
 
 @dataclass(slots=True)
@@ -53,6 +56,7 @@ class _Child:
     pid: int
     started: float
     timed_out: RunningTask | None = None
+    terminated: RunningTask | None = None
 
 
 class Supervisor:
@@ -68,6 +72,8 @@ class Supervisor:
         self._respawn_at: dict[int, float] = {}
         self._respawn_delay: dict[int, float] = {}
         self._broker: Broker | None = None
+        self._revocations: Revocations | None = None
+        self._next_revocation_check = 0.0
         self._sigint_count = 0
         self._signalled_children = False
 
@@ -143,6 +149,10 @@ class Supervisor:
         if child.timed_out is not None:
             self._record_time_limit(child.timed_out)
             running_tags: list[str] = []
+        elif child.terminated is not None:
+            # Killed on purpose (revoked with terminate): not the message's fault. It comes
+            # back, and the next child skips it as revoked.
+            running_tags = []
         elif crashed and running is not None and not self.shutdown.cold.is_set():
             running_tags = [running.tag]
         else:
@@ -227,6 +237,34 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGKILL)
 
+    def _terminate_revoked(self) -> None:
+        """Stop children running tasks revoked with `terminate=True`."""
+        now = time.monotonic()
+        if now < self._next_revocation_check:
+            return
+        self._next_revocation_check = now + REVOCATION_CHECK
+        try:
+            if self._revocations is None:
+                self._revocations = Revocations(self.app.backend)
+            doomed = {r.task_id for r in self._revocations.refresh() if r.terminate}
+        except Exception:  # isolation boundary: revocations are best effort
+            logger.exception("Could not read revocations")
+            return
+        if not doomed:
+            return
+        for index, child in self.children.items():
+            running = self.slots.read(index)
+            if running is not None and running.task_id in doomed and child.terminated is None:
+                logger.warning(
+                    "Task %s[%s] revoked with terminate: stopping child %d",
+                    running.name,
+                    running.task_id,
+                    child.pid,
+                )
+                child.terminated = running
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+
     def _respawn_missing(self) -> None:
         now = time.monotonic()
         for index in range(self.options.concurrency):
@@ -257,6 +295,7 @@ class Supervisor:
                         return 0
                 else:
                     self._check_deadlines()
+                    self._terminate_revoked()
                     self._respawn_missing()
                 time.sleep(TICK)
         finally:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from celeriac import states
 from celeriac.app.task import pop_context, push_context
 from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celeriac.worker.consumer import RECEIVE_TIMEOUT, Holdings
+from celeriac.worker.consumer import RECEIVE_TIMEOUT, REVOCATION_REFRESH, Holdings
 from celeriac.worker.execute import Executor, Outcome
 from celeriac.worker.limits import ThreadTimeLimits
 from celeriac.worker.pools.base import InProcessPool
@@ -58,6 +58,7 @@ class AsyncioPool(InProcessPool):
         holdings = Holdings(
             broker, self.shutdown, window=options.concurrency * options.prefetch_multiplier
         )
+        holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
         slots = asyncio.Semaphore(options.concurrency)
         running: set[asyncio.Task[None]] = set()
 
@@ -90,6 +91,7 @@ class AsyncioPool(InProcessPool):
             await blocking(broker.connect)
             for queue in options.queues:
                 await blocking(broker.declare, queue)
+            await blocking(executor.revocations.refresh)
             holdings.start()
             while not self.shutdown.is_requested():
                 free = holdings.room()
