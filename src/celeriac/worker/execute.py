@@ -19,16 +19,13 @@ import os
 import time
 import traceback as tb
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac import states
-from celeriac._time import UTC, utcnow
-from celeriac.app.ratelimit import rate_interval
+from celeriac._time import utcnow
 from celeriac.app.task import Context, pop_context, push_context
 from celeriac.backends.base import ResultMeta
 from celeriac.exceptions import (
-    ChordError,
     ContentDisallowed,
     Ignore,
     InvalidTaskError,
@@ -44,28 +41,26 @@ from celeriac.protocol.codec import TaskCall, decode_task
 from celeriac.protocol.errors import decode_exception, encode_exception
 from celeriac.protocol.serializers import normalize_accept
 from celeriac.worker.crashpoints import crash_point
+from celeriac.worker.ratelimit import RateGate
 from celeriac.worker.revocations import Revocations
+from celeriac.worker.workflow import Workflow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
+    from datetime import datetime
 
     from celeriac.app.base import Celeriac
     from celeriac.app.task import Task
     from celeriac.backends.base import ResultBackend
     from celeriac.brokers.base import Broker, Delivery
-    from celeriac.canvas import Signature
     from celeriac.protocol.message import Message
 
 __all__ = ["Executor", "Outcome", "Request", "TimeLimits"]
 
 logger = logging.getLogger("celeriac.worker")
 
-# Header carrying the start slot a rate-limited message already reserved.
-RATE_SLOT_HEADER = "x-celeriac-rate-slot"
 # A message due within this many seconds is held here instead of going back to the broker.
 HOLD_SECONDS = 0.05
-# Rate-limit slots and ETAs this close to now count as due (clock granularity).
-DUE_TOLERANCE = 0.005
 # Backoff between attempts to store a result while the backend is down.
 STORE_RETRY_START = 0.1
 STORE_RETRY_MAX = 5.0
@@ -164,14 +159,11 @@ class Executor:
         self.max_size: int | None = conf.task_max_message_size
         self.redelivery_limit: int = conf.task_redelivery_limit
         self.result_extended: bool = conf.result_extended
-        self.disable_rate_limits: bool = conf.worker_disable_rate_limits
         self.store_retry_time: float = conf.result_backend_max_retry_time or 0.0
         self.stats = ExecutorStats()
-        self._local_slots: dict[str, float] = {}
         self.revocations = Revocations(app.backend)
-        # A rate-limited message this close to its slot is held here, not deferred.
-        self._hold_limit = broker.delay_precision + HOLD_SECONDS
-        self._rate_intervals: dict[str, float | None] = {}
+        self.workflow = Workflow(app, store_quietly=self._store_quietly)
+        self.rates = RateGate(app, broker, defer=self._defer)
 
     @property
     def backend(self) -> ResultBackend:
@@ -256,8 +248,7 @@ class Executor:
             if wait > 0:
                 time.sleep(wait)
 
-        interval = self._rate_interval(task)
-        if interval is not None and not self._take_rate_slot(delivery, task, interval):
+        if not self.rates.admit(delivery, task):
             return None
 
         acks_late = task.resolve_acks_late()
@@ -320,7 +311,7 @@ class Executor:
         )
         self._store_quietly(meta, reply_to=call.reply_to, correlation_id=call.correlation_id)
         context = self._context(call, delivery)
-        self._propagate_failure(call, context, exc, None)
+        self.workflow.propagate_failure(call, context, exc, None)
 
     def _crashes(self, delivery: Delivery, call: TaskCall) -> int:
         """How often a process died running this message. Brokers that cannot count it
@@ -364,7 +355,9 @@ class Executor:
         )
         if meta.status in states.PROPAGATE_STATES:
             exc = decode_exception(meta.result)
-            self._propagate_failure(call, self._context(call, delivery), exc, meta.traceback)
+            self.workflow.propagate_failure(
+                call, self._context(call, delivery), exc, meta.traceback
+            )
         self.broker.ack(delivery)
 
     def _skip_revoked(self, delivery: Delivery, call: TaskCall) -> None:
@@ -383,7 +376,7 @@ class Executor:
             reply_to=call.reply_to,
             correlation_id=call.correlation_id,
         )
-        self._propagate_failure(call, self._context(call, delivery), exc, None)
+        self.workflow.propagate_failure(call, self._context(call, delivery), exc, None)
         self.broker.ack(delivery)
 
     def _revoke_expired(self, delivery: Delivery, call: TaskCall) -> None:
@@ -401,71 +394,14 @@ class Executor:
             correlation_id=call.correlation_id,
         )
         if call.chord is not None and call.group:
-            self._chord_part(
+            self.workflow.chord_part(
                 call, self._context(call, delivery), states.REVOKED, encode_exception(exc)
             )
         self.broker.ack(delivery)
 
-    def _rate_interval(self, task: Task[Any, Any]) -> float | None:
-        if self.disable_rate_limits:
-            return None
-        cached = self._rate_intervals.get(task.name, 0.0)
-        if cached == 0.0:
-            limit = task.rate_limit
-            if limit is None:
-                limit = self.app.conf.task_default_rate_limit
-            cached = rate_interval(limit)
-            self._rate_intervals[task.name] = cached
-        return cached
-
     def set_rate_limit(self, name: str, limit: Any) -> None:
         """Change a task's rate limit at run time (remote control)."""
-        self._rate_intervals[name] = rate_interval(limit)
-
-    def _take_rate_slot(self, delivery: Delivery, task: Task[Any, Any], interval: float) -> bool:
-        """True to run now (on its slot); False when the message was deferred.
-
-        Every start happens on a slot of its own, and slots are `interval` apart (the
-        reservation is atomic and shared by every worker). A deferred message waits on
-        the broker until a little before its slot (the broker's `delay_precision`: how
-        late a delayed message may come back) and the last moment is waited here. One
-        that comes back after its slot has lost it and reserves a new one, so a late
-        message never starts too close to the next.
-        """
-        reserved = delivery.message.headers.get(RATE_SLOT_HEADER)
-        if isinstance(reserved, int | float) and self._start_on_slot(reserved):
-            return True
-        slot = self._reserve_slot(task.name, interval)
-        if self._start_on_slot(slot):
-            return True
-        message = delivery.message
-        deferred = replace(message, headers={**message.headers, RATE_SLOT_HEADER: slot})
-        release = slot - self.broker.delay_precision
-        self._defer(delivery, eta=datetime.fromtimestamp(release, UTC), message=deferred)
-        return False
-
-    def _start_on_slot(self, slot: float) -> bool:
-        """Wait for `slot` if it is close; False if it is too far off, or already gone."""
-        wait = slot - time.time()
-        if wait < -DUE_TOLERANCE or wait > self._hold_limit:
-            return False
-        if wait > 0:
-            time.sleep(wait)
-        return True
-
-    def _reserve_slot(self, name: str, interval: float) -> float:
-        # Shared by every worker: the broker's slots, else the result backend's (RabbitMQ
-        # fleets), else (neither can) this process's own.
-        key = f"rate:{name}"
-        if self.broker.supports_rate_limit:
-            return self.broker.reserve_rate_slot(key, interval=interval)
-        if self.backend.supports_rate_limit:
-            return self.backend.reserve_rate_slot(key, interval=interval)
-        now = time.time()
-        previous = self._local_slots.get(name)
-        slot = now if previous is None else max(now, previous + interval)
-        self._local_slots[name] = slot
-        return slot
+        self.rates.set_rate_limit(name, limit)
 
     def _defer(self, delivery: Delivery, *, eta: datetime, message: Message | None = None) -> None:
         crash_point("before_defer")
@@ -610,15 +546,15 @@ class Executor:
         value = outcome.value
         self.stats.succeeded += 1
         if call.callbacks:
-            self._dispatch_callbacks(call, context, value)
+            self.workflow.dispatch_callbacks(call, context, value)
         if call.chain:
-            self._dispatch_chain(call, context, value)
+            self.workflow.dispatch_chain(call, context, value)
         if not request.ignore_result:
             self._store(
                 request, self._meta(request, states.SUCCESS, value, children=context.children)
             )
         if call.chord is not None and call.group:
-            self._chord_part(call, context, states.SUCCESS, value)
+            self.workflow.chord_part(call, context, states.SUCCESS, value)
         logger.info(
             "Task %s[%s] succeeded in %.3fs: %.200r", call.name, call.id, outcome.runtime, value
         )
@@ -686,214 +622,8 @@ class Executor:
                     request, states.FAILURE, encode_exception(exc), traceback=outcome.traceback
                 ),
             )
-        self._propagate_failure(call, context, exc, outcome.traceback)
+        self.workflow.propagate_failure(call, context, exc, outcome.traceback)
         self._call_hook(task.on_failure, exc, call.id, call.args, call.kwargs, outcome.traceback)
-
-    def _propagate_failure(
-        self, call: TaskCall, context: Context, exc: BaseException, trace: str | None
-    ) -> None:
-        """What a failure does beyond its own result: fail the rest of the chain, report
-        to the chord, call the errbacks."""
-        from celeriac.canvas import maybe_signature
-
-        stored = encode_exception(exc)
-        for step in call.chain or ():
-            # Celery compat: the remaining steps fail with the same exception, so that
-            # waiting on the chain's result raises it (and a chord waiting on the chain's
-            # last step is told). Only the failed task's own errbacks are called.
-            self._fail_pending(maybe_signature(step, app=self.app), stored, trace)
-        if call.chord is not None and call.group:
-            self._chord_part(call, context, states.FAILURE, stored)
-        self._call_errbacks(call.errbacks or (), context, exc, trace, call.id)
-
-    def _fail_pending(self, sig: Signature[Any], stored: Any, trace: str | None) -> None:
-        """Record FAILURE for a signature that will never run, and for everything that
-        hangs off it, reporting the parts an enclosing chord waits for (so nothing waits
-        forever). Errbacks are the caller's business."""
-        from celeriac.canvas import _chain, _chord, group
-
-        if isinstance(sig, _chord):
-            if sig.body is not None:
-                self._fail_pending(sig.body, stored, trace)
-            return
-        if isinstance(sig, _chain):
-            for step in sig.tasks:
-                self._fail_pending(step, stored, trace)
-            return
-        if isinstance(sig, group):
-            # Frozen members carry their group id, index and chord (see group.freeze).
-            for member in sig.tasks:
-                self._fail_pending(member, stored, trace)
-            return
-        task_id = sig.id
-        if not task_id:
-            return
-        options = sig.options
-        self._store_quietly(
-            self.backend.ready_meta(
-                task_id, states.FAILURE, stored, traceback=trace, group_id=options.get("group_id")
-            )
-        )
-        chord = options.get("chord")
-        if chord and options.get("group_id"):
-            part = TaskCall(
-                name=sig.name,
-                id=task_id,
-                chord=dict(chord),
-                group=options["group_id"],
-                group_index=options.get("group_index"),
-            )
-            self._chord_part(part, Context(id=task_id), states.FAILURE, stored)
-
-    def _call_errbacks(
-        self,
-        errbacks: Sequence[dict[str, Any]],
-        context: Context,
-        exc: BaseException,
-        trace: str | None,
-        task_id: str,
-    ) -> None:
-        """Call `(request, exc, traceback)` errbacks here; send the others, as one group,
-        with the failed task's id (Celery's two styles)."""
-        from celeriac.canvas import group, maybe_signature
-
-        old_style: list[Signature[Any]] = []
-        for errback in errbacks:
-            sig = maybe_signature(errback, app=self.app)
-            handler = self.app.tasks.get(sig.name)
-            if handler is None or not handler.new_style_errback:
-                # Celery compat: an errback this worker does not know is sent as a task.
-                old_style.append(sig)
-                continue
-            try:
-                sig(context, exc, trace)
-            except Exception:  # isolation boundary: one errback must not stop the rest
-                logger.exception("Errback %s of task %s failed", sig.name, task_id)
-        if not old_style:
-            return
-        try:
-            group(*old_style, app=self.app).apply_async(
-                (task_id,), parent_id=task_id, root_id=context.root_id or task_id
-            )
-        except Exception:  # isolation boundary: a bad errback must not stop the worker
-            logger.exception("Errbacks of task %s could not be sent", task_id)
-
-    def _dispatch_callbacks(self, call: TaskCall, context: Context, value: Any) -> None:
-        """Send the `link` callbacks with the result prepended (several as one group).
-
-        A callback that cannot be sent (arguments that do not fit it, a value that does
-        not serialize) is logged and recorded as failed; the task's own success stands
-        and the message is not redelivered for it (it would fail the same way forever).
-        Broker outages propagate: the delivery comes back and is sent again.
-        """
-        from celeriac.canvas import group, maybe_signature
-        from celeriac.exceptions import BrokerError
-
-        callbacks = [maybe_signature(c, app=self.app) for c in call.callbacks or ()]
-        options: dict[str, Any] = {"parent_id": call.id, "root_id": context.root_id or call.id}
-        if len(callbacks) > 1:
-            try:
-                # Celery compat: several callbacks go out as a group.
-                group(*callbacks, app=self.app).apply_async((value,), **options)
-                return
-            except BrokerError:
-                raise
-            except Exception:  # isolation boundary: send them one by one to find the bad one
-                pass
-        for callback in callbacks:
-            try:
-                callback.apply_async((value,), **options)
-            except BrokerError:
-                raise
-            except Exception as exc:  # isolation boundary: one callback that cannot be sent
-                logger.exception(
-                    "Task %s[%s]: callback %s cannot be sent; recorded as failed",
-                    call.name,
-                    call.id,
-                    callback.name,
-                )
-                self._fail_pending(callback, encode_exception(exc), _format(exc))
-
-    def _dispatch_chain(self, call: TaskCall, context: Context, value: Any) -> None:
-        """Send the next chain step with the result prepended and the rest embedded.
-
-        A step that cannot be sent fails itself and the rest of the chain (so nobody
-        waits on them forever) and calls that step's errbacks; broker outages
-        propagate.
-        """
-        from celeriac.canvas import maybe_signature
-        from celeriac.exceptions import BrokerError
-
-        chain = list(call.chain or ())
-        step = maybe_signature(chain.pop(), app=self.app)
-        options: dict[str, Any] = {"parent_id": call.id, "root_id": context.root_id or call.id}
-        if chain:
-            options["chain"] = chain
-        if self.app.conf.task_inherit_parent_priority and call.priority is not None:
-            options.setdefault("priority", call.priority)
-        try:
-            step.apply_async((value,), **options)
-        except BrokerError:
-            raise
-        except Exception as exc:  # isolation boundary: a step that cannot be sent
-            logger.exception(
-                "Task %s[%s]: next chain step %s cannot be sent; the rest of the chain "
-                "is recorded as failed",
-                call.name,
-                call.id,
-                step.name,
-            )
-            stored, trace = encode_exception(exc), _format(exc)
-            for pending in (step, *(maybe_signature(s, app=self.app) for s in chain)):
-                self._fail_pending(pending, stored, trace)
-            step_id = step.id or call.id
-            self._call_errbacks(
-                [dict(e) for e in step._failure_errbacks()],
-                Context(id=step_id, task=step.name, root_id=context.root_id or call.id),
-                exc,
-                trace,
-                step_id,
-            )
-
-    def _chord_part(self, call: TaskCall, context: Context, state: str, value: Any) -> None:
-        """Report one header part; the worker completing the chord starts the body, or
-        fails it (with its errbacks) when a part failed or the body cannot be sent."""
-        from celeriac.canvas import maybe_signature
-
-        assert call.chord is not None
-        assert call.group is not None
-        parts = self.backend.chord_part_return(
-            call.group, index=call.group_index, task_id=call.id, status=state, result=value
-        )
-        if parts is None:
-            return
-        body = maybe_signature(call.chord, app=self.app)
-        failed = next((p for p in parts if p.status in states.PROPAGATE_STATES), None)
-        error: ChordError | None = None
-        if failed is not None:
-            cause = decode_exception(failed.result)
-            error = ChordError(f"Dependency {failed.task_id} raised {cause!r}")
-        else:
-            try:
-                body.apply_async(
-                    ([p.result for p in parts],),
-                    parent_id=call.id,
-                    root_id=context.root_id or call.id,
-                )
-            except Exception as exc:  # isolation boundary: a body that cannot be sent
-                error = ChordError(f"Callback error: {exc!r}")
-        if error is None:
-            return
-        logger.error("Chord %s failed: %s", call.group, error)
-        self._fail_pending(body, encode_exception(error), None)
-        body_id = body.id or call.id
-        self._call_errbacks(
-            [dict(e) for e in body._failure_errbacks()],
-            Context(id=body_id, task=body.name, group=body.options.get("group_id")),
-            error,
-            None,
-            body_id,
-        )
 
     # -- storing ----------------------------------------------------------------------
 
