@@ -207,6 +207,46 @@ class Holdings:
             os._exit(70)
 
 
+class AckBuffer:
+    """Acks of finished tasks, sent together: one round trip per batch, not per task.
+
+    A finished task's message stays held (its lease renewed) until `flush` acks it, so
+    holding the ack back changes nothing but the number of round trips. The consumer
+    flushes before every fetch and before it stops; a crash in between makes those
+    messages come back, and the executor drops the copies whose result is already
+    stored. Safe to `add` from several threads.
+    """
+
+    def __init__(self, broker: Broker, holdings: Holdings) -> None:
+        self.broker = broker
+        self.holdings = holdings
+        self._pending: list[Delivery] = []
+        self._tags: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._pending.append(delivery)
+            self._tags.add(delivery.tag)
+
+    def holds(self, delivery: Delivery) -> bool:
+        return delivery.tag in self._tags
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._tags = set()
+        if not pending:
+            return
+        crash_point("before_ack")
+        try:
+            self.broker.ack_many(pending)
+        finally:
+            for delivery in pending:
+                self.holdings.release(delivery)
+        crash_point("after_ack")
+
+
 class Consumer:
     """Fetches deliveries for one process and runs them with an `Executor`.
 
@@ -249,6 +289,8 @@ class Consumer:
             broker, shutdown, window=max(1, prefetch) * self.concurrency, parent_pid=parent_pid
         )
         self.holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
+        self.acks = AckBuffer(broker, self.holdings)
+        executor.acks = self.acks
         self._pool: ThreadPoolExecutor | None = None
 
     def run(self) -> str:
@@ -264,6 +306,7 @@ class Consumer:
             # Know what was revoked before taking the first message.
             self.executor.revocations.refresh()
             while not self.shutdown.is_requested():
+                self.acks.flush()
                 free = holdings.room(wait=self.receive_timeout)
                 if free <= 0:
                     continue
@@ -276,6 +319,7 @@ class Consumer:
                     if self.shutdown.is_requested():
                         break
                     self._dispatch(delivery)
+                self.acks.flush()
                 stop = self._should_leave()
                 if stop:
                     reason = stop
@@ -285,6 +329,7 @@ class Consumer:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            self.acks.flush()
             holdings.stop()
         return reason
 
@@ -312,7 +357,8 @@ class Consumer:
                     delivery.tag,
                 )
         finally:
-            self.holdings.release(delivery)
+            if not self.acks.holds(delivery):
+                self.holdings.release(delivery)
 
     def _should_leave(self) -> str | None:
         if self.max_tasks is not None and self.holdings.done >= self.max_tasks:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
     from celeriac.brokers.base import Broker, Delivery
     from celeriac.protocol.message import Message
+    from celeriac.worker.consumer import AckBuffer
 
 __all__ = ["Executor", "Outcome", "Request", "TimeLimits"]
 
@@ -164,6 +165,8 @@ class Executor:
         self.revocations = Revocations(app.backend)
         self.workflow = Workflow(app, store_quietly=self._store_quietly)
         self.rates = RateGate(app, broker, defer=self._defer)
+        #: When set (by a consumer), acks after a run are sent in batches.
+        self.acks: AckBuffer | None = None
 
     @property
     def backend(self) -> ResultBackend:
@@ -530,6 +533,8 @@ class Executor:
         if not request.acked:
             if outcome.state == states.FAILURE and not self._ack_failures(task):
                 self.broker.dead_letter(request.delivery, reason=f"failed: {outcome.exc!r}")
+            elif self.acks is not None:
+                self.acks.add(request.delivery)
             else:
                 crash_point("before_ack")
                 self.broker.ack(request.delivery)
