@@ -27,9 +27,12 @@ test: check
 
 check: lint typecheck
 
+# Everything with Python in it (benchmarks/ once it exists).
+LINTED := src tests examples $(wildcard benchmarks)
+
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

@@ -25,8 +25,7 @@ def show(what: str, value: Any) -> None:
 def start_worker() -> subprocess.Popen[bytes]:
     for name in ("celeriac.db", "celeriac.db-wal", "celeriac.db-shm"):
         (HERE / name).unlink(missing_ok=True)
-    command = [sys.executable, "-m", "celeriac", "-A", "tasks", "worker", "-l", "info",
-               "-c", "2"]
+    command = [sys.executable, "-m", "celeriac", "-A", "tasks", "worker", "-l", "info", "-c", "2"]
     print("$ celeriac -A tasks worker -l info -c 2", flush=True)
     return subprocess.Popen(command, cwd=HERE)
 
@@ -34,10 +33,19 @@ def start_worker() -> subprocess.Popen[bytes]:
 def main() -> int:
     sys.path.insert(0, str(HERE))
     os.chdir(HERE)
-    from celeriac import chain, chord, group, signature
     from tasks import (
-        add, divide, fetch, hopeless, log_error, multiply, notify, throttled, total,
+        add,
+        divide,
+        fetch,
+        hopeless,
+        log_error,
+        multiply,
+        notify,
+        throttled,
+        total,
     )
+
+    from celeriac import chain, chord, group, signature
 
     worker = start_worker()
     try:
@@ -47,8 +55,10 @@ def main() -> int:
         started = time.monotonic()
         result = add.apply_async((2, 3), countdown=1)
         value = result.get(timeout=10)
-        show("add.apply_async((2, 3), countdown=1)", f"{value} after "
-             f"{time.monotonic() - started:.1f}s")
+        show(
+            "add.apply_async((2, 3), countdown=1)",
+            f"{value} after {time.monotonic() - started:.1f}s",
+        )
 
         sent = notify.apply_async(("hello",), ignore_result=True)
         time.sleep(0.3)
@@ -56,29 +66,35 @@ def main() -> int:
 
         starts = [throttled.delay(n) for n in range(4)]
         times = [r.get(timeout=10) for r in starts]
-        gaps = [round(b - a, 2) for a, b in zip(sorted(times), sorted(times)[1:])]
+        gaps = [round(b - a, 2) for a, b in zip(sorted(times), sorted(times)[1:], strict=False)]
         show("4 x throttled (rate_limit='5/s'): gaps between starts", gaps)
 
-        show("fetch.delay(url) (fails twice, retried)", fetch.delay("example.org")
-             .get(timeout=10))
+        show("fetch.delay(url) (fails twice, retried)", fetch.delay("example.org").get(timeout=10))
         try:
             hopeless.delay().get(timeout=10)
         except Exception as exc:
             show("hopeless.delay() (max_retries=2)", f"raised {exc!r}")
 
-        show("signature('tasks.add', args=(2, 2), immutable=True)",
-             signature("tasks.add", args=(2, 2), immutable=True).delay().get(timeout=10))
-        show("chain(add.s(4, 4), multiply.s(10))()",
-             chain(add.s(4, 4), multiply.s(10))().get(timeout=10))
-        show("group(add.s(2, 2), add.s(4, 4))()",
-             group(add.s(2, 2), add.s(4, 4))().get(timeout=10))
-        show("chord([add.s(2, 2), add.s(4, 4)])(total.s())",
-             chord([add.s(2, 2), add.s(4, 4)])(total.s()).get(timeout=10))
+        show(
+            "signature('tasks.add', args=(2, 2), immutable=True)",
+            signature("tasks.add", args=(2, 2), immutable=True).delay().get(timeout=10),
+        )
+        show(
+            "chain(add.s(4, 4), multiply.s(10))()",
+            chain(add.s(4, 4), multiply.s(10))().get(timeout=10),
+        )
+        show("group(add.s(2, 2), add.s(4, 4))()", group(add.s(2, 2), add.s(4, 4))().get(timeout=10))
+        show(
+            "chord([add.s(2, 2), add.s(4, 4)])(total.s())",
+            chord([add.s(2, 2), add.s(4, 4)])(total.s()).get(timeout=10),
+        )
         linked = add.apply_async((4, 4), link=multiply.s(2))
         linked.get(timeout=10)
         child = linked.children[0] if linked.children else None
-        show("add.apply_async((4, 4), link=multiply.s(2))",
-             f"8, callback -> {child.get(timeout=10) if child else None}")
+        show(
+            "add.apply_async((4, 4), link=multiply.s(2))",
+            f"8, callback -> {child.get(timeout=10) if child else None}",
+        )
         failing = divide.apply_async((1, 0), link_error=log_error.s())
         try:
             failing.get(timeout=10)

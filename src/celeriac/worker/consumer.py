@@ -40,6 +40,8 @@ logger = logging.getLogger("celeriac.worker")
 RECEIVE_TIMEOUT = 1.0
 # Keeper thread tick.
 KEEPER_TICK = 0.2
+# How long a stopping consumer waits for results still on their way to the backend.
+SPOOL_GRACE = 10.0
 # How often a consuming process reads new revocations.
 REVOCATION_REFRESH = 1.0
 # Longest gap between lease renewals, and between sweeps for lapsed leases.
@@ -93,6 +95,9 @@ class Holdings:
         self.done = 0
         self._held: dict[str, Delivery] = {}
         self._started: set[str] = set()
+        # Finished, waiting for their result to reach the backend: still leased (and
+        # renewed), but no longer taking a place in the window.
+        self._parked: dict[str, Delivery] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._returned_prefetch = False
@@ -128,9 +133,20 @@ class Holdings:
         """Forget a delivery that was acked, rejected or dead-lettered."""
         with self._changed:
             self._held.pop(delivery.tag, None)
+            self._parked.pop(delivery.tag, None)
             self._started.discard(delivery.tag)
             self.done += 1
             self._changed.notify_all()
+
+    def park(self, delivery: Delivery) -> None:
+        """Keep a finished delivery leased, out of the window, until `release`."""
+        with self._changed:
+            if self._held.pop(delivery.tag, None) is not None:
+                self._parked[delivery.tag] = delivery
+            self._changed.notify_all()
+
+    def is_parked(self, delivery: Delivery) -> bool:
+        return delivery.tag in self._parked
 
     def count(self) -> int:
         with self._lock:
@@ -194,7 +210,7 @@ class Holdings:
 
     def _renew(self) -> None:
         with self._lock:
-            held = list(self._held.values())
+            held = [*self._held.values(), *self._parked.values()]
         if held or not self.broker.supports_leases:
             self.broker.extend(held, seconds=self.broker.visibility_timeout)
 
@@ -291,6 +307,7 @@ class Consumer:
         self.holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
         self.acks = AckBuffer(broker, self.holdings)
         executor.acks = self.acks
+        executor.holdings = self.holdings
         self._pool: ThreadPoolExecutor | None = None
 
     def run(self) -> str:
@@ -307,6 +324,10 @@ class Consumer:
             self.executor.revocations.refresh()
             while not self.shutdown.is_requested():
                 self.acks.flush()
+                if self.executor.spool.is_full:
+                    # Results are waiting for the backend: stop taking new work.
+                    self.shutdown.warm.wait(self.receive_timeout)
+                    continue
                 free = holdings.room(wait=self.receive_timeout)
                 if free <= 0:
                     continue
@@ -329,6 +350,9 @@ class Consumer:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            # Give results waiting for the backend a moment; what is still waiting after
+            # that is returned with its message (not acked) and runs again.
+            self.executor.spool.wait_empty(SPOOL_GRACE)
             self.acks.flush()
             holdings.stop()
         return reason
@@ -357,7 +381,7 @@ class Consumer:
                     delivery.tag,
                 )
         finally:
-            if not self.acks.holds(delivery):
+            if not self.acks.holds(delivery) and not self.holdings.is_parked(delivery):
                 self.holdings.release(delivery)
 
     def _should_leave(self) -> str | None:

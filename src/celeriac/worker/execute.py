@@ -32,6 +32,7 @@ from celeriac.exceptions import (
     MessageTooLarge,
     NotRegistered,
     Reject,
+    ResultLost,
     Retry,
     SerializationError,
     TaskRevokedError,
@@ -43,6 +44,7 @@ from celeriac.protocol.serializers import normalize_accept
 from celeriac.worker.crashpoints import crash_point
 from celeriac.worker.ratelimit import RateGate
 from celeriac.worker.revocations import Revocations
+from celeriac.worker.spool import ResultSpool
 from celeriac.worker.workflow import Workflow
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
     from celeriac.brokers.base import Broker, Delivery
     from celeriac.protocol.message import Message
-    from celeriac.worker.consumer import AckBuffer
+    from celeriac.worker.consumer import AckBuffer, Holdings
 
 __all__ = ["Executor", "Outcome", "Request", "TimeLimits"]
 
@@ -62,9 +64,6 @@ logger = logging.getLogger("celeriac.worker")
 
 # A message due within this many seconds is held here instead of going back to the broker.
 HOLD_SECONDS = 0.05
-# Backoff between attempts to store a result while the backend is down.
-STORE_RETRY_START = 0.1
-STORE_RETRY_MAX = 5.0
 
 
 class TimeLimits(Protocol):
@@ -160,13 +159,15 @@ class Executor:
         self.max_size: int | None = conf.task_max_message_size
         self.redelivery_limit: int = conf.task_redelivery_limit
         self.result_extended: bool = conf.result_extended
-        self.store_retry_time: float = conf.result_backend_max_retry_time or 0.0
         self.stats = ExecutorStats()
         self.revocations = Revocations(app.backend)
-        self.workflow = Workflow(app, store_quietly=self._store_quietly)
+        self.spool = ResultSpool(max_age=conf.result_backend_max_retry_time or 0.0)
+        self.workflow = Workflow(app, store=self._store_strict)
         self.rates = RateGate(app, broker, defer=self._defer)
         #: When set (by a consumer), acks after a run are sent in batches.
         self.acks: AckBuffer | None = None
+        #: When set (by a consumer), deliveries waiting for their result are parked there.
+        self.holdings: Holdings | None = None
 
     @property
     def backend(self) -> ResultBackend:
@@ -270,14 +271,12 @@ class Executor:
             self.broker.ack(delivery)
             request.acked = True
         if task.resolve_track_started() and not request.ignore_result:
-            self._store(
-                request,
-                ResultMeta(
-                    task_id=call.id,
-                    status=states.STARTED,
-                    result={"pid": os.getpid(), "hostname": self.hostname},
-                ),
+            started = ResultMeta(
+                task_id=call.id,
+                status=states.STARTED,
+                result={"pid": os.getpid(), "hostname": self.hostname},
             )
+            self._write(request, "STARTED", lambda: self._store_for(request, started), None)
         return request
 
     def _reject_undecodable(self, delivery: Delivery, exc: Exception) -> None:
@@ -531,15 +530,33 @@ class Executor:
         finally:
             pop_context(token)
         if not request.acked:
+            request.acked = True
             if outcome.state == states.FAILURE and not self._ack_failures(task):
                 self.broker.dead_letter(request.delivery, reason=f"failed: {outcome.exc!r}")
-            elif self.acks is not None:
-                self.acks.add(request.delivery)
+            elif not self.spool:
+                self._complete(request.delivery)
             else:
-                crash_point("before_ack")
-                self.broker.ack(request.delivery)
-                crash_point("after_ack")
-            request.acked = True
+                # Its result is still on its way to the backend: ack once it is there.
+                delivery = request.delivery
+                if self.holdings is not None:
+                    self.holdings.park(delivery)
+                self.spool.submit(
+                    f"Task {request.name}[{request.id}] ack",
+                    _nothing,
+                    lost=_nothing,
+                    done=lambda: self._complete(delivery),
+                )
+
+    def _complete(self, delivery: Delivery) -> None:
+        """Ack a handled delivery (batched when a consumer flushes acks)."""
+        if self.acks is not None:
+            self.acks.add(delivery)
+            return
+        crash_point("before_ack")
+        self.broker.ack(delivery)
+        crash_point("after_ack")
+        if self.holdings is not None:
+            self.holdings.release(delivery)
 
     def _ack_failures(self, task: Task[Any, Any]) -> bool:
         if task.acks_on_failure_or_timeout is not None:
@@ -554,12 +571,27 @@ class Executor:
             self.workflow.dispatch_callbacks(call, context, value)
         if call.chain:
             self.workflow.dispatch_chain(call, context, value)
-        if not request.ignore_result:
-            self._store(
-                request, self._meta(request, states.SUCCESS, value, children=context.children)
-            )
-        if call.chord is not None and call.group:
-            self.workflow.chord_part(call, context, states.SUCCESS, value)
+        meta = (
+            None
+            if request.ignore_result
+            else self._meta(request, states.SUCCESS, value, children=context.children)
+        )
+        in_chord = call.chord is not None and bool(call.group)
+
+        def write() -> None:
+            if meta is not None:
+                self._store_for(request, meta)
+            if in_chord:
+                self.workflow.chord_part(call, context, states.SUCCESS, value)
+
+        def lost() -> None:
+            error = encode_exception(_lost(call))
+            self._store_for(request, self._meta(request, states.FAILURE, error))
+            if in_chord:
+                self.workflow.chord_part(call, context, states.FAILURE, error)
+
+        if meta is not None or in_chord:
+            self._write(request, "SUCCESS", write, lost)
         logger.info(
             "Task %s[%s] succeeded in %.3fs: %.200r", call.name, call.id, outcome.runtime, value
         )
@@ -573,12 +605,10 @@ class Executor:
         cause = retry.exc if retry.exc is not None else retry
         logger.info("Task %s[%s] retry: %s", call.name, call.id, retry)
         if not request.ignore_result:
-            self._store(
-                request,
-                self._meta(
-                    request, states.RETRY, encode_exception(cause), traceback=outcome.traceback
-                ),
+            meta = self._meta(
+                request, states.RETRY, encode_exception(cause), traceback=outcome.traceback
             )
+            self._write(request, "RETRY", lambda: self._store_for(request, meta), None)
         self._call_hook(
             request.task.on_retry, cause, call.id, call.args, call.kwargs, outcome.traceback
         )
@@ -620,14 +650,18 @@ class Executor:
             if task.store_errors_even_if_ignored is not None
             else self.app.conf.task_store_errors_even_if_ignored
         )
-        if store_errors:
-            self._store(
-                request,
-                self._meta(
-                    request, states.FAILURE, encode_exception(exc), traceback=outcome.traceback
-                ),
-            )
-        self.workflow.propagate_failure(call, context, exc, outcome.traceback)
+        meta = (
+            self._meta(request, states.FAILURE, encode_exception(exc), traceback=outcome.traceback)
+            if store_errors
+            else None
+        )
+
+        def write() -> None:
+            if meta is not None:
+                self._store_for(request, meta)
+            self.workflow.propagate_failure(call, context, exc, outcome.traceback)
+
+        self._write(request, "FAILURE", write, None)
         self._call_hook(task.on_failure, exc, call.id, call.args, call.kwargs, outcome.traceback)
 
     # -- storing ----------------------------------------------------------------------
@@ -663,41 +697,40 @@ class Executor:
             )
         return meta
 
-    def _store(self, request: Request, meta: ResultMeta) -> None:
-        """Store a result, retrying while the backend is down (up to
-        `result_backend_max_retry_time`), then giving up loudly."""
-        deadline = time.monotonic() + self.store_retry_time
-        delay = STORE_RETRY_START
-        while True:
-            try:
-                crash_point("before_store")
-                self.backend.store_for_request(
-                    meta,
-                    reply_to=request.call.reply_to,
-                    correlation_id=request.call.correlation_id,
-                )
-                crash_point("after_store")
-                return
-            except Exception as exc:  # isolation boundary: backend outages
-                if time.monotonic() + delay > deadline:
-                    logger.error(
-                        "Task %s[%s]: result %s NOT stored, backend unreachable for %.0fs: %r",
-                        request.name,
-                        request.id,
-                        meta.status,
-                        self.store_retry_time,
-                        exc,
-                    )
-                    raise
-                logger.warning(
-                    "Task %s[%s]: cannot store result (%r); retrying in %.1fs",
-                    request.name,
-                    request.id,
-                    exc,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX)
+    def _write(
+        self,
+        request: Request,
+        what: str,
+        write: Callable[[], None],
+        lost: Callable[[], None] | None,
+    ) -> None:
+        """Run backend writes now, or spool them while the backend is down."""
+        self.spool.submit(
+            f"Task {request.name}[{request.id}] {what}", write, lost=lost or write, done=_nothing
+        )
+
+    def _store_for(self, request: Request, meta: ResultMeta) -> None:
+        """Store `meta` for `request` (to its caller's queue with `rpc://`)."""
+        call = request.call
+        crash_point("before_store")
+        try:
+            self.backend.store_for_request(
+                meta, reply_to=call.reply_to, correlation_id=call.correlation_id
+            )
+        except SerializationError as exc:
+            # A value the result serializer cannot carry: store why instead.
+            logger.error("Task %s[%s]: result cannot be serialized: %s", call.name, call.id, exc)
+            failure = replace(
+                meta, status=states.FAILURE, result=encode_exception(exc), traceback=None
+            )
+            self.backend.store_for_request(
+                failure, reply_to=call.reply_to, correlation_id=call.correlation_id
+            )
+        crash_point("after_store")
+
+    def _store_strict(self, meta: ResultMeta) -> None:
+        """Store a record for the workflow (raises while the backend is down)."""
+        self.backend.store(meta)
 
     def _store_quietly(
         self,
@@ -706,8 +739,16 @@ class Executor:
         reply_to: str | None = None,
         correlation_id: str | None = None,
     ) -> None:
-        try:
+        """Store a record off the main path (dead letters, revocations): spooled while
+        the backend is down, never raising."""
+
+        def write() -> None:
             self.backend.store_for_request(meta, reply_to=reply_to, correlation_id=correlation_id)
+
+        try:
+            self.spool.submit(
+                f"Task {meta.task_id} {meta.status}", write, lost=write, done=_nothing
+            )
         except Exception:  # isolation boundary: best effort on the error paths
             logger.warning("cannot store %s for task %s", meta.status, meta.task_id, exc_info=True)
 
@@ -726,3 +767,14 @@ def _format(exc: BaseException) -> str:
 def message_with_headers(message: Message, **headers: Any) -> Message:
     """A copy of `message` with extra headers."""
     return replace(message, headers={**message.headers, **headers})
+
+
+def _nothing() -> None:
+    pass
+
+
+def _lost(call: TaskCall) -> ResultLost:
+    return ResultLost(
+        f"the result of {call.name}[{call.id}] could not be stored: the result backend "
+        "was unreachable for longer than result_backend_max_retry_time"
+    )

@@ -40,12 +40,13 @@ class Workflow:
 
     Args:
         app: The app (to send with, and its result backend).
-        store_quietly: Stores a result on an error path without raising.
+        store: Stores a record; raises `BackendError` while the backend is down (the
+            executor then retries the whole step from its result spool).
     """
 
-    def __init__(self, app: Celeriac, *, store_quietly: Callable[[ResultMeta], None]) -> None:
+    def __init__(self, app: Celeriac, *, store: Callable[[ResultMeta], None]) -> None:
         self.app = app
-        self.store_quietly = store_quietly
+        self.store = store
 
     @property
     def backend(self) -> ResultBackend:
@@ -91,7 +92,7 @@ class Workflow:
         if not task_id:
             return
         options = sig.options
-        self.store_quietly(
+        self.store(
             self.backend.ready_meta(
                 task_id, states.FAILURE, stored, traceback=trace, group_id=options.get("group_id")
             )
