@@ -134,3 +134,28 @@ def test_log_lines_name_the_task_and_its_id(tasks: Any, run_worker: RunWorker) -
     result = tasks.where.delay()
     result.get(timeout=10)
     wait_for(lambda: f"tasks.where[{result.id}] succeeded" in worker.output(), timeout=5)
+
+
+def test_worker_process_init_runs_in_every_prefork_child(
+    tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    write_tasks(
+        tasks_dir,
+        SOURCE
+        + """
+from celeriac.signals import worker_process_init
+
+
+@worker_process_init.connect
+def mark_child(**kwargs):
+    (HERE / f"init-{os.getpid()}").touch()
+""",
+    )
+    worker = run_worker("-c", "2")
+    wait_for(lambda: len(worker.children()) == 2, timeout=10)
+    children = worker.children()
+    wait_for(
+        lambda: sorted(int(p.name[5:]) for p in tasks_dir.glob("init-*")) == sorted(children),
+        timeout=10,
+        what="an init mark per child",
+    )

@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
+from celeriac import signals
 from celeriac._imports import import_object
 from celeriac._time import UTC, utcnow
 from celeriac.app.config import Settings
@@ -531,6 +532,17 @@ class Celeriac:
             exchange=exchange,
             routing_key=routing_key,
         )
+        if signals.before_task_publish.receivers:
+            signals.before_task_publish.send(
+                sender=name,
+                body=message.body,
+                exchange=exchange,
+                routing_key=routing_key,
+                headers=message.headers,
+                properties=message.properties,
+                declare=[route_queue],
+                retry_policy=None,
+            )
         batch = _batch.get()
         if batch is not None:
             batch.append(outgoing)
@@ -544,6 +556,14 @@ class Celeriac:
                     exchange=exchange,
                     routing_key=routing_key,
                 )
+            )
+        if signals.after_task_publish.receivers:
+            signals.after_task_publish.send(
+                sender=name,
+                body=message.body,
+                exchange=exchange,
+                routing_key=routing_key,
+                headers=message.headers,
             )
         parent = current_request()
         if parent is not None and parent.id and options.get("add_to_parent", True):

@@ -21,7 +21,7 @@ import traceback as tb
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from celeriac import states
+from celeriac import signals, states
 from celeriac._time import utcnow
 from celeriac.app.task import Context, pop_context, push_context
 from celeriac.backends.base import ResultMeta
@@ -198,6 +198,14 @@ class Executor:
 
         task = self.app.tasks.get(call.name)
         if task is None:
+            if signals.task_unknown.receivers:
+                signals.task_unknown.send(
+                    sender=self,
+                    message=message,
+                    exc=NotRegistered(call.name),
+                    name=call.name,
+                    id=call.id,
+                )
             self._dead_letter_with_failure(
                 delivery,
                 call,
@@ -270,6 +278,8 @@ class Executor:
         if not acks_late:
             self.broker.ack(delivery)
             request.acked = True
+        if signals.task_received.receivers:
+            signals.task_received.send(sender=self, request=request)
         if task.resolve_track_started() and not request.ignore_result:
             started = ResultMeta(
                 task_id=call.id,
@@ -280,6 +290,8 @@ class Executor:
         return request
 
     def _reject_undecodable(self, delivery: Delivery, exc: Exception) -> None:
+        if signals.task_rejected.receivers:
+            signals.task_rejected.send(sender=self, message=delivery.message, exc=exc)
         headers = delivery.message.headers if isinstance(delivery.message.headers, dict) else {}
         task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
         name = headers.get("task") if isinstance(headers.get("task"), str) else "?"
@@ -366,6 +378,7 @@ class Executor:
         """A revoked task is not run: what follows it in the workflow fails with
         `TaskRevokedError` (chain tails, chords), and its message is acked."""
         logger.info("Task %s[%s] revoked; not run", call.name, call.id)
+        self._signal_revoked(call, delivery, expired=False)
         exc = TaskRevokedError("revoked")
         self._store_quietly(
             self.backend.ready_meta(
@@ -381,8 +394,19 @@ class Executor:
         self.workflow.propagate_failure(call, self._context(call, delivery), exc, None)
         self.broker.ack(delivery)
 
+    def _signal_revoked(self, call: TaskCall, delivery: Delivery, *, expired: bool) -> None:
+        if signals.task_revoked.receivers:
+            signals.task_revoked.send(
+                sender=self.app.tasks.get(call.name) or call.name,
+                request=self._context(call, delivery),
+                terminated=False,
+                signum=None,
+                expired=expired,
+            )
+
     def _revoke_expired(self, delivery: Delivery, call: TaskCall) -> None:
         logger.info("Task %s[%s] expired at %s; not run", call.name, call.id, call.expires)
+        self._signal_revoked(call, delivery, expired=True)
         exc = TaskRevokedError("expired")
         self._store_quietly(
             self.backend.ready_meta(
@@ -468,6 +492,10 @@ class Executor:
         try:
             # Not counted against the message: the slot is not armed yet.
             crash_point("before_run")
+            if signals.task_prerun.receivers:
+                signals.task_prerun.send(
+                    sender=task, task_id=call.id, task=task, args=call.args, kwargs=call.kwargs
+                )
             self.limits.arm(request)
             try:
                 task.before_start(call.id, call.args, call.kwargs)
@@ -518,6 +546,16 @@ class Executor:
                 logger.info("Task %s[%s] ignored", call.name, call.id)
             else:
                 self._failed(request, outcome)
+            if signals.task_postrun.receivers:
+                signals.task_postrun.send(
+                    sender=task,
+                    task_id=call.id,
+                    task=task,
+                    args=call.args,
+                    kwargs=call.kwargs,
+                    retval=outcome.value if outcome.exc is None else outcome.exc,
+                    state=outcome.state,
+                )
             self._call_hook(
                 task.after_return,
                 outcome.state,
@@ -567,6 +605,8 @@ class Executor:
         call, context = request.call, request.context
         value = outcome.value
         self.stats.succeeded += 1
+        if signals.task_success.receivers:
+            signals.task_success.send(sender=request.task, result=value)
         if call.callbacks:
             self.workflow.dispatch_callbacks(call, context, value)
         if call.chain:
@@ -603,6 +643,10 @@ class Executor:
         assert isinstance(retry, Retry)
         self.stats.retried += 1
         cause = retry.exc if retry.exc is not None else retry
+        if signals.task_retry.receivers:
+            signals.task_retry.send(
+                sender=request.task, request=request.context, reason=retry, einfo=outcome.traceback
+            )
         logger.info("Task %s[%s] retry: %s", call.name, call.id, retry)
         if not request.ignore_result:
             meta = self._meta(
@@ -638,6 +682,16 @@ class Executor:
         exc = outcome.exc
         assert exc is not None
         self.stats.failed += 1
+        if signals.task_failure.receivers:
+            signals.task_failure.send(
+                sender=task,
+                task_id=call.id,
+                exception=exc,
+                args=call.args,
+                kwargs=call.kwargs,
+                traceback=outcome.traceback,
+                einfo=outcome.traceback,
+            )
         expected = bool(task.throws) and isinstance(exc, task.throws)
         if expected:
             logger.info("Task %s[%s] raised expected: %r", call.name, call.id, exc)

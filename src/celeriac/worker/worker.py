@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from celeriac import signals
 from celeriac._version import __version__
 from celeriac.exceptions import BrokerError, CeleriacError
 from celeriac.worker.pools.aio import AsyncioPool
@@ -96,6 +97,7 @@ class Worker:
         """Check, print the banner, run the pool; return the exit code."""
         setup_logging(self.options.loglevel)
         self.app.finalize()
+        signals.worker_init.send(sender=self)
         self._apply_limits()
         warnings = self.check_broker()
         pool = POOLS[self.options.pool](self.app, self.options)
@@ -112,7 +114,11 @@ class Worker:
                 "runs Python code (not while blocked in C code)"
             )
         logger.info("celeriac worker %s ready", self.options.hostname)
-        return pool.run()
+        signals.worker_ready.send(sender=self)
+        try:
+            return pool.run()
+        finally:
+            signals.worker_shutdown.send(sender=self)
 
     def _apply_limits(self) -> None:
         conf = self.app.conf

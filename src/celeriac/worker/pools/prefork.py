@@ -15,6 +15,7 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from celeriac import signals
 from celeriac.worker.consumer import Consumer, Shutdown
 from celeriac.worker.execute import Executor
 from celeriac.worker.limits import SlotTimeLimits, install_alarm_handler
@@ -65,6 +66,7 @@ def child_main(
         return loop.run_until_complete(coroutine)
 
     broker = app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
+    signals.worker_process_init.send(sender=None)
     try:
         broker.connect()
         executor = Executor(
@@ -90,6 +92,7 @@ def child_main(
         return 0
     finally:
         try:
+            signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
             broker.close()
             app.close()
         finally:
