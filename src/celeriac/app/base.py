@@ -23,6 +23,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
@@ -132,6 +133,7 @@ class Celeriac:
         self._autodiscover: list[tuple[Sequence[str], str]] = []
         self._local = threading.local()
         self._rpc_reply_to: tuple[int, str] | None = None
+        self._send_conf: _SendConf | None = None
         self._finalized = False
         from celeriac.app.builtins import register_builtins
 
@@ -414,11 +416,37 @@ class Celeriac:
         oid: str = local.oid
         return oid
 
+    def send_conf(self) -> _SendConf:
+        """The settings the send path reads, cached until a setting changes."""
+        cached = self._send_conf
+        conf = self.conf
+        if cached is None or cached.version != conf.version:
+            policy = {
+                "max_retries": 3,
+                "interval_start": 0.0,
+                "interval_step": 0.2,
+                "interval_max": 1.0,
+                **conf.task_publish_retry_policy,
+            }
+            cached = self._send_conf = _SendConf(
+                version=conf.version,
+                always_eager=conf.task_always_eager,
+                serializer=conf.task_serializer,
+                compression=conf.task_compression,
+                max_size=conf.task_max_message_size,
+                default_priority=conf.task_default_priority,
+                inherit_priority=conf.task_inherit_parent_priority,
+                publish_retry=conf.task_publish_retry,
+                retry_policy=policy,
+                uses_rpc=self.result_backend_url.startswith("rpc://"),
+            )
+        return cached
+
     def default_reply_to(self) -> str:
         """The `reply_to` of messages sent from here: with `rpc://` results, this
         process's reply queue (declared before the first message goes out, so no result
         can arrive before it exists); otherwise `thread_oid`, as Celery writes."""
-        if not self.result_backend_url.startswith("rpc://"):
+        if not self.send_conf().uses_rpc:
             return self.thread_oid
         cached = self._rpc_reply_to
         pid = os.getpid()
@@ -515,13 +543,12 @@ class Celeriac:
         call, route_queue, eta, exchange, routing_key = self._build_call(
             name, args, kwargs, options, task=_task
         )
-        serializer = options.get("serializer") or self.conf.task_serializer
-        compression = options.get("compression") or self.conf.task_compression
+        send_conf = self.send_conf()
         message = encode_task(
             call,
-            serializer=serializer,
-            compression=compression,
-            max_size=self.conf.task_max_message_size,
+            serializer=options.get("serializer") or send_conf.serializer,
+            compression=options.get("compression") or send_conf.compression,
+            max_size=send_conf.max_size,
         )
         deliver_at = eta if eta is not None and eta > utcnow() else None
         outgoing = Outgoing(
@@ -579,7 +606,7 @@ class Celeriac:
         *,
         task: Task[Any, Any] | None,
     ) -> tuple[TaskCall, str, datetime | None, str, str]:
-        conf = self.conf
+        send_conf = self.send_conf()
         task_id = options.get("task_id") or str(uuid.uuid4())
         parent = current_request()
         parent_id = options.get("parent_id")
@@ -600,8 +627,8 @@ class Celeriac:
         route = self.router.route(name, args, kwargs, options, task=task)
         priority = route.priority
         if priority is None:
-            priority = conf.task_default_priority
-        if priority is None and conf.task_inherit_parent_priority and parent is not None:
+            priority = send_conf.default_priority
+        if priority is None and send_conf.inherit_priority and parent is not None:
             priority = parent.priority
         time_limit = options.get("time_limit")
         soft_time_limit = options.get("soft_time_limit")
@@ -635,17 +662,14 @@ class Celeriac:
         return call, route.queue, eta, route.exchange, route.routing_key
 
     def _with_publish_retry(self, publish: Callable[[], None]) -> None:
-        conf = self.conf
-        if not conf.task_publish_retry:
+        try:
             publish()
             return
-        policy = {
-            "max_retries": 3,
-            "interval_start": 0.0,
-            "interval_step": 0.2,
-            "interval_max": 1.0,
-            **conf.task_publish_retry_policy,
-        }
+        except BrokerConnectionError:
+            send_conf = self.send_conf()
+            if not send_conf.publish_retry:
+                raise
+        policy = send_conf.retry_policy
         interval = float(policy["interval_start"])
         attempts = 0
         while True:
@@ -706,6 +730,22 @@ class Celeriac:
             retry_options["countdown"] = countdown
         retry_options.update(options)
         self.send_task(task.name, args, kwargs, _task=task, **retry_options)
+
+
+@dataclass(frozen=True, slots=True)
+class _SendConf:
+    """The settings `send_task` reads, snapshotted (see `Celeriac.send_conf`)."""
+
+    version: int
+    always_eager: bool
+    serializer: str
+    compression: str | None
+    max_size: int | None
+    default_priority: int | None
+    inherit_priority: bool
+    publish_retry: bool
+    retry_policy: dict[str, Any]
+    uses_rpc: bool
 
 
 def _instant(value: Any, *, now: datetime, what: str) -> datetime | None:

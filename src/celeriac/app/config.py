@@ -313,8 +313,13 @@ class Settings:
         values: Initial settings; validated like every later change.
     """
 
+    version: int
+    _values: dict[str, Any]
+
     def __init__(self, values: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_values", {})
+        # Bumped on every change, so readers can cache derived values cheaply.
+        object.__setattr__(self, "version", 0)
         for key, value in DEFAULTS.items():
             # Copies: `conf.accept_content.append(...)` must not change every other app.
             self._values[key] = copy.deepcopy(value) if isinstance(value, dict | list) else value
@@ -349,6 +354,7 @@ class Settings:
             )
         validator = _VALIDATORS.get(name)
         self._values[name] = validator(name, value) if validator else value
+        object.__setattr__(self, "version", self.version + 1)
 
     def __contains__(self, name: object) -> bool:
         return name in self._values

@@ -378,7 +378,7 @@ class Task(Generic[P, R]):
                 if default is not None:
                     options[key] = default
         app = self.app
-        if app.conf.task_always_eager:
+        if app.send_conf().always_eager:
             return self.apply(args, kwargs, **options)
         return app.send_task(self.name, args, kwargs, _task=self, **options)
 
