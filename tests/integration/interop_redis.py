@@ -10,6 +10,7 @@ ran it (`impl`) and in which process (`pid`): the ground truth of who did the wo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -68,6 +69,16 @@ def collect(parts):
     }
 
 
+@app.task(name="interop.on_error")
+def on_error(*args):
+    # Celery calls an errback that takes *args in the worker, as (request, exc, traceback);
+    # one that cannot take three arguments gets the failed task's id in a message.
+    record = {"impl": IMPL, "args": len(args), "exc": repr(args[1]) if len(args) > 1 else None}
+    client = redis.Redis.from_url(URL)
+    client.rpush(PREFIX + "errbacks", json.dumps(record))
+    client.close()
+
+
 @app.task(name="interop.fail")
 def fail(message):
     raise ValueError(message)
@@ -81,6 +92,7 @@ def nap(seconds, tag):
 """
 
 CELERIAC_HEADER = """
+import json
 import os
 import time
 
@@ -102,6 +114,7 @@ app = Celeriac(
 """
 
 CELERY_HEADER = """
+import json
 import os
 import time
 
@@ -149,6 +162,14 @@ class Shared:
             url=self.url, queue=self.queue, prefix=self.prefix, broker_options=self.options()
         )
         return textwrap.dedent(header) + TASKS
+
+    def errbacks(self) -> list[dict[str, Any]]:
+        """What `interop.on_error` recorded, in call order."""
+        client = redis.Redis.from_url(self.url)
+        try:
+            return [json.loads(raw) for raw in client.lrange(self.prefix + "errbacks", 0, -1)]
+        finally:
+            client.close()
 
     def delete_keys(self) -> None:
         """Remove every key this test wrote (broker and results share the prefix)."""

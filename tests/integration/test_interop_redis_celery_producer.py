@@ -148,3 +148,14 @@ def test_a_failure_is_raised_by_celerys_get(stock: Any, run_worker: RunWorker) -
         result.get(timeout=TIMEOUT)
     assert result.state == "FAILURE"
     assert "ValueError: boom" in result.traceback
+
+
+def test_an_errback_taking_any_arguments_is_called_in_the_worker_as_celery_does(
+    stock: Any, shared: Shared, run_worker: RunWorker
+) -> None:
+    run_worker("-c", "2")
+    result = stock.fail.apply_async(("boom",), link_error=stock.on_error.s())
+    with pytest.raises(ValueError, match="boom"):
+        result.get(timeout=TIMEOUT)
+    [record] = wait_for(shared.errbacks, timeout=5, what="the errback")
+    assert record == {"impl": "celeriac", "args": 3, "exc": "ValueError('boom')"}

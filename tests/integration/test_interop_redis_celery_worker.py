@@ -137,6 +137,19 @@ def test_a_stock_failure_is_raised_by_our_get(t: Any, celery_worker: StockWorker
     celery_worker.forget_output()
 
 
+def test_an_errback_taking_any_arguments_is_called_in_the_stock_worker(
+    t: Any, shared: Shared, celery_worker: StockWorker
+) -> None:
+    # The reference for the same check on our worker (test_interop_redis_celery_producer).
+    result = t.fail.apply_async(("boom",), link_error=t.on_error.s())
+    with pytest.raises(ValueError, match="boom"):
+        result.get(timeout=TIMEOUT)
+    [record] = wait_for(shared.errbacks, timeout=5, what="the errback")
+    assert record == {"impl": "celery", "args": 3, "exc": "ValueError('boom')"}
+    wait_for(lambda: "ValueError: boom" in celery_worker.output(), timeout=5, what="the log")
+    celery_worker.forget_output()
+
+
 def test_without_broker_side_eta_a_countdown_runs_on_a_celery_only_fleet(
     t: Any, shared: Shared, client: redis.Redis
 ) -> None:
