@@ -404,6 +404,23 @@ def test_defer_moves_a_lease_to_the_delayed_set_in_one_step(make_broker, client,
     broker.ack(later)
 
 
+def test_defer_leaves_a_lease_that_went_elsewhere_alone(make_broker, client, prefix) -> None:
+    slow = make_broker("slow", visibility_timeout=0.2)
+    fast = make_broker("fast", visibility_timeout=0.2)
+    slow.publish(make_message(1), queue="q")
+    [held] = receive_n(slow, "q", 1)
+    time.sleep(0.3)
+    fast.restore_expired()
+    [taken] = receive_n(fast, "q", 1)
+    # The slow consumer's deferral comes too late: no second, delayed copy appears.
+    slow.defer(held, eta=utcnow() + timedelta(seconds=60))
+    assert client.zcard(f"{prefix}_celeriac.delayed.q") == 0
+    assert client.hexists(f"{prefix}unacked", taken.tag)
+    fast.defer(taken, eta=utcnow() + timedelta(seconds=60))
+    assert client.zcard(f"{prefix}_celeriac.delayed.q") == 1
+    assert not client.hexists(f"{prefix}unacked", taken.tag)
+
+
 # -- leases ------------------------------------------------------------------------------
 
 

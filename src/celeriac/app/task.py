@@ -570,15 +570,18 @@ class Task(Generic[P, R]):
 
     @property
     def new_style_errback(self) -> bool:
-        """True when this task, used as an errback, takes `(request, exc, traceback)`."""
-        params = [
-            p
-            for p in inspect.signature(self._fun).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-        ]
+        """True when this task, used as an errback, takes `(request, exc, traceback)`.
+
+        Celery compat (5.7 `_call_task_errbacks`): a function taking `*args` or more than
+        one positional argument is called in the worker; a bound task never is (Celery
+        sends it as a task with the failed task's id, so it can retry).
+        """
         if self.bind:
-            params = params[1:]
-        return len(params) > 1
+            return False
+        params = inspect.signature(self._fun).parameters.values()
+        if any(p.kind == p.VAR_POSITIONAL for p in params):
+            return True
+        return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) > 1
 
 
 class AsyncTask(Task[P, R]):

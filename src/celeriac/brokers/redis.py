@@ -239,7 +239,7 @@ class RedisBroker(Broker):
 
                 self._pool = connection_pool(self.url, self.transport_options)
                 self._client = redis_module.Redis(connection_pool=self._pool)
-                for name in ("fetch", "restore", "extend", "replay", "unlock"):
+                for name in ("fetch", "restore", "extend", "replay", "unlock", "defer"):
                     script = load_script("celeriac.brokers", f"redis_{name}.lua")
                     self._scripts[name] = self._client.register_script(script)
                 self._scripts["rate"] = load_rate_script(self._client)
@@ -729,9 +729,11 @@ class RedisBroker(Broker):
     def defer(self, delivery: Delivery, *, eta: datetime, message: Message | None = None) -> None:
         """Hand a leased message back to wait in the delayed set until `eta`, atomically.
 
-        The lease ends and the delayed copy appears in one MULTI, so a crash can neither
-        lose nor duplicate it. The delivery tag is kept (its crash count stays with it);
-        the redelivered flag is not, since waiting for an ETA is no redelivery.
+        One script (`redis_defer.lua`, one round trip) ends the lease and adds the
+        delayed copy together, so a crash can neither lose nor duplicate it; if the lease
+        lapsed and went back to the queue meanwhile, the message is left to whoever takes
+        it next. The delivery tag is kept (its crash count stays with it); the
+        redelivered flag is not, since waiting for an ETA is no redelivery.
         """
         source = message or delivery.message
         if "redelivered" in source.headers:
@@ -752,22 +754,30 @@ class RedisBroker(Broker):
             tag=delivery.tag,
         )
         due = eta.timestamp()
-        held = self._held_of(delivery, self._held_key)
         queue = delivery.queue
-
-        def move(client: redis.Redis) -> None:
-            with client.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._index, delivery.tag)
-                pipe.hdel(self._unacked, delivery.tag)
-                pipe.hdel(held, delivery.tag)
-                if due > self.clock.time():
-                    pipe.zadd(self._prefix + DELAYED_PREFIX + queue, {envelope: due})
-                    pipe.zadd(self._delayed_index, {queue: due}, lt=True)
-                else:
-                    pipe.lpush(self._list_key(queue, level), envelope)
-                pipe.execute()
-
-        self._run(f"defer {delivery.tag} to {eta.isoformat()}", move)
+        if due > self.clock.time():
+            destination, mode = self._prefix + DELAYED_PREFIX + queue, "Z"
+        else:
+            destination, mode = self._list_key(queue, level), "L"
+        keys = [
+            self._unacked,
+            self._index,
+            self._held_of(delivery, self._held_key),
+            destination,
+            self._delayed_index,
+        ]
+        args = [delivery.tag, envelope, f"{due:.6f}", queue, mode]
+        script = self._script("defer")
+        moved = self._run(
+            f"defer {delivery.tag} to {eta.isoformat()}",
+            lambda client: script(keys=keys, args=args, client=client),
+        )
+        if not moved:
+            logger.info(
+                "not deferring %s: its lease lapsed and it went back to queue %s",
+                delivery.tag,
+                queue,
+            )
 
     def requeue_many(self, deliveries: Sequence[Delivery]) -> None:
         # Celery compat: kombu restores a closing channel's messages to be consumed next.

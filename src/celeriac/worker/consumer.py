@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from celeriac.exceptions import BrokerConnectionError
 from celeriac.worker.crashpoints import crash_point
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ REVOCATION_REFRESH = 1.0
 # Longest gap between lease renewals, and between sweeps for lapsed leases.
 MAX_RENEW_INTERVAL = 30.0
 SWEEP_INTERVAL = 10.0
+# Pause between fetches while the broker is unreachable (its own retries gave up).
+OUTAGE_PAUSE = 1.0
 
 
 class Shutdown:
@@ -309,6 +312,7 @@ class Consumer:
         executor.acks = self.acks
         executor.holdings = self.holdings
         self._pool: ThreadPoolExecutor | None = None
+        self._broker_lost = False
 
     def run(self) -> str:
         """Consume until stopped; return why ("shutdown", "max-tasks", "max-memory")."""
@@ -331,7 +335,7 @@ class Consumer:
                 free = holdings.room(wait=self.receive_timeout)
                 if free <= 0:
                     continue
-                batch = self.broker.receive(self.queues, limit=free, timeout=self.receive_timeout)
+                batch = self._receive(free)
                 if not batch:
                     continue
                 holdings.hold(batch)
@@ -390,3 +394,25 @@ class Consumer:
         if self.max_memory_kib is not None and resident_kib() > self.max_memory_kib:
             return "max-memory"
         return None
+
+    def _receive(self, limit: int) -> list[Delivery]:
+        """Fetch a batch; while the broker is unreachable, wait and report nothing.
+
+        The broker's own reconnect retries have given up when this sees the error. The
+        process keeps what it holds and tries again until the broker is back: a
+        replacement process could not connect either (Celery's consumer waits too).
+        """
+        try:
+            batch = self.broker.receive(self.queues, limit=limit, timeout=self.receive_timeout)
+        except BrokerConnectionError as exc:
+            if not self._broker_lost:
+                self._broker_lost = True
+                logger.warning("Broker unreachable; consuming resumes once it is back: %s", exc)
+            deadline = time.monotonic() + OUTAGE_PAUSE
+            while not self.shutdown.is_requested() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return []
+        if self._broker_lost:
+            self._broker_lost = False
+            logger.warning("Broker reachable again; consuming")
+        return batch
