@@ -65,7 +65,8 @@ class WorkerProcess:
         """Stop the worker and every child it ever had (by pid)."""
         self.children()
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            # Cold: a teardown need not wait for a long task to finish.
+            self.process.send_signal(signal.SIGQUIT)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

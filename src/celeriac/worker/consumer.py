@@ -260,9 +260,17 @@ class AckBuffer:
         crash_point("before_ack")
         try:
             self.broker.ack_many(pending)
-        finally:
-            for delivery in pending:
-                self.holdings.release(delivery)
+        except BrokerConnectionError as exc:
+            # The broker is away: keep the acks (and the messages held) for the next
+            # flush; a process that never gets to send them returns the messages and
+            # the copies are dropped as already done.
+            logger.warning("Cannot ack %d message(s) now (%s); will retry", len(pending), exc)
+            with self._lock:
+                self._pending[:0] = pending
+                self._tags.update(d.tag for d in pending)
+            return
+        for delivery in pending:
+            self.holdings.release(delivery)
         crash_point("after_ack")
 
 
@@ -322,8 +330,7 @@ class Consumer:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="celeriac-task")
         reason = "shutdown"
         try:
-            for queue in self.queues:
-                self.broker.declare(queue)
+            self._declare_queues()
             # Know what was revoked before taking the first message.
             self.executor.revocations.refresh()
             while not self.shutdown.is_requested():
@@ -395,6 +402,31 @@ class Consumer:
             return "max-memory"
         return None
 
+    def _declare_queues(self) -> None:
+        """Declare the consumed queues, waiting out a broker that is not there yet."""
+        while not self.shutdown.is_requested():
+            try:
+                for queue in self.queues:
+                    self.broker.declare(queue)
+            except BrokerConnectionError as exc:
+                self._lost(exc)
+            else:
+                self._found()
+                return
+
+    def _lost(self, exc: BaseException) -> None:
+        if not self._broker_lost:
+            self._broker_lost = True
+            logger.warning("Broker unreachable; consuming resumes once it is back: %s", exc)
+        deadline = time.monotonic() + OUTAGE_PAUSE
+        while not self.shutdown.is_requested() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _found(self) -> None:
+        if self._broker_lost:
+            self._broker_lost = False
+            logger.warning("Broker reachable again; consuming")
+
     def _receive(self, limit: int) -> list[Delivery]:
         """Fetch a batch; while the broker is unreachable, wait and report nothing.
 
@@ -405,14 +437,7 @@ class Consumer:
         try:
             batch = self.broker.receive(self.queues, limit=limit, timeout=self.receive_timeout)
         except BrokerConnectionError as exc:
-            if not self._broker_lost:
-                self._broker_lost = True
-                logger.warning("Broker unreachable; consuming resumes once it is back: %s", exc)
-            deadline = time.monotonic() + OUTAGE_PAUSE
-            while not self.shutdown.is_requested() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            self._lost(exc)
             return []
-        if self._broker_lost:
-            self._broker_lost = False
-            logger.warning("Broker reachable again; consuming")
+        self._found()
         return batch

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac import states
 from celeriac.app.task import pop_context, push_context
-from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celeriac.worker.consumer import RECEIVE_TIMEOUT, REVOCATION_REFRESH, Holdings
+from celeriac.exceptions import BrokerConnectionError, SoftTimeLimitExceeded, TimeLimitExceeded
+from celeriac.worker.consumer import OUTAGE_PAUSE, RECEIVE_TIMEOUT, REVOCATION_REFRESH, Holdings
 from celeriac.worker.execute import Executor, Outcome
 from celeriac.worker.limits import ThreadTimeLimits
 from celeriac.worker.pools.base import InProcessPool
@@ -88,9 +89,14 @@ class AsyncioPool(InProcessPool):
                 holdings.release(delivery)
 
         try:
-            await blocking(broker.connect)
-            for queue in options.queues:
-                await blocking(broker.declare, queue)
+            while not self.shutdown.is_requested():
+                try:
+                    for queue in options.queues:
+                        await blocking(broker.declare, queue)
+                    break
+                except BrokerConnectionError as exc:
+                    logger.warning("Broker unreachable; waiting for it: %s", exc)
+                    await asyncio.sleep(OUTAGE_PAUSE)
             await blocking(executor.revocations.refresh)
             holdings.start()
             while not self.shutdown.is_requested():
@@ -116,7 +122,15 @@ class AsyncioPool(InProcessPool):
 
     def _receive(self, limit: int) -> list[Delivery]:
         assert self.broker is not None
-        return self.broker.receive(list(self.options.queues), limit=limit, timeout=RECEIVE_TIMEOUT)
+        try:
+            return self.broker.receive(
+                list(self.options.queues), limit=limit, timeout=RECEIVE_TIMEOUT
+            )
+        except BrokerConnectionError as exc:
+            # The broker's own retries gave up: keep what is held and try again soon.
+            logger.warning("Broker unreachable; consuming resumes once it is back: %s", exc)
+            time.sleep(OUTAGE_PAUSE)
+            return []
 
     async def _run_coroutine(self, executor: Executor, request: Request) -> Outcome:
         task, call = request.task, request.call

@@ -68,7 +68,8 @@ def child_main(
     broker = app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
     signals.worker_process_init.send(sender=None)
     try:
-        broker.connect()
+        # No eager connect: the consumer's first call connects, waiting out a broker
+        # that is down rather than crashing (and being respawned) in a loop.
         executor = Executor(
             app,
             broker,

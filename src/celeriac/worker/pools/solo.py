@@ -34,7 +34,6 @@ class SoloPool(InProcessPool):
         )
         self.broker = broker
         try:
-            broker.connect()
             executor = Executor(
                 self.app,
                 broker,

@@ -36,7 +36,6 @@ class ThreadsPool(InProcessPool):
         )
         self.broker = broker
         try:
-            broker.connect()
             executor = Executor(
                 self.app,
                 broker,
