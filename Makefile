@@ -44,5 +44,10 @@ unit: $(VENV)/.installed-dev
 integration: $(VENV)/.installed-dev
 	$(BIN)/pytest -q tests/integration
 
+## bench: run the comparison with Celery (benchmarks/README.md); pass options in BENCH_ARGS,
+## e.g. make bench BENCH_ARGS="--scenario s2 --broker redis --contestant celeriac,celery"
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist

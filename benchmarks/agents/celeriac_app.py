@@ -1,0 +1,116 @@
+"""celeriac's side: the app and tasks its worker loads, and the client actions.
+
+Worker: `celeriac -A benchmarks.agents.celeriac_app worker -Q $BENCH_QUEUE ...`.
+Settings are celeriac's defaults except the URLs and the queue, so the figures are what
+a user gets out of the box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from benchmarks.agents.recorder import task_finished, task_started
+from celeriac import Celeriac, chord, group
+
+BROKER = os.environ.get("BENCH_BROKER", "")
+BACKEND = os.environ.get("BENCH_BACKEND") or None
+QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+
+_transport: dict[str, Any] = {}
+if BROKER.startswith("amqp"):
+    # A dead-letter queue of this run's own, which the runner deletes afterwards.
+    _transport["dead_letter_queue"] = f"{QUEUE}.dead"
+_backend_transport: dict[str, Any] = {}
+if BACKEND and BACKEND.startswith("rpc"):
+    _backend_transport["broker_url"] = BROKER
+
+app = Celeriac(
+    "bench",
+    broker=BROKER,
+    backend=BACKEND,
+    task_default_queue=QUEUE,
+    broker_transport_options=_transport,
+    result_backend_transport_options=_backend_transport,
+)
+
+
+@app.task(ignore_result=True)
+def noop() -> None:
+    task_started()
+    task_finished()
+
+
+@app.task
+def echo(value: int) -> int:
+    return value
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def tsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task(ignore_result=True)
+async def sleeper(seconds: float) -> None:
+    task_started()
+    await asyncio.sleep(seconds)
+    task_finished()
+
+
+def enqueue(n: int, *, bulk: bool) -> dict[str, Any]:
+    noop.delay()  # connect and declare outside the timed part
+    if bulk:
+        signatures = [noop.s() for _ in range(n)]
+        began = time.perf_counter()
+        group(signatures).apply_async()
+    else:
+        began = time.perf_counter()
+        for _ in range(n):
+            noop.delay()
+    seconds = time.perf_counter() - began
+    app.close()
+    return {"seconds": seconds, "count": n}
+
+
+def sleepers(n: int, seconds: float) -> dict[str, Any]:
+    with app.producer_batch():
+        for _ in range(n):
+            sleeper.delay(seconds)
+    app.close()
+    return {"count": n}
+
+
+def latency(n: int, *, warmup: int, timeout: float) -> dict[str, Any]:
+    for i in range(warmup):
+        assert echo.delay(i).get(timeout=timeout) == i
+    samples = []
+    clock = time.perf_counter
+    for i in range(n):
+        began = clock()
+        value = echo.delay(i).get(timeout=timeout)
+        samples.append(clock() - began)
+        if value != i:
+            raise RuntimeError(f"echo({i}) returned {value!r}")
+    app.close()
+    return {"samples": samples}
+
+
+def fan_in(n: int, *, warmup: int, timeout: float) -> dict[str, Any]:
+    if warmup:
+        expected = sum(i + i for i in range(warmup))
+        warm = chord([add.s(i, i) for i in range(warmup)])(tsum.s())
+        assert warm.get(timeout=timeout) == expected
+    header = [add.s(i, i) for i in range(n)]
+    began = time.perf_counter()
+    value = chord(header)(tsum.s()).get(timeout=timeout)
+    seconds = time.perf_counter() - began
+    app.close()
+    return {"seconds": seconds, "result": value}

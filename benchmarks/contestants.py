@@ -1,0 +1,162 @@
+"""The contestants: which brokers and scenarios each supports, and how its worker starts.
+
+Every worker runs its library's own command line, from its own environment, with the
+library's defaults except concurrency, pool, the queue and the prefetch window, which
+is the same for all (4 messages per slot by default: Celery's and celeriac's default
+`worker_prefetch_multiplier`; Dramatiq's own default is 2 per thread, and at one thread
+per process its consumer then spends most of a drain in back-off sleeps):
+
+- celeriac: `celeriac worker -P prefork -c N` (S1-S3), `-P asyncio -c SLOTS` (S4);
+- Celery: `celery worker -P prefork -c N` (S1-S3), `-P threads` and `-P gevent` with
+  `-c SLOTS` (S4, both measured, the better one compared);
+- Dramatiq: `--processes N --threads 1` (S1-S3), `--processes 1 --threads SLOTS` (S4);
+- Huey: `-k process -w N` (S1-S3), `-k thread -w SLOTS` (S4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.envs import Environment
+
+__all__ = ["CONTESTANTS", "Contestant", "URLs", "urls_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class URLs:
+    """Broker and result backend URLs of one run, as one contestant spells them."""
+
+    broker: str
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class Contestant:
+    """One library under test."""
+
+    name: str
+    brokers: tuple[str, ...]
+    #: S4 pools, best first by expectation; all are measured.
+    io_pools: tuple[str, ...]
+    #: Result backends it can use on RabbitMQ ("redis", and "rpc" for rpc://).
+    amqp_results: tuple[str, ...] = ("redis",)
+    has_bulk: bool = False
+    has_chord: bool = False
+
+    @property
+    def module(self) -> str:
+        return f"benchmarks.agents.{self.name}_app"
+
+    def io_pools_for(self, broker: str) -> tuple[str, ...]:
+        """S4 pools on `broker`."""
+        if self.name == "celery" and broker == "rabbitmq":
+            # Celery's gevent pool on RabbitMQ settles at about 10 tasks/s here after the
+            # first few hundred (kombu's pyamqp under gevent): a 10,000-task run would
+            # take a quarter of an hour, so only threads by default (--celery-io-pool).
+            return ("threads",)
+        return self.io_pools
+
+    def cpu_pool(self) -> str:
+        return {"celeriac": "prefork", "celery": "prefork", "dramatiq": "processes"}.get(
+            self.name, "process"
+        )
+
+    def worker_command(
+        self, env: Environment, *, queue: str, pool: str, concurrency: int, prefetch: int
+    ) -> tuple[list[str], dict[str, str]]:
+        """The command line (and extra environment) of a worker with `concurrency` slots
+        in `pool`, fetching ahead `prefetch` messages per slot where the library can."""
+        if self.name in ("celeriac", "celery"):
+            command = [
+                str(env.executable(self.name)),
+                "-A",
+                self.module,
+                "worker",
+                "-Q",
+                queue,
+                "-n",
+                f"{queue}@%h",
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-l",
+                "WARNING",
+                "--prefetch-multiplier",
+                str(prefetch),
+            ]
+            return command, {}
+        if self.name == "dramatiq":
+            processes, threads = (concurrency, 1) if pool == "processes" else (1, concurrency)
+            command = [
+                str(env.executable("dramatiq")),
+                self.module,
+                "--processes",
+                str(processes),
+                "--threads",
+                str(threads),
+                "--queues",
+                queue,
+            ]
+            # Dramatiq's window is per process: 2 x threads unless this variable says.
+            return command, {"dramatiq_queue_prefetch": str(prefetch * threads)}
+        # Huey's workers each pop one message at a time: no window to set.
+        command = [
+            str(env.executable("huey_consumer")),
+            f"{self.module}.huey",
+            "-w",
+            str(concurrency),
+            "-k",
+            pool,
+            "-q",
+        ]
+        return command, {}
+
+
+CONTESTANTS: dict[str, Contestant] = {
+    "celeriac": Contestant(
+        "celeriac",
+        brokers=("redis", "rabbitmq", "sqlite"),
+        io_pools=("asyncio",),
+        amqp_results=("redis", "rpc"),
+        has_bulk=True,
+        has_chord=True,
+    ),
+    "celery": Contestant(
+        "celery",
+        brokers=("redis", "rabbitmq"),
+        io_pools=("gevent", "threads"),
+        amqp_results=("redis", "rpc"),
+        has_bulk=True,
+        has_chord=True,
+    ),
+    "dramatiq": Contestant("dramatiq", brokers=("redis", "rabbitmq"), io_pools=("threads",)),
+    "huey": Contestant("huey", brokers=("redis",), io_pools=("thread",)),
+}
+
+
+def urls_for(
+    contestant: Contestant,
+    broker: str,
+    results: str,
+    *,
+    redis_url: str,
+    amqp_url: str,
+    sqlite_path: str,
+) -> URLs:
+    """The URLs `contestant` gets for a run on `broker` with `results`."""
+    if broker == "sqlite":
+        url = f"sqlite:///{sqlite_path}"
+        return URLs(url, url)
+    backend = "rpc://" if results == "rpc" else redis_url
+    if broker == "redis":
+        return URLs(redis_url, backend)
+    if contestant.name == "celery":
+        # Celery compat: kombu's pure-Python AMQP transport, named explicitly.
+        return URLs("py" + amqp_url, backend)
+    if contestant.name == "dramatiq" and amqp_url.endswith("//"):
+        # pika spells the default vhost "/" as %2F.
+        return URLs(amqp_url[:-1] + "%2F", backend)
+    return URLs(amqp_url, backend)
