@@ -704,10 +704,12 @@ class Executor:
         if not task_id:
             return
         options = sig.options
+        # With rpc:// the failure goes to the client that froze the step (its reply_to).
         self._store_quietly(
             self.backend.ready_meta(
                 task_id, states.FAILURE, stored, traceback=trace, group_id=options.get("group_id")
-            )
+            ),
+            reply_to=options.get("reply_to"),
         )
         chord = options.get("chord")
         if chord and options.get("group_id"):
