@@ -46,7 +46,7 @@ from celeriac.protocol.serializers import normalize_accept
 from celeriac.worker.crashpoints import crash_point
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from celeriac.app.base import Celeriac
     from celeriac.app.task import Task
@@ -152,12 +152,16 @@ class Executor:
         hostname: str,
         limits: TimeLimits | None = None,
         run_async: Callable[[Any], Any] | None = None,
+        local_crashes: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
         self.hostname = hostname
         self.limits: TimeLimits = limits or NoTimeLimits()
         self.run_async = run_async
+        # Deaths counted by this worker's supervisor, for when neither the broker nor
+        # the result backend can count them (RabbitMQ with rpc:// results).
+        self.local_crashes: Mapping[str, int] = local_crashes or {}
         conf = app.conf
         self.accept = normalize_accept(conf.accept_content)
         self.max_size: int | None = conf.task_max_message_size
@@ -323,7 +327,7 @@ class Executor:
         if self.broker.supports_recover or not delivery.redelivered:
             return delivery.crashes
         if not self.backend.supports_crash_ledger:
-            return delivery.crashes
+            return max(delivery.crashes, self.local_crashes.get(call.id, 0))
         try:
             return max(delivery.crashes, self.backend.crash_count(call.id))
         except Exception:  # isolation boundary: the cap is a safety net, not a must
