@@ -313,6 +313,36 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_with_redis_result
     assert {tasks.where.delay().get(timeout=10)["ppid"] for _ in range(6)} <= {one.pid, two.pid}
 
 
+def test_with_rpc_results_each_worker_counts_the_deaths_itself(
+    project: MakeProject, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    # rpc:// keeps no shared crash ledger: the supervisor counts its own children's
+    # deaths and the children it forks afterwards see the count.
+    made = project(backend="rpc")
+    tasks = made.module
+    worker = run_worker("-c", "1")
+    result = tasks.always_die.delay()
+    with pytest.raises(WorkerLostError, match="died 3 times"):
+        result.get(timeout=30)
+    assert len(started(tasks_dir, "always_die")) == 3
+    [letter] = tasks.app.broker.list_dead_letters()
+    assert letter.reason == "WorkerLostError: process died 3 times running it"
+    assert tasks.where.delay().get(timeout=10)["ppid"] == worker.pid
+
+
+def test_with_rpc_results_a_task_killed_at_its_time_limit_is_not_run_forever(
+    project: MakeProject, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    # The redelivered copy cannot see the recorded TimeLimitExceeded (nothing to look
+    # up with rpc://): each kill counts toward the cap instead.
+    tasks = project(backend="rpc").module
+    run_worker("-c", "1")
+    result = tasks.hard.delay()
+    with pytest.raises(WorkerLostError, match="died 3 times"):
+        result.get(timeout=30)
+    assert len(started(tasks_dir, "hard")) == 3
+
+
 # -- priorities and routes ---------------------------------------------------------------
 
 

@@ -391,3 +391,83 @@ def test_a_mixed_fleet_drains_two_thousand_tasks_correctly(fleet: Fleet) -> None
     for task_id in one_of_each.values():
         assert fleet.celery_app.AsyncResult(task_id).get(timeout=5) == got[task_id].result
         assert fleet.celeriac_app.AsyncResult(task_id).get(timeout=5) == got[task_id].result
+
+
+# -- rpc:// results across the two ----------------------------------------------------------
+
+
+@pytest.fixture
+def rpc_queue() -> Iterator[str]:
+    require_rabbitmq()
+    queue = unique("ia-rpc")
+    yield queue
+    delete_amqp(AMQP_URL, [queue, f"{queue}.dead"], [])
+
+
+def rpc_project(directory: Path, queue: str, *, stock: bool) -> None:
+    """A project whose workers send results to the caller's reply queue (rpc://)."""
+    if stock:
+        header = f"""
+import celery
+
+app = celery.Celery("stock", broker={AMQP_URL!r}, backend="rpc://")
+app.conf.update(task_default_queue={queue!r}, broker_connection_retry_on_startup=True,
+                worker_hijack_root_logger=False)
+"""
+        module, side = "stock", "celery"
+    else:
+        header = f"""
+from celeriac import Celeriac
+
+app = Celeriac("ours", broker={AMQP_URL!r}, task_default_queue={queue!r},
+               broker_transport_options={{"dead_letter_queue": {queue + ".dead"!r}}})
+"""
+        module, side = "ours", "celeriac"
+    (directory / f"{module}.py").write_text(header + TASKS.format(side=side))
+
+
+def test_a_stock_rpc_client_reads_what_our_worker_sends(tmp_path: Path, rpc_queue: str) -> None:
+    rpc_project(tmp_path, rpc_queue, stock=False)
+    worker = start(
+        [sys.executable, "-m", "celeriac", "-A", "ours", "worker", "-l", "info", "-c", "1",
+         "-n", f"{rpc_queue}@%h"],
+        tmp_path, "celeriac", " ready",
+    )  # fmt: skip
+    app = celery.Celery("client", broker=AMQP_URL, backend="rpc://", set_as_current=False)
+    app.conf.task_default_queue = rpc_queue
+    try:
+        sig = app.signature
+        assert app.send_task("interop.add", (2, 3)).get(timeout=10) == 5
+        assert (
+            celery.chain(sig("interop.add", (1, 2)), sig("interop.mul", (10,)))().get(timeout=10)
+            == 30
+        )
+        with pytest.raises(ValueError, match="over rpc"):
+            app.send_task("interop.fail", ("over rpc",)).get(timeout=10)
+    finally:
+        worker.stop()
+        app.backend.result_consumer.stop()  # Celery's rpc client keeps a connection open
+        app.close()
+        with contextlib.suppress(Exception):
+            app.pool.force_close_all()
+
+
+def test_our_rpc_client_reads_what_a_stock_worker_sends(tmp_path: Path, rpc_queue: str) -> None:
+    rpc_project(tmp_path, rpc_queue, stock=True)
+    worker = start(
+        [sys.executable, "-m", "celery", "-A", "stock", "worker", "-l", "info", "-P", "threads",
+         "-c", "1", "-n", f"{rpc_queue}@%h", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        tmp_path, "celery", " ready.",
+    )  # fmt: skip
+    app = Celeriac("client", broker=AMQP_URL, task_default_queue=rpc_queue, set_as_current=False)
+    try:
+        sig = app.signature
+        assert app.send_task("interop.add", (2, 3)).get(timeout=10) == 5
+        assert chain(sig("interop.add", (1, 2)), sig("interop.mul", (10,)))().get(timeout=10) == 30
+        with pytest.raises(ValueError, match="over rpc"):
+            app.send_task("interop.fail", ("over rpc",)).get(timeout=10)
+    finally:
+        stop_stock(worker)
+        worker.stop()
+        app.close()
