@@ -176,7 +176,7 @@ def test_a_countdown_task_waits_on_rabbitmq_not_unacked_in_the_worker(
             checks += 1
         assert time.time() < eta + 10, "the countdown task did not run"
         time.sleep(2)
-    assert checks >= 8
+    assert checks >= 3
     ran_at = result.get(timeout=1)["time"]
     assert eta <= ran_at < eta + 1.5
 
