@@ -275,8 +275,9 @@ class Signature(dict[str, Any], Generic[R]):
         options.setdefault("task_id", _new_id())
         # Celery compat: a frozen signature names the sender's reply queue, so that a
         # step a worker sends later still reports to the client (the rpc:// backend).
+        # The queue is the process's rpc reply queue, whatever thread freezes.
         if "reply_to" not in options:
-            options["reply_to"] = self.app.thread_oid
+            options["reply_to"] = self.app.default_reply_to()
         if group_id is not None:
             options["group_id"] = group_id
         if group_index is not None:

@@ -48,7 +48,7 @@ from celeriac.worker.spool import ResultSpool
 from celeriac.worker.workflow import Workflow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from datetime import datetime
 
     from celeriac.app.base import Celeriac
@@ -148,12 +148,16 @@ class Executor:
         hostname: str,
         limits: TimeLimits | None = None,
         run_async: Callable[[Any], Any] | None = None,
+        local_crashes: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.broker = broker
         self.hostname = hostname
         self.limits: TimeLimits = limits or NoTimeLimits()
         self.run_async = run_async
+        # Deaths counted by this worker's supervisor, for when neither the broker nor
+        # the result backend can count them (RabbitMQ with rpc:// results).
+        self.local_crashes: Mapping[str, int] = local_crashes or {}
         conf = app.conf
         self.accept = normalize_accept(conf.accept_content)
         self.max_size: int | None = conf.task_max_message_size
@@ -334,7 +338,7 @@ class Executor:
         if self.broker.supports_recover or not delivery.redelivered:
             return delivery.crashes
         if not self.backend.supports_crash_ledger:
-            return delivery.crashes
+            return max(delivery.crashes, self.local_crashes.get(call.id, 0))
         try:
             return max(delivery.crashes, self.backend.crash_count(call.id))
         except Exception:  # isolation boundary: the cap is a safety net, not a must
@@ -782,9 +786,9 @@ class Executor:
             )
         crash_point("after_store")
 
-    def _store_strict(self, meta: ResultMeta) -> None:
+    def _store_strict(self, meta: ResultMeta, *, reply_to: str | None = None) -> None:
         """Store a record for the workflow (raises while the backend is down)."""
-        self.backend.store(meta)
+        self.backend.store_for_request(meta, reply_to=reply_to, correlation_id=None)
 
     def _store_quietly(
         self,

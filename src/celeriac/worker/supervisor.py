@@ -49,6 +49,8 @@ FAST_FAILURE = 1.0
 MAX_RESPAWN_DELAY = 10.0
 # How often the supervisor looks for tasks revoked with terminate=True.
 REVOCATION_CHECK = 0.5
+# Tasks whose deaths this worker remembers when nothing shared can count them.
+MAX_LOCAL_CRASHES = 10000
 
 
 @dataclass(slots=True)
@@ -76,6 +78,10 @@ class Supervisor:
         self._next_revocation_check = 0.0
         self._sigint_count = 0
         self._signalled_children = False
+        # Deaths per task id, kept here when neither the broker nor the result backend
+        # can count them (RabbitMQ with rpc:// results). Children forked afterwards
+        # inherit the counts, so the redelivery cap holds per worker.
+        self.local_crashes: dict[str, int] = {}
 
     # -- signals -----------------------------------------------------------------------
 
@@ -116,7 +122,12 @@ class Supervisor:
             code = 1
             try:
                 code = child_main(
-                    self.app, self.options, index=index, slots=self.slots, parent_pid=parent
+                    self.app,
+                    self.options,
+                    index=index,
+                    slots=self.slots,
+                    parent_pid=parent,
+                    local_crashes=self.local_crashes,
                 )
             except BaseException:
                 logger.exception("Child %d crashed", os.getpid())
@@ -148,6 +159,7 @@ class Supervisor:
         crashed = not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
         if child.timed_out is not None:
             self._record_time_limit(child.timed_out)
+            self._note_time_limit(child.timed_out)
             running_tags: list[str] = []
         elif child.terminated is not None:
             # Killed on purpose (revoked with terminate): not the message's fault. It comes
@@ -178,15 +190,34 @@ class Supervisor:
 
     def _note_crash(self, running: RunningTask) -> None:
         """Where the broker cannot count a message's crashes (RabbitMQ), count them in
-        the result backend's crash ledger, shared by every worker."""
+        the result backend's crash ledger, shared by every worker; without one
+        (rpc://), in this worker's own."""
         try:
             if self.broker.supports_recover:
                 return
             backend = self.app.backend
             if backend.supports_crash_ledger:
                 backend.note_crash(running.task_id)
+            else:
+                self._note_local_crash(running.task_id)
         except Exception:  # isolation boundary
             logger.exception("Could not count the crash of %s", running.task_id)
+
+    def _note_time_limit(self, running: RunningTask) -> None:
+        """The redelivered copy of a task killed at its time limit is dropped when it
+        finds the recorded failure. Where it cannot look (rpc:// results on RabbitMQ) it
+        would run, and be killed, forever: the kill counts toward the cap instead."""
+        try:
+            if not self.broker.supports_recover and not self.app.backend.supports_lookup:
+                self._note_local_crash(running.task_id)
+        except Exception:  # isolation boundary
+            logger.exception("Could not count the time limit of %s", running.task_id)
+
+    def _note_local_crash(self, task_id: str) -> None:
+        crashes = self.local_crashes
+        crashes[task_id] = crashes.pop(task_id, 0) + 1
+        if len(crashes) > MAX_LOCAL_CRASHES:
+            del crashes[next(iter(crashes))]  # the least recently crashed
 
     def _recover(self, consumer_id: str, running: list[str]) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import traceback as tb
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac import states
 from celeriac.app.task import Context
@@ -20,7 +20,7 @@ from celeriac.protocol.codec import TaskCall
 from celeriac.protocol.errors import decode_exception, encode_exception
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from celeriac.app.base import Celeriac
     from celeriac.backends.base import ResultBackend, ResultMeta
@@ -35,6 +35,10 @@ def _format(exc: BaseException) -> str:
     return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
 
 
+class StoreRecord(Protocol):
+    def __call__(self, meta: ResultMeta, *, reply_to: str | None = None) -> None: ...
+
+
 class Workflow:
     """Dispatches callbacks, chain steps, chord joins and failures for one worker.
 
@@ -44,7 +48,7 @@ class Workflow:
             executor then retries the whole step from its result spool).
     """
 
-    def __init__(self, app: Celeriac, *, store: Callable[[ResultMeta], None]) -> None:
+    def __init__(self, app: Celeriac, *, store: StoreRecord) -> None:
         self.app = app
         self.store = store
 
@@ -92,10 +96,12 @@ class Workflow:
         if not task_id:
             return
         options = sig.options
+        # With rpc:// the failure goes to the client that froze the step (its reply_to).
         self.store(
             self.backend.ready_meta(
                 task_id, states.FAILURE, stored, traceback=trace, group_id=options.get("group_id")
-            )
+            ),
+            reply_to=options.get("reply_to"),
         )
         chord = options.get("chord")
         if chord and options.get("group_id"):

@@ -22,6 +22,7 @@ from celeriac.worker.limits import SlotTimeLimits, install_alarm_handler
 from celeriac.worker.pools.base import Pool, PoolStats
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import FrameType
 
     from celeriac.app.base import Celeriac
@@ -45,6 +46,7 @@ def child_main(
     index: int,
     slots: SlotTable,
     parent_pid: int,
+    local_crashes: Mapping[str, int] | None = None,
 ) -> int:
     """Run one prefork child until it is told to stop; return its exit code."""
     # Celery compat: children log as ForkPoolWorker-<n>.
@@ -76,6 +78,7 @@ def child_main(
             hostname=options.hostname,
             limits=SlotTimeLimits(slots, index),
             run_async=run_async,
+            local_crashes=local_crashes,
         )
         consumer = Consumer(
             broker,
