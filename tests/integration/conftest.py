@@ -199,3 +199,14 @@ def wait_until_gone(pids: list[int], timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _reset_kombu_pools() -> Iterator[None]:
+    """Stock Celery keeps connection pools in kombu's process-global registries; closing
+    one module's Celery apps force-closes pools a later module would get back. Each
+    module starts with fresh ones (a module may share its apps between its tests)."""
+    yield
+    pools = sys.modules.get("kombu.pools")
+    if pools is not None:
+        pools.reset()
