@@ -12,9 +12,12 @@ redis-py is imported here and by the two implementation modules, nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
+import os
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, final
@@ -31,11 +34,12 @@ from celeriac._urls import redact_url
 from celeriac.exceptions import CeleriacError, ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
     "RETRYABLE_ERRORS",
     "KeyWatcher",
+    "RawCommands",
     "RetryPolicy",
     "call_with_retry",
     "connection_pool",
@@ -370,6 +374,76 @@ class KeyWatcher:
         if self._conn is not None:
             self._conn.disconnect()
             self._conn = None
+
+
+class RawCommands:
+    """A dedicated connection per thread for the hottest commands (publish, fetch, ack,
+    result store), sent with the connection's own `send_command`/`read_response`.
+
+    redis-py's client and pool add tens of microseconds per command (pool checkout and
+    release, observability hooks); on a path run once per task that is most of the
+    cost. Replies come back raw (bytes, ints, lists), as the callers expect. Errors
+    propagate as redis-py's, so `call_with_retry` maps and retries them as usual; a
+    connection that failed is dropped and the next command dials again. A new process
+    (after `fork()`) gets new connections.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool = pool
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[Any] = []
+
+    def _connection(self) -> Any:
+        local = self._local
+        pid = os.getpid()
+        if getattr(local, "pid", None) != pid:
+            local.pid = pid
+            local.conn = self._pool.connection_class(**self._pool.connection_kwargs)
+            with self._lock:
+                self._all.append(local.conn)
+        return local.conn
+
+    def execute(self, *args: Any) -> Any:
+        """Send one command and return its raw reply."""
+        conn = self._connection()
+        try:
+            conn.send_command(*args)
+            return conn.read_response()
+        except redis_errors.ResponseError:
+            raise  # the server answered: the connection is fine
+        except BaseException:
+            conn.disconnect()
+            raise
+
+    def transaction(self, *commands: Sequence[Any]) -> Any:
+        """Run `commands` in one MULTI/EXEC, written in one go; return EXEC's reply."""
+        conn = self._connection()
+        try:
+            conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)]))
+            for _ in range(len(commands) + 1):
+                conn.read_response()  # +OK, then +QUEUED per command
+            return conn.read_response()
+        except BaseException:
+            # Replies may still be in flight: never reuse a half-read connection.
+            conn.disconnect()
+            raise
+
+    def script(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run a registered `Script` by its SHA, loading it when the server lacks it."""
+        try:
+            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            return self.execute("EVAL", script.script, len(keys), *keys, *args)
+
+    def close(self) -> None:
+        """Disconnect every connection made in this process."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(Exception):  # closing: nothing to do about it
+                conn.disconnect()
+        self._local = threading.local()
 
 
 # Cluster-wide rate limits, shared by the broker and the result backend (a RabbitMQ fleet

@@ -200,18 +200,18 @@ def test_a_lost_fetch_reply_returns_the_same_batch_on_retry(
 ) -> None:
     broker = make_broker(connection_retry_backoff=0.01)
     broker.publish_many([Outgoing(make_message(n), queue="q") for n in range(3)])
-    script = broker._script("fetch")
+    raw = broker._raw_commands()
+    run_script = raw.script
     calls: list[int] = []
 
-    class LosesFirstReply:
-        def __call__(self, **kwargs: Any) -> Any:
-            reply = script(**kwargs)
-            calls.append(1)
-            if len(calls) == 1:
-                raise redis.exceptions.ConnectionError("reply lost")
-            return reply
+    def loses_first_reply(script: Any, keys: Any, args: Any) -> Any:
+        reply = run_script(script, keys, args)  # the script ran on the server...
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("reply lost")  # ...its reply did not
+        return reply
 
-    monkeypatch.setitem(broker._scripts, "fetch", LosesFirstReply())
+    monkeypatch.setattr(raw, "script", loses_first_reply)
     got = broker.receive(["q"], limit=10, timeout=1)
     assert sorted(arg_of(d) for d in got) == [0, 1, 2]
     assert len(calls) == 2

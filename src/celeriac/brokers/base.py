@@ -249,6 +249,15 @@ class Broker(ABC):
     def receive(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
         """Lease up to `limit` visible messages from `queues`, waiting up to `timeout`."""
 
+    def receive_after_ack(
+        self, acks: Sequence[Delivery], queues: Sequence[str], *, limit: int, timeout: float
+    ) -> list[Delivery]:
+        """Ack `acks`, then `receive` (in one round trip where the transport allows: the
+        consumer sends each batch's acks with the next fetch)."""
+        if acks:
+            self.ack_many(acks)
+        return self.receive(queues, limit=limit, timeout=timeout)
+
     @abstractmethod
     def ack(self, delivery: Delivery) -> None:
         """Remove a leased message: it was handled."""

@@ -40,6 +40,7 @@ from celeriac._redis import (
     RATE_PREFIX,
     RETRYABLE_ERRORS,
     KeyWatcher,
+    RawCommands,
     RetryPolicy,
     call_with_retry,
     connection_pool,
@@ -222,6 +223,7 @@ class RedisBroker(Broker):
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._cycle: list[str] = []
         self._watcher: KeyWatcher | None = None
+        self._raw: RawCommands | None = None
         self._tracking = bool(options.get("wake_by_tracking", True))
         self._watcher_failed_at = float("-inf")
         # The first idle receive sweeps at once, as kombu does when a consumer starts.
@@ -239,6 +241,7 @@ class RedisBroker(Broker):
 
                 self._pool = connection_pool(self.url, self.transport_options)
                 self._client = redis_module.Redis(connection_pool=self._pool)
+                self._raw = RawCommands(self._pool)
                 for name in ("fetch", "restore", "extend", "replay", "unlock", "defer"):
                     script = load_script("celeriac.brokers", f"redis_{name}.lua")
                     self._scripts[name] = self._client.register_script(script)
@@ -262,6 +265,12 @@ class RedisBroker(Broker):
             error=error,
             unreachable=BrokerConnectionError,
         )
+
+    def _raw_commands(self) -> RawCommands:
+        self._connection()
+        raw = self._raw
+        assert raw is not None
+        return raw
 
     def _script(self, name: str) -> Any:
         self._connection()
@@ -305,7 +314,10 @@ class RedisBroker(Broker):
             watcher.close()
         with self._lock:
             pool, self._pool, self._client = self._pool, None, None
+            raw, self._raw = self._raw, None
             self._scripts.clear()
+        if raw is not None:
+            raw.close()
         if pool is not None:
             pool.disconnect()
 
@@ -431,7 +443,8 @@ class RedisBroker(Broker):
             envelope = self._envelope(
                 message, exchange=exchange or "", routing_key=routing_key or queue, priority=level
             )
-            self._run(f"publish to {queue}", lambda client: client.lpush(key, envelope))
+            raw = self._raw_commands()
+            self._run(f"publish to {queue}", lambda client: raw.execute("LPUSH", key, envelope))
             self._published += 1
             return
 
@@ -507,7 +520,24 @@ class RedisBroker(Broker):
                 self._cycle.append(queue)
 
     def receive(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
+        return self._receive(queues, limit=limit, timeout=timeout, acks=())
+
+    def receive_after_ack(
+        self, acks: Sequence[Delivery], queues: Sequence[str], *, limit: int, timeout: float
+    ) -> list[Delivery]:
+        # This consumer's own leases are acked inside the fetch script (one round trip
+        # per batch); anything else (none, in practice) the usual way.
+        own = [d for d in acks if self._held_of(d, self._held_key) == self._held_key]
+        if len(own) != len(acks):
+            self.ack_many([d for d in acks if d not in own])
+        return self._receive(queues, limit=limit, timeout=timeout, acks=own)
+
+    def _receive(
+        self, queues: Sequence[str], *, limit: int, timeout: float, acks: Sequence[Delivery]
+    ) -> list[Delivery]:
         if limit <= 0 or not queues:
+            if acks:
+                self.ack_many(acks)
             return []
         limit = min(limit, MAX_BATCH)
         deadline = time.monotonic() + max(0.0, timeout)
@@ -521,7 +551,10 @@ class RedisBroker(Broker):
                 except _WATCH_ERRORS:
                     self._drop_watcher()
                     watcher = None
-            next_due, deliveries = self._fetch(plan, limit)
+            next_due, deliveries = self._fetch(plan, limit, acks)
+            if acks:
+                self._acked += len(acks)
+                acks = ()
             if deliveries:
                 self._received += len(deliveries)
                 if len(plan.queues) > 1:
@@ -585,7 +618,9 @@ class RedisBroker(Broker):
         if failed:
             self._watcher_failed_at = time.monotonic()
 
-    def _fetch(self, plan: _Plan, limit: int) -> tuple[float | None, list[Delivery]]:
+    def _fetch(
+        self, plan: _Plan, limit: int, acks: Sequence[Delivery] = ()
+    ) -> tuple[float | None, list[Delivery]]:
         token = uuid.uuid4().hex
         keys = [
             self._unacked,
@@ -597,6 +632,7 @@ class RedisBroker(Broker):
             *plan.list_keys,
         ]
         script = self._script("fetch")
+        raw = self._raw_commands()
 
         def fetch(client: redis.Redis) -> Any:
             # The same token on a retry: the script hands back a batch it leased for a
@@ -611,9 +647,11 @@ class RedisBroker(Broker):
                 self._steps_text,
                 PROMOTE_BUDGET,
                 self._prefix + DELAYED_PREFIX,
+                len(acks),
+                *(d.tag for d in acks),
                 *plan.list_queues,
             ]
-            return script(keys=keys, args=args, client=client)
+            return raw.script(script, keys, args)
 
         reply = self._run(f"receive from {', '.join(plan.queues)}", fetch)
         next_due = float(reply[0]) if reply[0] is not None else None
@@ -697,15 +735,17 @@ class RedisBroker(Broker):
         for delivery in deliveries:
             by_held.setdefault(self._held_of(delivery, self._held_key), []).append(delivery.tag)
 
+        raw = self._raw_commands()
+        commands: list[tuple[Any, ...]] = [
+            ("ZREM", self._index, *tags),
+            ("HDEL", self._unacked, *tags),
+            *(("HDEL", held, *held_tags) for held, held_tags in by_held.items()),
+            ("HDEL", self._crashes, *tags),
+        ]
+
         def remove(client: redis.Redis) -> None:
             # Celery compat: kombu's ack is ZREM unacked_index + HDEL unacked in a MULTI.
-            with client.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._index, *tags)
-                pipe.hdel(self._unacked, *tags)
-                for held, held_tags in by_held.items():
-                    pipe.hdel(held, *held_tags)
-                pipe.hdel(self._crashes, *tags)
-                pipe.execute()
+            raw.transaction(*commands)
 
         self._run(what, remove)
 

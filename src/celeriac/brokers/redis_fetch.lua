@@ -19,7 +19,8 @@
 -- ARGV[4] held TTL (s)         ARGV[5] global key prefix   ARGV[6] priority separator
 -- ARGV[7] priority steps, comma separated                  ARGV[8] promotion budget
 -- ARGV[9] delayed zset key prefix (global prefix included)
--- ARGV[10..] queue name of each list in KEYS[7..]
+-- ARGV[10] n, the number of tags this consumer acks first (0: none), then n tags
+-- ARGV[11 + n..] queue name of each list in KEYS[7..]
 --
 -- Returns {next_due or false, replayed (0/1), then per message: list number (1-based
 -- into KEYS[7..]), payload, tag, crashes}. The payload is the raw envelope, or the
@@ -35,6 +36,20 @@ local prefix, sep = ARGV[5], ARGV[6]
 local budget = tonumber(ARGV[8])
 local delayed_prefix = ARGV[9]
 local FIRST_LIST = 7
+local ACKS = tonumber(ARGV[10])
+local FIRST_QUEUE = 11 + ACKS
+
+-- Acks of the previous batch ride along (kombu's ack, and this consumer's records).
+-- Removing is idempotent, so a retried call (below) may do it again.
+if ACKS > 0 then
+    for i = 11, 10 + ACKS, 500 do
+        local last = math.min(i + 499, 10 + ACKS)
+        redis.call('ZREM', index, unpack(ARGV, i, last))
+        redis.call('HDEL', unacked, unpack(ARGV, i, last))
+        redis.call('HDEL', held, unpack(ARGV, i, last))
+        redis.call('HDEL', crashes, unpack(ARGV, i, last))
+    end
+end
 
 local steps = {}
 for step in string.gmatch(ARGV[7], '[^,]+') do
@@ -134,7 +149,7 @@ for i = FIRST_LIST, #KEYS do
     end
     local items = redis.call('RPOP', KEYS[i], limit - got)
     if items then
-        local queue = ARGV[10 + i - FIRST_LIST]
+        local queue = ARGV[FIRST_QUEUE + i - FIRST_LIST]
         local list_number = i - FIRST_LIST + 1
         for _, raw in ipairs(items) do
             got = got + 1

@@ -251,10 +251,29 @@ class AckBuffer:
     def holds(self, delivery: Delivery) -> bool:
         return delivery.tag in self._tags
 
-    def flush(self) -> None:
+    def take(self) -> list[Delivery]:
+        """Everything waiting to be acked (to send with the next fetch)."""
         with self._lock:
             pending, self._pending = self._pending, []
             self._tags = set()
+        return pending
+
+    def give_back(self, pending: list[Delivery]) -> None:
+        """Acks that could not be sent: keep them (and their messages held) for later."""
+        if not pending:
+            return
+        with self._lock:
+            self._pending[:0] = pending
+            self._tags.update(d.tag for d in pending)
+
+    def done(self, pending: list[Delivery]) -> None:
+        """Acks that were sent: forget their messages."""
+        for delivery in pending:
+            self.holdings.release(delivery)
+
+    def flush(self) -> None:
+        """Send waiting acks now (on their own)."""
+        pending = self.take()
         if not pending:
             return
         crash_point("before_ack")
@@ -265,12 +284,9 @@ class AckBuffer:
             # flush; a process that never gets to send them returns the messages and
             # the copies are dropped as already done.
             logger.warning("Cannot ack %d message(s) now (%s); will retry", len(pending), exc)
-            with self._lock:
-                self._pending[:0] = pending
-                self._tags.update(d.tag for d in pending)
+            self.give_back(pending)
             return
-        for delivery in pending:
-            self.holdings.release(delivery)
+        self.done(pending)
         crash_point("after_ack")
 
 
@@ -321,6 +337,7 @@ class Consumer:
         executor.holdings = self.holdings
         self._pool: ThreadPoolExecutor | None = None
         self._broker_lost = False
+        self._handled = 0
 
     def run(self) -> str:
         """Consume until stopped; return why ("shutdown", "max-tasks", "max-memory")."""
@@ -334,7 +351,6 @@ class Consumer:
             # Know what was revoked before taking the first message.
             self.executor.revocations.refresh()
             while not self.shutdown.is_requested():
-                self.acks.flush()
                 if self.executor.spool.is_full:
                     # Results are waiting for the backend: stop taking new work.
                     self.shutdown.warm.wait(self.receive_timeout)
@@ -351,7 +367,6 @@ class Consumer:
                     if self.shutdown.is_requested():
                         break
                     self._dispatch(delivery)
-                self.acks.flush()
                 stop = self._should_leave()
                 if stop:
                     reason = stop
@@ -392,11 +407,15 @@ class Consumer:
                     delivery.tag,
                 )
         finally:
-            if not self.acks.holds(delivery) and not self.holdings.is_parked(delivery):
+            self._handled += 1
+            if self.acks.holds(delivery):
+                # Its ack goes out with the next fetch: out of the window meanwhile.
+                self.holdings.park(delivery)
+            elif not self.holdings.is_parked(delivery):
                 self.holdings.release(delivery)
 
     def _should_leave(self) -> str | None:
-        if self.max_tasks is not None and self.holdings.done >= self.max_tasks:
+        if self.max_tasks is not None and self._handled >= self.max_tasks:
             return "max-tasks"
         if self.max_memory_kib is not None and resident_kib() > self.max_memory_kib:
             return "max-memory"
@@ -434,10 +453,19 @@ class Consumer:
         process keeps what it holds and tries again until the broker is back: a
         replacement process could not connect either (Celery's consumer waits too).
         """
+        acks = self.acks.take()
+        if acks:
+            crash_point("before_ack")
         try:
-            batch = self.broker.receive(self.queues, limit=limit, timeout=self.receive_timeout)
+            batch = self.broker.receive_after_ack(
+                acks, self.queues, limit=limit, timeout=self.receive_timeout
+            )
         except BrokerConnectionError as exc:
+            self.acks.give_back(acks)
             self._lost(exc)
             return []
+        if acks:
+            self.acks.done(acks)
+            crash_point("after_ack")
         self._found()
         return batch
