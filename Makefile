@@ -44,6 +44,10 @@ unit: $(VENV)/.installed-dev
 integration: $(VENV)/.installed-dev
 	$(BIN)/pytest -q tests/integration
 
+## chaos: the reliability suite (tests/chaos) in its full profile; CI runs the small one
+chaos: $(VENV)/.installed-dev
+	CHAOS_PROFILE=full $(BIN)/pytest -q -m chaos tests/chaos
+
 ## bench: run the comparison with Celery (benchmarks/README.md); pass options in BENCH_ARGS,
 ## e.g. make bench BENCH_ARGS="--scenario s2 --broker redis --contestant celeriac,celery"
 bench: $(VENV)/.installed-dev

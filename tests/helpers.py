@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -56,6 +57,17 @@ def require_service(name: str, url: str, default_port: int) -> None:
     message = f"{name} is not reachable at {url}"
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI needs it running")
+    pytest.skip(message)
+
+
+def require_programs(*names: str) -> None:
+    """Skip when a program a test starts is not installed; fail when CI is set."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not installed"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI needs it")
     pytest.skip(message)
 
 

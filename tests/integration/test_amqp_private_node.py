@@ -10,16 +10,10 @@ else, and stopped by pid at the end.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,167 +25,13 @@ from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.exceptions import BrokerConnectionError, PublishError
 from celeriac.protocol.codec import TaskCall, encode_task
 from tests.helpers import unique, wait_for
+from tests.private_servers import node as node  # the module fixture
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
-
     from celeriac.protocol.message import Message
+    from tests.private_servers import Node
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.integration, pytest.mark.slow]
-
-SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Node:
-    """A private RabbitMQ node."""
-
-    base: Path
-    name: str = field(default_factory=lambda: f"celeriac-{uuid.uuid4().hex[:8]}@localhost")
-    port: int = field(default_factory=free_port)
-    tls_port: int = field(default_factory=free_port)
-    dist_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    beam_pid: int | None = None
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            # Its own Erlang cookie and config: never the shared node's.
-            "HOME": str(self.base),
-            "RABBITMQ_NODENAME": self.name,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
-            "RABBITMQ_PID_FILE": str(self.base / "node.pid"),
-        }
-
-    @property
-    def ca_file(self) -> Path:
-        return self.base / "certs" / "ca.pem"
-
-    def make_certificates(self) -> None:
-        """A throwaway CA and a server certificate for localhost / 127.0.0.1."""
-        certs = self.base / "certs"
-        certs.mkdir(exist_ok=True)
-        (certs / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        for command in (
-            "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
-            "-subj /CN=celeriac-test-ca",
-            "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost",
-            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-            "-out server.pem -days 2 -extfile ext.cnf",
-        ):
-            subprocess.run(
-                ["openssl", *command.split()],
-                cwd=certs,
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-
-    def start(self) -> None:
-        certs = self.base / "certs"
-        (self.base / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
-            "loopback_users = none\n"
-            f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\n"
-            f"ssl_options.cacertfile = {certs / 'ca.pem'}\n"
-            f"ssl_options.certfile = {certs / 'server.pem'}\n"
-            f"ssl_options.keyfile = {certs / 'server.key'}\n"
-            "ssl_options.verify = verify_none\n"
-            "ssl_options.fail_if_no_peer_cert = false\n"
-        )
-        (self.base / "enabled_plugins").write_text("[].\n")
-        self.process = subprocess.Popen(
-            [SERVER],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        pid_file = self.base / "node.pid"
-        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60)
-        self.beam_pid = int(pid_file.read_text().strip())
-        self.wait_accepting()
-
-    def wait_accepting(self) -> None:
-        def accepting() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(accepting, timeout=60, interval=0.1, what=f"RabbitMQ node {self.name}")
-
-    def ctl(self, *args: str) -> None:
-        subprocess.run(
-            [CTL, "-n", self.name, *args], env=self.env, check=True, timeout=60, capture_output=True
-        )
-
-    def stop_app(self) -> None:
-        self.ctl("stop_app")
-
-    def start_app(self) -> None:
-        self.ctl("start_app")
-        self.wait_accepting()
-
-    def kill(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the node by pid (and reap the launcher)."""
-        if self.beam_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.beam_pid, sig)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(self.beam_pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(self.beam_pid, signal.SIGKILL)
-            self.beam_pid = None
-        if self.process is not None:
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-            self.process = None
-        (self.base / "node.pid").unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    missing = not (os.path.exists(SERVER) and os.path.exists(CTL))
-    if missing or shutil.which("erl") is None or shutil.which("openssl") is None:
-        if os.environ.get("CI"):
-            pytest.fail("RabbitMQ server binaries and openssl are needed for these tests in CI")
-        pytest.skip("RabbitMQ server binaries or openssl not installed")
-    started = Node(tmp_path_factory.mktemp("rabbit"))
-    try:
-        started.make_certificates()
-        started.start()
-        yield started
-    finally:
-        started.kill()
 
 
 def make_message(n: int) -> Message:

@@ -26,9 +26,9 @@ import pytest
 
 from celeriac.exceptions import BrokerError
 from tests.helpers import wait_for
-from tests.integration.test_amqp_private_node import CTL, Node
-from tests.integration.test_amqp_private_node import node as node  # the module fixture
 from tests.integration.test_amqp_worker import MakeProject, project_factory
+from tests.private_servers import CTL, Node
+from tests.private_servers import node as node  # the module fixture
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -158,8 +158,8 @@ def test_a_countdown_task_waits_on_rabbitmq_not_unacked_in_the_worker(
     tasks = made.module
     worker = run_worker("-c", "1")
     wait_for(lambda: consumers_ready(worker, node, 1), timeout=10, what="the consumer")
-    result = tasks.where.apply_async(("later",), countdown=30)
-    eta = time.time() + 30
+    result = tasks.where.apply_async(("later",), countdown=8)
+    eta = time.time() + 8
     checks = 0
     while not result.ready():
         counts = queue_counts(node)
@@ -175,7 +175,7 @@ def test_a_countdown_task_waits_on_rabbitmq_not_unacked_in_the_worker(
             assert channel["unacked"] == 0
             checks += 1
         assert time.time() < eta + 10, "the countdown task did not run"
-        time.sleep(2)
+        time.sleep(1)
     assert checks >= 3
     ran_at = result.get(timeout=1)["time"]
     assert eta <= ran_at < eta + 1.5

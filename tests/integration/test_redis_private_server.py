@@ -4,8 +4,6 @@ free loopback port with its own directory and stops it by pid."""
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -14,7 +12,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pytest
-import redis
 
 from celeriac import states
 from celeriac._time import utcnow
@@ -22,7 +19,8 @@ from celeriac.backends.redis import RedisBackend
 from celeriac.brokers.redis import RedisBroker
 from celeriac.exceptions import BrokerConnectionError
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
-from tests.helpers import wait_for
+from tests.helpers import require_programs, wait_for
+from tests.private_servers import PrivateRedis, require_redis_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,104 +33,9 @@ pytestmark = [pytest.mark.redis, pytest.mark.integration]
 ACCEPT = frozenset({"application/json"})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, restartable on the same port and directory."""
-
-    def __init__(
-        self, directory: Path, *extra: str, tls: Path | None = None, unix: bool = False
-    ) -> None:
-        self.port = _free_port()
-        self.directory = directory
-        self.extra = list(extra)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client_options: dict[str, object] = {"host": "127.0.0.1", "port": self.port}
-        if tls is not None:
-            # TLS only: the plain port is switched off.
-            self.extra += [
-                "--port",
-                "0",
-                "--tls-port",
-                str(self.port),
-                "--tls-cert-file",
-                str(tls / "server.crt"),
-                "--tls-key-file",
-                str(tls / "server.key"),
-                "--tls-ca-cert-file",
-                str(tls / "ca.crt"),
-                "--tls-auth-clients",
-                "no",
-            ]
-            self.url = f"rediss://127.0.0.1:{self.port}/0"
-            self.client_options.update(ssl=True, ssl_ca_certs=str(tls / "ca.crt"))
-        if unix:
-            self.socket = directory / "redis.sock"
-            self.extra += ["--unixsocket", str(self.socket)]
-            self.url = f"redis+socket://{self.socket}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                *self.extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = self.client()
-        try:
-            wait_for(lambda: self._ready(client), timeout=10, what="private redis-server")
-        finally:
-            client.close()
-
-    @staticmethod
-    def _ready(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.exceptions.RedisError:
-            return False
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            # SIGTERM: Redis fsyncs its AOF and exits cleanly.
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def restart(self, pause: float = 0.0) -> None:
-        self.stop()
-        time.sleep(pause)
-        self.start()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(**self.client_options)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    require_redis_server()
     private = PrivateRedis(tmp_path)
     try:
         private.start()
@@ -276,8 +179,7 @@ def test_every_key_we_write_carries_the_global_prefix(server: PrivateRedis) -> N
 
 
 def test_eviction_warning_names_a_dangerous_policy(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    require_redis_server()
     private = PrivateRedis(tmp_path, "--maxmemory-policy", "allkeys-lru")
     try:
         private.start()
@@ -349,8 +251,7 @@ def _make_certificates(directory: Path) -> None:
 
 
 def test_rediss_with_a_verified_certificate(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None or shutil.which("openssl") is None:
-        pytest.skip("redis-server or openssl is not installed")
+    require_programs("redis-server", "openssl")
     tls = tmp_path / "tls"
     tls.mkdir()
     _make_certificates(tls)
@@ -388,8 +289,7 @@ def test_rediss_with_a_verified_certificate(tmp_path: Path) -> None:
 
 
 def test_unix_socket_url(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    require_redis_server()
     private = PrivateRedis(tmp_path, unix=True)
     try:
         private.start()

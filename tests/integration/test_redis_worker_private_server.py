@@ -7,7 +7,6 @@ Each test starts a private `redis-server` on a free loopback port with its own d
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from celeriac.exceptions import BrokerConnectionError
 from tests.helpers import unique, wait_for
 from tests.integration.conftest import RunWorker, import_tasks, write_tasks
 from tests.integration.interop_redis import Shared, assert_no_errors
-from tests.integration.test_redis_private_server import PrivateRedis
+from tests.private_servers import PrivateRedis, require_redis_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -32,8 +31,7 @@ PUBLISHES = 600
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[Callable[..., PrivateRedis]]:
     """Start private servers with extra `redis-server` arguments; all stopped by pid."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    require_redis_server()
     started: list[PrivateRedis] = []
 
     def start(*extra: str) -> PrivateRedis:

@@ -4,18 +4,9 @@ Tasks append JSON lines to `events.log` beside the module: the ground truth of w
 where and when, independent of the system under test.
 """
 
-SOURCE = """
-import asyncio
-import json
-import os
-import signal
-import time
-from pathlib import Path
-
-from celeriac import Celeriac
-from celeriac.exceptions import SoftTimeLimitExceeded
-
-HERE = Path(__file__).resolve().parent
+# The app of every test `tasks.py` (the chaos suite's too): broker, backend, queue, key
+# prefix and dead-letter queue from the TEST_* variables the `broker_env` fixture sets.
+APP = """
 app = Celeriac(
     "tasks",
     broker=os.environ.get("TEST_BROKER_URL") or f"sqlite:///{HERE / 'celeriac.db'}",
@@ -33,7 +24,24 @@ app = Celeriac(
         if os.environ.get("TEST_KEY_PREFIX") else {}
     ),
 )
+"""
 
+SOURCE = (
+    """
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from celeriac import Celeriac
+from celeriac.exceptions import SoftTimeLimitExceeded
+
+HERE = Path(__file__).resolve().parent
+"""
+    + APP
+    + """
 
 def record(event, **fields):
     line = json.dumps({"event": event, "pid": os.getpid(), "time": time.time(), **fields})
@@ -111,6 +119,7 @@ def pid_and_thread():
     import threading
     return [os.getpid(), threading.get_ident()]
 """
+)
 
 
 def events(directory: object) -> list[dict[str, object]]:

@@ -113,3 +113,27 @@ def test_a_chord_part_waits_out_the_outage_too(
     time.sleep(0.5)
     backend.down.clear()
     assert result.get(timeout=10) == 6
+
+
+def test_the_retry_budget_counts_from_the_first_attempt() -> None:
+    """A failed write that itself took long (the backend's own reconnect loop) counts
+    against `max_age`: it is given up on the first background pass, not max_age later."""
+    from celeriac.worker.spool import ResultSpool
+
+    spool = ResultSpool(max_age=0.3)
+    attempts: list[float] = []
+    lost: list[float] = []
+    done = threading.Event()
+
+    def write() -> None:
+        attempts.append(time.monotonic())
+        time.sleep(0.4)  # what a reconnect loop spends before it gives up
+        raise BackendError("down")
+
+    try:
+        spool.submit("t", write, lost=lambda: lost.append(time.monotonic()), done=done.set)
+        assert done.wait(5)
+        assert len(attempts) == 1, "retried past its budget"
+        assert lost
+    finally:
+        spool.stop()

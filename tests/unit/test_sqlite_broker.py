@@ -639,3 +639,27 @@ def test_idle_receive_does_not_query_in_a_loop(make: Any) -> None:
     assert broker.receive(["q"], limit=1, timeout=0.5) == []
     # One lease attempt, then one look after the watcher's first reading; no polling.
     assert len(seen) <= 8
+
+
+def test_a_row_with_headers_that_are_not_json_is_handed_out_to_be_dead_lettered(
+    make: Any, tmp_path: Path
+) -> None:
+    broker = make()
+    broker.declare("q")
+    broker.publish(make_message(1), queue="q")
+    # A row written by something else than celeriac, its headers column corrupt.
+    with sqlite3.connect(tmp_path / "broker.db") as connection:
+        connection.execute(
+            "INSERT INTO message (queue, priority, due, exchange, routing_key, content_type, "
+            "content_encoding, headers, properties, body) "
+            "VALUES ('q', 0, NULL, '', 'q', 'application/json', 'utf-8', ?, ?, ?)",
+            (b"{not json", b'{"correlation_id": "abc"}', b"[[2], {}, {}]"),
+        )
+    connection.close()
+    deliveries = broker.receive(["q"], limit=10, timeout=0)
+    assert len(deliveries) == 2
+    bad = deliveries[1]
+    assert bad.message.content_type == "application/x-invalid-envelope"
+    assert bad.message.properties == {"correlation_id": "abc"}
+    broker.dead_letter(bad, reason="invalid")
+    assert [d.reason for d in broker.list_dead_letters()] == ["invalid"]

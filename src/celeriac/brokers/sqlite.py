@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import orjson
 
+from celeriac._crashpoints import crash_point
 from celeriac._sqlite import (
     DEFAULT_BUSY_TIMEOUT,
     DEFAULT_POLLING_INTERVAL,
@@ -31,12 +32,20 @@ from celeriac._sqlite import (
     watcher_for,
 )
 from celeriac._time import UTC, to_timestamp
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing, clamp_priority
+from celeriac.brokers.base import (
+    INVALID_ENVELOPE,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    clamp_priority,
+)
 from celeriac.exceptions import (
     BrokerConnectionError,
     BrokerError,
     ImproperlyConfigured,
     PublishError,
+    SerializationError,
 )
 from celeriac.protocol.message import Message
 from celeriac.protocol.serializers import json_dumps, json_loads
@@ -328,7 +337,12 @@ class SQLiteBroker(Broker):
         if len(queues) > 1:
             params.append(limit)
         with self._db.transaction() as connection:
-            connection.execute(_PROMOTE, (now,))
+            # Test-only crash points: a process dying here holds the write lock with the
+            # transaction open; SQLite rolls it back, nothing is promoted or leased.
+            crash_point("before_promote")
+            promoted = connection.execute(_PROMOTE, (now,)).rowcount
+            if promoted:
+                crash_point("after_promote")
             rows = connection.execute(sql, params).fetchall()
         if not rows:
             return []
@@ -434,13 +448,7 @@ class SQLiteBroker(Broker):
                 id=dead_id,
                 queue=queue,
                 reason=reason,
-                message=Message(
-                    headers=json_loads(headers),
-                    body=bytes(body),
-                    properties=json_loads(properties),
-                    content_type=content_type,
-                    content_encoding=content_encoding,
-                ),
+                message=_message(content_type, content_encoding, headers, properties, body),
                 failed_at=datetime.fromtimestamp(failed_at, UTC),
             )
             for (
@@ -531,6 +539,45 @@ def _dump_json(value: Mapping[str, Any]) -> bytes:
         return json_dumps(value)
 
 
+def _json_object(column: bytes | str) -> dict[str, Any] | None:
+    """A headers or properties column as a dict; None when it is not a JSON object."""
+    try:
+        value = json_loads(column)
+    except (SerializationError, ValueError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _message(
+    content_type: str,
+    content_encoding: str,
+    headers: bytes | str,
+    properties: bytes | str,
+    body: bytes,
+) -> Message:
+    """The message of a row. A row whose headers or properties are not JSON objects
+    (written by something else than celeriac) is still handed out, as an invalid
+    envelope, so that the worker dead-letters it with a reason instead of failing every
+    fetch that meets it."""
+    header_map = _json_object(headers)
+    property_map = _json_object(properties)
+    if header_map is None or property_map is None:
+        logger.warning("malformed message row: headers or properties are not JSON objects")
+        return Message(
+            headers=header_map or {},
+            body=bytes(body),
+            properties=property_map or {},
+            content_type=INVALID_ENVELOPE,
+        )
+    return Message(
+        headers=header_map,
+        body=body,
+        properties=property_map,
+        content_type=content_type,
+        content_encoding=content_encoding,
+    )
+
+
 def _delivery(row: tuple[Any, ...]) -> Delivery:
     (
         message_id,
@@ -547,13 +594,7 @@ def _delivery(row: tuple[Any, ...]) -> Delivery:
         body,
     ) = row
     return Delivery(
-        message=Message(
-            headers=json_loads(headers),
-            body=body,
-            properties=json_loads(properties),
-            content_type=content_type,
-            content_encoding=content_encoding,
-        ),
+        message=_message(content_type, content_encoding, headers, properties, body),
         queue=queue,
         tag=f"{message_id}.{deliveries}",
         exchange=exchange,

@@ -83,6 +83,7 @@ class ResultSpool:
         Returns:
             True when it landed now (`done` was called), False when spooled.
         """
+        first_attempt = time.monotonic()
         with self._lock:
             spooled = bool(self._queue)
         if not spooled:
@@ -99,7 +100,9 @@ class ResultSpool:
                 done()
                 return True
         with self._lock:
-            self._queue.append(_Pending(label, write, lost, done, time.monotonic()))
+            # The budget counts from the first attempt (which may itself have spent the
+            # backend's reconnect loop), as the module docstring promises.
+            self._queue.append(_Pending(label, write, lost, done, first_attempt))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._retry, name="celeriac-spool", daemon=True
