@@ -20,6 +20,7 @@ import pytest
 
 from celeriac import Celeriac, states
 from celeriac._time import utcnow
+from celeriac.brokers.base import INVALID_ENVELOPE
 from celeriac.brokers.memory import MemoryBroker
 from celeriac.exceptions import (
     Ignore,
@@ -218,7 +219,9 @@ def test_reject_with_requeue_runs_it_again(app: Celeriac, start_worker: StartWor
     assert once_more.delay().get(timeout=5) == 2
 
 
-def test_expired_task_is_revoked_not_run(app: Celeriac, start_worker: StartWorker):
+def test_expired_task_is_revoked_not_run_and_kept_in_the_dead_letters(
+    app: Celeriac, start_worker: StartWorker
+):
     ran: list[int] = []
 
     @app.task
@@ -231,6 +234,9 @@ def test_expired_task_is_revoked_not_run(app: Celeriac, start_worker: StartWorke
         result.get(timeout=5)
     assert result.state == states.REVOKED
     assert ran == []
+    letters = app.broker.list_dead_letters()
+    assert [letter.message.headers["id"] for letter in letters] == [result.id]
+    assert letters[0].reason.startswith("expired at ")
 
 
 def test_countdown_waits_on_the_broker(app: Celeriac, start_worker: StartWorker):
@@ -426,6 +432,25 @@ def test_missing_headers_are_dead_lettered(app: Celeriac, start_worker: StartWor
     bad = Message(headers={}, body=base64.b64encode(b"[[], {}, {}]"))
     letter = _good_and_bad(app, start_worker, bad)
     assert "InvalidTaskError" in letter.reason or "SerializationError" in letter.reason
+
+
+def test_missing_headers_name_the_task_by_its_correlation_id(
+    app: Celeriac, start_worker: StartWorker, caplog: pytest.LogCaptureFixture
+):
+    # Celery sets the correlation id to the task id: the log line can still name it.
+    bad = Message(headers={}, body=b"[[], {}, {}]", properties={"correlation_id": "no-hdrs"})
+    letter = _good_and_bad(app, start_worker, bad)
+    assert "InvalidTaskError" in letter.reason
+    assert any(
+        "no-hdrs" in r.getMessage() and "dead letters" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_an_envelope_the_broker_could_not_read_says_so(app: Celeriac, start_worker: StartWorker):
+    bad = Message(headers={}, body=b"\x00{not json", content_type=INVALID_ENVELOPE)
+    letter = _good_and_bad(app, start_worker, bad)
+    assert "invalid envelope" in letter.reason
+    assert "accept_content" not in letter.reason
 
 
 def test_a_message_that_keeps_killing_workers_is_dead_lettered(

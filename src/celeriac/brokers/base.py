@@ -45,10 +45,22 @@ if TYPE_CHECKING:
 
     from celeriac.protocol.message import Message
 
-__all__ = ["Broker", "BrokerStats", "DeadLetter", "Delivery", "Outgoing", "clamp_priority"]
+__all__ = [
+    "INVALID_ENVELOPE",
+    "Broker",
+    "BrokerStats",
+    "DeadLetter",
+    "Deferral",
+    "Delivery",
+    "Outgoing",
+    "clamp_priority",
+]
 
 logger = logging.getLogger(__name__)
 
+# Content type of a message a broker could not read (corrupt envelope or row): it is
+# handed out anyway, so the worker dead-letters it with a reason.
+INVALID_ENVELOPE = "application/x-invalid-envelope"
 # Celery priorities run 0..9.
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
@@ -108,6 +120,16 @@ class Outgoing:
     priority: int | None = None
     exchange: str = ""
     routing_key: str | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """One leased message for `defer_many`: it waits broker-side until `eta`."""
+
+    delivery: Delivery
+    eta: datetime
+    message: Message | None = None
 
 
 @final
@@ -287,6 +309,13 @@ class Broker(ABC):
             routing_key=delivery.routing_key or None,
         )
         self.ack(delivery)
+
+    def defer_many(self, deferrals: Sequence[Deferral]) -> None:
+        """`defer` several leased messages (a worker hands back a fetched batch's early
+        ETA and rate-limited messages together). The default defers them one by one;
+        brokers that can send them in one round trip override this."""
+        for item in deferrals:
+            self.defer(item.delivery, eta=item.eta, message=item.message)
 
     def stop_consuming(self) -> None:  # noqa: B027 - most brokers hold nothing to stop
         """Take no more messages (warm shutdown). What is held stays held; brokers that

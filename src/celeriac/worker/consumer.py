@@ -24,13 +24,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from celeriac.brokers.base import Deferral
 from celeriac.exceptions import BrokerConnectionError
 from celeriac.worker.crashpoints import crash_point
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from datetime import datetime
 
     from celeriac.brokers.base import Broker, Delivery
+    from celeriac.protocol.message import Message
     from celeriac.worker.execute import Executor
 
 __all__ = ["Consumer", "Holdings", "Shutdown"]
@@ -227,19 +230,23 @@ class Holdings:
 
 
 class AckBuffer:
-    """Acks of finished tasks, sent together: one round trip per batch, not per task.
+    """Acks of finished tasks, and deferrals of messages that came before their time,
+    sent together: one round trip per batch, not per task.
 
     A finished task's message stays held (its lease renewed) until `flush` acks it, so
-    holding the ack back changes nothing but the number of round trips. The consumer
-    flushes before every fetch and before it stops; a crash in between makes those
-    messages come back, and the executor drops the copies whose result is already
-    stored. Safe to `add` from several threads.
+    holding the ack back changes nothing but the number of round trips. The same holds
+    for a message handed back to wait broker-side for its ETA or rate-limit slot: it
+    stays leased here until the deferral goes out. The consumer flushes before every
+    fetch and before it stops; a crash in between makes those messages come back, and
+    the executor drops the copies whose result is already stored (and defers an early
+    one again). Safe to `add` and `defer` from several threads.
     """
 
     def __init__(self, broker: Broker, holdings: Holdings) -> None:
         self.broker = broker
         self.holdings = holdings
         self._pending: list[Delivery] = []
+        self._deferrals: list[Deferral] = []
         self._tags: set[str] = set()
         self._lock = threading.Lock()
 
@@ -248,15 +255,62 @@ class AckBuffer:
             self._pending.append(delivery)
             self._tags.add(delivery.tag)
 
+    def defer(self, delivery: Delivery, *, eta: datetime, message: Message | None) -> None:
+        """Hand `delivery` back to wait for `eta`, with the next fetch."""
+        with self._lock:
+            self._deferrals.append(Deferral(delivery, eta, message))
+            self._tags.add(delivery.tag)
+
     def holds(self, delivery: Delivery) -> bool:
         return delivery.tag in self._tags
+
+    def settle(self, delivery: Delivery) -> None:
+        """A handled delivery leaves the window: parked (still held) while its ack
+        waits here, released otherwise (unless something else parked it)."""
+        if self.holds(delivery):
+            self.holdings.park(delivery)
+        elif not self.holdings.is_parked(delivery):
+            self.holdings.release(delivery)
 
     def take(self) -> list[Delivery]:
         """Everything waiting to be acked (to send with the next fetch)."""
         with self._lock:
             pending, self._pending = self._pending, []
-            self._tags = set()
+            self._tags.difference_update(d.tag for d in pending)
         return pending
+
+    def send_deferrals(self) -> None:
+        """Send the waiting deferrals in one call. While the broker cannot be reached
+        they are kept (their messages held) and `BrokerConnectionError` propagates; a
+        deferral the broker refuses returns its message to the queue instead."""
+        with self._lock:
+            deferrals, self._deferrals = self._deferrals, []
+            self._tags.difference_update(d.delivery.tag for d in deferrals)
+        if not deferrals:
+            return
+        deliveries = [item.delivery for item in deferrals]
+        crash_point("before_defer")
+        try:
+            self.broker.defer_many(deferrals)
+        except BrokerConnectionError:
+            with self._lock:
+                self._deferrals[:0] = deferrals
+                self._tags.update(d.tag for d in deliveries)
+            raise
+        except Exception:  # isolation boundary: as for a delivery that cannot be handled
+            logger.exception(
+                "Could not hand %d message(s) back to wait for their time; returning "
+                "them to the queue",
+                len(deferrals),
+            )
+            try:
+                self.broker.requeue_many(deliveries)
+            except Exception:
+                logger.exception(
+                    "Could not return them either; their leases will lapse and they will come back"
+                )
+        self.done(deliveries)
+        crash_point("after_defer")
 
     def give_back(self, pending: list[Delivery]) -> None:
         """Acks that could not be sent: keep them (and their messages held) for later."""
@@ -271,8 +325,32 @@ class AckBuffer:
         for delivery in pending:
             self.holdings.release(delivery)
 
+    def receive_after(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
+        """Send the waiting acks and fetch the next batch, in one round trip where the
+        broker can. When the broker cannot be reached the acks are kept for later and
+        `BrokerConnectionError` propagates."""
+        self.send_deferrals()
+        pending = self.take()
+        if pending:
+            crash_point("before_ack")
+        try:
+            batch = self.broker.receive_after_ack(pending, queues, limit=limit, timeout=timeout)
+        except BrokerConnectionError:
+            self.give_back(pending)
+            raise
+        if pending:
+            self.done(pending)
+            crash_point("after_ack")
+        return batch
+
     def flush(self) -> None:
-        """Send waiting acks now (on their own)."""
+        """Send waiting deferrals and acks now (on their own)."""
+        try:
+            self.send_deferrals()
+        except BrokerConnectionError as exc:
+            # Kept, with their messages held: a process that never gets to send them
+            # returns the messages, and the early ones are deferred again.
+            logger.warning("Cannot hand back %d message(s) now (%s)", len(self._deferrals), exc)
         pending = self.take()
         if not pending:
             return
@@ -408,11 +486,7 @@ class Consumer:
                 )
         finally:
             self._handled += 1
-            if self.acks.holds(delivery):
-                # Its ack goes out with the next fetch: out of the window meanwhile.
-                self.holdings.park(delivery)
-            elif not self.holdings.is_parked(delivery):
-                self.holdings.release(delivery)
+            self.acks.settle(delivery)
 
     def _should_leave(self) -> str | None:
         if self.max_tasks is not None and self._handled >= self.max_tasks:
@@ -453,19 +527,10 @@ class Consumer:
         process keeps what it holds and tries again until the broker is back: a
         replacement process could not connect either (Celery's consumer waits too).
         """
-        acks = self.acks.take()
-        if acks:
-            crash_point("before_ack")
         try:
-            batch = self.broker.receive_after_ack(
-                acks, self.queues, limit=limit, timeout=self.receive_timeout
-            )
+            batch = self.acks.receive_after(self.queues, limit=limit, timeout=self.receive_timeout)
         except BrokerConnectionError as exc:
-            self.acks.give_back(acks)
             self._lost(exc)
             return []
-        if acks:
-            self.acks.done(acks)
-            crash_point("after_ack")
         self._found()
         return batch

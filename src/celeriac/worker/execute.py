@@ -25,6 +25,7 @@ from celeriac import signals, states
 from celeriac._time import utcnow
 from celeriac.app.task import Context, pop_context, push_context
 from celeriac.backends.base import ResultMeta
+from celeriac.brokers.base import INVALID_ENVELOPE
 from celeriac.exceptions import (
     ContentDisallowed,
     Ignore,
@@ -168,7 +169,7 @@ class Executor:
         self.spool = ResultSpool(max_age=conf.result_backend_max_retry_time or 0.0)
         self.workflow = Workflow(app, store=self._store_strict)
         self.rates = RateGate(app, broker, defer=self._defer)
-        #: When set (by a consumer), acks after a run are sent in batches.
+        #: When set (by a consumer), acks after a run and deferrals are sent in batches.
         self.acks: AckBuffer | None = None
         #: When set (by a consumer), deliveries waiting for their result are parked there.
         self.holdings: Holdings | None = None
@@ -296,15 +297,25 @@ class Executor:
     def _reject_undecodable(self, delivery: Delivery, exc: Exception) -> None:
         if signals.task_rejected.receivers:
             signals.task_rejected.send(sender=self, message=delivery.message, exc=exc)
-        headers = delivery.message.headers if isinstance(delivery.message.headers, dict) else {}
+        message = delivery.message
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        props = message.properties if isinstance(message.properties, dict) else {}
         task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
+        if task_id is None and isinstance(props.get("correlation_id"), str):
+            # Celery compat: the correlation id of a task message is its task id.
+            task_id = props["correlation_id"]
         name = headers.get("task") if isinstance(headers.get("task"), str) else "?"
-        reason = f"{type(exc).__name__}: {exc}"
+        if message.content_type == INVALID_ENVELOPE:
+            reason = (
+                "invalid envelope: the broker could not read this message (not JSON, "
+                "bad base64 or a corrupt row)"
+            )
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
         logger.error("Task %s[%s] rejected, moved to dead letters: %s", name, task_id, reason)
         self.broker.dead_letter(delivery, reason=reason)
         self.stats.dead_lettered += 1
         if task_id:
-            props = delivery.message.properties
             self._store_quietly(
                 self.backend.ready_meta(task_id, states.FAILURE, encode_exception(exc)),
                 reply_to=props.get("reply_to"),
@@ -409,7 +420,11 @@ class Executor:
             )
 
     def _revoke_expired(self, delivery: Delivery, call: TaskCall) -> None:
-        logger.info("Task %s[%s] expired at %s; not run", call.name, call.id, call.expires)
+        """Not run: REVOKED as in Celery, and the message kept in the dead letters with
+        the reason (inspect or purge with `celeriac dlq`), so it does not vanish."""
+        assert call.expires is not None
+        reason = f"expired at {call.expires.isoformat()}: not run"
+        logger.warning("Task %s[%s] moved to dead letters: %s", call.name, call.id, reason)
         self._signal_revoked(call, delivery, expired=True)
         exc = TaskRevokedError("expired")
         self._store_quietly(
@@ -427,13 +442,18 @@ class Executor:
             self.workflow.chord_part(
                 call, self._context(call, delivery), states.REVOKED, encode_exception(exc)
             )
-        self.broker.ack(delivery)
+        self.broker.dead_letter(delivery, reason=reason)
+        self.stats.dead_lettered += 1
 
     def set_rate_limit(self, name: str, limit: Any) -> None:
         """Change a task's rate limit at run time (remote control)."""
         self.rates.set_rate_limit(name, limit)
 
     def _defer(self, delivery: Delivery, *, eta: datetime, message: Message | None = None) -> None:
+        if self.acks is not None:
+            # Sent with the next fetch, together with the batch's other deferrals.
+            self.acks.defer(delivery, eta=eta, message=message)
+            return
         crash_point("before_defer")
         self.broker.defer(delivery, eta=eta, message=message)
         crash_point("after_defer")
@@ -623,6 +643,14 @@ class Executor:
         in_chord = call.chord is not None and bool(call.group)
 
         def write() -> None:
+            joined = (
+                in_chord
+                and meta is not None
+                and self.backend.joins_with_store
+                and self._store_and_join(request, meta)
+            )
+            if joined:
+                return
             if meta is not None:
                 self._store_for(request, meta)
             if in_chord:
@@ -785,6 +813,20 @@ class Executor:
                 failure, reply_to=call.reply_to, correlation_id=call.correlation_id
             )
         crash_point("after_store")
+
+    def _store_and_join(self, request: Request, meta: ResultMeta) -> bool:
+        """Store a chord header part's result and join its chord in one step; False
+        (nothing written) when the result cannot be serialized, so the caller takes the
+        separate path, which stores why instead."""
+        crash_point("before_store")
+        try:
+            self.workflow.chord_part(
+                request.call, request.context, meta.status, meta.result, store=meta
+            )
+        except SerializationError:
+            return False
+        crash_point("after_store")
+        return True
 
     def _store_strict(self, meta: ResultMeta, *, reply_to: str | None = None) -> None:
         """Store a record for the workflow (raises while the backend is down)."""
