@@ -62,6 +62,12 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
 )
+# Socket timeouts used when neither the URL nor the options set one (redis-py before 8
+# has none: a read from a dead link would block for ever).
+DEFAULT_SOCKET_TIMEOUT = 5.0
+DEFAULT_SOCKET_CONNECT_TIMEOUT = 5.0
+# A wake-up connection silent this long is PINGed (it must answer within the timeout).
+PING_AFTER = 2.0
 # Redis publishes client-side-caching invalidations here (RESP2 redirect mode).
 INVALIDATE_CHANNEL = "__redis__:invalidate"
 # ConnectionError subclasses that no retry will fix.
@@ -185,6 +191,13 @@ def pool_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str
     for name in _BOOL_OPTIONS:
         if merged.get(name) is not None:
             kwargs[name] = _to_bool(merged[name])
+    # Explicit, whatever the redis-py version: no command waits on a server-side timeout
+    # (fetches are scripts, idle waits use `can_read` with their own timeout), so a read
+    # that takes longer means a dead link, and the retry loop reconnects.
+    kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+    if "path" not in kwargs:  # TCP only
+        kwargs.setdefault("socket_connect_timeout", DEFAULT_SOCKET_CONNECT_TIMEOUT)
+        kwargs.setdefault("socket_keepalive", True)
     for name in (*_STR_OPTIONS, *_STR_OPTIONS_MORE):
         if merged.get(name) is not None:
             kwargs[name] = str(merged[name])
@@ -345,6 +358,10 @@ class KeyWatcher:
             conn.disconnect()
             raise
         self._conn = conn
+        self._heard = time.monotonic()
+        self._ping_sent: float | None = None
+        timeout = pool.connection_kwargs.get("socket_timeout")
+        self._ping_timeout = float(timeout) if timeout else DEFAULT_SOCKET_TIMEOUT
 
     def _relevant(self, reply: Any) -> bool:
         if not isinstance(reply, list) or len(reply) < 3 or reply[0] != b"message":
@@ -353,21 +370,52 @@ class KeyWatcher:
         # None: the whole database was flushed (or tracking broke); look again.
         return keys is None or any(key in self.watched for key in keys)
 
+    def _read(self) -> Any:
+        reply = self._conn.read_response()
+        self._heard = time.monotonic()
+        self._ping_sent = None
+        return reply
+
+    def _check_alive(self) -> None:
+        """PING a connection silent for `PING_AFTER` seconds; raise when a PING stayed
+        unanswered for the socket timeout. A subscriber otherwise never writes, so a
+        dead link (a peer gone without a FIN) would look like a quiet one for ever."""
+        now = time.monotonic()
+        if self._ping_sent is not None:
+            if now - self._ping_sent > self._ping_timeout:
+                raise redis_errors.TimeoutError(
+                    f"the wake-up connection did not answer a PING in {self._ping_timeout:g} s"
+                )
+        elif now - self._heard >= PING_AFTER:
+            self._conn.send_command("PING")
+            self._ping_sent = now
+
     def drain(self) -> None:
         """Discard notifications already received (the coming fetch covers them)."""
         conn = self._conn
         while conn.can_read(timeout=0):
-            conn.read_response()
+            self._read()
+        self._check_alive()
 
     def wait(self, timeout: float) -> bool:
-        """Block until a watched key changes (True) or `timeout` passes (False)."""
+        """Block until a watched key changes (True) or `timeout` passes (False).
+
+        Raises redis-py's TimeoutError when the connection stopped answering.
+        """
         deadline = time.monotonic() + timeout
         conn = self._conn
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not conn.can_read(timeout=remaining):
+            self._check_alive()
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
                 return False
-            if self._relevant(conn.read_response()):
+            step = min(remaining, PING_AFTER)
+            if self._ping_sent is not None:
+                step = min(step, max(0.0, self._ping_sent + self._ping_timeout - now) + 0.01)
+            if not conn.can_read(timeout=step):
+                continue
+            if self._relevant(self._read()):
                 return True
 
     def close(self) -> None:

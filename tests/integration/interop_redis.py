@@ -10,6 +10,7 @@ ran it (`impl`) and in which process (`pid`): the ground truth of who did the wo
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -180,6 +181,31 @@ class Shared:
                 client.delete(*keys[start : start + 1000])
         finally:
             client.close()
+
+
+def close_stock_app(app: Any) -> None:
+    """Close everything a stock Celery app in the test process opened.
+
+    `app.close()` leaves the result backend's connections to the garbage collector, which
+    then warns (ResourceWarning) in whichever later test it happens to run. A stock
+    AsyncResult unsubscribes when it is collected, reopening the pub/sub connection if it
+    still thinks it is subscribed: collect those first, forget their subscriptions, then
+    close the backend's connections and the broker pool.
+    """
+    gc.collect()
+    backend = getattr(app._local, "backend", None)  # never build one just to close it
+    consumer = getattr(backend, "result_consumer", None)
+    if consumer is not None:
+        consumer.stop()
+        subscribed = getattr(consumer, "subscribed_to", None)
+        if subscribed is not None:
+            subscribed.clear()
+    client = getattr(backend, "client", None)
+    if client is not None:
+        client.connection_pool.disconnect()
+    app.close()
+    with contextlib.suppress(Exception):
+        app.pool.force_close_all()
 
 
 def assert_no_errors(log: str) -> None:

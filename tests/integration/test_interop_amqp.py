@@ -17,7 +17,6 @@ none). Every queue, exchange and key the module made is removed at the end.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -32,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from celeriac import Celeriac, chain, chord, group
+from celeriac.exceptions import ResultTimeout
 from tests.helpers import AMQP_URL, REDIS_URL, require_rabbitmq, require_redis, unique, wait_for
 from tests.integration.conftest import WorkerProcess
+from tests.integration.interop_redis import close_stock_app
 from tests.integration.test_amqp_worker import delete_amqp, delete_redis_keys
 
 if TYPE_CHECKING:
@@ -257,9 +258,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         if ours is not None:
             ours.stop()
         celeriac_app.close()
-        celery_app.close()
-        with contextlib.suppress(Exception):
-            celery_app.pool.force_close_all()
+        close_stock_app(celery_app)
         delete_amqp(AMQP_URL, [ours_queue, stock_queue, shared_queue, dead], [])
         delete_redis_keys(REDIS_URL, prefix)
 
@@ -380,7 +379,10 @@ def test_a_mixed_fleet_drains_two_thousand_tasks_correctly(fleet: Fleet) -> None
     for n in range(1000, 2000):
         result = fleet.celery_app.send_task("interop.double", (n,), queue=queue)
         expected[result.id] = 2 * n
-    got = fleet.celeriac_app.backend.wait_many(list(expected), timeout=90)
+    try:
+        got = fleet.celeriac_app.backend.wait_many(list(expected), timeout=90)
+    except ResultTimeout as exc:
+        pytest.fail(f"{exc}\n{explain_missing(fleet, expected, first_celery=1000)}")
     assert {task_id: meta.result[0] for task_id, meta in got.items()} == expected
     sides = [meta.result[1] for meta in got.values()]
     ran = {side: sides.count(side) for side in ("celeriac", "celery")}
@@ -391,6 +393,30 @@ def test_a_mixed_fleet_drains_two_thousand_tasks_correctly(fleet: Fleet) -> None
     for task_id in one_of_each.values():
         assert fleet.celery_app.AsyncResult(task_id).get(timeout=5) == got[task_id].result
         assert fleet.celeriac_app.AsyncResult(task_id).get(timeout=5) == got[task_id].result
+
+
+def explain_missing(fleet: Fleet, expected: dict[str, int], *, first_celery: int) -> str:
+    """For each task whose result never came: who sent it, what Redis holds for it, and
+    what each worker's log says about it."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    lines = []
+    try:
+        found = fleet.celeriac_app.backend.get_many(list(expected))
+        ready = {task_id for task_id, meta in found.items() if meta.is_ready}
+        for position, task_id in enumerate(expected):
+            if task_id in ready:
+                continue
+            sender = "celery" if position >= first_celery else "celeriac"
+            stored = client.get(f"{fleet.prefix}celery-task-meta-{task_id}")
+            lines.append(f"{task_id} (#{position}, sent by {sender}) stored={stored!r}")
+            for side, worker in (("celeriac", fleet.ours), ("celery", fleet.stock)):
+                seen = [line for line in worker.output().splitlines() if task_id in line]
+                lines.append(f"  {side} log: {seen}")
+    finally:
+        client.close()
+    return "\n".join(lines)
 
 
 # -- rpc:// results across the two ----------------------------------------------------------
@@ -446,10 +472,7 @@ def test_a_stock_rpc_client_reads_what_our_worker_sends(tmp_path: Path, rpc_queu
             app.send_task("interop.fail", ("over rpc",)).get(timeout=10)
     finally:
         worker.stop()
-        app.backend.result_consumer.stop()  # Celery's rpc client keeps a connection open
-        app.close()
-        with contextlib.suppress(Exception):
-            app.pool.force_close_all()
+        close_stock_app(app)  # Celery's rpc client keeps a connection open
 
 
 def test_our_rpc_client_reads_what_a_stock_worker_sends(tmp_path: Path, rpc_queue: str) -> None:

@@ -17,7 +17,7 @@ import redis
 
 from tests.helpers import require_redis, unique, wait_for
 from tests.integration.conftest import RunWorker, write_tasks
-from tests.integration.interop_redis import Shared, import_module
+from tests.integration.interop_redis import Shared, close_stock_app, import_module
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -50,7 +50,7 @@ def stock(worker_dir: Path) -> Iterator[Any]:
     """The stock Celery app (and its task stubs) in this process: the producer."""
     module = import_module(worker_dir, "stockproj")
     yield module
-    module.app.close()
+    close_stock_app(module.app)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ read and written both ways with stock Celery 5.7's RedisBackend (no worker neede
 
 from __future__ import annotations
 
-import gc
 import json
 import threading
 import time
@@ -23,6 +22,7 @@ from celeriac.backends.base import ResultMeta
 from celeriac.backends.redis import RedisBackend
 from celeriac.protocol.errors import decode_exception, encode_exception
 from tests.helpers import REDIS_URL, require_redis, unique, wait_for
+from tests.integration.interop_redis import close_stock_app
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -76,16 +76,8 @@ def stock(prefix: str) -> Iterator[Any]:
     app.conf.result_backend = REDIS_URL
     app.conf.result_backend_transport_options = {"global_keyprefix": prefix}
     app.conf.result_expires = 3600
-    backend = app.backend
-    yield backend
-    # A stock AsyncResult unsubscribes when it is collected, reopening the pub/sub
-    # connection if it still thinks it is subscribed: forget those subscriptions, then
-    # close everything the stock backend opened.
-    gc.collect()
-    backend.result_consumer.stop()
-    backend.result_consumer.subscribed_to.clear()
-    backend.client.connection_pool.disconnect()
-    app.close()
+    yield app.backend
+    close_stock_app(app)
 
 
 # Stock Celery 5.7 calls redis-py's deprecated setex(); that warning is theirs, not ours.
@@ -217,13 +209,13 @@ def test_wait_is_notified_not_polling(make_backend, monkeypatch: pytest.MonkeyPa
     writer = make_backend()
     task_id = new_id()
     reads: list[int] = []
-    original = reader.get_many
+    original = reader._read_and_subscribe
 
-    def counting(task_ids: Any) -> Any:
+    def counting(*args: Any) -> Any:
         reads.append(1)
-        return original(task_ids)
+        return original(*args)
 
-    monkeypatch.setattr(reader, "get_many", counting)
+    monkeypatch.setattr(reader, "_read_and_subscribe", counting)
     timer = threading.Timer(1.0, lambda: writer.store(writer.ready_meta(task_id, "SUCCESS", 3)))
     timer.start()
     try:
@@ -233,7 +225,7 @@ def test_wait_is_notified_not_polling(make_backend, monkeypatch: pytest.MonkeyPa
         timer.cancel()
     assert meta.result == 3
     assert time.monotonic() - started < 3
-    assert len(reads) == 2  # once before subscribing, once right after
+    assert len(reads) == 1  # one read-and-subscribe, then the notification
 
 
 def test_wait_many_collects_results_as_they_are_published(make_backend) -> None:
@@ -252,6 +244,53 @@ def test_wait_many_collects_results_as_they_are_published(make_backend) -> None:
     done = reader.wait_many(ids, timeout=10)
     thread.join()
     assert [done[task_id].result for task_id in ids] == [0, 1, 2, 3, 4]
+
+
+def test_a_result_stored_between_the_pieces_of_a_long_wait_is_not_missed(
+    make_backend, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis may read a long write in pieces and run other clients' commands between
+    them: a result stored and published after the piece with the MGET ran but before
+    the SUBSCRIBE arrived must still reach the reader (here the gap is made on purpose)."""
+    name = unique("gap")
+    reader = make_backend(options={"client_name": name})
+    writer = make_backend()
+    ids = [new_id() for _ in range(50)]
+    for n, task_id in enumerate(ids[:-1]):
+        writer.store(writer.ready_meta(task_id, states.SUCCESS, n))
+    original = reader._subscriber
+    split: list[bool] = []
+
+    def last_command() -> str | None:
+        for entry in client.client_list():
+            if entry.get("name") == name:
+                return str(entry.get("cmd"))
+        return None
+
+    def subscriber() -> Any:
+        conn = original()
+        send = conn.send_packed_command
+
+        def send_in_two_pieces(packed: list[bytes], *args: Any) -> None:
+            if split:
+                send(packed, *args)
+                return
+            split.append(True)
+            data = b"".join(packed)
+            cut = data.index(b"\r\nSUBSCRIBE\r\n")
+            cut = data.rindex(b"*", 0, cut)  # the SUBSCRIBE command's first byte
+            conn._sock.sendall(data[:cut])
+            wait_for(lambda: last_command() == "mget", timeout=5, what="the MGET alone")
+            writer.store(writer.ready_meta(ids[-1], states.SUCCESS, "in the gap"))
+            conn._sock.sendall(data[cut:])
+
+        conn.send_packed_command = send_in_two_pieces
+        return conn
+
+    monkeypatch.setattr(reader, "_subscriber", subscriber)
+    done = reader.wait_many(ids, timeout=5)
+    assert split
+    assert [done[task_id].result for task_id in ids] == [*range(49), "in the gap"]
 
 
 def test_a_dropped_subscription_reconnects_and_reads_again(make_backend, client) -> None:

@@ -19,7 +19,7 @@ import redis
 
 from celeriac._time import utcnow
 from celeriac.brokers import create_broker
-from celeriac.brokers.base import Delivery, Outgoing
+from celeriac.brokers.base import Deferral, Delivery, Outgoing
 from celeriac.brokers.redis import RedisBroker
 from celeriac.exceptions import BrokerConnectionError
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
@@ -419,6 +419,39 @@ def test_defer_leaves_a_lease_that_went_elsewhere_alone(make_broker, client, pre
     fast.defer(taken, eta=utcnow() + timedelta(seconds=60))
     assert client.zcard(f"{prefix}_celeriac.delayed.q") == 1
     assert not client.hexists(f"{prefix}unacked", taken.tag)
+
+
+def test_defer_many_moves_each_lease_still_held_and_leaves_the_others_alone(
+    make_broker, client, prefix
+) -> None:
+    slow = make_broker("slow", visibility_timeout=0.2)
+    fast = make_broker("fast", visibility_timeout=0.2)
+    slow.publish(make_message(100), queue="q")
+    [lapsed] = receive_n(slow, "q", 1)
+    time.sleep(0.3)
+    fast.restore_expired()
+    [taken] = receive_n(fast, "q", 1)
+    for n in range(4):
+        slow.publish(make_message(n), queue="q")
+    held = receive_n(slow, "q", 4)
+    later = utcnow() + timedelta(seconds=60)
+    slow.defer_many(
+        [
+            Deferral(lapsed, later),  # went to `fast` meanwhile: no second copy
+            *(Deferral(delivery, later) for delivery in held[:3]),
+            Deferral(held[3], utcnow() - timedelta(seconds=1)),  # due: back in line
+        ]
+    )
+    waiting = {
+        json.loads(e)["headers"]["id"] for e in client.zrange(f"{prefix}_celeriac.delayed.q", 0, -1)
+    }
+    assert waiting == {d.message.task_id for d in held[:3]}
+    assert client.hexists(f"{prefix}unacked", taken.tag)
+    for delivery in held:
+        assert not client.hexists(f"{prefix}unacked", delivery.tag)
+    [due] = receive_n(slow, "q", 1)
+    assert due.message.task_id == held[3].message.task_id
+    assert slow.receive(["q"], limit=5, timeout=0.1) == []
 
 
 # -- leases ------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import time
 import uuid
 from datetime import timedelta
@@ -26,7 +25,7 @@ from celeriac.protocol.codec import TaskCall, encode_task
 from tests.helpers import wait_for
 from tests.integration.conftest import RunWorker, WorkerProcess, import_tasks, write_tasks
 from tests.integration.interop_redis import Shared, assert_no_errors
-from tests.integration.test_redis_private_server import PrivateRedis
+from tests.private_servers import PrivateRedis, require_redis_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -40,8 +39,7 @@ CHUNK = 5_000
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    require_redis_server()
     directory = tmp_path / "redis"
     directory.mkdir()
     private = PrivateRedis(directory, "--appendonly", "no")  # nothing to keep on disk

@@ -42,6 +42,18 @@ def test_redis_url_defaults() -> None:
     assert "password" not in options
 
 
+def test_dead_links_time_out_whatever_the_redis_py_version() -> None:
+    # redis-py before 8 has no socket timeout: a read from a dead link blocks for ever.
+    options = pool_options("redis://h")
+    assert options["socket_timeout"] == 5.0
+    assert options["socket_connect_timeout"] == 5.0
+    assert options["socket_keepalive"] is True
+    assert pool_options("redis://h?socket_timeout=30")["socket_timeout"] == 30.0
+    unix = pool_options("redis+socket:///run/redis.sock")
+    assert unix["socket_timeout"] == 5.0
+    assert "socket_keepalive" not in unix
+
+
 def test_database_may_come_from_the_query() -> None:
     assert pool_options("redis://h/1?db=4")["db"] == 4
     assert pool_options("redis://h?virtual_host=2")["db"] == 2

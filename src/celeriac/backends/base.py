@@ -397,6 +397,25 @@ class ResultBackend(ABC):
         `result` is the JSON-able stored form (a value or an exception dict).
         """
 
+    # True where `store_and_join` does both in one step (fewer round trips per part);
+    # only for backends whose `store_for_request` is plain `store` (not `rpc://`).
+    joins_with_store: ClassVar[bool] = False
+
+    def store_and_join(
+        self, meta: ResultMeta, group_id: str, *, index: int | None
+    ) -> list[ChordPart] | None:
+        """Store a header part's result `meta`, then report it (as part `index`) to chord
+        `group_id`, as `chord_part_return` does. Backends that can do both in one round
+        trip override it and set `joins_with_store`."""
+        self.store(meta)
+        return self.chord_part_return(
+            group_id,
+            index=index,
+            task_id=meta.task_id,
+            status=meta.status,
+            result=meta.result,
+        )
+
     # -- housekeeping ----------------------------------------------------------------
 
     def cleanup(self) -> int:

@@ -3,12 +3,16 @@
 A result is written as Celery writes it: `celery-task-meta-<id>` with SETEX (or SET when
 results never expire) and PUBLISH on the channel of the same name, skipped when a
 SUCCESS is already stored; one Lua script (`redis_store.lua`) does all of that in one
-round trip. Stock `AsyncResult.get()` therefore wakes on our results, and we read theirs.
+round trip (a chord header part is stored and joined in one call of the chord script).
+Stock `AsyncResult.get()` therefore wakes on our results, and we read theirs.
 
-Waiting never polls: `wait`/`wait_many` borrow a subscriber connection, SUBSCRIBE to the
-task keys first and only then GET them (so a result stored in between is not missed),
-and sleep on the socket. If that connection drops, they reconnect, subscribe again and
-GET again, so a result published while they were disconnected is still seen.
+Waiting never polls: `wait`/`wait_many` borrow a subscriber connection, read the task
+keys and SUBSCRIBE to them in one write, and sleep on the socket. Redis runs that MGET
+and SUBSCRIBE back to back only when it reads the whole write at once; a longer write
+can be run in pieces, so after a long one the still-pending keys are read once more,
+now that they are subscribed (a result stored in between is not missed). If that
+connection drops, they reconnect, subscribe again and GET again, so a result published
+while they were disconnected is still seen.
 
 Chords join with Celery 5.7's keys (`.j` `.t` `.s` `.d` `.c`) in one script
 (`redis_chord.lua`): the call that completes the header gets every part, once.
@@ -25,6 +29,7 @@ from celeriac import states
 from celeriac._redis import (
     RATE_PREFIX,
     RETRYABLE_ERRORS,
+    RawCommands,
     RetryPolicy,
     call_with_retry,
     connection_pool,
@@ -75,6 +80,10 @@ _SUBSCRIBER_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, OSErro
 _MAX_IDLE_SUBSCRIBERS = 4
 # Longest single sleep on the socket, so a wait without timeout stays interruptible.
 _MAX_SOCKET_WAIT = 1.0
+# Redis reads a write this short in one piece (it fits one TCP segment on common links,
+# MSS 1460) and runs all of its commands before any other client's; a longer one may be
+# read, and run, in pieces (Redis reads 16 KiB at a time).
+_ONE_READ_BYTES = 1400
 
 
 def _global_prefix(options: dict[str, Any]) -> str:
@@ -114,6 +123,7 @@ class RedisBackend(ResultBackend):
         self._pool: redis.ConnectionPool | None = None
         self._client: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._raw: RawCommands | None = None
         self._idle: list[Any] = []
 
     # -- plumbing -------------------------------------------------------------------
@@ -139,10 +149,10 @@ class RedisBackend(ResultBackend):
 
                 self._pool = connection_pool(self.url, self.transport_options)
                 self._client = redis_module.Redis(connection_pool=self._pool)
-                for name in ("store", "chord"):
-                    script = load_script("celeriac.backends", f"redis_{name}.lua")
+                for name, script in _compose().items():
                     self._scripts[name] = self._client.register_script(script)
                 self._scripts["rate"] = load_rate_script(self._client)
+                self._raw = RawCommands(self._pool)
             return self._client
 
     def _run(
@@ -167,9 +177,12 @@ class RedisBackend(ResultBackend):
         with self._lock:
             pool, self._pool, self._client = self._pool, None, None
             idle, self._idle = self._idle, []
+            raw, self._raw = self._raw, None
             self._scripts.clear()
         for conn in idle:
             conn.disconnect()
+        if raw is not None:
+            raw.close()
         if pool is not None:
             pool.disconnect()
 
@@ -186,9 +199,11 @@ class RedisBackend(ResultBackend):
                 return
         self._connection()
         script = self._scripts["store"]
+        raw = self._raw
+        assert raw is not None
         self._run(
             f"store the result of {meta.task_id}",
-            lambda client: script(keys=[key], args=[value, self._ttl], client=client),
+            lambda client: raw.script(script, [key], [value, self._ttl]),
             unreachable=ResultLost,
         )
 
@@ -286,20 +301,15 @@ class RedisBackend(ResultBackend):
         self, task_ids: Sequence[str], *, timeout: float | None = None
     ) -> dict[str, ResultMeta]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        done = {tid: meta for tid, meta in self.get_many(task_ids).items() if meta.is_ready}
-        pending = {self._task_key(tid): tid for tid in task_ids if tid not in done}
+        done: dict[str, ResultMeta] = {}
+        pending = {self._task_key(tid): tid for tid in task_ids}
         delays = self._retry_policy.delays()
         while pending:
             conn = None
             try:
                 conn = self._subscriber()
-                # Subscribe first, then GET: a result stored between the two is in the
-                # GET, one stored after it arrives as a message.
-                conn.send_command("SUBSCRIBE", *pending)
-                for _ in pending:
-                    conn.read_response()
+                self._read_and_subscribe(conn, pending, done)
                 delays = self._retry_policy.delays()
-                self._collect(self.get_many(list(pending.values())), pending, done)
                 self._listen(conn, pending, done, deadline, timeout)
             except _SUBSCRIBER_ERRORS as exc:
                 if isinstance(exc, ResultTimeout):
@@ -318,6 +328,45 @@ class RedisBackend(ResultBackend):
                 if conn is not None:
                     self._release(conn)
         return {tid: done[tid] for tid in task_ids}
+
+    def _read_and_subscribe(
+        self, conn: Any, pending: dict[str, str], done: dict[str, ResultMeta]
+    ) -> None:
+        """Drop the connection's old subscriptions, read the results, and subscribe to
+        the keys still pending: one round trip for a short write, two for a long one.
+
+        Redis runs the MGET and the SUBSCRIBE of a write it reads whole back to back,
+        so a result stored after the MGET is published after the SUBSCRIBE. A long
+        write can be read in pieces, with other clients' commands run between them: a
+        result stored and published between its MGET and its SUBSCRIBE would be missed,
+        so the keys still pending are read again once every one is subscribed.
+        """
+        keys = list(pending)
+        stale = getattr(conn, "_celeriac_subscribed", 0)
+        commands: list[tuple[Any, ...]] = []
+        if stale:
+            commands.append(("UNSUBSCRIBE",))
+        commands += [("MGET", *keys), ("SUBSCRIBE", *keys)]
+        packed = conn.pack_commands(commands)
+        conn.send_packed_command(packed)
+        conn._celeriac_subscribed = 0
+        if stale:
+            # Skip messages still in flight for old keys, up to the last unsubscribe.
+            while True:
+                reply = conn.read_response()
+                if isinstance(reply, list) and reply[0] == b"unsubscribe" and reply[2] == 0:
+                    break
+        values = conn.read_response()
+        for _ in keys:
+            conn.read_response()
+        conn._celeriac_subscribed = len(keys)
+        for key, value in zip(keys, values, strict=True):
+            if value is not None:
+                meta = self.decode_meta(value, task_id=pending[key])
+                if meta.is_ready:
+                    done[pending.pop(key)] = meta
+        if pending and sum(map(len, packed)) > _ONE_READ_BYTES:
+            self._collect(self.get_many(list(pending.values())), pending, done)
 
     @staticmethod
     def _collect(
@@ -371,16 +420,9 @@ class RedisBackend(ResultBackend):
         return conn
 
     def _release(self, conn: Any) -> None:
-        """Unsubscribe and keep the connection for the next wait (or drop it)."""
-        try:
-            conn.send_command("UNSUBSCRIBE")
-            while True:
-                reply = conn.read_response()
-                if isinstance(reply, list) and reply[0] == b"unsubscribe" and reply[2] == 0:
-                    break
-        except _SUBSCRIBER_ERRORS:
-            conn.disconnect()
-            return
+        """Keep the connection for the next wait, still subscribed: its next use drops
+        the old subscriptions in the same write as its next read (no round trip here,
+        where a caller waits for its result)."""
         with self._lock:
             if self._pool is not None and len(self._idle) < _MAX_IDLE_SUBSCRIBERS:
                 self._idle.append(conn)
@@ -443,6 +485,32 @@ class RedisBackend(ResultBackend):
 
         self._run(f"set the size of chord {group_id}", write, unreachable=ResultLost)
 
+    joins_with_store: ClassVar[bool] = True
+
+    def store_and_join(
+        self, meta: ResultMeta, group_id: str, *, index: int | None
+    ) -> list[ChordPart] | None:
+        if self.serializer.name not in ("json", "msgpack"):
+            return super().store_and_join(meta, group_id, index=index)
+        # One call of the chord script with the result's key added: it stores, then
+        # joins. Safe to run again after a dropped connection (the store keeps a
+        # SUCCESS, the join counts a part once).
+        keys, args = self._chord_call(
+            group_id, index=index, task_id=meta.task_id, status=meta.status, result=meta.result
+        )
+        keys.append(self._task_key(meta.task_id))
+        args += [self.encode_meta(meta), self._ttl]
+        self._connection()
+        script = self._scripts["chord"]
+        raw = self._raw
+        assert raw is not None
+        reply = self._run(
+            f"store the result of {meta.task_id} and join chord {group_id}",
+            lambda client: raw.script(script, keys, args),
+            unreachable=ResultLost,
+        )
+        return self._chord_parts(group_id, reply)
+
     def chord_part_return(
         self,
         group_id: str,
@@ -452,6 +520,22 @@ class RedisBackend(ResultBackend):
         status: str,
         result: Any,
     ) -> list[ChordPart] | None:
+        keys, args = self._chord_call(
+            group_id, index=index, task_id=task_id, status=status, result=result
+        )
+        self._connection()
+        script = self._scripts["chord"]
+        reply = self._run(
+            f"join chord {group_id}",
+            lambda client: script(keys=keys, args=args, client=client),
+            unreachable=ResultLost,
+        )
+        return self._chord_parts(group_id, reply)
+
+    def _chord_call(
+        self, group_id: str, *, index: int | None, task_id: str, status: str, result: Any
+    ) -> tuple[list[str], list[Any]]:
+        """Keys and arguments of `redis_chord.lua` for one part."""
         keys = [self._group_key(group_id, suffix) for suffix in (".j", ".t", ".s", ".d")]
         keys += [self._group_key(group_id), self._group_key(group_id, ".c")]
         score = "+inf" if index is None else str(int(index))
@@ -466,13 +550,10 @@ class RedisBackend(ResultBackend):
             # Celery 5.7 keeps 'done' at least 300 s; we keep it as long as results.
             max(ttl, 300) if ttl else 86400,
         ]
-        self._connection()
-        script = self._scripts["chord"]
-        reply = self._run(
-            f"join chord {group_id}",
-            lambda client: script(keys=keys, args=args, client=client),
-            unreachable=ResultLost,
-        )
+        return keys, args
+
+    def _chord_parts(self, group_id: str, reply: list[Any]) -> list[ChordPart] | None:
+        """The parts `redis_chord.lua` handed back, None unless this call completed it."""
         if len(reply) < 2:
             return None
         members = reply[1:]
@@ -482,13 +563,34 @@ class RedisBackend(ResultBackend):
             indexed = [(member, float(position)) for member, position in pairs]
         else:
             indexed = [(member, float(n)) for n, member in enumerate(members)]
-        for member, position in indexed:
-            value = self.decode(member)
+        values = self._decode_parts([member for member, _ in indexed])
+        for (_, position), value in zip(indexed, values, strict=True):
             if not isinstance(value, list) or len(value) != 4:
                 raise BackendError(f"chord {group_id} holds a malformed part: {value!r}")
             _, part_id, part_status, part_result = value
             parts.append(ChordPart(position, part_id, part_status, part_result))
         return parts
+
+    def _decode_parts(self, members: list[bytes]) -> list[Any]:
+        """Decode every stored part; JSON parts in one call (a 1,000-part chord's join
+        is on the path to its body)."""
+        if self.serializer.name == "json":
+            joined = b"[" + b",".join(members) + b"]"
+            decoded = self.decode(joined)
+            if isinstance(decoded, list) and len(decoded) == len(members):
+                return decoded
+        return [self.decode(member) for member in members]
+
+
+def _compose() -> dict[str, str]:
+    """The backend's Lua scripts: `redis_store.lua` defines `store_result`, used by the
+    store script and, for a chord part stored and joined at once, the chord script."""
+    library = load_script("celeriac.backends", "redis_store.lua")
+    chord = load_script("celeriac.backends", "redis_chord.lua")
+    return {
+        "store": f"{library}\nreturn store_result(KEYS[1], ARGV[1], tonumber(ARGV[2]))\n",
+        "chord": f"{library}\n{chord}",
+    }
 
 
 def _text(value: bytes | str) -> str:

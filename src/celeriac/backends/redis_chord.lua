@@ -13,6 +13,10 @@
 -- ARGV[4] score (group_index or '+inf')    ARGV[5] expires (s, 0: none)
 -- ARGV[6] group key expires (s, 0: none)   ARGV[7] 'done' marker lifetime (s)
 --
+-- With a 7th key, the part's own result is stored first (KEYS[7] celery-task-meta-<id>,
+-- ARGV[8] encoded result, ARGV[9] its time to live): `store_result` comes from
+-- redis_store.lua, which the backend prefixes to this script.
+--
 -- Returns {-1} if the chord already fired, {ready count} while incomplete, and
 -- {ready count, part, score, part, score, ...} (ordered) or {ready count, part, ...}
 -- (list) to the caller that completes it.
@@ -21,6 +25,10 @@ local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], K
 local tid, value, ordered, score = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
 local expires, group_expires = tonumber(ARGV[5]), tonumber(ARGV[6])
 local done_expires = tonumber(ARGV[7])
+
+if #KEYS == 7 then
+    store_result(KEYS[7], ARGV[8], tonumber(ARGV[9]))
+end
 
 if redis.call('GET', ckey) == 'done' then
     return {-1}

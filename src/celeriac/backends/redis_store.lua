@@ -1,12 +1,12 @@
--- Store a task result and wake its readers, in one round trip, unless a SUCCESS is
--- already stored (Celery's dedupe guard: a redelivered duplicate must not overwrite a
--- good result). Celery compat: SETEX (or SET) plus PUBLISH on the key's own name, which
--- is the channel stock AsyncResult.get() listens on.
+-- Store a task result and wake its readers, unless a SUCCESS is already stored
+-- (Celery's dedupe guard: a redelivered duplicate must not overwrite a good result).
+-- Celery compat: SETEX (or SET) plus PUBLISH on the key's own name, which is the
+-- channel stock AsyncResult.get() listens on.
 --
--- KEYS[1] celery-task-meta-<id>
--- ARGV[1] encoded result   ARGV[2] time to live in seconds (0: keep forever)
---
--- Returns 1 when stored, 0 when a SUCCESS was already there.
+-- A library, not a script: it defines `store_result(key, value, ttl)` (ttl in seconds,
+-- 0: keep forever; returns 1 when stored, 0 when a SUCCESS was already there). The
+-- backend prefixes it to the store script and to the chord script, so a chord header
+-- part is stored and joined in one call (see backends/redis.py, `_compose`).
 
 local function is_success(stored)
     -- Stock Celery and celeriac both write "status" first; read it without decoding
@@ -22,15 +22,16 @@ local function is_success(stored)
     return ok and type(value) == 'table' and value.status == 'SUCCESS'
 end
 
-local current = redis.call('GET', KEYS[1])
-if current and is_success(current) then
-    return 0
+local function store_result(key, value, ttl)
+    local current = redis.call('GET', key)
+    if current and is_success(current) then
+        return 0
+    end
+    if ttl > 0 then
+        redis.call('SETEX', key, ttl, value)
+    else
+        redis.call('SET', key, value)
+    end
+    redis.call('PUBLISH', key, value)
+    return 1
 end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-    redis.call('SETEX', KEYS[1], ttl, ARGV[1])
-else
-    redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1

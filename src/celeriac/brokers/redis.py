@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 import orjson
 import redis.exceptions as redis_errors
 
+from celeriac._crashpoints import armed, crash_point
 from celeriac._redis import (
     RATE_PREFIX,
     RETRYABLE_ERRORS,
@@ -49,7 +50,13 @@ from celeriac._redis import (
     reserve_rate_slot,
 )
 from celeriac._time import UTC
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, clamp_priority
+from celeriac.brokers.base import (
+    INVALID_ENVELOPE,
+    Broker,
+    DeadLetter,
+    Delivery,
+    clamp_priority,
+)
 from celeriac.exceptions import (
     BrokerConnectionError,
     BrokerError,
@@ -65,7 +72,7 @@ if TYPE_CHECKING:
 
     import redis
 
-    from celeriac.brokers.base import Outgoing
+    from celeriac.brokers.base import Deferral, Outgoing
 
 __all__ = ["RedisBroker"]
 
@@ -228,6 +235,8 @@ class RedisBroker(Broker):
         self._watcher_failed_at = float("-inf")
         # The first idle receive sweeps at once, as kombu does when a consumer starts.
         self._last_sweep = float("-inf")
+        # When the last fetch saw the next ETA fall due (None: nothing delayed).
+        self._next_due: float | None = None
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -551,7 +560,13 @@ class RedisBroker(Broker):
                 except _WATCH_ERRORS:
                     self._drop_watcher()
                     watcher = None
+            crashing = armed()  # test-only crash points around ETA promotion
+            if crashing and self._next_due is not None and self._next_due <= self.clock.time():
+                crash_point("before_promote")  # this fetch will promote
             next_due, deliveries = self._fetch(plan, limit, acks)
+            self._next_due = next_due
+            if crashing and any(d.message.headers.get("eta") for d in deliveries):
+                crash_point("after_promote")  # leased, not yet handed over
             if acks:
                 self._acked += len(acks)
                 acks = ()
@@ -677,11 +692,13 @@ class RedisBroker(Broker):
 
     def _delivery(self, raw: bytes, queue: str, tag: str, crashes: int) -> Delivery:
         handle = _Handle(raw, self._held_key)
+        headers: Any = {}
+        properties: dict[str, Any] = {}
         try:
             envelope = json_loads(raw)
             if not isinstance(envelope, dict):
                 raise SerializationError("the envelope is not a JSON object")
-            properties = envelope.get("properties")
+            properties = envelope.get("properties") or {}
             properties = dict(properties) if isinstance(properties, dict) else {}
             headers = envelope.get("headers")
             info = properties.get("delivery_info")
@@ -697,15 +714,23 @@ class RedisBroker(Broker):
                 headers=headers if isinstance(headers, dict) else {},
                 body=body_bytes,
                 properties={k: v for k, v in properties.items() if k not in _TRANSPORT_PROPERTIES},
-                content_type=str(envelope.get("content-type") or "application/json"),
+                # No content type: refused by the worker (as on every broker), not guessed.
+                content_type=str(envelope.get("content-type") or ""),
                 content_encoding=str(envelope.get("content-encoding") or "utf-8"),
             )
         except (SerializationError, ValueError, TypeError) as exc:
             # Hand it out anyway (leased), so the worker dead-letters it with a reason.
             logger.warning("malformed message envelope in queue %s (tag %s): %s", queue, tag, exc)
-            message = Message(headers={}, body=raw, content_type="application/x-invalid-envelope")
+            # Keep what could be read (a body that is not base64 under good headers):
+            # the dead letter and the worker's log line can then name the task.
+            headers = headers if isinstance(headers, dict) else {}
+            message = Message(
+                headers=headers,
+                body=raw,
+                properties={k: v for k, v in properties.items() if k not in _TRANSPORT_PROPERTIES},
+                content_type=INVALID_ENVELOPE,
+            )
             info = {}
-            headers = {}
         redelivered = bool(info.get("redelivered")) or (
             isinstance(headers, dict) and bool(headers.get("redelivered"))
         )
@@ -775,6 +800,54 @@ class RedisBroker(Broker):
         it next. The delivery tag is kept (its crash count stays with it); the
         redelivered flag is not, since waiting for an ETA is no redelivery.
         """
+        keys, args = self._defer_call(delivery, eta=eta, message=message)
+        script = self._script("defer")
+        moved = self._run(
+            f"defer {delivery.tag} to {eta.isoformat()}",
+            lambda client: script(keys=keys, args=args, client=client),
+        )
+        if not moved:
+            self._log_not_deferred(delivery)
+
+    def defer_many(self, deferrals: Sequence[Deferral]) -> None:
+        """`defer` each, the scripts pipelined: one round trip for the batch (two when
+        Redis lost the script and redis-py loads it again). Each script stands alone, so
+        a pipeline sent again after a lost connection moves nothing twice.
+
+        Raises:
+            BrokerError: Redis refused a script (the first error is named); the other
+                scripts of the batch ran, and a message they moved is no longer leased.
+        """
+        if len(deferrals) <= 1:
+            for item in deferrals:
+                self.defer(item.delivery, eta=item.eta, message=item.message)
+            return
+        calls = [
+            self._defer_call(item.delivery, eta=item.eta, message=item.message)
+            for item in deferrals
+        ]
+        script = self._script("defer")
+
+        def run(client: redis.Redis) -> list[Any]:
+            with client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    script(keys=keys, args=args, client=pipe)
+                return pipe.execute(raise_on_error=False)
+
+        replies = self._run(f"defer {len(calls)} messages", run)
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        for item, reply in zip(deferrals, replies, strict=True):
+            if not reply and not isinstance(reply, Exception):
+                self._log_not_deferred(item.delivery)
+        if errors:
+            raise BrokerError(
+                f"Redis refused to defer {len(errors)} of {len(calls)} messages: {errors[0]}"
+            )
+
+    def _defer_call(
+        self, delivery: Delivery, *, eta: datetime, message: Message | None
+    ) -> tuple[list[str], list[str | bytes]]:
+        """Keys and arguments of `redis_defer.lua` for one message."""
         source = message or delivery.message
         if "redelivered" in source.headers:
             headers = {k: v for k, v in source.headers.items() if k != "redelivered"}
@@ -806,18 +879,15 @@ class RedisBroker(Broker):
             destination,
             self._delayed_index,
         ]
-        args = [delivery.tag, envelope, f"{due:.6f}", queue, mode]
-        script = self._script("defer")
-        moved = self._run(
-            f"defer {delivery.tag} to {eta.isoformat()}",
-            lambda client: script(keys=keys, args=args, client=client),
+        return keys, [delivery.tag, envelope, f"{due:.6f}", queue, mode]
+
+    @staticmethod
+    def _log_not_deferred(delivery: Delivery) -> None:
+        logger.info(
+            "not deferring %s: its lease lapsed and it went back to queue %s",
+            delivery.tag,
+            delivery.queue,
         )
-        if not moved:
-            logger.info(
-                "not deferring %s: its lease lapsed and it went back to queue %s",
-                delivery.tag,
-                queue,
-            )
 
     def requeue_many(self, deliveries: Sequence[Delivery]) -> None:
         # Celery compat: kombu restores a closing channel's messages to be consumed next.

@@ -85,6 +85,40 @@ local function decode(raw)
     return nil
 end
 
+-- The lease needs three fields of the envelope. kombu writes "properties" last, with
+-- delivery_tag and delivery_info inside: find them as text, which costs a fraction of
+-- decoding the whole envelope. The sequence `"properties":` cannot occur inside a JSON
+-- string (its quotes would be escaped), and the last one is the envelope's own (a
+-- header of that name comes earlier). Anything unusual (escapes in the values, another
+-- layout) falls back to a full decode.
+local function lease_fields(raw)
+    local start = string.find(raw, '"properties":', 1, true)
+    while start do
+        local later = string.find(raw, '"properties":', start + 1, true)
+        if not later then
+            break
+        end
+        start = later
+    end
+    if start then
+        local tag = string.match(raw, '"delivery_tag":%s*"([^"\\]*)"', start)
+        local exchange = string.match(raw, '"exchange":%s*"([^"\\]*)"', start)
+        local routing_key = string.match(raw, '"routing_key":%s*"([^"\\]*)"', start)
+        if tag and exchange and routing_key then
+            return tag, exchange, routing_key
+        end
+    end
+    local props = decode(raw)
+    if not props then
+        return nil, nil, nil
+    end
+    local info = props.delivery_info
+    if type(info) == 'table' then
+        return props.delivery_tag, info.exchange, info.routing_key
+    end
+    return props.delivery_tag, nil, nil
+end
+
 local function next_due()
     return redis.call('ZRANGE', delayed_index, 0, 0, 'WITHSCORES')[2] or false
 end
@@ -153,16 +187,7 @@ for i = FIRST_LIST, #KEYS do
         local list_number = i - FIRST_LIST + 1
         for _, raw in ipairs(items) do
             got = got + 1
-            local props = decode(raw)
-            local tag, exchange, routing_key
-            if props then
-                tag = props.delivery_tag
-                local info = props.delivery_info
-                if type(info) == 'table' then
-                    exchange = info.exchange
-                    routing_key = info.routing_key
-                end
-            end
+            local tag, exchange, routing_key = lease_fields(raw)
             -- A message without a usable tag (hand-made, malformed) still gets a lease,
             -- under a tag of ours, so the worker can dead-letter it instead of losing it.
             if type(tag) ~= 'string' or tag == '' then

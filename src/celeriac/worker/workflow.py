@@ -224,16 +224,28 @@ class Workflow:
                 step_id,
             )
 
-    def chord_part(self, call: TaskCall, context: Context, state: str, value: Any) -> None:
-        """Report one header part; the worker completing the chord starts the body, or
-        fails it (with its errbacks) when a part failed or the body cannot be sent."""
+    def chord_part(
+        self,
+        call: TaskCall,
+        context: Context,
+        state: str,
+        value: Any,
+        *,
+        store: ResultMeta | None = None,
+    ) -> None:
+        """Report one header part (after storing its result `store`, if given, in the
+        same step); the worker completing the chord starts the body, or fails it (with
+        its errbacks) when a part failed or the body cannot be sent."""
         from celeriac.canvas import maybe_signature
 
         assert call.chord is not None
         assert call.group is not None
-        parts = self.backend.chord_part_return(
-            call.group, index=call.group_index, task_id=call.id, status=state, result=value
-        )
+        if store is not None:
+            parts = self.backend.store_and_join(store, call.group, index=call.group_index)
+        else:
+            parts = self.backend.chord_part_return(
+                call.group, index=call.group_index, task_id=call.id, status=state, result=value
+            )
         if parts is None:
             return
         body = maybe_signature(call.chord, app=self.app)
