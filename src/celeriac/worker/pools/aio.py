@@ -2,9 +2,10 @@
 
 Concurrency is a semaphore, so thousands of tasks waiting on I/O cost a coroutine each.
 Broker and backend calls are blocking, so they run on a small thread pool and never stall
-the loop; a plain `def` task runs on that pool too. The soft time limit cancels the
-coroutine (it sees `CancelledError`) and is recorded as `SoftTimeLimitExceeded`; the hard
-limit does the same at its own deadline.
+the loop: each task's prepare and finish go there in batches (`batched.py`) and acks go
+out with the next fetch. A plain `def` task runs on that pool too. The soft time limit
+cancels the coroutine (it sees `CancelledError`) and is recorded as
+`SoftTimeLimitExceeded`; the hard limit does the same at its own deadline.
 """
 
 from __future__ import annotations
@@ -19,10 +20,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from celeriac import states
 from celeriac.app.task import pop_context, push_context
 from celeriac.exceptions import BrokerConnectionError, SoftTimeLimitExceeded, TimeLimitExceeded
-from celeriac.worker.consumer import OUTAGE_PAUSE, RECEIVE_TIMEOUT, REVOCATION_REFRESH, Holdings
+from celeriac.worker.consumer import (
+    OUTAGE_PAUSE,
+    RECEIVE_TIMEOUT,
+    REVOCATION_REFRESH,
+    AckBuffer,
+    Holdings,
+)
 from celeriac.worker.execute import Executor, Outcome
 from celeriac.worker.limits import ThreadTimeLimits
 from celeriac.worker.pools.base import InProcessPool
+from celeriac.worker.pools.batched import BatchedCalls
 from celeriac.worker.pools.prefork import consumer_id_for
 
 if TYPE_CHECKING:
@@ -35,12 +43,15 @@ logger = logging.getLogger("celeriac.worker")
 
 # Threads for blocking broker/backend calls and plain `def` tasks.
 IO_THREADS = 32
+# How long the loop waits before looking again when the prefetch window is full.
+FULL_PAUSE = 0.005
 
 
 class AsyncioPool(InProcessPool):
     """One event loop, `concurrency` tasks in flight."""
 
     name: ClassVar[str] = "asyncio"
+    acks: AckBuffer | None = None
 
     def run(self) -> int:
         self.install_signals()
@@ -60,25 +71,33 @@ class AsyncioPool(InProcessPool):
             broker, self.shutdown, window=options.concurrency * options.prefetch_multiplier
         )
         holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
+        # Acks go out with the next fetch (one round trip per batch, not per task).
+        acks = AckBuffer(broker, holdings)
+        executor.acks = acks
+        executor.holdings = holdings
+        self.acks = acks
         slots = asyncio.Semaphore(options.concurrency)
         running: set[asyncio.Task[None]] = set()
 
         async def blocking(fun: Any, *args: Any) -> Any:
             return await loop.run_in_executor(io, fun, *args)
 
+        # Prepare and finish of many tasks share a thread hand-off (see batched.py).
+        batched = BatchedCalls(loop, io)
+
         async def handle(delivery: Delivery) -> None:
             try:
                 async with slots:
                     if not holdings.claim(delivery):
                         return
-                    request = await blocking(executor.prepare, delivery)
+                    request = await batched.call(executor.prepare, delivery)
                     if request is None:
                         return
                     if request.task.is_async:
                         outcome = await self._run_coroutine(executor, request)
                     else:
                         outcome = await blocking(executor.run, request)
-                    await blocking(executor.finish, request, outcome)
+                    await batched.call(executor.finish, request, outcome)
             except Exception:  # isolation boundary: one delivery must not stop the loop
                 logger.exception("Delivery %s could not be handled; returning it", delivery.tag)
                 try:
@@ -86,7 +105,7 @@ class AsyncioPool(InProcessPool):
                 except Exception:
                     logger.exception("Delivery %s could not be returned either", delivery.tag)
             finally:
-                holdings.release(delivery)
+                acks.settle(delivery)
 
         try:
             while not self.shutdown.is_requested():
@@ -102,7 +121,7 @@ class AsyncioPool(InProcessPool):
             while not self.shutdown.is_requested():
                 free = holdings.room()
                 if free <= 0:
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(FULL_PAUSE)
                     continue
                 batch = await blocking(self._receive, free)
                 if not batch:
@@ -115,15 +134,16 @@ class AsyncioPool(InProcessPool):
             holdings.return_prefetched()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            await blocking(acks.flush)
         finally:
             holdings.stop()
             await blocking(broker.close)
             io.shutdown(wait=True)
 
     def _receive(self, limit: int) -> list[Delivery]:
-        assert self.broker is not None
+        assert self.acks is not None
         try:
-            return self.broker.receive(
+            return self.acks.receive_after(
                 list(self.options.queues), limit=limit, timeout=RECEIVE_TIMEOUT
             )
         except BrokerConnectionError as exc:
