@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "DEFAULT_POLLING_INTERVAL",
+    "QUIET_AFTER",
+    "QUIET_POLLING_INTERVAL",
     "RATE_SLOT_SCHEMA",
     "ChangeWatcher",
     "Database",
@@ -58,6 +60,12 @@ DEFAULT_BUSY_TIMEOUT: Final = 30.0
 # latency after another process commits (measured: median 4 ms, max 10 ms; the target is
 # 50 ms) at about 1 % of a core per waiting process, most of it timer wake-ups.
 DEFAULT_POLLING_INTERVAL: Final = 0.01
+# After this many seconds without a commit the watcher reads only every
+# QUIET_POLLING_INTERVAL: a waiter that has been idle for a while wakes up to 25 ms after a
+# publish instead of 10 (still inside the 50 ms target) and costs half as much CPU
+# (measured under CI load: 2.2 % of a core at a steady 10 ms, over the 2 % budget).
+QUIET_AFTER: Final = 0.5
+QUIET_POLLING_INTERVAL: Final = 0.025
 # RETURNING (3.35) is how receive leases a batch in one statement.
 MIN_SQLITE_VERSION: Final = (3, 35, 0)
 # The WAL is truncated back to this size after a checkpoint, so a burst does not leave
@@ -540,7 +548,9 @@ class ChangeWatcher:
 
     One daemon thread per file and process reads `PRAGMA data_version` every
     `interval` seconds, but only while at least one thread waits; with no waiter it
-    sleeps on a condition and costs nothing. Waiters take a `token()` before they look
+    sleeps on a condition and costs nothing. After `QUIET_AFTER` seconds without a
+    commit it reads every `QUIET_POLLING_INTERVAL` (or `interval`, if that is longer)
+    until the next change. Waiters take a `token()` before they look
     at the database and `wait(token, timeout)` afterwards: a commit after the token was
     taken always ends the wait, so no change is missed between the look and the wait.
     """
@@ -586,6 +596,8 @@ class ChangeWatcher:
     def _run(self) -> None:
         last: int | None = None
         failing = False
+        quiet_interval = max(self.interval, QUIET_POLLING_INTERVAL)
+        changed_at = time.monotonic()
         while True:
             with self._condition:
                 while self._waiters == 0:
@@ -600,12 +612,14 @@ class ChangeWatcher:
                     logger.exception("cannot read data_version of %s", self.path)
                 failing = True  # log once per failure streak, not every interval
                 version, fresh = None, True
+            now = time.monotonic()
             if fresh or last is None or version != last:
+                changed_at = now
                 with self._condition:
                     self._changes += 1
                     self._condition.notify_all()
             last = version
-            time.sleep(self.interval)
+            time.sleep(self.interval if now - changed_at < QUIET_AFTER else quiet_interval)
 
     def _read_version(self) -> tuple[int, bool]:
         """`PRAGMA data_version`, and whether it comes from a new connection (versions of
