@@ -62,6 +62,8 @@ _current_app: ContextVar[Celeriac | None] = ContextVar("celeriac_current_app", d
 _default_app: Celeriac | None = None
 _all_apps: weakref.WeakSet[Celeriac] = weakref.WeakSet()
 _shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+# Messages per round trip of `producer_batch`.
+BATCH_FLUSH_SIZE = 256
 _batch: ContextVar[list[Outgoing] | None] = ContextVar("celeriac_batch", default=None)
 
 
@@ -497,7 +499,9 @@ class Celeriac:
 
     @contextlib.contextmanager
     def producer_batch(self) -> Iterator[None]:
-        """Collect every publish inside the block and send them in one round trip."""
+        """Collect every publish inside the block and send them in one round trip per
+        `BATCH_FLUSH_SIZE` messages (a large group is sent in slices as it is built, so
+        workers start on the first slice while the client builds the next)."""
         if _batch.get() is not None:
             yield  # nested: the outer batch sends everything
             return
@@ -573,6 +577,10 @@ class Celeriac:
         batch = _batch.get()
         if batch is not None:
             batch.append(outgoing)
+            if len(batch) >= BATCH_FLUSH_SIZE:
+                # Workers start on these while the rest of the batch is built.
+                self._with_publish_retry(lambda: self.broker.publish_many(batch))
+                batch.clear()
         else:
             self._with_publish_retry(
                 lambda: self.broker.publish(

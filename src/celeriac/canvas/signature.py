@@ -209,7 +209,8 @@ class Signature(dict[str, Any], Generic[R]):
     ) -> Signature[R]:
         """A copy with extra partial arguments (prepended) and options merged in."""
         new_args, new_kwargs, new_options = self._merge(args, kwargs, options)
-        data = copy.deepcopy(dict(self))
+        # Every value but the scalars is replaced below: a shallow copy is enough.
+        data = dict(self)
         data["args"], data["kwargs"], data["options"] = new_args, new_kwargs, new_options
         if self.immutable:
             data["args"], data["kwargs"] = copy.deepcopy(self.args), copy.deepcopy(self.kwargs)
