@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from benchmarks.agents.recorder import task_finished, task_started
+from benchmarks.agents.timing import round_trips, timed_chord
 from celeriac import Celeriac, chord, group
 
 BROKER = os.environ.get("BENCH_BROKER", "")
@@ -89,28 +90,17 @@ def sleepers(n: int, seconds: float) -> dict[str, Any]:
 
 
 def latency(n: int, *, warmup: int, timeout: float) -> dict[str, Any]:
-    for i in range(warmup):
-        assert echo.delay(i).get(timeout=timeout) == i
-    samples = []
-    clock = time.perf_counter
-    for i in range(n):
-        began = clock()
-        value = echo.delay(i).get(timeout=timeout)
-        samples.append(clock() - began)
-        if value != i:
-            raise RuntimeError(f"echo({i}) returned {value!r}")
+    result = round_trips(lambda i: echo.delay(i).get(timeout=timeout), n, warmup=warmup)
     app.close()
-    return {"samples": samples}
+    return result
 
 
 def fan_in(n: int, *, warmup: int, timeout: float) -> dict[str, Any]:
-    if warmup:
-        expected = sum(i + i for i in range(warmup))
-        warm = chord([add.s(i, i) for i in range(warmup)])(tsum.s())
-        assert warm.get(timeout=timeout) == expected
-    header = [add.s(i, i) for i in range(n)]
-    began = time.perf_counter()
-    value = chord(header)(tsum.s()).get(timeout=timeout)
-    seconds = time.perf_counter() - began
+    result = timed_chord(
+        lambda size: [add.s(i, i) for i in range(size)],
+        lambda header: chord(header)(tsum.s()).get(timeout=timeout),
+        n,
+        warmup=warmup,
+    )
     app.close()
-    return {"seconds": seconds, "result": value}
+    return result

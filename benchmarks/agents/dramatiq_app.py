@@ -18,6 +18,7 @@ from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
 from benchmarks.agents.recorder import task_finished, task_started
+from benchmarks.agents.timing import round_trips
 
 BROKER = os.environ.get("BENCH_BROKER", "")
 BACKEND = os.environ.get("BENCH_BACKEND") or None
@@ -76,15 +77,8 @@ def sleepers(n: int, seconds: float) -> dict[str, Any]:
 
 def latency(n: int, *, warmup: int, timeout: float) -> dict[str, Any]:
     wait_ms = int(timeout * 1000)
-    for i in range(warmup):
-        assert echo.send(i).get_result(block=True, timeout=wait_ms) == i
-    samples = []
-    clock = time.perf_counter
-    for i in range(n):
-        began = clock()
-        value = echo.send(i).get_result(block=True, timeout=wait_ms)
-        samples.append(clock() - began)
-        if value != i:
-            raise RuntimeError(f"echo({i}) returned {value!r}")
+    result = round_trips(
+        lambda i: echo.send(i).get_result(block=True, timeout=wait_ms), n, warmup=warmup
+    )
     broker.close()
-    return {"samples": samples}
+    return result

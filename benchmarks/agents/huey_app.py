@@ -17,6 +17,7 @@ from huey import RedisHuey
 from redis import ConnectionPool
 
 from benchmarks.agents.recorder import task_finished, task_started
+from benchmarks.agents.timing import round_trips
 
 BROKER = os.environ.get("BENCH_BROKER", "")
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
@@ -65,14 +66,4 @@ def sleepers(n: int, seconds: float) -> dict[str, Any]:
 
 
 def latency(n: int, *, warmup: int, timeout: float) -> dict[str, Any]:
-    for i in range(warmup):
-        assert echo(i).get(blocking=True, timeout=timeout) == i
-    samples = []
-    clock = time.perf_counter
-    for i in range(n):
-        began = clock()
-        value = echo(i).get(blocking=True, timeout=timeout)
-        samples.append(clock() - began)
-        if value != i:
-            raise RuntimeError(f"echo({i}) returned {value!r}")
-    return {"samples": samples}
+    return round_trips(lambda i: echo(i).get(blocking=True, timeout=timeout), n, warmup=warmup)
