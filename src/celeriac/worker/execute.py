@@ -631,10 +631,13 @@ class Executor:
         self.stats.succeeded += 1
         if signals.task_success.receivers:
             signals.task_success.send(sender=request.task, result=value)
+        # Sent before the result is stored (Celery's order: the stored record lists them
+        # as children); failures to send them are recorded after it.
+        afterwards = []
         if call.callbacks:
-            self.workflow.dispatch_callbacks(call, context, value)
+            afterwards += self.workflow.dispatch_callbacks(call, context, value)
         if call.chain:
-            self.workflow.dispatch_chain(call, context, value)
+            afterwards += self.workflow.dispatch_chain(call, context, value)
         meta = (
             None
             if request.ignore_result
@@ -664,6 +667,8 @@ class Executor:
 
         if meta is not None or in_chord:
             self._write(request, "SUCCESS", write, lost)
+        for record_failure in afterwards:
+            record_failure()
         logger.info(
             "Task %s[%s] succeeded in %.3fs: %.200r", call.name, call.id, outcome.runtime, value
         )

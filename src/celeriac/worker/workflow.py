@@ -9,6 +9,7 @@ sent with the task id otherwise). The executor decides when; this module decides
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback as tb
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,7 +21,7 @@ from celeriac.protocol.codec import TaskCall
 from celeriac.protocol.errors import decode_exception, encode_exception
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from celeriac.app.base import Celeriac
     from celeriac.backends.base import ResultBackend, ResultMeta
@@ -33,6 +34,11 @@ logger = logging.getLogger("celeriac.worker")
 
 def _format(exc: BaseException) -> str:
     return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+
+
+#: Failures found while sending what follows a task, recorded once the task's own result
+#: is stored (so whoever sees the failure of a later step also sees the earlier success).
+Afterwards = list["Callable[[], None]"]
 
 
 class StoreRecord(Protocol):
@@ -147,24 +153,26 @@ class Workflow:
         except Exception:  # isolation boundary: a bad errback must not stop the worker
             logger.exception("Errbacks of task %s could not be sent", task_id)
 
-    def dispatch_callbacks(self, call: TaskCall, context: Context, value: Any) -> None:
+    def dispatch_callbacks(self, call: TaskCall, context: Context, value: Any) -> Afterwards:
         """Send the `link` callbacks with the result prepended (several as one group).
 
         A callback that cannot be sent (arguments that do not fit it, a value that does
-        not serialize) is logged and recorded as failed; the task's own success stands
-        and the message is not redelivered for it (it would fail the same way forever).
-        Broker outages propagate: the delivery comes back and is sent again.
+        not serialize) is logged, and recording it as failed is returned for the caller
+        to run after storing the task's own result; the task's success stands and the
+        message is not redelivered for it (it would fail the same way forever). Broker
+        outages propagate: the delivery comes back and is sent again.
         """
         from celeriac.canvas import group, maybe_signature
         from celeriac.exceptions import BrokerError
 
         callbacks = [maybe_signature(c, app=self.app) for c in call.callbacks or ()]
         options: dict[str, Any] = {"parent_id": call.id, "root_id": context.root_id or call.id}
+        afterwards: Afterwards = []
         if len(callbacks) > 1:
             try:
                 # Celery compat: several callbacks go out as a group.
                 group(*callbacks, app=self.app).apply_async((value,), **options)
-                return
+                return afterwards
             except BrokerError:
                 raise
             except Exception:  # isolation boundary: send them one by one to find the bad one
@@ -181,14 +189,19 @@ class Workflow:
                     call.id,
                     callback.name,
                 )
-                self.fail_pending(callback, encode_exception(exc), _format(exc))
+                afterwards.append(
+                    functools.partial(
+                        self.fail_pending, callback, encode_exception(exc), _format(exc)
+                    )
+                )
+        return afterwards
 
-    def dispatch_chain(self, call: TaskCall, context: Context, value: Any) -> None:
+    def dispatch_chain(self, call: TaskCall, context: Context, value: Any) -> Afterwards:
         """Send the next chain step with the result prepended and the rest embedded.
 
         A step that cannot be sent fails itself and the rest of the chain (so nobody
-        waits on them forever) and calls that step's errbacks; broker outages
-        propagate.
+        waits on them forever) and calls that step's errbacks: returned for the caller
+        to run after storing the task's own result. Broker outages propagate.
         """
         from celeriac.canvas import maybe_signature
         from celeriac.exceptions import BrokerError
@@ -212,17 +225,23 @@ class Workflow:
                 call.id,
                 step.name,
             )
-            stored, trace = encode_exception(exc), _format(exc)
-            for pending in (step, *(maybe_signature(s, app=self.app) for s in chain)):
-                self.fail_pending(pending, stored, trace)
-            step_id = step.id or call.id
-            self.call_errbacks(
-                [dict(e) for e in step._failure_errbacks()],
-                Context(id=step_id, task=step.name, root_id=context.root_id or call.id),
-                exc,
-                trace,
-                step_id,
-            )
+            failure = exc
+
+            def fail_the_rest() -> None:
+                stored, trace = encode_exception(failure), _format(failure)
+                for pending in (step, *(maybe_signature(s, app=self.app) for s in chain)):
+                    self.fail_pending(pending, stored, trace)
+                step_id = step.id or call.id
+                self.call_errbacks(
+                    [dict(e) for e in step._failure_errbacks()],
+                    Context(id=step_id, task=step.name, root_id=context.root_id or call.id),
+                    failure,
+                    trace,
+                    step_id,
+                )
+
+            return [fail_the_rest]
+        return []
 
     def chord_part(
         self,
