@@ -231,12 +231,17 @@ def _close_quietly(connection: amqp.Connection) -> None:
         logger.debug("error while discarding a failed connection", exc_info=True)
 
 
-def close_connection(connection: amqp.Connection | None, *, timeout: float = 1.0) -> None:
-    """Close politely if it is alive, else just drop the socket; never raise."""
+def close_connection(
+    connection: amqp.Connection | None, *, timeout: float = 1.0, polite: bool = True
+) -> None:
+    """Close politely (Connection.Close, waiting up to `timeout` for the answer) if it
+    is alive, else just drop the socket; never raise. `polite=False` drops the socket
+    at once: for a link known dead (missed heartbeats, a broken socket), where waiting
+    for an answer only delays giving it up."""
     if connection is None:
         return
     try:
-        if connection.connected:
+        if polite and connection.connected:
             transport = connection.transport
             if transport is not None and transport.sock is not None:
                 transport.sock.settimeout(timeout)

@@ -426,9 +426,10 @@ class Consumer:
             )
         if self._down_since is None:
             self._down_since = time.monotonic()
-        self._drop_connection()
+        # Only a channel error leaves a connection worth closing politely.
+        self._drop_connection(polite=is_channel_error(exc) and not is_connection_error(exc))
 
-    def _drop_connection(self) -> None:
+    def _drop_connection(self, *, polite: bool = True) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         self._buffer.clear()
         self._tags.clear()
@@ -437,4 +438,4 @@ class Consumer:
         self._prefetch = 0
         self.generation += 1
         self._next_attempt = 0.0
-        close_connection(connection, timeout=0.5)
+        close_connection(connection, timeout=0.5, polite=polite)

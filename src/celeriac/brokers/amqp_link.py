@@ -303,8 +303,8 @@ class Link:
         drain_nowait(self.connection)
         self.connection.heartbeat_tick()
 
-    def close(self) -> None:
-        close_connection(self.connection)
+    def close(self, *, polite: bool = True) -> None:
+        close_connection(self.connection, polite=polite)
 
 
 def drain_nowait(connection: amqp.Connection) -> None:
@@ -374,7 +374,7 @@ class LinkPool:
                 self._idle.append(link)
             self._cond.notify()
         if drop:
-            link.close()
+            link.close(polite=not broken)
 
     def discard_idle(self) -> None:
         """Close every idle link (after an outage they are most likely dead too)."""
@@ -405,7 +405,7 @@ class LinkPool:
             self._count -= len(dead)
             self._cond.notify_all()
         for link in dead:
-            link.close()
+            link.close(polite=False)
 
     def close(self) -> None:
         """Close every connection (those in use when they come back); the pool stays
