@@ -292,9 +292,12 @@ class Link:
             try:
                 self.connection.drain_events(timeout=min(remaining, 1.0))
             except Exception as exc:
-                if is_timeout(exc):
-                    continue
-                raise
+                if not is_timeout(exc):
+                    raise
+                # A link that died while idle (not yet noticed by the keep-alive tick)
+                # is given up after two missed heartbeats, not after `timeout`: the
+                # caller then publishes the unconfirmed messages on a fresh link.
+                self.connection.heartbeat_tick()
 
     # -- keep-alive ----------------------------------------------------------------------
 
