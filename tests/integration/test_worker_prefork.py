@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,22 @@ def test_sigterm_finishes_running_tasks_and_returns_prefetched_at_once(
     assert results[0].get(timeout=5) == "warm-0"
     assert [r.state for r in results[1:]] == [states.PENDING] * 3
     assert len(started(tasks_dir, "warm-1")) == 0
+
+
+@pytest.mark.parametrize("broker_env", ["sqlite"], indirect=True)
+def test_a_sigterm_right_after_start_stops_the_worker(tasks: Any, run_worker: RunWorker) -> None:
+    # A SIGTERM forwarded to a child that had not yet installed its own handlers ran the
+    # supervisor's inherited one and was lost: the child, and so the worker, never
+    # stopped (1 start in 3 hung). Sent the moment the worker says ready, several times.
+    for _ in range(6):
+        worker = run_worker("-c", "2", wait=False)
+        wait_for(lambda w=worker: "ready" in w.output(), timeout=20, interval=0.002, what="ready")
+        worker.signal(signal.SIGTERM)
+        try:
+            code = worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker did not stop on SIGTERM:\n{worker.output()}")
+        assert code == 0, worker.output()
 
 
 @pytest.mark.parametrize("how", ["SIGQUIT", "SIGINT twice"])

@@ -27,7 +27,7 @@ from celeriac.exceptions import TimeLimitExceeded
 from celeriac.protocol.errors import encode_exception
 from celeriac.worker.consumer import Shutdown
 from celeriac.worker.crashpoints import crash_point
-from celeriac.worker.pools.prefork import child_main, consumer_id_for
+from celeriac.worker.pools.prefork import STOP_SIGNALS, child_main, consumer_id_for
 from celeriac.worker.revocations import Revocations
 from celeriac.worker.slots import RunningTask, SlotTable
 
@@ -117,7 +117,13 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         self.slots.clear(index)
         parent = os.getpid()
+        # Stop signals are held back from the fork until the child has its own handlers
+        # (child_main unblocks them): a SIGTERM that reached it earlier would run the
+        # supervisor's inherited handler, and the child would never stop.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if pid == 0:  # the child
             code = 1
             try:

@@ -29,9 +29,13 @@ if TYPE_CHECKING:
     from celeriac.worker.options import WorkerOptions
     from celeriac.worker.slots import SlotTable
 
-__all__ = ["PreforkPool", "child_main", "consumer_id_for"]
+__all__ = ["STOP_SIGNALS", "PreforkPool", "child_main", "consumer_id_for"]
 
 logger = logging.getLogger("celeriac.worker")
+
+# Blocked in the supervisor around each fork, unblocked by the child once its handlers
+# are in place.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 def consumer_id_for(hostname: str, pid: int) -> str:
@@ -61,6 +65,8 @@ def child_main(
     signal.signal(signal.SIGQUIT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     install_alarm_handler()
+    # The supervisor forked with these blocked; one sent meanwhile is handled now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     loop = asyncio.new_event_loop()
 
