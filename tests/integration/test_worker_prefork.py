@@ -6,6 +6,7 @@ promise of the worker: what a user would see from outside (results, processes, q
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
@@ -19,7 +20,13 @@ import pytest
 from celeriac import states
 from celeriac.exceptions import TimeLimitExceeded, WorkerLostError
 from tests.helpers import wait_for
-from tests.integration.conftest import RunWorker, import_tasks, wait_until_gone, write_tasks
+from tests.integration.conftest import (
+    RunWorker,
+    WorkerProcess,
+    import_tasks,
+    wait_until_gone,
+    write_tasks,
+)
 from tests.integration.worker_tasks import SOURCE, events
 
 if TYPE_CHECKING:
@@ -112,6 +119,10 @@ def test_sigterm_finishes_running_tasks_and_returns_prefetched_at_once(
     assert len(started(tasks_dir, "warm-1")) == 0
 
 
+def says_ready(worker: WorkerProcess) -> bool:
+    return "ready" in worker.output()
+
+
 @pytest.mark.parametrize("broker_env", ["sqlite"], indirect=True)
 def test_a_sigterm_right_after_start_stops_the_worker(tasks: Any, run_worker: RunWorker) -> None:
     # A SIGTERM forwarded to a child that had not yet installed its own handlers ran the
@@ -119,7 +130,7 @@ def test_a_sigterm_right_after_start_stops_the_worker(tasks: Any, run_worker: Ru
     # stopped (1 start in 3 hung). Sent the moment the worker says ready, several times.
     for _ in range(6):
         worker = run_worker("-c", "2", wait=False)
-        wait_for(lambda w=worker: "ready" in w.output(), timeout=20, interval=0.002, what="ready")
+        wait_for(functools.partial(says_ready, worker), timeout=20, interval=0.002, what="ready")
         worker.signal(signal.SIGTERM)
         try:
             code = worker.wait(timeout=10)
