@@ -121,7 +121,11 @@ class Supervisor:
         # (child_main unblocks them): a SIGTERM that reached it earlier would run the
         # supervisor's inherited handler, and the child would never stop.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            raise
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if pid == 0:  # the child
