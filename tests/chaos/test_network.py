@@ -35,6 +35,7 @@ from tests.chaos.outages import Producer, wait_all_finished
 from tests.chaos.proxy import FaultProxy
 from tests.helpers import AMQP_URL, REDIS_URL, require_rabbitmq, require_redis, unique
 from tests.integration.conftest import import_tasks, write_tasks
+from tests.integration.test_amqp_worker import delete_amqp, delete_redis_keys
 
 if TYPE_CHECKING:
     import random
@@ -89,24 +90,9 @@ def proxied(
     finally:
         proxy.stop()
         if kind == "amqp":
-            from celeriac.brokers.amqp import AMQPBroker
-
-            broker = AMQPBroker(AMQP_URL)
-            try:
-                for queue in (name, f"{name}.dead"):
-                    broker.delete_queue(queue)
-            finally:
-                broker.close()
+            delete_amqp(AMQP_URL, [name, f"{name}.dead"], [])
         else:
-            import redis
-
-            client = redis.Redis.from_url(REDIS_URL)
-            try:
-                keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-                if keys:
-                    client.delete(*keys)
-            finally:
-                client.close()
+            delete_redis_keys(REDIS_URL, f"{name}:")
 
 
 def _worker_ports(worker: WorkerProcess, proxy_port: int) -> dict[int, int]:

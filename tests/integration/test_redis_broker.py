@@ -406,14 +406,21 @@ def test_defer_moves_a_lease_to_the_delayed_set_in_one_step(make_broker, client,
     broker.ack(later)
 
 
-def test_defer_leaves_a_lease_that_went_elsewhere_alone(make_broker, client, prefix) -> None:
+def lease_taken_over(make_broker: Any, n: int) -> tuple[Any, Any, Delivery, Delivery]:
+    """A message leased by "slow" whose lease lapsed and that "fast" then took:
+    (slow, fast, slow's stale delivery, fast's delivery)."""
     slow = make_broker("slow", visibility_timeout=0.2)
     fast = make_broker("fast", visibility_timeout=0.2)
-    slow.publish(make_message(1), queue="q")
-    [held] = receive_n(slow, "q", 1)
+    slow.publish(make_message(n), queue="q")
+    [stale] = receive_n(slow, "q", 1)
     time.sleep(0.3)
     fast.restore_expired()
     [taken] = receive_n(fast, "q", 1)
+    return slow, fast, stale, taken
+
+
+def test_defer_leaves_a_lease_that_went_elsewhere_alone(make_broker, client, prefix) -> None:
+    slow, fast, held, taken = lease_taken_over(make_broker, 1)
     # The slow consumer's deferral comes too late: no second, delayed copy appears.
     slow.defer(held, eta=utcnow() + timedelta(seconds=60))
     assert client.zcard(f"{prefix}_celeriac.delayed.q") == 0
@@ -426,13 +433,7 @@ def test_defer_leaves_a_lease_that_went_elsewhere_alone(make_broker, client, pre
 def test_defer_many_moves_each_lease_still_held_and_leaves_the_others_alone(
     make_broker, client, prefix
 ) -> None:
-    slow = make_broker("slow", visibility_timeout=0.2)
-    fast = make_broker("fast", visibility_timeout=0.2)
-    slow.publish(make_message(100), queue="q")
-    [lapsed] = receive_n(slow, "q", 1)
-    time.sleep(0.3)
-    fast.restore_expired()
-    [taken] = receive_n(fast, "q", 1)
+    slow, _, lapsed, taken = lease_taken_over(make_broker, 100)
     for n in range(4):
         slow.publish(make_message(n), queue="q")
     held = receive_n(slow, "q", 4)
