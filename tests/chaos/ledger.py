@@ -34,13 +34,15 @@ def append_line(path: Path, record: dict[str, Any]) -> None:
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+    """Every whole record in `path`. A reader can see a write that is still being copied
+    in (O_APPEND makes writers atomic towards each other, not towards readers), so a last
+    line without its newline is a record in progress and is read next time."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            records.append(json.loads(line))
-    return records
+    whole = data[: data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
 @dataclass
