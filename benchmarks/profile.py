@@ -64,6 +64,7 @@ def main() -> int:
     parser.add_argument("-s", "--scenario", choices=("s1", "s2"), default="s1")
     parser.add_argument("-b", "--broker", choices=("redis", "rabbitmq"), default="redis")
     parser.add_argument("--seconds", type=int, default=3, help="how long to record")
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks here")
     options = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -105,6 +106,8 @@ def main() -> int:
             record += ["-r", "1000", "--gil", "-f", "raw", "-o", str(raw)]
             subprocess.run(record, check=True, capture_output=True)
             total, counts = split(raw)
+            if options.raw is not None:
+                shutil.copyfile(raw, options.raw)
     finally:
         stop.set()
         if worker is not None:

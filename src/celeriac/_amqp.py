@@ -190,13 +190,13 @@ def open_connection(
     driver's exception of the last attempt; callers map it. `write_timeout` bounds a
     socket write (a server that stops reading, e.g. under a memory alarm).
     """
-    import amqp
+    from celeriac._amqp_transport import Connection
 
     last: BaseException | None = None
     for attempt in range(len(params.hosts)):
         index = (start + attempt) % len(params.hosts)
         host, port = params.hosts[index]
-        connection = amqp.Connection(
+        connection = Connection(
             host=f"{host}:{port}",
             userid=params.userid,
             password=params.password,

@@ -51,6 +51,7 @@ from celeriac._amqp import (
     open_connection,
     parse_amqp_url,
 )
+from celeriac._amqp_transport import drain_nowait
 from celeriac.backends.base import ChordPart, ResultBackend, ResultMeta
 from celeriac.exceptions import BackendError, ResultTimeout, SerializationError
 from celeriac.protocol.serializers import loads
@@ -166,7 +167,7 @@ class RPCBackend(ResultBackend):
             try:
                 if self._publisher is not None:
                     try:
-                        _drain_nowait(self._publisher)
+                        drain_nowait(self._publisher)
                         self._publisher.heartbeat_tick()
                     except Exception:
                         self._drop_publisher()
@@ -348,7 +349,7 @@ class RPCBackend(ResultBackend):
             if not is_timeout(exc):
                 raise
             return
-        _drain_nowait(connection)
+        drain_nowait(connection)
 
     def _ensure_consumer(self, *, consume: bool) -> bool:
         """Connect, declare the reply queue and (with `consume`) start consuming."""
@@ -472,13 +473,3 @@ def _is_final_over(current: ResultMeta, new: ResultMeta) -> bool:
     if current.status == states.SUCCESS:
         return True
     return current.is_ready and not new.is_ready
-
-
-def _drain_nowait(connection: amqp.Connection) -> None:
-    while True:
-        try:
-            connection.drain_events(timeout=0)
-        except Exception as exc:
-            if is_timeout(exc):
-                return
-            raise

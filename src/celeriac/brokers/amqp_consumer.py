@@ -42,7 +42,7 @@ from celeriac._amqp import (
     is_permanent_refusal,
     open_connection,
 )
-from celeriac.brokers.amqp_link import drain_nowait
+from celeriac._amqp_transport import drain_nowait
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence

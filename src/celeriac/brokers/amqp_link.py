@@ -25,6 +25,7 @@ from celeriac._amqp import (
     is_timeout,
     open_connection,
 )
+from celeriac._amqp_transport import drain_nowait
 from celeriac.brokers.amqp_frames import encode_publish
 from celeriac.exceptions import PublishError
 
@@ -308,17 +309,6 @@ class Link:
 
     def close(self, *, polite: bool = True) -> None:
         close_connection(self.connection, polite=polite)
-
-
-def drain_nowait(connection: amqp.Connection) -> None:
-    """Handle every frame already received, without blocking."""
-    while True:
-        try:
-            connection.drain_events(timeout=0)
-        except Exception as exc:
-            if is_timeout(exc):
-                return
-            raise
 
 
 class LinkPool:

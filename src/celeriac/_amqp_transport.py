@@ -1,0 +1,180 @@
+"""A py-amqp TCP transport that reads frames out of one buffer.
+
+py-amqp's plain TCP transport reads a frame with three `recv` calls sized to the frame
+(7 header bytes, the payload, the end octet), and `drain_events(timeout=0)` switches the
+socket to non-blocking and back around every frame. A delivery is three frames, so a
+consumer paid about nine `recv` and six `settimeout` system calls per message. This
+transport receives whatever the kernel holds (up to `CHUNK` bytes) in one call, cuts
+every whole frame out of that buffer, and touches the socket's timeout only when it must
+wait for bytes; `drain_nowait` reads with a non-blocking `recv` flag instead, so
+handling what has arrived costs one `recv` for a whole window of deliveries. Frames,
+errors and timeouts are what py-amqp's own transport gives its connection; TLS
+connections keep py-amqp's transport.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from contextlib import contextmanager
+from struct import Struct
+from typing import TYPE_CHECKING, Any
+
+import amqp
+from amqp.exceptions import UnexpectedFrame
+from amqp.transport import TCPTransport
+
+from celeriac._amqp import is_timeout
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["BufferedTCPTransport", "Connection", "drain_nowait"]
+
+# What one `recv` asks for: a prefetch window of small deliveries in one call.
+CHUNK = 256 * 1024
+# type (octet), channel (short), payload size (long); then the payload and 0xCE.
+FRAME_HEADER = Struct(">BHI")
+FRAME_END = 0xCE
+
+
+class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is untyped
+    """`amqp.transport.TCPTransport` with buffered frame reads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._frames = bytearray()
+        self._offset = 0
+        super().__init__(*args, **kwargs)
+
+    def _setup_transport(self) -> None:
+        super()._setup_transport()
+        self._frames = bytearray()
+        self._offset = 0
+
+    def _whole_frame_buffered(self) -> bool:
+        """A complete frame waits in the buffer (no socket call needed to read it)."""
+        start = self._offset
+        if len(self._frames) - start < FRAME_HEADER.size:
+            return False
+        size: int = FRAME_HEADER.unpack_from(self._frames, start)[2]
+        return len(self._frames) > start + FRAME_HEADER.size + size
+
+    @contextmanager
+    def having_timeout(self, timeout: float | None) -> Iterator[Any]:
+        if timeout is not None and self._whole_frame_buffered():
+            # read_frame will not touch the socket: leave its timeout alone.
+            yield self.sock
+            return
+        with super().having_timeout(timeout) as sock:
+            yield sock
+
+    def read_frame(self, unpack: Any = None) -> tuple[int, int, bytes]:
+        frames = self._frames
+        while True:
+            start = self._offset
+            if len(frames) - start >= FRAME_HEADER.size:
+                kind, channel, size = FRAME_HEADER.unpack_from(frames, start)
+                end = start + FRAME_HEADER.size + size
+                if len(frames) > end:
+                    if frames[end] != FRAME_END:
+                        self.connected = False
+                        raise UnexpectedFrame(
+                            f"Received frame_end {frames[end]:#04x} while expecting 0xce"
+                        )
+                    payload = bytes(frames[start + FRAME_HEADER.size : end])
+                    self._offset = end + 1
+                    return kind, channel, payload
+            self._receive()
+
+    def frame_ready(self) -> bool:
+        """A whole frame is buffered, after taking in what the socket holds without
+        waiting for more (no timeout switching: a non-blocking `recv` flag).
+
+        Raises OSError when the connection is gone.
+        """
+        if self._whole_frame_buffered():
+            return True
+        if self.sock is None:
+            raise OSError("the connection is closed")
+        if self.sock.gettimeout() is not None:
+            # Python would poll for the whole timeout before a flagged recv.
+            return bool(select.select([self.sock], [], [], 0)[0]) and self._take_in(0)
+        return self._take_in(socket.MSG_DONTWAIT)
+
+    def _take_in(self, flags: int) -> bool:
+        try:
+            self._receive(flags)
+        except (BlockingIOError, TimeoutError):
+            return False
+        return self._whole_frame_buffered()
+
+    def _receive(self, flags: int = 0) -> None:
+        """Append what the socket holds to the buffer (waiting by the socket's timeout).
+
+        Raises socket.timeout when nothing came in time (the buffer keeps any partial
+        frame for the next call) and OSError when the connection is gone.
+        """
+        frames = self._frames
+        if self._offset:
+            del frames[: self._offset]
+            self._offset = 0
+        try:
+            data = self.sock.recv(CHUNK, flags)
+        except BlockingIOError:
+            raise TimeoutError() from None
+        except TimeoutError:
+            raise
+        except OSError:
+            self.connected = False
+            raise
+        if not data:
+            self.connected = False
+            raise OSError("Server unexpectedly closed connection")
+        frames += data
+
+    def close(self) -> None:
+        super().close()
+        self._frames = bytearray()
+        self._offset = 0
+
+
+class Connection(amqp.Connection):  # type: ignore[misc]  # py-amqp is untyped
+    """`amqp.Connection` reading plain TCP through `BufferedTCPTransport`."""
+
+    def Transport(
+        self,
+        host: str,
+        connect_timeout: float | None,
+        ssl: Any = False,
+        read_timeout: float | None = None,
+        write_timeout: float | None = None,
+        socket_settings: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        options = {
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "write_timeout": write_timeout,
+            "socket_settings": socket_settings,
+            **kwargs,
+        }
+        if ssl:
+            return super().Transport(host, ssl=ssl, **options)
+        return BufferedTCPTransport(host, **options)
+
+
+def drain_nowait(connection: amqp.Connection) -> None:
+    """Handle every frame already received, without blocking."""
+    transport = connection.transport
+    if isinstance(transport, BufferedTCPTransport):
+        handle = connection.on_inbound_frame
+        while transport.frame_ready():
+            handle(transport.read_frame())
+        return
+    while True:  # TLS: py-amqp's own transport, by a zero timeout
+        try:
+            connection.drain_events(timeout=0)
+        except Exception as exc:
+            if is_timeout(exc):
+                return
+            raise
