@@ -53,6 +53,9 @@ MAX_RENEW_INTERVAL = 30.0
 SWEEP_INTERVAL = 10.0
 # Pause between fetches while the broker is unreachable (its own retries gave up).
 OUTAGE_PAUSE = 1.0
+# How long an orphaned process waits for a fetch under way before returning what it
+# holds (a fetch blocks at most RECEIVE_TIMEOUT plus its round trip).
+ORPHAN_FETCH_WAIT = 5.0
 
 
 class Shutdown:
@@ -107,6 +110,10 @@ class Holdings:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._returned_prefetch = False
+        # Held around each fetch; `leave` takes it to set `_leaving`, so the fetch under
+        # way finishes before what this process holds is returned and none starts after.
+        self._fetch_gate = threading.Lock()
+        self._leaving = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._periodic: list[tuple[Callable[[], object], float, list[float]]] = []
@@ -150,6 +157,30 @@ class Holdings:
             if self._held.pop(delivery.tag, None) is not None:
                 self._parked[delivery.tag] = delivery
             self._changed.notify_all()
+
+    def fetch(self, receive: Callable[[], list[Delivery]]) -> list[Delivery]:
+        """Run `receive` (a fetch), or take nothing once this process is leaving."""
+        with self._fetch_gate:
+            if self._leaving:
+                return []
+            return receive()
+
+    def leave(self) -> None:
+        """Take no more messages and return every message this process holds.
+
+        A fetch under way finishes first: otherwise its messages could be leased to
+        this process after the return had read what it holds, and would wait out the
+        visibility timeout (another orphan's returned message, fetched at that moment,
+        did so once). Waits at most ORPHAN_FETCH_WAIT for it.
+        """
+        acquired = self._fetch_gate.acquire(timeout=ORPHAN_FETCH_WAIT)
+        if not acquired:
+            logger.warning("A fetch is still under way; returning held messages anyway")
+        self._leaving = True
+        if acquired:
+            self._fetch_gate.release()
+        if self.broker.supports_recover:
+            self.broker.recover(self.broker.consumer_id)
 
     def is_parked(self, delivery: Delivery) -> bool:
         return delivery.tag in self._parked
@@ -223,8 +254,11 @@ class Holdings:
     def _orphaned(self) -> None:
         logger.error("Supervisor %s is gone; returning held messages and exiting", self.parent_pid)
         try:
-            if self.broker.supports_recover:
-                self.broker.recover(self.broker.consumer_id)
+            self.leave()
+        except Exception:
+            logger.exception(
+                "Could not return the held messages; they come back when their leases lapse"
+            )
         finally:
             os._exit(70)
 
@@ -528,7 +562,11 @@ class Consumer:
         replacement process could not connect either (Celery's consumer waits too).
         """
         try:
-            batch = self.acks.receive_after(self.queues, limit=limit, timeout=self.receive_timeout)
+            batch = self.holdings.fetch(
+                lambda: self.acks.receive_after(
+                    self.queues, limit=limit, timeout=self.receive_timeout
+                )
+            )
         except BrokerConnectionError as exc:
             self._lost(exc)
             return []
