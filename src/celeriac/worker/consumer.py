@@ -158,6 +158,11 @@ class Holdings:
                 self._parked[delivery.tag] = delivery
             self._changed.notify_all()
 
+    @property
+    def leaving(self) -> bool:
+        """`leave` has begun: start nothing more (what is held is being returned)."""
+        return self._leaving
+
     def fetch(self, receive: Callable[[], list[Delivery]]) -> list[Delivery]:
         """Run `receive` (a fetch), or take nothing once this process is leaving."""
         with self._fetch_gate:
@@ -476,7 +481,7 @@ class Consumer:
                 holdings.hold(batch)
                 crash_point("after_fetch")
                 for delivery in batch:
-                    if self.shutdown.is_requested():
+                    if self.shutdown.is_requested() or holdings.leaving:
                         break
                     self._dispatch(delivery)
                 stop = self._should_leave()
