@@ -42,26 +42,23 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
     """`amqp.transport.TCPTransport` with buffered frame reads."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # py-amqp makes a new transport for every connect, so one buffer serves its life.
         self._frames = bytearray()
         self._offset = 0
         super().__init__(*args, **kwargs)
 
-    def _setup_transport(self) -> None:
-        super()._setup_transport()
-        self._frames = bytearray()
-        self._offset = 0
-
-    def _whole_frame_buffered(self) -> bool:
-        """A complete frame waits in the buffer (no socket call needed to read it)."""
+    def _frame_end(self) -> int:
+        """Where the end octet of the first buffered frame is, or -1 while it is not
+        whole yet (reading it then needs the socket)."""
         start = self._offset
         if len(self._frames) - start < FRAME_HEADER.size:
-            return False
-        size: int = FRAME_HEADER.unpack_from(self._frames, start)[2]
-        return len(self._frames) > start + FRAME_HEADER.size + size
+            return -1
+        end: int = start + FRAME_HEADER.size + FRAME_HEADER.unpack_from(self._frames, start)[2]
+        return end if len(self._frames) > end else -1
 
     @contextmanager
     def having_timeout(self, timeout: float | None) -> Iterator[Any]:
-        if timeout is not None and self._whole_frame_buffered():
+        if timeout is not None and self._frame_end() >= 0:
             # read_frame will not touch the socket: leave its timeout alone.
             yield self.sock
             return
@@ -69,22 +66,15 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
             yield sock
 
     def read_frame(self, unpack: Any = None) -> tuple[int, int, bytes]:
-        frames = self._frames
-        while True:
-            start = self._offset
-            if len(frames) - start >= FRAME_HEADER.size:
-                kind, channel, size = FRAME_HEADER.unpack_from(frames, start)
-                end = start + FRAME_HEADER.size + size
-                if len(frames) > end:
-                    if frames[end] != FRAME_END:
-                        self.connected = False
-                        raise UnexpectedFrame(
-                            f"Received frame_end {frames[end]:#04x} while expecting 0xce"
-                        )
-                    payload = bytes(frames[start + FRAME_HEADER.size : end])
-                    self._offset = end + 1
-                    return kind, channel, payload
+        while (end := self._frame_end()) < 0:
             self._receive()
+        frames, start = self._frames, self._offset
+        if frames[end] != FRAME_END:
+            self.connected = False
+            raise UnexpectedFrame(f"Received frame_end {frames[end]:#04x} while expecting 0xce")
+        kind, channel, _ = FRAME_HEADER.unpack_from(frames, start)
+        self._offset = end + 1
+        return kind, channel, bytes(frames[start + FRAME_HEADER.size : end])
 
     def frame_ready(self) -> bool:
         """A whole frame is buffered, after taking in what the socket holds without
@@ -92,7 +82,7 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
 
         Raises OSError when the connection is gone.
         """
-        if self._whole_frame_buffered():
+        if self._frame_end() >= 0:
             return True
         if self.sock is None:
             raise OSError("the connection is closed")
@@ -104,15 +94,16 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
     def _take_in(self, flags: int) -> bool:
         try:
             self._receive(flags)
-        except (BlockingIOError, TimeoutError):
+        except TimeoutError:  # nothing there now
             return False
-        return self._whole_frame_buffered()
+        return self._frame_end() >= 0
 
     def _receive(self, flags: int = 0) -> None:
         """Append what the socket holds to the buffer (waiting by the socket's timeout).
 
-        Raises socket.timeout when nothing came in time (the buffer keeps any partial
-        frame for the next call) and OSError when the connection is gone.
+        Raises TimeoutError (socket.timeout) when nothing came in time, or at once with
+        a non-blocking flag (the buffer keeps any partial frame for the next call), and
+        OSError when the connection is gone.
         """
         frames = self._frames
         if self._offset:
@@ -131,11 +122,6 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
             self.connected = False
             raise OSError("Server unexpectedly closed connection")
         frames += data
-
-    def close(self) -> None:
-        super().close()
-        self._frames = bytearray()
-        self._offset = 0
 
 
 class Connection(amqp.Connection):  # type: ignore[misc]  # py-amqp is untyped

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psutil
 import pytest
 
+from tests.contract.conftest import broker_factory  # noqa: F401  (brokers for worker-part tests)
 from tests.helpers import require_rabbitmq, require_redis, unique, wait_for
 
 if TYPE_CHECKING:

@@ -14,58 +14,19 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from celeriac.brokers import create_broker
 from celeriac.protocol.codec import TaskCall, encode_task
 from celeriac.worker.consumer import Holdings, Shutdown
-from tests.helpers import REDIS_URL, require_redis, unique
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from pathlib import Path
-
-    from celeriac.brokers.base import Broker, Delivery
+    from celeriac.brokers.base import Delivery
+    from tests.contract.conftest import BrokerFactory
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def make_broker(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[[str], Broker]]:
-    made: list[Broker] = []
-    prefix = unique("orphan") + ":"
-    if request.param == "redis":
-        require_redis()
-        url = REDIS_URL
-        options = {"global_keyprefix": prefix}
-    else:
-        url = f"sqlite:///{tmp_path / 'broker.db'}"
-        options = {}
-
-    def make(consumer: str) -> Broker:
-        broker = create_broker(url, transport_options=options, consumer_id=prefix + consumer)
-        broker.connect()
-        made.append(broker)
-        return broker
-
-    yield make
-    if request.param == "redis":
-        made[0].purge("q")
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-    for broker in made:
-        broker.close()
-
-
-def test_leaving_returns_what_the_fetch_under_way_leased(
-    make_broker: Callable[[str], Broker],
-) -> None:
-    orphan, other = make_broker("orphan"), make_broker("other")
+@pytest.mark.parametrize("broker_factory", ["sqlite", "redis"], indirect=True)
+def test_leaving_returns_what_the_fetch_under_way_leased(broker_factory: BrokerFactory) -> None:
+    orphan, other = broker_factory("orphan"), broker_factory("other")
     holdings = Holdings(orphan, Shutdown(), window=4)
     fetched: list[Delivery] = []
     fetching = threading.Event()

@@ -80,23 +80,26 @@ def test_a_buffered_frame_is_read_without_touching_the_socket_timeout(
     assert real.gettimeout() == 7.0
 
 
-def test_a_wrong_frame_end_is_an_unexpected_frame(
+@pytest.mark.parametrize(
+    ("sent", "peer_closes", "error", "match"),
+    [
+        (frame(1, 1, b"x", end=b"\x00"), False, UnexpectedFrame, "frame_end 0x00"),
+        (frame(1, 1, b"last")[:5], True, OSError, "unexpectedly closed"),
+    ],
+    ids=["a wrong frame end is an unexpected frame", "a closed peer is a lost connection"],
+)
+def test_a_broken_stream_marks_the_transport_disconnected(
     pair: tuple[BufferedTCPTransport, socket.socket],
+    sent: bytes,
+    peer_closes: bool,
+    error: type[Exception],
+    match: str,
 ) -> None:
     transport, server = pair
-    server.sendall(frame(1, 1, b"x", end=b"\x00"))
-    with pytest.raises(UnexpectedFrame, match="frame_end 0x00"):
-        read(transport)
-    assert transport.connected is False
-
-
-def test_a_closed_peer_is_a_lost_connection(
-    pair: tuple[BufferedTCPTransport, socket.socket],
-) -> None:
-    transport, server = pair
-    server.sendall(frame(1, 1, b"last")[:5])
-    server.close()
-    with pytest.raises(OSError, match="unexpectedly closed"):
+    server.sendall(sent)
+    if peer_closes:
+        server.close()
+    with pytest.raises(error, match=match):
         read(transport)
     assert transport.connected is False
 
