@@ -64,11 +64,12 @@ def celery_like(body_size: int = 0) -> amqp.Message:
 
 @pytest.mark.parametrize("body_size", [0, 5000, 300_000])
 @pytest.mark.parametrize("mandatory", [True, False])
-def test_frames_match_py_amqp(body_size: int, mandatory: bool) -> None:
+@pytest.mark.parametrize(("exchange", "key"), [("", "celery"), ("tâches.direct", "clé.x")])
+def test_frames_match_py_amqp(body_size: int, mandatory: bool, exchange: str, key: str) -> None:
     message = celery_like(body_size)
     frame_max = 131072
-    ours = encode_publish(7, "", "celery", message, mandatory=mandatory, frame_max=frame_max)
-    theirs = py_amqp_bytes(7, "", "celery", message, mandatory=mandatory, frame_max=frame_max)
+    ours = encode_publish(7, exchange, key, message, mandatory=mandatory, frame_max=frame_max)
+    theirs = py_amqp_bytes(7, exchange, key, message, mandatory=mandatory, frame_max=frame_max)
     assert ours == theirs
 
 

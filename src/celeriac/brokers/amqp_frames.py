@@ -3,10 +3,10 @@
 py-amqp writes each published message with its own `sendall` (and first reads the
 socket for a `connection.blocked` notice), which dominates the cost of a batch. Here
 the three AMQP 0-9-1 frames of a publish (method, content header, body) are built
-with py-amqp's own `dumps`, so the header table is byte-for-byte what py-amqp (and
-so Celery/kombu) would send, and all the frames of a batch are joined and written at
-once. Encoding happens before anything is written: a value a field table cannot
-carry fails the whole batch cleanly.
+byte-for-byte as py-amqp (and so Celery/kombu) would send them (the properties by
+`amqp_table`), and all the frames of a batch are joined and written at once.
+Encoding happens before anything is written: a value a field table cannot carry fails
+the whole batch cleanly.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ from struct import error as StructError
 from struct import pack
 from typing import TYPE_CHECKING
 
-from amqp import Message
 from amqp.exceptions import FrameSyntaxError
 from amqp.serialization import dumps
 
 from celeriac.brokers.amqp_message import check_headers
+from celeriac.brokers.amqp_table import encode_properties
 from celeriac.exceptions import SerializationError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import Any
+    from amqp import Message
 
 __all__ = ["encode_publish"]
 
@@ -38,30 +37,30 @@ FRAME_END = b"\xce"
 BASIC_CLASS = 60
 PUBLISH_METHOD = pack(">HH", 60, 40)
 PUBLISH_ARGS = "Bssbb"
-# Property order and types of the basic class (what py-amqp's Message declares).
-PROPERTIES: tuple[tuple[str, str], ...] = tuple(Message.PROPERTIES)
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
     return pack(">BHI", kind, channel, len(payload)) + payload + FRAME_END
 
 
-def encode_properties(properties: Mapping[str, Any]) -> bytes:
-    """Property flags and values of a content header, as py-amqp encodes them."""
-    flags = 0
-    shift = 15
-    formats: list[str] = []
-    values: list[Any] = []
-    for name, kind in PROPERTIES:
-        value = properties.get(name)
-        if value is not None:
-            flags |= 1 << shift
-            formats.append(kind)
-            values.append(value)
-        shift -= 1
-    # 14 basic properties fit in one flags word (bit 0 would say "more flags").
-    encoded: bytes = dumps("".join(formats), values)
-    return pack(">H", flags) + encoded
+def _publish_method(exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    exchange_name = exchange.encode("utf-8", "surrogatepass")
+    key = routing_key.encode("utf-8", "surrogatepass")
+    if len(exchange_name) > 255 or len(key) > 255:
+        # py-amqp's error for a short string too long.
+        args: bytes = dumps(PUBLISH_ARGS, (0, exchange, routing_key, mandatory, False))
+        return PUBLISH_METHOD + args
+    return b"".join(
+        (
+            PUBLISH_METHOD,
+            b"\x00\x00",  # reserved
+            pack(">B", len(exchange_name)),
+            exchange_name,
+            pack(">B", len(key)),
+            key,
+            b"\x01" if mandatory else b"\x00",  # mandatory, immediate bits
+        )
+    )
 
 
 def encode_publish(
@@ -82,7 +81,7 @@ def encode_publish(
     if isinstance(body, str):
         body = body.encode(message.properties.get("content_encoding") or "utf-8")
     try:
-        method = PUBLISH_METHOD + dumps(PUBLISH_ARGS, (0, exchange, routing_key, mandatory, False))
+        method = _publish_method(exchange, routing_key, mandatory)
         header = pack(">HHQ", BASIC_CLASS, 0, len(body)) + encode_properties(message.properties)
     except (ValueError, TypeError, StructError, OverflowError, FrameSyntaxError) as exc:
         # Name the culprit when it is a header (the usual case), else say what failed.
