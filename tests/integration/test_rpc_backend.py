@@ -194,14 +194,19 @@ def test_the_reply_queue_is_declared_as_celery_declares_it(make: Factory) -> Non
     conn.connect()
     # Celery 5.7 declares it durable, auto-delete, with x-expires = result_expires in
     # ms; the same declaration from another connection succeeds only if it matches.
-    conn.channel().queue_declare(
-        backend.reply_to,
-        durable=True,
-        exclusive=False,
-        auto_delete=True,
-        arguments={"x-expires": 600000},
-    )
-    conn.close()
+    try:
+        channel = conn.channel()
+        channel.queue_declare(
+            backend.reply_to,
+            durable=True,
+            exclusive=False,
+            auto_delete=True,
+            arguments={"x-expires": 600000},
+        )
+        # Never consumed from, so auto-delete would not remove it: delete it here.
+        channel.queue_delete(backend.reply_to)
+    finally:
+        conn.close()
 
 
 def stock_app() -> Any:
