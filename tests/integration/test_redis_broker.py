@@ -195,6 +195,25 @@ def test_a_message_is_never_only_in_memory(make_broker, client, prefix) -> None:
     assert {d.tag for d in got} == {t.decode() for t in client.hkeys(f"{prefix}unacked")}
 
 
+def test_hot_commands_store_what_they_were_given_and_refuse_what_redis_py_refuses(
+    make_broker, client, prefix
+) -> None:
+    # The broker's hot commands are packed by hiredis directly (`_redis._pack`).
+    raw = make_broker()._raw_commands()
+    values = {"float": 0.1, "int": -(2**63), "text": "caf\u00e9 \x00", "bytes": b"\xff\x00"}
+    for name, value in values.items():
+        assert raw.execute("SET", f"{prefix}{name}", value) == b"OK"
+    assert client.get(f"{prefix}float") == b"0.1"
+    assert client.get(f"{prefix}int") == b"-9223372036854775808"
+    assert client.get(f"{prefix}text") == "caf\u00e9 \x00".encode()
+    assert client.get(f"{prefix}bytes") == b"\xff\x00"
+    with pytest.raises(redis.exceptions.DataError, match="cannot send 'SET'"):
+        raw.execute("SET", f"{prefix}bool", True)
+    # Nothing was written, and the connection is still in step with the server.
+    assert not client.exists(f"{prefix}bool")
+    assert raw.execute("GET", f"{prefix}float") == b"0.1"
+
+
 def test_a_lost_fetch_reply_returns_the_same_batch_on_retry(
     make_broker, client, prefix, monkeypatch: pytest.MonkeyPatch
 ) -> None:
