@@ -433,7 +433,8 @@ class KeyWatcher:
 
 class RawCommands:
     """A dedicated connection per thread for the hottest commands (publish, fetch, ack,
-    result store), sent with the connection's own `send_command`/`read_response`.
+    result store), packed by `_pack` and sent with the connection's own
+    `send_packed_command`/`read_response`.
 
     redis-py's client and pool add tens of microseconds per command (pool checkout and
     release, observability hooks); on a path run once per task that is most of the
@@ -475,8 +476,10 @@ class RawCommands:
     def transaction(self, *commands: Sequence[Any]) -> Any:
         """Run `commands` in one MULTI/EXEC, written in one go; return EXEC's reply."""
         conn = self._connection()
+        wrapped = (("MULTI",), *commands, ("EXEC",))
+        packed = [b"".join(chunk for command in wrapped for chunk in _pack(conn, tuple(command)))]
         try:
-            conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)]))
+            conn.send_packed_command(packed)
             for _ in range(len(commands) + 1):
                 conn.read_response()  # +OK, then +QUEUED per command
             return conn.read_response()
