@@ -88,6 +88,9 @@ def hard():
 def limited(n):
     now = time.time()
     record("start", key=f"limited-{n}")
+    # Busy for longer than the 0.2 s between starts, so the next start needs another
+    # process: the limit is shown to hold across processes, not within one.
+    time.sleep(0.5)
     return now
 
 
