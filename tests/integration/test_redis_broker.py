@@ -195,6 +195,23 @@ def test_a_message_is_never_only_in_memory(make_broker, client, prefix) -> None:
     assert {d.tag for d in got} == {t.decode() for t in client.hkeys(f"{prefix}unacked")}
 
 
+def test_a_batch_is_taken_in_publish_order_from_each_list(make_broker, client, prefix) -> None:
+    # A batch pushes each list's messages together (one LPUSH per list): the order
+    # within a list is the publish order, as with one push per message.
+    broker = make_broker()
+    later = utcnow() + timedelta(hours=1)
+    items = [Outgoing(make_message(n), queue="a" if n % 3 else "b") for n in range(30)]
+    items.insert(7, Outgoing(make_message(99), queue="a", eta=later))
+    items.append(Outgoing(make_message(100), queue="b", priority=9))
+    broker.publish_many(items)
+    assert client.zcard(f"{prefix}_celeriac.delayed.a") == 1
+    assert [arg_of(d) for d in receive_n(broker, "a", 20)] == [n for n in range(30) if n % 3]
+    from_b = [arg_of(d) for d in receive_n(broker, "b", 11)]
+    assert from_b[:10] == [n for n in range(30) if not n % 3]
+    assert from_b[10:] == [100]  # its own priority list
+    assert broker.receive(["a", "b"], limit=10, timeout=0.2) == []
+
+
 def test_hot_commands_store_what_they_were_given_and_refuse_what_redis_py_refuses(
     make_broker, client, prefix
 ) -> None:

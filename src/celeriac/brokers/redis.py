@@ -421,8 +421,10 @@ class RedisBroker(Broker):
         priority: int | None,
         exchange: str,
         routing_key: str | None,
+        pushes: dict[str, list[bytes]] | None = None,
     ) -> None:
-        """Queue the commands that publish one message on `pipe`."""
+        """Queue the commands that publish one message on `pipe` (a message for a list
+        joins `pushes`, when given, for the caller to push with the others)."""
         level = clamp_priority(priority if priority is not None else message.priority)
         envelope = self._envelope(
             message, exchange=exchange or "", routing_key=routing_key or queue, priority=level
@@ -432,6 +434,8 @@ class RedisBroker(Broker):
             pipe.zadd(self._prefix + DELAYED_PREFIX + queue, {envelope: due})
             # LT: the index keeps each queue's earliest due time.
             pipe.zadd(self._delayed_index, {queue: due}, lt=True)
+        elif pushes is not None:
+            pushes.setdefault(self._list_key(queue, level), []).append(envelope)
         else:
             pipe.lpush(self._list_key(queue, level), envelope)
 
@@ -479,7 +483,10 @@ class RedisBroker(Broker):
             return
 
         def send(client: redis.Redis) -> None:
-            # One MULTI: all or nothing, so a retry after a lost reply is exact.
+            # One MULTI: all or nothing, so a retry after a lost reply is exact. The
+            # messages for one list go in one LPUSH, in order: the first pushed is the
+            # first popped (consumers take the tail), as with one LPUSH each.
+            pushes: dict[str, list[bytes]] = {}
             with client.pipeline(transaction=True) as pipe:
                 for item in items:
                     self._stage(
@@ -490,7 +497,10 @@ class RedisBroker(Broker):
                         priority=item.priority,
                         exchange=item.exchange,
                         routing_key=item.routing_key,
+                        pushes=pushes,
                     )
+                for key, envelopes in pushes.items():
+                    pipe.lpush(key, *envelopes)
                 pipe.execute()
 
         self._run(f"publish {len(items)} messages", send, error=PublishError)
