@@ -33,6 +33,7 @@ import amqp
 import psutil
 import redis
 
+from benchmarks.processes import cpu_seconds
 from celeriac import Celeriac
 from celeriac.brokers.amqp_frames import encode_publish
 from celeriac.brokers.amqp_message import basic_properties
@@ -86,11 +87,6 @@ def _fill(channel: Any, conn: amqp.Connection, queue: str, frame: bytes, n: int)
         time.sleep(0.002)
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
 def publish_ceiling(n: int, *, confirm: bool) -> tuple[float, float]:
     """Messages per second and RabbitMQ's CPU seconds for `n` pre-encoded publishes."""
     queue = f"ceiling-{uuid.uuid4().hex[:8]}"
@@ -103,11 +99,11 @@ def publish_ceiling(n: int, *, confirm: bool) -> tuple[float, float]:
             channel.confirm_select()
         frame = _frame(channel, conn, queue)
         rabbit = _rabbit_process()
-        before = _cpu_seconds(rabbit)
+        before = cpu_seconds(rabbit)
         began = time.perf_counter()
         _fill(channel, conn, queue, frame, n)
         seconds = time.perf_counter() - began
-        used = _cpu_seconds(rabbit) - before
+        used = cpu_seconds(rabbit) - before
         channel.queue_delete(queue)
     finally:
         conn.close()
@@ -169,10 +165,10 @@ def drain_ceiling(n: int, *, consumers: int = 2, window: int = 4) -> tuple[float
             process.start()
         time.sleep(1.0)  # connected and waiting for `go`
         rabbit = _rabbit_process()
-        before = _cpu_seconds(rabbit)
+        before = cpu_seconds(rabbit)
         go.set()
         reports = [report.get(timeout=120) for _ in processes]
-        used = _cpu_seconds(rabbit) - before
+        used = cpu_seconds(rabbit) - before
         channel.queue_delete(queue)
     finally:
         for process in processes:

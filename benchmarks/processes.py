@@ -1,4 +1,4 @@
-"""Starting and stopping contestant processes, and watching their memory.
+"""Starting and stopping contestant processes, and watching their memory and CPU.
 
 Every process the runner starts is stopped by pid: a worker gets SIGTERM (each library's
 warm shutdown), then, past a grace period, SIGKILL; any process of its tree still alive
@@ -23,12 +23,18 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-__all__ = ["AgentError", "MemorySampler", "WorkerProcess", "run_agent", "tail"]
+__all__ = ["AgentError", "MemorySampler", "WorkerProcess", "cpu_seconds", "run_agent", "tail"]
 
 # How often the memory sampler looks at the worker's process tree.
 SAMPLE_INTERVAL = 0.05
 # How long a worker gets to shut down warmly before it is killed.
 STOP_GRACE = 15.0
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User plus system CPU `process` has used so far."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 class AgentError(RuntimeError):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.ceiling import _cpu_seconds
+from benchmarks.processes import cpu_seconds
 from benchmarks.servers import RabbitTarget, RedisTarget
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -67,20 +67,18 @@ def split(raw: Path) -> tuple[int, collections.Counter[str]]:
 class CpuPerPart:
     """CPU seconds of each side over a span of S3's chords, per chord part."""
 
-    SERVERS = ("redis-server", "beam.smp")
-
-    def __init__(self, worker: psutil.Process) -> None:
+    def __init__(self, worker: psutil.Process, servers: tuple[str, ...]) -> None:
         self.sides = {
             "worker children": worker.children(),
-            "servers (this machine)": [
-                p for p in psutil.process_iter(["name"]) if p.info["name"] in self.SERVERS
+            f"{', '.join(servers)} (on this machine)": [
+                p for p in psutil.process_iter(["name"]) if p.info["name"] in servers
             ],
             "this client": [psutil.Process()],
         }
         self.start = self._sample()
 
     def _sample(self) -> dict[str, float]:
-        return {side: sum(map(_cpu_seconds, ps)) for side, ps in self.sides.items()}
+        return {side: sum(map(cpu_seconds, ps)) for side, ps in self.sides.items()}
 
     def report(self, parts: int, seconds: float) -> list[str]:
         end = self._sample()
@@ -141,13 +139,16 @@ def main() -> int:
                 while not stop.is_set():
                     header = [add.s(i, i) for i in range(1_000)]
                     chord(header)(tsum.s()).get(timeout=30)
-                    parts.append(len(header) + 1)
+                    parts.append(len(header))
 
             threading.Thread(target=chords, daemon=True).start()
         child = psutil.Process(worker.pid).children()[0].pid
         if options.scenario == "s3":
             # Counted before py-spy attaches: its sampling costs the child CPU too.
-            accounting = CpuPerPart(psutil.Process(worker.pid))
+            servers = (
+                ("redis-server",) if options.broker == "redis" else ("redis-server", "beam.smp")
+            )
+            accounting = CpuPerPart(psutil.Process(worker.pid), servers)
             counted, began = len(parts), time.perf_counter()
             time.sleep(options.seconds)
             per_part = accounting.report(sum(parts[counted:]), time.perf_counter() - began)
