@@ -55,6 +55,7 @@ from celeriac.brokers.base import (
     Broker,
     DeadLetter,
     Delivery,
+    Outgoing,
     clamp_priority,
 )
 from celeriac.exceptions import (
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
     import redis
 
-    from celeriac.brokers.base import Deferral, Outgoing
+    from celeriac.brokers.base import Deferral
 
 __all__ = ["RedisBroker"]
 
@@ -411,33 +412,30 @@ class RedisBroker(Broker):
         except (TypeError, SerializationError) as exc:
             raise PublishError(f"cannot encode the message envelope: {exc}") from exc
 
-    def _stage(
-        self,
-        pipe: Any,
-        message: Message,
-        queue: str,
-        *,
-        eta: datetime | None,
-        priority: int | None,
-        exchange: str,
-        routing_key: str | None,
-        pushes: dict[str, list[bytes]] | None = None,
-    ) -> None:
-        """Queue the commands that publish one message on `pipe` (a message for a list
-        joins `pushes`, when given, for the caller to push with the others)."""
-        level = clamp_priority(priority if priority is not None else message.priority)
-        envelope = self._envelope(
-            message, exchange=exchange or "", routing_key=routing_key or queue, priority=level
-        )
-        due = eta.timestamp() if eta is not None and self._broker_side_eta else None
-        if due is not None and due > self.clock.time():
-            pipe.zadd(self._prefix + DELAYED_PREFIX + queue, {envelope: due})
-            # LT: the index keeps each queue's earliest due time.
-            pipe.zadd(self._delayed_index, {queue: due}, lt=True)
-        elif pushes is not None:
-            pushes.setdefault(self._list_key(queue, level), []).append(envelope)
-        else:
-            pipe.lpush(self._list_key(queue, level), envelope)
+    def _stage(self, pipe: Any, items: Sequence[Outgoing]) -> None:
+        """Queue the commands that publish `items` on `pipe`: an ETA message goes to its
+        sorted set, the others to their lists, one LPUSH per list in publish order (the
+        first pushed is the first popped: consumers take the tail)."""
+        pushes: dict[str, list[bytes]] = {}
+        for item in items:
+            message, queue, eta = item.message, item.queue, item.eta
+            priority = item.priority if item.priority is not None else message.priority
+            level = clamp_priority(priority)
+            envelope = self._envelope(
+                message,
+                exchange=item.exchange or "",
+                routing_key=item.routing_key or queue,
+                priority=level,
+            )
+            due = eta.timestamp() if eta is not None and self._broker_side_eta else None
+            if due is not None and due > self.clock.time():
+                pipe.zadd(self._prefix + DELAYED_PREFIX + queue, {envelope: due})
+                # LT: the index keeps each queue's earliest due time.
+                pipe.zadd(self._delayed_index, {queue: due}, lt=True)
+            else:
+                pushes.setdefault(self._list_key(queue, level), []).append(envelope)
+        for key, envelopes in pushes.items():
+            pipe.lpush(key, *envelopes)
 
     def publish(
         self,
@@ -461,18 +459,19 @@ class RedisBroker(Broker):
             self._published += 1
             return
 
+        item = Outgoing(
+            message,
+            queue=queue,
+            eta=eta,
+            priority=priority,
+            exchange=exchange,
+            routing_key=routing_key,
+        )
+
         def send(client: redis.Redis) -> None:
             # MULTI: an ETA message lands in its sorted set and the index together.
             with client.pipeline(transaction=True) as pipe:
-                self._stage(
-                    pipe,
-                    message,
-                    queue,
-                    eta=eta,
-                    priority=priority,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                )
+                self._stage(pipe, [item])
                 pipe.execute()
 
         self._run(f"publish to {queue}", send, error=PublishError)
@@ -483,24 +482,9 @@ class RedisBroker(Broker):
             return
 
         def send(client: redis.Redis) -> None:
-            # One MULTI: all or nothing, so a retry after a lost reply is exact. The
-            # messages for one list go in one LPUSH, in order: the first pushed is the
-            # first popped (consumers take the tail), as with one LPUSH each.
-            pushes: dict[str, list[bytes]] = {}
+            # One MULTI: all or nothing, so a retry after a lost reply is exact.
             with client.pipeline(transaction=True) as pipe:
-                for item in items:
-                    self._stage(
-                        pipe,
-                        item.message,
-                        item.queue,
-                        eta=item.eta,
-                        priority=item.priority,
-                        exchange=item.exchange,
-                        routing_key=item.routing_key,
-                        pushes=pushes,
-                    )
-                for key, envelopes in pushes.items():
-                    pipe.lpush(key, *envelopes)
+                self._stage(pipe, items)
                 pipe.execute()
 
         self._run(f"publish {len(items)} messages", send, error=PublishError)
