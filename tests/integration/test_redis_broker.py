@@ -303,6 +303,71 @@ def test_receive_wakes_for_a_plain_lpush(make_broker, client, prefix) -> None:
     assert consumer._watcher is not None  # woken by the invalidation, not by polling
 
 
+def _count_drains(broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    watcher = broker._watcher
+    assert watcher is not None
+    drains: list[int] = []
+    original = watcher.drain
+
+    def counting() -> None:
+        drains.append(1)
+        original()
+
+    monkeypatch.setattr(watcher, "drain", counting)
+    return drains
+
+
+def test_full_batches_skip_reading_the_wake_up_connection(
+    make_broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("celeriac.brokers.redis.DRAIN_EVERY", 60.0)
+    broker = make_broker()
+    for n in range(18):
+        broker.publish(make_message(n), queue="q")
+    assert len(broker.receive(["q"], limit=2, timeout=1)) == 2
+    drains = _count_drains(broker, monkeypatch)
+    for _ in range(7):
+        assert len(broker.receive(["q"], limit=2, timeout=1)) == 2
+    assert drains == []  # each fetch followed a full one
+    assert len(broker.receive(["q"], limit=4, timeout=1)) == 2  # short: the lists ran dry
+    assert drains == []
+    assert broker.receive(["q"], limit=4, timeout=0) == []
+    assert len(drains) == 1  # after a short fetch, drained before fetching again
+
+
+def test_a_busy_consumer_still_reads_its_wake_up_connection_now_and_then(
+    make_broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("celeriac.brokers.redis.DRAIN_EVERY", 0.05)
+    broker = make_broker()
+    for n in range(8):
+        broker.publish(make_message(n), queue="q")
+    assert len(broker.receive(["q"], limit=2, timeout=1)) == 2
+    drains = _count_drains(broker, monkeypatch)
+    for _ in range(3):
+        time.sleep(0.06)
+        assert len(broker.receive(["q"], limit=2, timeout=1)) == 2
+    assert len(drains) == 3
+
+
+def test_a_consumer_that_took_full_batches_wakes_for_the_next_message(make_broker) -> None:
+    consumer = make_broker(wakeup_interval=30)
+    producer = make_broker("p")
+    for n in range(4):
+        producer.publish(make_message(n), queue="q")
+    assert len(consumer.receive(["q"], limit=2, timeout=1)) == 2
+    assert len(consumer.receive(["q"], limit=2, timeout=1)) == 2
+    # Left on the wake-up connection: the notifications of those fetches' own pops.
+    timer = threading.Timer(0.3, lambda: producer.publish(make_message(9), queue="q"))
+    timer.start()
+    started = time.monotonic()
+    got = consumer.receive(["q"], limit=2, timeout=10)
+    waited = time.monotonic() - started
+    timer.join()
+    assert [arg_of(d) for d in got] == [9]
+    assert waited < 1.5  # woken by the publish's notification (no polling within 30 s)
+
+
 def test_receive_wakes_when_an_eta_comes_due(make_broker) -> None:
     broker = make_broker(wakeup_interval=30)
     eta = utcnow() + timedelta(seconds=0.6)
