@@ -54,6 +54,7 @@ __all__ = [
     "load_rate_script",
     "load_script",
     "new_connection",
+    "pack_commands",
     "pool_options",
     "reserve_rate_slot",
 ]
@@ -476,8 +477,7 @@ class RawCommands:
     def transaction(self, *commands: Sequence[Any]) -> Any:
         """Run `commands` in one MULTI/EXEC, written in one go; return EXEC's reply."""
         conn = self._connection()
-        wrapped = (("MULTI",), *commands, ("EXEC",))
-        packed = [b"".join(chunk for command in wrapped for chunk in _pack(conn, tuple(command)))]
+        packed = pack_commands(conn, (("MULTI",), *commands, ("EXEC",)))
         try:
             conn.send_packed_command(packed)
             for _ in range(len(commands) + 1):
@@ -524,6 +524,12 @@ def _pack(conn: Any, args: tuple[Any, ...]) -> list[bytes]:
         return [_HIREDIS_PACK(args)]
     except TypeError as exc:
         raise redis_errors.DataError(f"cannot send {args[0]!r}: {exc}") from None
+
+
+def pack_commands(conn: Any, commands: Sequence[Sequence[Any]]) -> list[bytes]:
+    """Several commands in RESP, in one buffer, each packed by `_pack` (redis-py's
+    `pack_commands` encodes every argument in Python first)."""
+    return [b"".join(chunk for command in commands for chunk in _pack(conn, tuple(command)))]
 
 
 # Cluster-wide rate limits, shared by the broker and the result backend (a RabbitMQ fleet

@@ -1,6 +1,7 @@
-"""The hot Redis commands are packed by hiredis directly (`celeriac._redis._pack`): the
-bytes must be exactly what redis-py's own packer writes, and what redis-py refuses is
-refused with redis-py's error. No server: packing opens no connection."""
+"""The hot Redis commands are packed by hiredis directly (`celeriac._redis._pack`, and
+`pack_commands` for several in one write): the bytes must be exactly what redis-py's own
+packer writes, and what redis-py refuses is refused with redis-py's error. No server:
+packing opens no connection."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from redis.connection import Connection
 
 from celeriac import _redis
-from celeriac._redis import _pack
+from celeriac._redis import _pack, pack_commands
 
 ARGUMENT = st.one_of(
     st.text(),
@@ -37,6 +38,17 @@ def redis_py_bytes(*args: Any) -> bytes:
 def test_hot_commands_are_packed_byte_for_byte_as_redis_py_packs_them(args: list[Any]) -> None:
     command = ("EVALSHA", "f" * 40, 2, *args)
     assert b"".join(_pack(unconnected(), command)) == redis_py_bytes(*command)
+
+
+@given(st.lists(st.lists(ARGUMENT, max_size=8), max_size=6))
+def test_several_commands_are_packed_in_one_buffer_as_redis_py_packs_them(
+    argument_lists: list[list[Any]],
+) -> None:
+    # What a result wait writes: UNSUBSCRIBE, MGET and SUBSCRIBE in one go.
+    commands = [("UNSUBSCRIBE",)] + [("MGET", "k", *args) for args in argument_lists]
+    packed = pack_commands(unconnected(), commands)
+    assert len(packed) == 1
+    assert packed[0] == b"".join(unconnected().pack_commands(commands))
 
 
 def test_a_command_name_of_several_words_is_split_as_redis_py_splits_it() -> None:

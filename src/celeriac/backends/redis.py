@@ -36,6 +36,7 @@ from celeriac._redis import (
     load_rate_script,
     load_script,
     new_connection,
+    pack_commands,
     reserve_rate_slot,
 )
 from celeriac.backends.base import (
@@ -347,7 +348,7 @@ class RedisBackend(ResultBackend):
         if stale:
             commands.append(("UNSUBSCRIBE",))
         commands += [("MGET", *keys), ("SUBSCRIBE", *keys)]
-        packed = conn.pack_commands(commands)
+        packed = pack_commands(conn, commands)
         conn.send_packed_command(packed)
         conn._celeriac_subscribed = 0
         if stale:
