@@ -303,7 +303,20 @@ def test_receive_wakes_for_a_plain_lpush(make_broker, client, prefix) -> None:
     assert consumer._watcher is not None  # woken by the invalidation, not by polling
 
 
-def _count_drains(broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _draining_consumer(
+    make_broker: Callable[..., RedisBroker],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    messages: int,
+    drain_every: float,
+) -> tuple[RedisBroker, list[int]]:
+    """A consumer that has taken its first full batch of 2 from `messages` queued ones,
+    and the list its wake-up connection's drains are counted in from then on."""
+    monkeypatch.setattr("celeriac.brokers.redis.DRAIN_EVERY", drain_every)
+    broker = make_broker()
+    for n in range(messages):
+        broker.publish(make_message(n), queue="q")
+    assert len(broker.receive(["q"], limit=2, timeout=1)) == 2
     watcher = broker._watcher
     assert watcher is not None
     drains: list[int] = []
@@ -314,18 +327,13 @@ def _count_drains(broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) -> list[
         original()
 
     monkeypatch.setattr(watcher, "drain", counting)
-    return drains
+    return broker, drains
 
 
 def test_full_batches_skip_reading_the_wake_up_connection(
     make_broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("celeriac.brokers.redis.DRAIN_EVERY", 60.0)
-    broker = make_broker()
-    for n in range(18):
-        broker.publish(make_message(n), queue="q")
-    assert len(broker.receive(["q"], limit=2, timeout=1)) == 2
-    drains = _count_drains(broker, monkeypatch)
+    broker, drains = _draining_consumer(make_broker, monkeypatch, messages=18, drain_every=60.0)
     for _ in range(7):
         assert len(broker.receive(["q"], limit=2, timeout=1)) == 2
     assert drains == []  # each fetch followed a full one
@@ -338,12 +346,7 @@ def test_full_batches_skip_reading_the_wake_up_connection(
 def test_a_busy_consumer_still_reads_its_wake_up_connection_now_and_then(
     make_broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("celeriac.brokers.redis.DRAIN_EVERY", 0.05)
-    broker = make_broker()
-    for n in range(8):
-        broker.publish(make_message(n), queue="q")
-    assert len(broker.receive(["q"], limit=2, timeout=1)) == 2
-    drains = _count_drains(broker, monkeypatch)
+    broker, drains = _draining_consumer(make_broker, monkeypatch, messages=8, drain_every=0.05)
     for _ in range(3):
         time.sleep(0.06)
         assert len(broker.receive(["q"], limit=2, timeout=1)) == 2
