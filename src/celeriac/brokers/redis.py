@@ -555,13 +555,11 @@ class RedisBroker(Broker):
         while True:
             plan = self._plan(self._ordered(queues))
             watcher = self._ensure_watcher(plan)
-            # Notifications that arrived before a fetch are covered by it: drain them
-            # first, so a wait after an empty fetch does not wake for them. After a full
-            # batch the lists likely hold more, so skip it (a poll and a read per fetch:
-            # without them a draining child spends 14 % less CPU per no-op). A
-            # notification left over can only wake a later wait early, and that loop
-            # drains, since its fetch came back short.
-            # Draining never happens between a fetch and a wait, so no wake-up is lost.
+            # Notifications that arrived before a fetch are covered by it: drained first,
+            # a wait after an empty fetch wakes only for newer writes. After a full batch
+            # the drain (a poll and a read) is skipped but for one every DRAIN_EVERY: a
+            # leftover can only wake a later wait early, and that loop drains, its fetch
+            # having come back short. Never between a fetch and a wait: no lost wake-up.
             now = time.monotonic()
             if watcher is not None and (self._ran_dry or now - self._drained_at >= DRAIN_EVERY):
                 try:
