@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from celeriac._redis import DEFAULT_SOCKET_TIMEOUT, PING_AFTER
+from celeriac.connections.redis import DEFAULT_SOCKET_TIMEOUT, PING_AFTER
 from tests.chaos.chaos_tasks import SOURCE
 from tests.chaos.conftest import size
 from tests.chaos.ledger import Ledger
@@ -202,7 +202,7 @@ def test_a_black_holed_redis_wake_up_connection_is_given_up() -> None:
     link there looks like a quiet queue for ever (wake-ups silently become polling)."""
     import redis.exceptions as redis_errors
 
-    from celeriac._redis import KeyWatcher, connection_pool
+    from celeriac.connections.redis import KeyWatcher, connection_pool
 
     upstream = require_redis()
     proxy = FaultProxy(int(upstream.rsplit(":", 1)[1].split("/")[0]))

@@ -21,6 +21,7 @@ from celeriac._time import utcnow
 from celeriac.brokers import create_broker
 from celeriac.brokers.base import Deferral, Delivery, Outgoing
 from celeriac.brokers.redis import RedisBroker
+from celeriac.brokers.redis.envelope import encode_envelope
 from celeriac.exceptions import BrokerConnectionError
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
 from tests.helpers import REDIS_URL, require_redis, unique, wait_for
@@ -215,8 +216,8 @@ def test_a_batch_is_taken_in_publish_order_from_each_list(make_broker, client, p
 def test_hot_commands_store_what_they_were_given_and_refuse_what_redis_py_refuses(
     make_broker, client, prefix
 ) -> None:
-    # The broker's hot commands are packed by hiredis directly (`_redis._pack`).
-    raw = make_broker()._raw_commands()
+    # The broker's hot commands are packed by hiredis directly (`connections.redis_packing._pack`).
+    raw = make_broker()._redis.raw()
     values = {"float": 0.1, "int": -(2**63), "text": "caf\u00e9 \x00", "bytes": b"\xff\x00"}
     for name, value in values.items():
         assert raw.execute("SET", f"{prefix}{name}", value) == b"OK"
@@ -236,7 +237,7 @@ def test_a_lost_fetch_reply_returns_the_same_batch_on_retry(
 ) -> None:
     broker = make_broker(connection_retry_backoff=0.01)
     broker.publish_many([Outgoing(make_message(n), queue="q") for n in range(3)])
-    raw = broker._raw_commands()
+    raw = broker._redis.raw()
     run_script = raw.script
     calls: list[int] = []
 
@@ -289,9 +290,8 @@ def test_idle_receive_waits_without_polling(make_broker, monkeypatch: pytest.Mon
 
 def test_receive_wakes_for_a_plain_lpush(make_broker, client, prefix) -> None:
     consumer = make_broker()
-    producer = make_broker("p")
     consumer.receive(["q"], limit=1, timeout=0)
-    envelope = producer._envelope(make_message(1), exchange="", routing_key="q", priority=0)
+    envelope = encode_envelope(make_message(1), exchange="", routing_key="q", priority=0)
     timer = threading.Timer(0.3, lambda: client.lpush(f"{prefix}q", envelope))
     timer.start()
     started = time.monotonic()
@@ -312,7 +312,7 @@ def _draining_consumer(
 ) -> tuple[RedisBroker, list[int]]:
     """A consumer that has taken its first full batch of 2 from `messages` queued ones,
     and the list its wake-up connection's drains are counted in from then on."""
-    monkeypatch.setattr("celeriac.brokers.redis.DRAIN_EVERY", drain_every)
+    monkeypatch.setattr("celeriac.brokers.redis.broker.DRAIN_EVERY", drain_every)
     broker = make_broker()
     for n in range(messages):
         broker.publish(make_message(n), queue="q")

@@ -73,8 +73,8 @@ def test_unknown_scheme_lists_the_valid_ones(lookup: Any, url: str) -> None:
 @pytest.mark.parametrize(
     ("url", "module", "driver", "extra"),
     [
-        ("redis://127.0.0.1:6379/0", "celeriac.brokers.redis", "redis", "redis"),
-        ("rediss://127.0.0.1:6379/0", "celeriac.brokers.redis", "redis", "redis"),
+        ("redis://127.0.0.1:6379/0", "celeriac.brokers.redis.broker", "redis", "redis"),
+        ("rediss://127.0.0.1:6379/0", "celeriac.brokers.redis.broker", "redis", "redis"),
         ("amqp://127.0.0.1:5672//", "celeriac.brokers.amqp", "amqp", "amqp"),
         ("pyamqp://127.0.0.1:5672//", "celeriac.brokers.amqp", "amqp", "amqp"),
     ],
@@ -109,7 +109,7 @@ def test_missing_backend_driver_names_the_extra_to_install(
 @pytest.mark.parametrize(
     ("lookup", "url", "module"),
     [
-        (broker_class, "redis://127.0.0.1", "celeriac.brokers.redis"),
+        (broker_class, "redis://127.0.0.1", "celeriac.brokers.redis.broker"),
         (backend_class, "rpc://", "celeriac.backends.rpc"),
     ],
 )

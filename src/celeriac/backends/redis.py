@@ -26,19 +26,6 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac import states
-from celeriac._redis import (
-    RATE_PREFIX,
-    RETRYABLE_ERRORS,
-    RawCommands,
-    RetryPolicy,
-    call_with_retry,
-    connection_pool,
-    load_rate_script,
-    load_script,
-    new_connection,
-    pack_commands,
-    reserve_rate_slot,
-)
 from celeriac.backends.base import (
     GROUP_KEY_PREFIX,
     REVOCATION_TTL,
@@ -48,10 +35,17 @@ from celeriac.backends.base import (
     ResultMeta,
     Revocation,
 )
+from celeriac.connections.redis import (
+    RETRYABLE_ERRORS,
+    RedisClient,
+    load_script,
+    new_connection,
+)
+from celeriac.connections.redis_packing import pack_commands
 from celeriac.exceptions import BackendError, ResultLost, ResultTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     import redis
 
@@ -99,7 +93,7 @@ class RedisBackend(ResultBackend):
 
     Transport options (`result_backend_transport_options`): global_keyprefix,
     result_chord_ordered (default True), connection_retries, connection_retry_backoff,
-    connection_retry_backoff_max and the connection settings of `celeriac._redis`.
+    connection_retry_backoff_max and the connection settings of `celeriac.connections.redis`.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket")
@@ -115,16 +109,14 @@ class RedisBackend(ResultBackend):
         self._task_prefix = prefix + TASK_KEY_PREFIX
         self._group_prefix = prefix + GROUP_KEY_PREFIX
         self._crash_prefix = prefix + CRASH_KEY_PREFIX
-        self._rate_prefix = prefix + RATE_PREFIX
+        self._prefix = prefix
         self._revoked_key = prefix + REVOKED_KEY
         self._revoked_terminate_key = prefix + REVOKED_TERMINATE_KEY
         self._ordered = bool(options.get("result_chord_ordered", True))
-        self._retry_policy = RetryPolicy.from_options(options)
+        self._redis = RedisClient(
+            url, options, scripts=_compose, error=BackendError, unreachable=BackendError
+        )
         self._lock = threading.Lock()
-        self._pool: redis.ConnectionPool | None = None
-        self._client: redis.Redis | None = None
-        self._scripts: dict[str, Any] = {}
-        self._raw: RawCommands | None = None
         self._idle: list[Any] = []
 
     # -- plumbing -------------------------------------------------------------------
@@ -140,52 +132,13 @@ class RedisBackend(ResultBackend):
         # Celery compat: SETEX takes whole seconds; 0 means keep forever.
         return math.ceil(self.expires) if self.expires else 0
 
-    def _connection(self) -> redis.Redis:
-        client = self._client
-        if client is not None:
-            return client
-        with self._lock:
-            if self._client is None:
-                import redis as redis_module
-
-                self._pool = connection_pool(self.url, self.transport_options)
-                self._client = redis_module.Redis(connection_pool=self._pool)
-                for name, script in _compose().items():
-                    self._scripts[name] = self._client.register_script(script)
-                self._scripts["rate"] = load_rate_script(self._client)
-                self._raw = RawCommands(self._pool)
-            return self._client
-
-    def _run(
-        self,
-        what: str,
-        operation: Callable[[redis.Redis], Any],
-        *,
-        unreachable: type[BackendError] = BackendError,
-    ) -> Any:
-        client = self._connection()
-        assert self._pool is not None
-        return call_with_retry(
-            lambda: operation(client),
-            pool=self._pool,
-            policy=self._retry_policy,
-            what=what,
-            error=BackendError,
-            unreachable=unreachable,
-        )
-
     def close(self) -> None:
+        # The client first: a subscriber released after this is disconnected, not kept.
+        self._redis.close()
         with self._lock:
-            pool, self._pool, self._client = self._pool, None, None
             idle, self._idle = self._idle, []
-            raw, self._raw = self._raw, None
-            self._scripts.clear()
         for conn in idle:
             conn.disconnect()
-        if raw is not None:
-            raw.close()
-        if pool is not None:
-            pool.disconnect()
 
     # -- task results ---------------------------------------------------------------
 
@@ -198,18 +151,16 @@ class RedisBackend(ResultBackend):
             current = self.get(meta.task_id)
             if current is not None and current.status == states.SUCCESS:
                 return
-        self._connection()
-        script = self._scripts["store"]
-        raw = self._raw
-        assert raw is not None
-        self._run(
+        script = self._redis.script("store")
+        raw = self._redis.raw()
+        self._redis.run(
             f"store the result of {meta.task_id}",
             lambda client: raw.script(script, [key], [value, self._ttl]),
             unreachable=ResultLost,
         )
 
     def get(self, task_id: str) -> ResultMeta | None:
-        raw = self._run(
+        raw = self._redis.run(
             f"read the result of {task_id}", lambda client: client.get(self._task_key(task_id))
         )
         return None if raw is None else self.decode_meta(raw, task_id=task_id)
@@ -218,7 +169,7 @@ class RedisBackend(ResultBackend):
         if not task_ids:
             return {}
         keys = [self._task_key(task_id) for task_id in task_ids]
-        raws = self._run(f"read {len(keys)} results", lambda client: client.mget(keys))
+        raws = self._redis.run(f"read {len(keys)} results", lambda client: client.mget(keys))
         return {
             task_id: self.decode_meta(raw, task_id=task_id)
             for task_id, raw in zip(task_ids, raws, strict=True)
@@ -226,19 +177,9 @@ class RedisBackend(ResultBackend):
         }
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
-        self._connection()
-        script = self._scripts["rate"]
-        slot: float = self._run(
-            f"reserve a rate slot for {key}",
-            lambda client: reserve_rate_slot(
-                script,
-                client,
-                self._rate_prefix + key,
-                now=self.clock.time(),
-                interval=interval,
-            ),
+        return self._redis.reserve_rate_slot(
+            key, prefix=self._prefix, interval=interval, now=self.clock.time
         )
-        return slot
 
     def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> None:
         now = self.clock.time()
@@ -252,7 +193,7 @@ class RedisBackend(ResultBackend):
                 pipe.expire(key, int(REVOCATION_TTL))
             pipe.execute()
 
-        self._run(f"revoke {len(task_ids)} task(s)", write)
+        self._redis.run(f"revoke {len(task_ids)} task(s)", write)
 
     def revoked_since(self, cursor: float) -> tuple[list[Revocation], float]:
         def read(client: redis.Redis) -> list[Any]:
@@ -262,7 +203,7 @@ class RedisBackend(ResultBackend):
             result: list[Any] = pipe.execute()
             return result
 
-        plain, terminated = self._run("read revocations", read)
+        plain, terminated = self._redis.run("read revocations", read)
         stop = {_text(member) for member, _ in terminated}
         found = [
             Revocation(_text(member), _text(member) in stop, float(score))
@@ -280,18 +221,18 @@ class RedisBackend(ResultBackend):
             count, _ = pipe.execute()
             return int(count)
 
-        count: int = self._run(f"count a crash of {task_id}", incr)
+        count: int = self._redis.run(f"count a crash of {task_id}", incr)
         return count
 
     def crash_count(self, task_id: str) -> int:
-        value = self._run(
+        value = self._redis.run(
             f"read the crashes of {task_id}",
             lambda client: client.get(f"{self._crash_prefix}{task_id}"),
         )
         return int(value) if value else 0
 
     def forget(self, task_id: str) -> None:
-        self._run(f"forget {task_id}", lambda client: client.delete(self._task_key(task_id)))
+        self._redis.run(f"forget {task_id}", lambda client: client.delete(self._task_key(task_id)))
 
     # -- waiting --------------------------------------------------------------------
 
@@ -304,13 +245,13 @@ class RedisBackend(ResultBackend):
         deadline = None if timeout is None else time.monotonic() + timeout
         done: dict[str, ResultMeta] = {}
         pending = {self._task_key(tid): tid for tid in task_ids}
-        delays = self._retry_policy.delays()
+        delays = self._redis.policy.delays()
         while pending:
             conn = None
             try:
                 conn = self._subscriber()
                 self._read_and_subscribe(conn, pending, done)
-                delays = self._retry_policy.delays()
+                delays = self._redis.policy.delays()
                 self._listen(conn, pending, done, deadline, timeout)
             except _SUBSCRIBER_ERRORS as exc:
                 if isinstance(exc, ResultTimeout):
@@ -412,11 +353,9 @@ class RedisBackend(ResultBackend):
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        self._connection()
-        assert self._pool is not None
         # Health checks send PING, which a subscribed RESP2 connection answers
         # differently; the socket wait notices a dead server by itself.
-        conn = new_connection(self._pool, health_check_interval=0)
+        conn = new_connection(self._redis.pool(), health_check_interval=0)
         conn.connect()
         return conn
 
@@ -425,17 +364,24 @@ class RedisBackend(ResultBackend):
         the old subscriptions in the same write as its next read (no round trip here,
         where a caller waits for its result)."""
         with self._lock:
-            if self._pool is not None and len(self._idle) < _MAX_IDLE_SUBSCRIBERS:
+            if not self._redis.closed and len(self._idle) < _MAX_IDLE_SUBSCRIBERS:
                 self._idle.append(conn)
                 return
         conn.disconnect()
 
     # -- groups ---------------------------------------------------------------------
 
-    def _set_and_publish(self, key: str, value: bytes | int, what: str) -> None:
+    def _set_and_publish(
+        self, key: str, value: bytes | int, what: str, *, clear: str | None = None
+    ) -> None:
+        """SETEX (SET when results never expire) and PUBLISH `key` in one MULTI, after
+        deleting `clear` when given."""
+
         def write(client: redis.Redis) -> None:
             pipe: Any
             with client.pipeline(transaction=True) as pipe:
+                if clear is not None:
+                    pipe.delete(clear)
                 if self._ttl:
                     pipe.execute_command("SETEX", key, self._ttl, value)
                 else:
@@ -443,7 +389,7 @@ class RedisBackend(ResultBackend):
                 pipe.publish(key, value)
                 pipe.execute()
 
-        self._run(what, write, unreachable=ResultLost)
+        self._redis.run(what, write, unreachable=ResultLost)
 
     def save_group(self, group_id: str, result: Any) -> None:
         # Celery compat: {"result": as_tuple}, SETEX + PUBLISH like a task result.
@@ -452,7 +398,7 @@ class RedisBackend(ResultBackend):
         )
 
     def get_group(self, group_id: str) -> Any | None:
-        raw = self._run(
+        raw = self._redis.run(
             f"read group {group_id}", lambda client: client.get(self._group_key(group_id))
         )
         if raw is None:
@@ -461,30 +407,21 @@ class RedisBackend(ResultBackend):
         return value.get("result") if isinstance(value, dict) else None
 
     def delete_group(self, group_id: str) -> None:
-        self._run(
+        self._redis.run(
             f"delete group {group_id}", lambda client: client.delete(self._group_key(group_id))
         )
 
     # -- chords ---------------------------------------------------------------------
 
     def set_chord_size(self, group_id: str, size: int) -> None:
-        claim = self._group_key(group_id, ".c")
-        key = self._group_key(group_id, ".s")
-
-        def write(client: redis.Redis) -> None:
-            pipe: Any
-            # Celery compat: re-applying a frozen chord reuses its group id, so clear a
-            # previous run's 'done' claim first (5.7); SETEX + PUBLISH as 5.5 does.
-            with client.pipeline(transaction=True) as pipe:
-                pipe.delete(claim)
-                if self._ttl:
-                    pipe.execute_command("SETEX", key, self._ttl, size)
-                else:
-                    pipe.set(key, size)
-                pipe.publish(key, size)
-                pipe.execute()
-
-        self._run(f"set the size of chord {group_id}", write, unreachable=ResultLost)
+        # Celery compat: re-applying a frozen chord reuses its group id, so clear a
+        # previous run's 'done' claim first (5.7); SETEX + PUBLISH as 5.5 does.
+        self._set_and_publish(
+            self._group_key(group_id, ".s"),
+            size,
+            f"set the size of chord {group_id}",
+            clear=self._group_key(group_id, ".c"),
+        )
 
     joins_with_store: ClassVar[bool] = True
 
@@ -501,11 +438,9 @@ class RedisBackend(ResultBackend):
         )
         keys.append(self._task_key(meta.task_id))
         args += [self.encode_meta(meta), self._ttl]
-        self._connection()
-        script = self._scripts["chord"]
-        raw = self._raw
-        assert raw is not None
-        reply = self._run(
+        script = self._redis.script("chord")
+        raw = self._redis.raw()
+        reply = self._redis.run(
             f"store the result of {meta.task_id} and join chord {group_id}",
             lambda client: raw.script(script, keys, args),
             unreachable=ResultLost,
@@ -524,9 +459,8 @@ class RedisBackend(ResultBackend):
         keys, args = self._chord_call(
             group_id, index=index, task_id=task_id, status=status, result=result
         )
-        self._connection()
-        script = self._scripts["chord"]
-        reply = self._run(
+        script = self._redis.script("chord")
+        reply = self._redis.run(
             f"join chord {group_id}",
             lambda client: script(keys=keys, args=args, client=client),
             unreachable=ResultLost,

@@ -20,9 +20,9 @@ __all__ = ["BROKER_SCHEMES", "broker_class", "create_broker", "scheme_of"]
 BROKER_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("celeriac.brokers.memory", "MemoryBroker", None),
     "sqlite": ("celeriac.brokers.sqlite", "SQLiteBroker", None),
-    "redis": ("celeriac.brokers.redis", "RedisBroker", "redis"),
-    "rediss": ("celeriac.brokers.redis", "RedisBroker", "redis"),
-    "redis+socket": ("celeriac.brokers.redis", "RedisBroker", "redis"),
+    "redis": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
+    "rediss": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
+    "redis+socket": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
     "amqp": ("celeriac.brokers.amqp", "AMQPBroker", "amqp"),
     "amqps": ("celeriac.brokers.amqp", "AMQPBroker", "amqp"),
     "pyamqp": ("celeriac.brokers.amqp", "AMQPBroker", "amqp"),

@@ -1,21 +1,22 @@
-"""Redis connection plumbing shared by the Redis broker and the Redis result backend.
+"""The Redis client shared by the Redis broker and the Redis result backend.
 
 What lives here: turning a `redis://`, `rediss://` or `redis+socket://` URL plus options
 into a redis-py connection pool, the one retry loop (bounded reconnect with exponential
 backoff) every Redis operation goes through, the mapping of redis-py exceptions to
-celeriac's, and `KeyWatcher`, a connection that reports writes to a set of keys. What
-does not: any key layout or Lua script; those belong to the broker and the backend,
-which never import each other.
+celeriac's, `RedisClient` (pool, client, raw commands and Lua scripts made on first use,
+with that retry loop) and `KeyWatcher`, a connection that reports writes to a set of keys.
+The raw commands of the hot path are in `redis_packing`. What does not: any key layout
+or Lua script but the shared rate limiter (`redis_rate.lua`); those belong to the broker
+and the backend, which never import each other.
 
-redis-py is imported here and by the two implementation modules, nowhere else.
+redis-py is imported here, in `redis_packing` and by the two implementation packages,
+nowhere else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import logging
-import os
 import ssl
 import threading
 import time
@@ -30,33 +31,25 @@ import redis.exceptions as redis_errors
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-try:
-    from hiredis import pack_command as _hiredis_pack_command
-except ImportError:  # redis-py without hiredis: its own packer
-    _HIREDIS_PACK: Callable[[tuple[Any, ...]], bytes] | None = None
-else:
-    _HIREDIS_PACK = _hiredis_pack_command
-
 from celeriac._urls import redact_url
+from celeriac.connections.redis_packing import RawCommands
 from celeriac.exceptions import CeleriacError, ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
 __all__ = [
+    "RATE_PREFIX",
     "RETRYABLE_ERRORS",
     "KeyWatcher",
-    "RawCommands",
+    "RedisClient",
     "RetryPolicy",
     "call_with_retry",
     "connection_pool",
     "disjoint_prefixes",
-    "load_rate_script",
     "load_script",
     "new_connection",
-    "pack_commands",
     "pool_options",
-    "reserve_rate_slot",
 ]
 
 logger = logging.getLogger(__name__)
@@ -432,122 +425,136 @@ class KeyWatcher:
             self._conn = None
 
 
-class RawCommands:
-    """A dedicated connection per thread for the hottest commands (publish, fetch, ack,
-    result store), packed by `_pack` and sent with the connection's own
-    `send_packed_command`/`read_response`.
-
-    redis-py's client and pool add tens of microseconds per command (pool checkout and
-    release, observability hooks); on a path run once per task that is most of the
-    cost. Replies come back raw (bytes, ints, lists), as the callers expect. Errors
-    propagate as redis-py's, so `call_with_retry` maps and retries them as usual; a
-    connection that failed is dropped and the next command dials again. A new process
-    (after `fork()`) gets new connections.
-    """
-
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool = pool
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._all: list[Any] = []
-
-    def _connection(self) -> Any:
-        local = self._local
-        pid = os.getpid()
-        if getattr(local, "pid", None) != pid:
-            local.pid = pid
-            local.conn = self._pool.connection_class(**self._pool.connection_kwargs)
-            with self._lock:
-                self._all.append(local.conn)
-        return local.conn
-
-    def execute(self, *args: Any) -> Any:
-        """Send one command and return its raw reply."""
-        conn = self._connection()
-        packed = _pack(conn, args)
-        try:
-            conn.send_packed_command(packed)
-            return conn.read_response()
-        except redis_errors.ResponseError:
-            raise  # the server answered: the connection is fine
-        except BaseException:
-            conn.disconnect()
-            raise
-
-    def transaction(self, *commands: Sequence[Any]) -> Any:
-        """Run `commands` in one MULTI/EXEC, written in one go; return EXEC's reply."""
-        conn = self._connection()
-        packed = pack_commands(conn, (("MULTI",), *commands, ("EXEC",)))
-        try:
-            conn.send_packed_command(packed)
-            for _ in range(len(commands) + 1):
-                conn.read_response()  # +OK, then +QUEUED per command
-            return conn.read_response()
-        except BaseException:
-            # Replies may still be in flight: never reuse a half-read connection.
-            conn.disconnect()
-            raise
-
-    def script(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run a registered `Script` by its SHA, loading it when the server lacks it."""
-        try:
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            return self.execute("EVAL", script.script, len(keys), *keys, *args)
-
-    def close(self) -> None:
-        """Disconnect every connection made in this process."""
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            with contextlib.suppress(Exception):  # closing: nothing to do about it
-                conn.disconnect()
-        self._local = threading.local()
-
-
-def _pack(conn: Any, args: tuple[Any, ...]) -> list[bytes]:
-    """One command in RESP, packed by hiredis straight from the arguments.
-
-    redis-py's own packing (`send_command`) passes every argument through its
-    `Encoder` in Python first: 20.7 µs for a fetch call of 28 arguments, against
-    3.9 µs here, with the same bytes for the types the hot commands send (str, bytes,
-    int, float). Anything else (bool, None, objects) is refused, like redis-py does,
-    with its `DataError`. A command name of several words ("CLIENT TRACKING"), which
-    redis-py splits, goes to redis-py.
-    """
-    name = args[0]
-    several_words = " " in name if isinstance(name, str) else b" " in name
-    if _HIREDIS_PACK is None or several_words:
-        packed: list[bytes] = conn.pack_command(*args)
-        return packed
-    try:
-        return [_HIREDIS_PACK(args)]
-    except TypeError as exc:
-        raise redis_errors.DataError(f"cannot send {args[0]!r}: {exc}") from None
-
-
-def pack_commands(conn: Any, commands: Sequence[Sequence[Any]]) -> list[bytes]:
-    """Several commands in RESP, in one buffer, each packed by `_pack` (redis-py's
-    `pack_commands` encodes every argument in Python first)."""
-    return [b"".join(chunk for command in commands for chunk in _pack(conn, tuple(command)))]
-
-
 # Cluster-wide rate limits, shared by the broker and the result backend (a RabbitMQ fleet
 # with Redis results keeps its rate limits here).
 RATE_PREFIX = "_celeriac.rate."
 
 
-def load_rate_script(client: redis.Redis) -> Any:
-    """Register the rate-slot script (`_redis_rate.lua`) on `client`."""
-    return client.register_script(load_script("celeriac", "_redis_rate.lua"))
+class RedisClient:
+    """One Redis server as the broker or the result backend sees it: a pool, a redis-py
+    client, the raw commands of the hot path and the registered Lua scripts, all made
+    on first use, and `run`, the one way an operation reaches the server.
 
+    Args:
+        url: The `redis://`, `rediss://` or `redis+socket://` URL.
+        options: Transport options (connection settings and the retry policy).
+        scripts: Returns the Lua sources to register, by name (read on first use); the
+            rate-slot script is registered as "rate" beside them.
+        error: The celeriac exception for an operation Redis refused.
+        unreachable: The celeriac exception once the retries are exhausted.
+    """
 
-def reserve_rate_slot(
-    script: Any, client: redis.Redis, key: str, *, now: float, interval: float
-) -> float:
-    """Reserve the next start slot of rate key `key` (atomic, one round trip)."""
-    slot = script(keys=[key], args=[f"{now:.6f}", repr(float(interval))], client=client)
-    return float(slot)
+    def __init__(
+        self,
+        url: str,
+        options: Mapping[str, Any],
+        *,
+        scripts: Callable[[], Mapping[str, str]],
+        error: type[CeleriacError],
+        unreachable: type[CeleriacError],
+    ) -> None:
+        self.url = url
+        self.policy = RetryPolicy.from_options(options)
+        self._options = options
+        self._sources = scripts
+        self._error = error
+        self._unreachable = unreachable
+        self._lock = threading.Lock()
+        self._pool: redis.ConnectionPool | None = None
+        self._client: redis.Redis | None = None
+        self._raw: RawCommands | None = None
+        self._scripts: dict[str, Any] = {}
+
+    def client(self) -> redis.Redis:
+        """The redis-py client, made (not yet connected) on first use."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                self._pool = connection_pool(self.url, self._options)
+                self._client = redis.Redis(connection_pool=self._pool)
+                self._raw = RawCommands(self._pool)
+                for name, source in self._sources().items():
+                    self._scripts[name] = self._client.register_script(source)
+                self._scripts["rate"] = self._client.register_script(
+                    load_script("celeriac.connections", "redis_rate.lua")
+                )
+            return self._client
+
+    def pool(self) -> redis.ConnectionPool:
+        """The connection pool (made on first use)."""
+        self.client()
+        pool = self._pool
+        assert pool is not None
+        return pool
+
+    @property
+    def closed(self) -> bool:
+        """True before first use and after `close`."""
+        return self._pool is None
+
+    def raw(self) -> RawCommands:
+        """The per-thread raw connections of the hot path."""
+        raw = self._raw
+        if raw is None:
+            self.client()
+            raw = self._raw
+            assert raw is not None
+        return raw
+
+    def script(self, name: str) -> Any:
+        """The registered Lua script `name`."""
+        self.client()
+        return self._scripts[name]
+
+    def run(
+        self,
+        what: str,
+        operation: Callable[[redis.Redis], Any],
+        *,
+        error: type[CeleriacError] | None = None,
+        unreachable: type[CeleriacError] | None = None,
+    ) -> Any:
+        """Run `operation` through `call_with_retry`, with this client's exceptions unless
+        `error` or `unreachable` is given."""
+        client = self._client or self.client()
+        pool = self._pool
+        assert pool is not None
+        return call_with_retry(
+            lambda: operation(client),
+            pool=pool,
+            policy=self.policy,
+            what=what,
+            error=error or self._error,
+            unreachable=unreachable or self._unreachable,
+        )
+
+    def reserve_rate_slot(
+        self, key: str, *, prefix: str, interval: float, now: Callable[[], float]
+    ) -> float:
+        """Reserve the next start slot of rate key `key` (stored under `prefix` +
+        `RATE_PREFIX`) atomically, in one round trip; `now` is read on every attempt."""
+        script = self.script("rate")
+        full_key = prefix + RATE_PREFIX + key
+
+        def reserve(client: redis.Redis) -> float:
+            args = [f"{now():.6f}", repr(float(interval))]
+            return float(script(keys=[full_key], args=args, client=client))
+
+        slot: float = self.run(f"reserve a rate slot for {key}", reserve)
+        return slot
+
+    def close(self) -> None:
+        """Disconnect everything; the next use connects again."""
+        with self._lock:
+            pool, self._pool, self._client = self._pool, None, None
+            raw, self._raw = self._raw, None
+            self._scripts.clear()
+        if raw is not None:
+            raw.close()
+        if pool is not None:
+            pool.disconnect()
 
 
 def load_script(package: str, name: str) -> str:

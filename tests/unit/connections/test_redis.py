@@ -1,5 +1,5 @@
-"""Redis URL and option parsing, the retry loop, and the broker's and backend's pure
-helpers. No server: nothing here opens a connection."""
+"""Redis URL and option parsing, the retry loop, and the key watcher's prefixes. No
+server: nothing here opens a connection."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ import pytest
 import redis
 import redis.exceptions as redis_errors
 
-from celeriac._redis import (
+from celeriac.connections.redis import (
     RetryPolicy,
     call_with_retry,
     connection_pool,
     disjoint_prefixes,
     pool_options,
 )
-from celeriac.backends import create_backend
-from celeriac.backends.redis import RedisBackend, _global_prefix
-from celeriac.brokers import create_broker
-from celeriac.brokers.redis import RedisBroker
 from celeriac.exceptions import (
     BrokerConnectionError,
     BrokerError,
@@ -204,45 +200,6 @@ def test_call_with_retry_does_not_retry_answers_or_bad_credentials() -> None:
     assert len(calls) == 2
 
 
-def test_every_redis_scheme_maps_to_our_classes() -> None:
-    for url in ("redis://h/0", "rediss://h/0", "redis+socket:///tmp/r.sock"):
-        assert isinstance(create_broker(url), RedisBroker)
-        assert isinstance(create_backend(url), RedisBackend)
-
-
-def test_broker_declares_celerys_redis_priority_order() -> None:
-    broker = RedisBroker("redis://:pw@h/0")
-    assert broker.higher_priority_first is False
-    assert broker.visibility_timeout == 3600
-    assert broker.safe_url() == "redis://:***@h/0"
-
-
-@pytest.mark.parametrize(
-    ("steps", "priority", "key"),
-    [
-        ((0, 3, 6, 9), 0, "q"),
-        ((0, 3, 6, 9), 2, "q"),
-        ((0, 3, 6, 9), 5, "q\x06\x163"),
-        ((0, 3, 6, 9), 8, "q\x06\x166"),
-        ((0, 3, 6, 9), 9, "q\x06\x169"),
-        ((0, 3, 6, 9), 42, "q\x06\x169"),
-        # kombu's bisect wraps a priority below the first step to the last step.
-        ((1, 5, 9), 0, "q\x06\x169"),
-    ],
-)
-def test_priority_lists_match_kombu(steps: tuple[int, ...], priority: int, key: str) -> None:
-    broker = RedisBroker("redis://h/0", transport_options={"priority_steps": steps})
-    assert broker._list_key("q", priority) == key
-
-
 def test_watched_prefixes_never_overlap() -> None:
     keys = [b"celery", b"celery\x06\x163", b"celery_high", b"ab", b"a", b"b"]
     assert disjoint_prefixes(keys) == [b"a", b"b", b"celery"]
-
-
-@pytest.mark.parametrize(
-    ("configured", "expected"),
-    [(None, ""), ("app", "app_"), ("app:", "app:"), ("a-", "a-"), ("a.", "a."), ("a_", "a_")],
-)
-def test_backend_prefix_follows_celerys_rule(configured: str | None, expected: str) -> None:
-    assert _global_prefix({"global_keyprefix": configured}) == expected

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from celeriac.brokers.base import INVALID_ENVELOPE
-from celeriac.brokers.redis import RedisBroker
+from celeriac.brokers.base import INVALID_ENVELOPE, Delivery
+from celeriac.brokers.redis.envelope import read_delivery
 from celeriac.exceptions import ContentDisallowed
 from celeriac.protocol.codec import decode_task
 
@@ -27,33 +27,32 @@ def envelope(**fields: object) -> bytes:
     return json.dumps(value).encode()
 
 
-@pytest.fixture
-def broker() -> RedisBroker:
-    return RedisBroker("redis://127.0.0.1:1/0")  # never connects
+def read(raw: bytes) -> Delivery:
+    return read_delivery(raw, "q", "tag", 0, "held")
 
 
-def test_a_kombu_envelope_is_read_as_sent(broker: RedisBroker) -> None:
-    delivery = broker._delivery(envelope(), "q", "tag", 0)
+def test_a_kombu_envelope_is_read_as_sent() -> None:
+    delivery = read(envelope())
     assert decode_task(delivery.message, accept=ACCEPT).args == [1]
 
 
-def test_an_envelope_without_content_type_is_not_decoded_as_json(broker: RedisBroker) -> None:
+def test_an_envelope_without_content_type_is_not_decoded_as_json() -> None:
     # Every kombu producer writes a content type; one without is refused, as on the
     # other brokers, not guessed.
-    delivery = broker._delivery(envelope(**{"content-type": None}), "q", "tag", 0)
+    delivery = read(envelope(**{"content-type": None}))
     with pytest.raises(ContentDisallowed):
         decode_task(delivery.message, accept=ACCEPT)
 
 
-def test_an_envelope_with_bad_base64_is_an_invalid_envelope(broker: RedisBroker) -> None:
-    delivery = broker._delivery(envelope(body="%%% not base64 %%%="), "q", "tag", 0)
+def test_an_envelope_with_bad_base64_is_an_invalid_envelope() -> None:
+    delivery = read(envelope(body="%%% not base64 %%%="))
     assert delivery.message.content_type == INVALID_ENVELOPE
     # Its readable headers stay, so the dead letter and the log name the task.
     assert delivery.message.headers["id"] == "task-1"
 
 
-def test_an_entry_that_is_not_json_is_an_invalid_envelope(broker: RedisBroker) -> None:
-    delivery = broker._delivery(b"\x00{not json", "q", "tag", 0)
+def test_an_entry_that_is_not_json_is_an_invalid_envelope() -> None:
+    delivery = read(b"\x00{not json")
     assert delivery.message.content_type == INVALID_ENVELOPE
     assert delivery.message.headers == {}
     assert delivery.message.body == b"\x00{not json"

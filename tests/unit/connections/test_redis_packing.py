@@ -1,4 +1,4 @@
-"""The hot Redis commands are packed by hiredis directly (`celeriac._redis._pack`, and
+"""The hot Redis commands are packed by hiredis directly (`connections.redis_packing._pack`, and
 `pack_commands` for several in one write): the bytes must be exactly what redis-py's own
 packer writes, and what redis-py refuses is refused with redis-py's error. No server:
 packing opens no connection."""
@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.connection import Connection
 
-from celeriac import _redis
-from celeriac._redis import _pack, pack_commands
+from celeriac.connections import redis_packing
+from celeriac.connections.redis_packing import _pack, pack_commands
 
 ARGUMENT = st.one_of(
     st.text(),
@@ -67,6 +67,6 @@ def test_an_argument_redis_py_refuses_is_refused_with_its_data_error(bad: Any) -
 
 
 def test_without_hiredis_redis_py_packs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_redis, "_HIREDIS_PACK", None)
+    monkeypatch.setattr(redis_packing, "_HIREDIS_PACK", None)
     command = ("LPUSH", "queue", b"\x00envelope", 1.5)
     assert b"".join(_pack(unconnected(), command)) == redis_py_bytes(*command)

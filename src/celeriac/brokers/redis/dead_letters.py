@@ -1,0 +1,167 @@
+"""The Redis broker's dead letters: a hash of JSON records and an index by time.
+
+A record keeps the envelope exactly as it was leased (as text, or in base64 when it is
+not UTF-8), the queue, exchange, routing key, tag, reason and time. A dead-lettered
+message leaves its lease and enters the store in one MULTI; a replay puts it back on
+its list and removes the record in one script (`replay.lua`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, final
+
+from celeriac._time import UTC
+from celeriac.brokers.base import DeadLetter, clamp_priority
+from celeriac.brokers.redis.envelope import (
+    Handle,
+    encode_envelope,
+    held_of,
+    read_delivery,
+    without_redelivered,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+    from celeriac._time import Clock
+    from celeriac.brokers.base import Delivery
+    from celeriac.brokers.redis.keys import Keys
+    from celeriac.connections.redis import RedisClient
+
+__all__ = ["DeadLetters"]
+
+logger = logging.getLogger(__name__)
+
+
+@final
+class DeadLetters:
+    """The dead-letter store of one broker (its client, keys and clock)."""
+
+    def __init__(self, client: RedisClient, keys: Keys, *, clock: Clock) -> None:
+        self._redis = client
+        self._keys = keys
+        self._clock = clock
+
+    def add(self, delivery: Delivery, *, reason: str) -> None:
+        """`Broker.dead_letter`: move a leased message into the store."""
+        keys = self._keys
+        handle = delivery.handle
+        raw = handle.envelope if isinstance(handle, Handle) else b""
+        dead_id = uuid.uuid4().hex
+        failed_at = self._clock.time()
+        record: dict[str, Any] = {
+            "id": dead_id,
+            "queue": delivery.queue,
+            "reason": reason,
+            "failed_at": failed_at,
+            "exchange": delivery.exchange,
+            "routing_key": delivery.routing_key,
+            "tag": delivery.tag,
+        }
+        try:
+            record["envelope"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            record["envelope_base64"] = base64.b64encode(raw).decode("ascii")
+        data = json.dumps(record)
+        held = held_of(delivery, keys.held)
+
+        def move(client: redis.Redis) -> None:
+            # One MULTI: the message leaves its lease and enters the store together.
+            with client.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.index, delivery.tag)
+                pipe.hdel(keys.unacked, delivery.tag)
+                pipe.hdel(held, delivery.tag)
+                pipe.hdel(keys.crashes, delivery.tag)
+                pipe.hset(keys.dead, dead_id, data)
+                pipe.zadd(keys.dead_index, {dead_id: failed_at})
+                pipe.execute()
+
+        self._redis.run(f"dead-letter {delivery.tag}", move)
+        logger.warning(
+            "dead-lettered message %s from queue %s: %s", delivery.tag, delivery.queue, reason
+        )
+
+    def _dead_letter_of(self, dead_id: str, data: bytes) -> DeadLetter | None:
+        try:
+            record = json.loads(data)
+            if "envelope" in record:
+                raw = record["envelope"].encode("utf-8")
+            else:
+                raw = base64.b64decode(record["envelope_base64"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.error("unreadable dead letter %s", dead_id)
+            return None
+        queue, tag = record.get("queue", ""), record.get("tag", "")
+        delivery = read_delivery(raw, queue, tag, 0, self._keys.held)
+        return DeadLetter(
+            id=dead_id,
+            queue=str(record.get("queue", "")),
+            reason=str(record.get("reason", "")),
+            message=delivery.message,
+            failed_at=datetime.fromtimestamp(float(record.get("failed_at", 0)), UTC),
+        )
+
+    def list(self, *, limit: int = 100) -> list[DeadLetter]:
+        """`Broker.list_dead_letters`: the oldest `limit` dead letters."""
+        if limit <= 0:
+            return []
+        keys = self._keys
+        ids = self._redis.run(
+            "list dead letters", lambda client: client.zrange(keys.dead_index, 0, limit - 1)
+        )
+        if not ids:
+            return []
+        records = self._redis.run("read dead letters", lambda client: client.hmget(keys.dead, ids))
+        letters = []
+        for dead_id, data in zip(ids, records, strict=True):
+            if data is not None:
+                letter = self._dead_letter_of(dead_id.decode(), data)
+                if letter is not None:
+                    letters.append(letter)
+        return letters
+
+    def replay(self, dead_letter_id: str) -> bool:
+        """`Broker.replay_dead_letter`: put a dead letter back on its queue."""
+        keys = self._keys
+        data = self._redis.run(
+            f"read dead letter {dead_letter_id}",
+            lambda client: client.hget(keys.dead, dead_letter_id),
+        )
+        if data is None:
+            return False
+        letter = self._dead_letter_of(dead_letter_id, data)
+        if letter is None:
+            return False
+        record = json.loads(data)
+        message = without_redelivered(letter.message)
+        priority = clamp_priority(message.priority)
+        envelope = encode_envelope(
+            message,
+            exchange=str(record.get("exchange") or ""),
+            routing_key=str(record.get("routing_key") or letter.queue),
+            priority=priority,
+        )
+        script = self._redis.script("replay")
+        script_keys = [keys.dead, keys.dead_index, keys.list_key(letter.queue, priority)]
+        replayed = self._redis.run(
+            f"replay dead letter {dead_letter_id}",
+            lambda client: script(keys=script_keys, args=[dead_letter_id, envelope], client=client),
+        )
+        return bool(replayed)
+
+    def purge(self) -> int:
+        """`Broker.purge_dead_letters`: delete every dead letter; how many there were."""
+        keys = self._keys
+
+        def purge(client: redis.Redis) -> Any:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.hlen(keys.dead)
+                pipe.delete(keys.dead, keys.dead_index)
+                return pipe.execute()
+
+        return int(self._redis.run("purge dead letters", purge)[0])

@@ -1,0 +1,1 @@
+"""One client per server kind, shared by brokers and backends."""
