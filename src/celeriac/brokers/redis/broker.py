@@ -562,7 +562,7 @@ class RedisBroker(Broker):
         running: Collection[str] = (),
         discard: Collection[str] = (),
     ) -> int:
-        return self._recovery.recover(consumer_id, running=running, discard=discard)
+        return self._recovery.recover(consumer_id, running, discard)
 
     def restore_expired(self) -> int:
         """kombu's visibility-timeout sweep: return lapsed leases, consumed next."""

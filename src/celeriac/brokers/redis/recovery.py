@@ -153,14 +153,9 @@ class Recovery:
             queue = self._destination(exchange, routing_key, tables)
         return self._keys.list_key(queue, level), envelope
 
-    def recover(
-        self,
-        consumer_id: str,
-        *,
-        running: Collection[str] = (),
-        discard: Collection[str] = (),
-    ) -> int:
-        """`Broker.recover`: put every lease `consumer_id` holds back on its list."""
+    def recover(self, consumer_id: str, running: Collection[str], discard: Collection[str]) -> int:
+        """`Broker.recover`: put every lease `consumer_id` holds back on its list (the
+        tags in `running` counted as crashes, those in `discard` dropped)."""
         held_key = self._keys.held_of(consumer_id)
         records: dict[bytes, bytes] = self._redis.run(
             f"read leases of {consumer_id}", lambda client: client.hgetall(held_key)
