@@ -8,7 +8,7 @@ import json
 import pytest
 
 from celeriac.brokers.base import INVALID_ENVELOPE, Delivery
-from celeriac.brokers.redis.envelope import read_delivery
+from celeriac.brokers.redis.envelope import read_delivery, without_redelivered
 from celeriac.exceptions import ContentDisallowed
 from celeriac.protocol.codec import decode_task
 
@@ -56,3 +56,11 @@ def test_an_entry_that_is_not_json_is_an_invalid_envelope() -> None:
     assert delivery.message.content_type == INVALID_ENVELOPE
     assert delivery.message.headers == {}
     assert delivery.message.body == b"\x00{not json"
+
+
+def test_a_copy_without_redelivered_keeps_everything_else() -> None:
+    message = read(envelope(headers={"id": "task-1", "redelivered": True})).message
+    copy = without_redelivered(message)
+    assert copy.headers == {"id": "task-1"}
+    assert (copy.body, copy.properties) == (message.body, message.properties)
+    assert without_redelivered(copy) is copy
