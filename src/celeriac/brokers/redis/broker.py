@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, final
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis.exceptions as redis_errors
 
@@ -25,7 +24,7 @@ from celeriac.brokers.redis.envelope import (
     held_of,
     read_delivery,
 )
-from celeriac.brokers.redis.keys import Keys
+from celeriac.brokers.redis.keys import Keys, Plan
 from celeriac.brokers.redis.recovery import Recovery
 from celeriac.connections.redis import (
     RETRYABLE_ERRORS,
@@ -61,17 +60,6 @@ _WATCH_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.RedisError,
     OSError,
 )
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """The lists one `receive` pops, priority-major, and the keys its watcher tracks."""
-
-    queues: tuple[str, ...]
-    list_keys: tuple[str, ...]
-    list_queues: tuple[str, ...]
-    watched: frozenset[bytes]
 
 
 class RedisBroker(Broker):
@@ -132,7 +120,6 @@ class RedisBroker(Broker):
         self._dead_letters = DeadLetters(self._redis, keys, clock=self.clock)
         self._deferrals = Deferrals(self._redis, keys, clock=self.clock)
         self._declared: set[str] = set()
-        self._plans: dict[tuple[str, ...], _Plan] = {}
         self._cycle: list[str] = []
         self._watcher: KeyWatcher | None = None
         self._tracking = bool(options.get("wake_by_tracking", True))
@@ -295,18 +282,6 @@ class RedisBroker(Broker):
 
     # -- consuming ------------------------------------------------------------------
 
-    def _plan(self, queues: Sequence[str]) -> _Plan:
-        key = tuple(queues)
-        plan = self._plans.get(key)
-        if plan is None:
-            list_keys, list_queues = self._keys.priority_lists(key)
-            watched = frozenset(k.encode() for k in (*list_keys, self._keys.delayed_index))
-            plan = _Plan(key, tuple(list_keys), tuple(list_queues), watched)
-            if len(self._plans) > 64:
-                self._plans.clear()
-            self._plans[key] = plan
-        return plan
-
     def _ordered(self, queues: Sequence[str]) -> list[str]:
         """Round-robin over queues inside a priority step, as kombu's default cycle."""
         if set(self._cycle) != set(queues) or len(self._cycle) != len(queues):
@@ -344,7 +319,7 @@ class RedisBroker(Broker):
         deadline = time.monotonic() + max(0.0, timeout)
         poll = 0.005
         while True:
-            plan = self._plan(self._ordered(queues))
+            plan = self._keys.plan(self._ordered(queues))
             watcher = self._ensure_watcher(plan)
             # Notifications that arrived before a fetch are covered by it: drained first,
             # a wait after an empty fetch wakes only for newer writes. After a full batch
@@ -399,7 +374,7 @@ class RedisBroker(Broker):
             if not woken and deadline - time.monotonic() <= 0:
                 return []
 
-    def _ensure_watcher(self, plan: _Plan) -> KeyWatcher | None:
+    def _ensure_watcher(self, plan: Plan) -> KeyWatcher | None:
         watcher = self._watcher
         if watcher is not None and watcher.watched == plan.watched:
             return watcher
@@ -432,7 +407,7 @@ class RedisBroker(Broker):
             self._watcher_failed_at = time.monotonic()
 
     def _fetch(
-        self, plan: _Plan, limit: int, acks: Sequence[Delivery] = ()
+        self, plan: Plan, limit: int, acks: Sequence[Delivery] = ()
     ) -> tuple[float | None, list[Delivery]]:
         token = uuid.uuid4().hex
         k = self._keys

@@ -26,15 +26,16 @@ queues it promotes from the prefix, separator and steps it is given.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
 from celeriac.brokers.base import MAX_PRIORITY, MIN_PRIORITY, clamp_priority
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
-__all__ = ["DEFAULT_PRIORITY_STEPS", "DEFAULT_SEP", "Keys"]
+__all__ = ["DEFAULT_PRIORITY_STEPS", "DEFAULT_SEP", "Keys", "Plan"]
 
 BINDING_PREFIX = "_kombu.binding."
 BINDING_PERMANENT_PREFIX = "_kombu.binding_permanent."
@@ -52,6 +53,18 @@ DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 
 
 @final
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The lists one fetch pops, priority-major, the queue of each, and the keys the
+    consumer's wake-up connection watches."""
+
+    queues: tuple[str, ...]
+    list_keys: tuple[str, ...]
+    list_queues: tuple[str, ...]
+    watched: frozenset[bytes]
+
+
+@final
 class Keys:
     """The key names of one broker: fixed ones as attributes, the others by method.
 
@@ -66,6 +79,7 @@ class Keys:
 
     __slots__ = (
         "_level_suffixes",
+        "_plans",
         "_suffixes",
         "crashes",
         "dead",
@@ -106,6 +120,7 @@ class Keys:
         self.crashes = prefix + CRASHES
         self.dead = prefix + DEAD
         self.dead_index = prefix + DEAD_INDEX
+        self._plans: dict[tuple[str, ...], Plan] = {}
 
     def list_key(self, queue: str, priority: int | None) -> str:
         """The list a message of `priority` (clamped to 0-9) waits in."""
@@ -115,16 +130,24 @@ class Keys:
         """Every priority list of `queue`, highest priority (lowest step) first."""
         return [self.prefix + queue + suffix for suffix in self._suffixes]
 
-    def priority_lists(self, queues: tuple[str, ...]) -> tuple[list[str], list[str]]:
-        """The lists of `queues` in the order one fetch pops them, priority-major, and
-        the queue of each."""
-        list_keys: list[str] = []
-        list_queues: list[str] = []
-        for suffix in self._suffixes:
-            for queue in queues:
-                list_keys.append(self.prefix + queue + suffix)
-                list_queues.append(queue)
-        return list_keys, list_queues
+    def plan(self, queues: Sequence[str]) -> Plan:
+        """What one fetch from `queues` pops, and what its wake-up connection watches
+        (kept for the next fetch from the same queues)."""
+        key = tuple(queues)
+        plan = self._plans.get(key)
+        if plan is None:
+            list_keys: list[str] = []
+            list_queues: list[str] = []
+            for suffix in self._suffixes:
+                for queue in key:
+                    list_keys.append(self.prefix + queue + suffix)
+                    list_queues.append(queue)
+            watched = frozenset(k.encode() for k in (*list_keys, self.delayed_index))
+            plan = Plan(key, tuple(list_keys), tuple(list_queues), watched)
+            if len(self._plans) > 64:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
     def held_of(self, consumer_id: str) -> str:
         """The hash of the leases `consumer_id` holds."""

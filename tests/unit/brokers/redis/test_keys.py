@@ -9,10 +9,17 @@ SEP = "\x06\x16"
 
 def test_a_fetch_pops_every_queues_lists_priority_major() -> None:
     keys = Keys({"global_keyprefix": "p:", "priority_steps": (0, 5)}, "c1")
-    assert keys.priority_lists(("a", "b")) == (
-        ["p:a", "p:b", f"p:a{SEP}5", f"p:b{SEP}5"],
-        ["a", "b", "a", "b"],
-    )
+    plan = keys.plan(["a", "b"])
+    assert plan.list_keys == ("p:a", "p:b", f"p:a{SEP}5", f"p:b{SEP}5")
+    assert plan.list_queues == ("a", "b", "a", "b")
+    assert plan.watched == {
+        b"p:a",
+        b"p:b",
+        f"p:a{SEP}5".encode(),
+        f"p:b{SEP}5".encode(),
+        b"p:_celeriac.delayed",
+    }
+    assert keys.plan(["a", "b"]) is plan
     assert keys.step_keys("a") == ["p:a", f"p:a{SEP}5"]
 
 
