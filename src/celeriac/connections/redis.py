@@ -430,6 +430,7 @@ class KeyWatcher:
 RATE_PREFIX = "_celeriac.rate."
 
 
+@final
 class RedisClient:
     """One Redis server as the broker or the result backend sees it: a pool, a redis-py
     client, the raw commands of the hot path and the registered Lua scripts, all made
