@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import amqp
 import pytest
 
-from celeriac.brokers.amqp import AMQPBroker
+from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.exceptions import BrokerConnectionError, PublishError, SerializationError
 from celeriac.protocol.codec import TaskCall, encode_task

@@ -1,4 +1,4 @@
-"""`celeriac._sqlite`: URL parsing, per-thread connections and the change watcher."""
+"""`celeriac.connections.sqlite`: URL parsing, per-thread connections and the change watcher."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from celeriac import _sqlite
-from celeriac._sqlite import ChangeWatcher, Database, parse_sqlite_url
+from celeriac.connections import sqlite as _sqlite
+from celeriac.connections.sqlite import Database, parse_sqlite_url
+from celeriac.connections.sqlite_watch import ChangeWatcher
 from celeriac.exceptions import BackendError, ImproperlyConfigured
 
 if TYPE_CHECKING:

@@ -40,19 +40,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import amqp
 
 from celeriac import states
-from celeriac._amqp import (
+from celeriac.backends.base import ChordPart, ResultBackend, ResultMeta
+from celeriac.connections.amqp import (
     Backoff,
     KeepAlive,
     close_connection,
     is_connection_error,
     is_permanent_refusal,
-    is_timeout,
     keepalive_interval,
     open_connection,
     parse_amqp_url,
 )
-from celeriac._amqp_transport import drain_nowait
-from celeriac.backends.base import ChordPart, ResultBackend, ResultMeta
+from celeriac.connections.amqp_transport import drain_nowait, is_timeout
 from celeriac.exceptions import BackendError, ResultTimeout, SerializationError
 from celeriac.protocol.serializers import loads
 

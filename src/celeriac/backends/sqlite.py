@@ -6,7 +6,7 @@ one statement (the SUCCESS-is-final guard is the upsert's WHERE clause); a chord
 counted and, when it completes the header, collected in one write transaction. Readers
 in `wait` sleep on the process's `ChangeWatcher` and look again only after a commit.
 
-Not here: connection handling and fork safety (`celeriac._sqlite`), messages
+Not here: connection handling and fork safety (`celeriac.connections`), messages
 (`celeriac.brokers.sqlite`).
 """
 
@@ -18,15 +18,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import orjson
 
 from celeriac import states
-from celeriac._sqlite import (
-    DEFAULT_BUSY_TIMEOUT,
-    DEFAULT_POLLING_INTERVAL,
-    RATE_SLOT_SCHEMA,
-    Database,
-    parse_sqlite_url,
-    reserve_rate_slot,
-    watcher_for,
-)
 from celeriac.backends.base import (
     REVOCATION_TTL,
     ChordPart,
@@ -34,6 +25,14 @@ from celeriac.backends.base import (
     ResultMeta,
     Revocation,
 )
+from celeriac.connections.sqlite import (
+    DEFAULT_BUSY_TIMEOUT,
+    RATE_SLOT_SCHEMA,
+    Database,
+    parse_sqlite_url,
+    reserve_rate_slot,
+)
+from celeriac.connections.sqlite_watch import DEFAULT_POLLING_INTERVAL, watcher_for
 from celeriac.exceptions import BackendError, ImproperlyConfigured, ResultTimeout
 
 if TYPE_CHECKING:

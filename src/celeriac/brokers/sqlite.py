@@ -7,7 +7,7 @@ A consumer waiting for work does not query in a loop: it waits on the process's
 `ChangeWatcher` (a `PRAGMA data_version` poll every 10 ms while anybody waits), and for
 the next instant a delayed message falls due or a lease lapses.
 
-Not here: connection handling and fork safety (`celeriac._sqlite`), results
+Not here: connection handling and fork safety (`celeriac.connections`), results
 (`celeriac.backends.sqlite`).
 """
 
@@ -22,15 +22,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import orjson
 
 from celeriac._crashpoints import crash_point
-from celeriac._sqlite import (
-    DEFAULT_BUSY_TIMEOUT,
-    DEFAULT_POLLING_INTERVAL,
-    RATE_SLOT_SCHEMA,
-    Database,
-    parse_sqlite_url,
-    reserve_rate_slot,
-    watcher_for,
-)
 from celeriac._time import UTC, to_timestamp
 from celeriac.brokers.base import (
     INVALID_ENVELOPE,
@@ -40,6 +31,14 @@ from celeriac.brokers.base import (
     Outgoing,
     clamp_priority,
 )
+from celeriac.connections.sqlite import (
+    DEFAULT_BUSY_TIMEOUT,
+    RATE_SLOT_SCHEMA,
+    Database,
+    parse_sqlite_url,
+    reserve_rate_slot,
+)
+from celeriac.connections.sqlite_watch import DEFAULT_POLLING_INTERVAL, watcher_for
 from celeriac.exceptions import (
     BrokerConnectionError,
     BrokerError,

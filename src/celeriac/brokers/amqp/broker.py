@@ -10,14 +10,14 @@ Entity layout (the same as Celery's, so stock workers and producers share it):
   (delivery_mode 2), the protocol headers as an AMQP field table (nulls as void),
   the body raw, and Celery's properties (content type and encoding, priority,
   correlation_id, reply_to, expiration);
-- ETA messages wait in a per-queue delay ladder (`amqp_delay.py`), then land in `Q`
+- ETA messages wait in a per-queue delay ladder (`delay.py`), then land in `Q`
   like any other message, so a stock worker consuming `Q` gets them when due;
 - dead letters: one durable queue (transport option `dead_letter_queue`, default
   `celeriac.dead_letter`), each message carrying `celeriac-dead-letter-*` headers.
 
 Publishing uses publisher confirms (`publish` returns once RabbitMQ has the message)
-on pooled connections (`amqp_link.py`); consuming uses one connection per broker
-object (`amqp_consumer.py`). Both reconnect with backoff after an outage and declare
+on pooled connections (`link.py`); consuming uses one connection per broker
+object (`consumer.py`). Both reconnect with backoff after an outage and declare
 again. Leases do not lapse: RabbitMQ holds an unacked message while the consumer's
 connection lives and requeues it (redelivered) when the connection goes.
 """
@@ -30,7 +30,19 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from celeriac._amqp import (
+from celeriac.brokers.amqp.consumer import Consumer
+from celeriac.brokers.amqp.delay import DEFAULT_DELAY_PREFIX, LEVELS, DelayLayout
+from celeriac.brokers.amqp.layout import EntityLayout, check_name
+from celeriac.brokers.amqp.link import Link, LinkLost, LinkPool, Outbound
+from celeriac.brokers.amqp.message import (
+    basic_properties,
+    dead_letter_copy,
+    from_amqp,
+    read_dead_letter,
+    to_amqp,
+)
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing
+from celeriac.connections.amqp import (
     Backoff,
     KeepAlive,
     is_channel_error,
@@ -39,18 +51,6 @@ from celeriac._amqp import (
     keepalive_interval,
     parse_amqp_url,
 )
-from celeriac.brokers.amqp_consumer import Consumer
-from celeriac.brokers.amqp_delay import DEFAULT_DELAY_PREFIX, LEVELS, DelayLayout
-from celeriac.brokers.amqp_layout import EntityLayout, check_name
-from celeriac.brokers.amqp_link import Link, LinkLost, LinkPool, Outbound
-from celeriac.brokers.amqp_message import (
-    basic_properties,
-    dead_letter_copy,
-    from_amqp,
-    read_dead_letter,
-    to_amqp,
-)
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing
 from celeriac.exceptions import (
     BrokerConnectionError,
     BrokerError,
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
     import amqp
 
-    from celeriac.brokers.amqp_link import Returned
+    from celeriac.brokers.amqp.link import Returned
     from celeriac.protocol.message import Message
 
 __all__ = ["AMQPBroker"]

@@ -16,17 +16,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celeriac._amqp import (
+from celeriac.brokers.amqp.frames import encode_publish
+from celeriac.connections.amqp import (
     AMQPParams,
     close_connection,
     is_connection_error,
-    is_timeout,
     open_connection,
 )
-from celeriac._amqp_transport import drain_nowait
-from celeriac.brokers.amqp_frames import encode_publish
+from celeriac.connections.amqp_transport import drain_nowait, is_timeout
 from celeriac.exceptions import PublishError
 
 if TYPE_CHECKING:
@@ -415,8 +414,3 @@ class LinkPool:
     def size(self) -> int:
         with self._cond:
             return self._count
-
-
-def message_properties(message: amqp.Message) -> dict[str, Any]:
-    """The basic properties of a py-amqp message as a plain dict."""
-    return dict(message.properties)
