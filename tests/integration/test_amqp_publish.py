@@ -138,7 +138,7 @@ def test_many_threads_publish_at_once(broker: AMQPBroker, queues: list[str]) -> 
     assert errors == []
     assert broker.size(queue) == 1200
     # Pooled: never more connections than the pool limit (10 by default).
-    assert broker._pool.size <= 10
+    assert broker._publisher.pool.size <= 10
 
 
 def test_header_tables_carry_nulls_nested_arrays_and_tables(
