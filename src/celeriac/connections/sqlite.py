@@ -34,15 +34,17 @@ from urllib.parse import unquote
 from celeriac.exceptions import CeleriacError, ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from types import TracebackType
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "RATE_SLOT_SCHEMA",
     "Database",
+    "open_database",
     "parse_sqlite_url",
     "reserve_rate_slot",
+    "seconds_option",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,25 @@ def reserve_rate_slot(db: Database, key: str, *, now: float, interval: float) ->
             _RATE_SLOT, {"key": key, "now": now, "interval": interval}
         ).fetchone()
     return float(row[0])
+
+
+def seconds_option(options: Mapping[str, Any], name: str, default: float, *, setting: str) -> float:
+    """Transport option `name`, a number of seconds >= 0; `setting` is where it was set
+    (`broker_transport_options`), for the error message.
+
+    Raises:
+        ImproperlyConfigured: not a number, or negative.
+    """
+    value = options.get(name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(
+            f"{setting}[{name!r}] must be a number of seconds, got {value!r}"
+        ) from None
+    if number < 0:
+        raise ImproperlyConfigured(f"{setting}[{name!r}] must be >= 0")
+    return number
 
 
 def parse_sqlite_url(url: str) -> Path:
@@ -299,6 +320,29 @@ def _rollback(connection: sqlite3.Connection) -> None:
     if connection.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             connection.execute("ROLLBACK")
+
+
+def open_database(
+    path: Path,
+    options: Mapping[str, Any],
+    *,
+    setting: str,
+    schema: str,
+    error: type[CeleriacError],
+    locked_error: type[CeleriacError] | None = None,
+    what: str,
+) -> Database:
+    """The `Database` of a broker or backend, tuned by its transport options
+    `busy_timeout` and `synchronous` (from `setting`, for error messages)."""
+    return Database(
+        path,
+        schema=schema,
+        busy_timeout=seconds_option(options, "busy_timeout", DEFAULT_BUSY_TIMEOUT, setting=setting),
+        synchronous=str(options.get("synchronous", "normal")),
+        error=error,
+        locked_error=locked_error,
+        what=what,
+    )
 
 
 class Database:
