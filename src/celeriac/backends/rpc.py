@@ -51,7 +51,7 @@ from celeriac.connections.amqp import (
     open_connection,
     parse_amqp_url,
 )
-from celeriac.connections.amqp_transport import drain_nowait, is_timeout
+from celeriac.connections.amqp_transport import drain, drain_nowait
 from celeriac.exceptions import BackendError, ResultTimeout, SerializationError
 from celeriac.protocol.serializers import loads
 
@@ -260,11 +260,7 @@ class RPCBackend(ResultBackend):
                     raise BackendError(
                         f"RabbitMQ did not confirm a result within {CONFIRM_TIMEOUT:g} s"
                     )
-                try:
-                    self._publisher.drain_events(timeout=min(remaining, 1.0))
-                except Exception as exc:
-                    if not is_timeout(exc):
-                        raise
+                drain(self._publisher, min(remaining, 1.0))
         finally:
             channel.events["basic_ack"].discard(on_ack)
             channel.events["basic_nack"].discard(on_nack)
@@ -342,13 +338,8 @@ class RPCBackend(ResultBackend):
     def _read(self, *, timeout: float) -> None:
         connection = self._consumer
         assert connection is not None
-        try:
-            connection.drain_events(timeout=timeout)
-        except Exception as exc:
-            if not is_timeout(exc):
-                raise
-            return
-        drain_nowait(connection)
+        if drain(connection, timeout):
+            drain_nowait(connection)
 
     def _ensure_consumer(self, *, consume: bool) -> bool:
         """Connect, declare the reply queue and (with `consume`) start consuming."""

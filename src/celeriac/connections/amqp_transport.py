@@ -27,7 +27,7 @@ from amqp.transport import TCPTransport
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["BufferedTCPTransport", "Connection", "drain_nowait", "is_timeout"]
+__all__ = ["BufferedTCPTransport", "Connection", "drain", "drain_nowait", "is_timeout"]
 
 # What one `recv` asks for: a prefetch window of small deliveries in one call.
 CHUNK = 256 * 1024
@@ -150,6 +150,18 @@ class Connection(amqp.Connection):  # type: ignore[misc]  # py-amqp is untyped
 def is_timeout(exc: BaseException) -> bool:
     """A socket read or write that ran out of time (the connection may live on)."""
     return isinstance(exc, socket.timeout | TimeoutError)
+
+
+def drain(connection: amqp.Connection, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for frames and handle what comes; False when the
+    time ran out with nothing received (any other failure is raised)."""
+    try:
+        connection.drain_events(timeout=timeout)
+    except Exception as exc:
+        if not is_timeout(exc):
+            raise
+        return False
+    return True
 
 
 def drain_nowait(connection: amqp.Connection) -> None:

@@ -25,7 +25,7 @@ from celeriac.connections.amqp import (
     is_connection_error,
     open_connection,
 )
-from celeriac.connections.amqp_transport import drain_nowait, is_timeout
+from celeriac.connections.amqp_transport import drain, drain_nowait, is_timeout
 from celeriac.exceptions import PublishError
 
 if TYPE_CHECKING:
@@ -151,25 +151,13 @@ class Link:
         """Forget the admin channel after RabbitMQ closed it (or to drop its unacked
         messages back into their queue)."""
         channel, self._admin = self._admin, None
-        if channel is not None and channel.is_open:
-            try:
-                channel.close()
-            except Exception as exc:
-                if is_connection_error(exc):
-                    raise
-                logger.debug("error closing the admin channel", exc_info=True)
+        _close_channel(channel, "admin")
 
     def reset_channel(self) -> None:
         """Forget the confirm channel after a channel error; the next use reopens it."""
         channel, self._channel = self._channel, None
         self.declared.clear()
-        if channel is not None and channel.is_open:
-            try:
-                channel.close()
-            except Exception as exc:
-                if is_connection_error(exc):
-                    raise
-                logger.debug("error closing the confirm channel", exc_info=True)
+        _close_channel(channel, "confirm")
 
     # -- confirms ----------------------------------------------------------------------
 
@@ -289,11 +277,7 @@ class Link:
                     f"RabbitMQ did not confirm {pending} message(s) within {timeout:g} s"
                     f"{why}; they may or may not have been queued"
                 )
-            try:
-                self.connection.drain_events(timeout=min(remaining, 1.0))
-            except Exception as exc:
-                if not is_timeout(exc):
-                    raise
+            if not drain(self.connection, min(remaining, 1.0)):
                 # A link that died while idle (not yet noticed by the keep-alive tick)
                 # is given up after two missed heartbeats, not after `timeout`: the
                 # caller then publishes the unconfirmed messages on a fresh link.
@@ -414,3 +398,15 @@ class LinkPool:
     def size(self) -> int:
         with self._cond:
             return self._count
+
+
+def _close_channel(channel: amqp.Channel | None, which: str) -> None:
+    """Close a channel that is still open; a lost connection is raised, any other
+    failure only logged (the channel is forgotten either way)."""
+    if channel is not None and channel.is_open:
+        try:
+            channel.close()
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            logger.debug("error closing the %s channel", which, exc_info=True)
