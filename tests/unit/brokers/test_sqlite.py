@@ -329,7 +329,8 @@ def test_a_lapsed_lease_is_redelivered_to_a_waiting_consumer(make: Any) -> None:
     assert 0.2 <= waited < 3
 
 
-def test_a_late_ack_from_a_lapsed_holder_does_not_touch_the_new_lease(make: Any) -> None:
+def lapsed_and_taken(make: Any) -> tuple[SQLiteBroker, Delivery, SQLiteBroker, Delivery]:
+    """`holder` leases a message, the lease lapses and `other` takes it: both deliveries."""
     clock = FakeClock(time.time())
     holder = make("holder", visibility_timeout=0.2, clock=clock)
     other = make("other", clock=clock)
@@ -337,6 +338,11 @@ def test_a_late_ack_from_a_lapsed_holder_does_not_touch_the_new_lease(make: Any)
     [stale] = holder.receive(["q"], limit=1, timeout=1)
     clock.advance(0.3)
     [current] = other.receive(["q"], limit=1, timeout=1)
+    return holder, stale, other, current
+
+
+def test_a_late_ack_from_a_lapsed_holder_does_not_touch_the_new_lease(make: Any) -> None:
+    holder, stale, other, current = lapsed_and_taken(make)
     holder.ack(stale)
     holder.extend([stale], seconds=60)
     holder.reject(stale, requeue=True)
@@ -494,13 +500,7 @@ def test_a_replayed_dead_letter_is_a_fresh_message(make: Any) -> None:
 
 
 def test_dead_lettering_a_lost_lease_does_not_duplicate_the_message(make: Any) -> None:
-    clock = FakeClock(time.time())
-    holder = make("holder", visibility_timeout=0.2, clock=clock)
-    other = make("other", clock=clock)
-    holder.publish(make_message(), queue="q")
-    [stale] = holder.receive(["q"], limit=1, timeout=1)
-    clock.advance(0.3)
-    [current] = other.receive(["q"], limit=1, timeout=1)
+    holder, stale, other, current = lapsed_and_taken(make)
     holder.dead_letter(stale, reason="too late")
     assert holder.list_dead_letters() == []
     other.ack(current)

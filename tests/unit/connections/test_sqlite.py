@@ -5,16 +5,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from celeriac.connections import sqlite as _sqlite
 from celeriac.connections.sqlite import Database, parse_sqlite_url
 from celeriac.exceptions import BackendError, ImproperlyConfigured
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 
 def test_three_slashes_are_relative_to_the_current_directory(
@@ -49,15 +45,6 @@ def test_a_relative_path_does_not_move_with_a_later_chdir(
 def test_urls_that_name_no_file_are_refused(url: str) -> None:
     with pytest.raises(ImproperlyConfigured, match=r"sqlite:////absolute/path/celeriac\.db"):
         parse_sqlite_url(url)
-
-
-@pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    db = Database(
-        tmp_path / "t.db", schema="CREATE TABLE IF NOT EXISTS t (x INTEGER)", error=BackendError
-    )
-    yield db
-    db.close()
 
 
 def test_close_closes_every_threads_connection(database: Database) -> None:

@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from celeriac.connections.sqlite import Database
 from celeriac.connections.sqlite_watch import ChangeWatcher
-from celeriac.exceptions import BackendError
 from tests.helpers import wait_for
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
+
+    from celeriac.connections.sqlite import Database
 
 
 class ParkWatch(threading.Condition):
@@ -38,15 +37,6 @@ class ParkWatch(threading.Condition):
         finally:
             self.parked.clear()
             self.woke.set()
-
-
-@pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    db = Database(
-        tmp_path / "t.db", schema="CREATE TABLE IF NOT EXISTS t (x INTEGER)", error=BackendError
-    )
-    yield db
-    db.close()
 
 
 @pytest.fixture
