@@ -21,9 +21,9 @@ BROKER_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "redis": ("celeriac.brokers.redis", "RedisBroker", "redis"),
     "rediss": ("celeriac.brokers.redis", "RedisBroker", "redis"),
     "redis+socket": ("celeriac.brokers.redis", "RedisBroker", "redis"),
-    "amqp": ("celeriac.brokers.amqp", "AMQPBroker", "amqp"),
-    "amqps": ("celeriac.brokers.amqp", "AMQPBroker", "amqp"),
-    "pyamqp": ("celeriac.brokers.amqp", "AMQPBroker", "amqp"),
+    "amqp": ("celeriac.brokers.amqp.broker", "AMQPBroker", "amqp"),
+    "amqps": ("celeriac.brokers.amqp.broker", "AMQPBroker", "amqp"),
+    "pyamqp": ("celeriac.brokers.amqp.broker", "AMQPBroker", "amqp"),
 }
 
 

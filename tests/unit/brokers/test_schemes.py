@@ -49,8 +49,8 @@ def test_unknown_scheme_lists_the_valid_ones(url: str) -> None:
     [
         ("redis://127.0.0.1:6379/0", "celeriac.brokers.redis", "redis", "redis"),
         ("rediss://127.0.0.1:6379/0", "celeriac.brokers.redis", "redis", "redis"),
-        ("amqp://127.0.0.1:5672//", "celeriac.brokers.amqp", "amqp", "amqp"),
-        ("pyamqp://127.0.0.1:5672//", "celeriac.brokers.amqp", "amqp", "amqp"),
+        ("amqp://127.0.0.1:5672//", "celeriac.brokers.amqp.broker", "amqp", "amqp"),
+        ("pyamqp://127.0.0.1:5672//", "celeriac.brokers.amqp.broker", "amqp", "amqp"),
     ],
 )
 def test_missing_broker_driver_names_the_extra_to_install(

@@ -1,0 +1,1 @@
+"""One client per server kind (Redis, RabbitMQ, SQLite), shared by brokers and backends."""
