@@ -13,15 +13,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The dev tools are the `dev` dependency group of pyproject.toml (`--group` needs pip 25.1).
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[all]' --group dev
 	touch $@ $(VENV)/.installed
 
 ## demo: set up .venv and run the walkthrough on the embedded SQLite broker
 demo: $(VENV)/.installed
 	cd examples/demo && ../../$(BIN)/python run_demo.py
 
-## test: set up .venv with dev extras, lint, type-check and run the whole suite
+## test: set up .venv with the dev tools, lint, type-check and run the whole suite
 test: check bytecode
 	$(BIN)/pytest -q
 
@@ -33,8 +34,8 @@ bytecode: $(VENV)/.installed-dev
 
 check: lint typecheck
 
-# Everything with Python in it (benchmarks/ once it exists).
-LINTED := src tests examples $(wildcard benchmarks)
+# Everything with Python in it.
+LINTED := src tests examples benchmarks
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(LINTED)

@@ -35,8 +35,8 @@ import redis
 
 from benchmarks.processes import cpu_seconds
 from celeriac import Celeriac
-from celeriac.brokers.amqp_frames import encode_publish
-from celeriac.brokers.amqp_message import basic_properties
+from celeriac.brokers.amqp.frames import encode_publish
+from celeriac.brokers.amqp.message import basic_properties
 from celeriac.protocol.codec import encode_task
 
 HOST = "127.0.0.1:5672"

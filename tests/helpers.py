@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import pytest
@@ -38,6 +39,19 @@ def wait_for(
 def unique(prefix: str = "t") -> str:
     """A short unique name for queues, keys and ids of one test."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def fail_import(monkeypatch: pytest.MonkeyPatch, module: str, missing: str) -> None:
+    """Make importing `module` by `importlib.import_module` fail as if `missing` were not
+    installed."""
+    real_import_module = importlib.import_module
+
+    def fake(name: str, package: str | None = None) -> Any:
+        if name == module:
+            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+        return real_import_module(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
 
 
 def _reachable(url: str, default_port: int) -> bool:

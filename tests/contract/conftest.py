@@ -21,6 +21,8 @@ from tests.helpers import require_rabbitmq, require_redis, unique
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from celeriac._time import Clock
+
 BROKERS = ["memory", "sqlite", "redis", "amqp"]
 BACKENDS = ["memory", "sqlite", "redis"]
 
@@ -60,9 +62,14 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
     if kind in ("sqlite", "redis", "amqp") and not _available(f"celeriac.brokers.{kind}"):
         pytest.fail(f"broker module celeriac.brokers.{kind} is missing")
 
-    def make(consumer_id: str = "consumer-a", **extra: Any) -> Broker:
+    def make(
+        consumer_id: str = "consumer-a", *, clock: Clock | None = None, **extra: Any
+    ) -> Broker:
         broker = create_broker(
-            url, transport_options={**options, **extra}, consumer_id=f"{prefix}/{consumer_id}"
+            url,
+            transport_options={**options, **extra},
+            consumer_id=f"{prefix}/{consumer_id}",
+            clock=clock,
         )
         broker.connect()
         made.append(broker)

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from celeriac import states
+from celeriac._time import FakeClock
 from celeriac.backends.base import ResultMeta
 from celeriac.exceptions import ResultTimeout
+from tests.helpers import wait_for
 
 if TYPE_CHECKING:
     from tests.contract.conftest import BackendFactory
@@ -232,27 +234,34 @@ def test_chord_parts_keep_failures(backend_factory: BackendFactory) -> None:
 
 
 def test_results_expire(backend_factory: BackendFactory) -> None:
-    backend = backend_factory(expires=1)
+    clock = FakeClock(time.time())
+    backend = backend_factory(expires=1, clock=clock)
     task_id = new_id()
     backend.store(backend.ready_meta(task_id, states.SUCCESS, 1))
     assert backend.get(task_id) is not None
-    time.sleep(1.3)
-    backend.cleanup()
-    assert backend.get(task_id) is None
+    clock.advance(1.3)
+
+    def gone() -> bool:
+        backend.cleanup()
+        return backend.get(task_id) is None
+
+    # Redis expires keys by its own clock, a second after the store.
+    assert wait_for(gone, timeout=5)
 
 
 def test_revocations_are_logged_and_read_since_a_cursor(backend_factory: BackendFactory) -> None:
-    writer = backend_factory()
-    reader = backend_factory()
+    clock = FakeClock(time.time())
+    writer = backend_factory(clock=clock)
+    reader = backend_factory(clock=clock)
     if not writer.supports_revocation:
         pytest.fail(f"{type(writer).__name__} must keep a revocation log")
-    start = time.time() - 1
+    start = clock.time() - 1
     writer.revoke(["a", "b"])
     writer.revoke(["c"], terminate=True)
     found, cursor = reader.revoked_since(start)
     assert {r.task_id: r.terminate for r in found} == {"a": False, "b": False, "c": True}
     assert cursor >= start
-    time.sleep(0.01)
+    clock.advance(0.01)
     writer.revoke(["d"])
     newer, _ = reader.revoked_since(cursor)
     assert "d" in {r.task_id for r in newer}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from celeriac._time import utcnow
+from celeriac._time import FakeClock, utcnow
 from celeriac.brokers.base import Broker, Delivery, Outgoing
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
 from tests.helpers import unique, wait_for
@@ -115,13 +115,14 @@ def test_priorities_are_served_in_the_brokers_order(broker_factory: BrokerFactor
 
 
 def test_acked_message_is_never_delivered_again(broker_factory: BrokerFactory) -> None:
-    broker = broker_factory(visibility_timeout=0.5)
+    clock = FakeClock(time.time())
+    broker = broker_factory(visibility_timeout=0.5, clock=clock)
     queue = unique("q")
     broker.declare(queue)
     broker.publish(make_message(), queue=queue)
     [delivery] = receive_all(broker, queue, 1)
     broker.ack(delivery)
-    time.sleep(0.7)
+    clock.advance(0.7)  # past the lease it had
     broker.restore_expired()
     assert broker.receive([queue], limit=1, timeout=0.3) == []
 
@@ -180,14 +181,15 @@ def test_a_leased_message_goes_to_one_consumer_only(broker_factory: BrokerFactor
 
 
 def test_lapsed_lease_makes_the_message_visible_again(broker_factory: BrokerFactory) -> None:
-    broker = broker_factory(visibility_timeout=0.5)
+    clock = FakeClock(time.time())
+    broker = broker_factory(visibility_timeout=0.5, clock=clock)
     if not broker.supports_leases:
         return  # held while connected: see test_closed_connection_returns_messages
     queue = unique("q")
     broker.declare(queue)
     broker.publish(make_message(), queue=queue)
     [first] = receive_all(broker, queue, 1)
-    time.sleep(0.7)
+    clock.advance(0.7)
     broker.restore_expired()
     [again] = receive_all(broker, queue, 1)
     assert again.message.headers["id"] == first.message.headers["id"]
@@ -195,15 +197,16 @@ def test_lapsed_lease_makes_the_message_visible_again(broker_factory: BrokerFact
 
 
 def test_extended_lease_keeps_the_message_hidden(broker_factory: BrokerFactory) -> None:
-    broker = broker_factory(visibility_timeout=0.5)
+    clock = FakeClock(time.time())
+    broker = broker_factory(visibility_timeout=0.5, clock=clock)
     if not broker.supports_leases:
         return
     queue = unique("q")
     broker.declare(queue)
     broker.publish(make_message(), queue=queue)
     [delivery] = receive_all(broker, queue, 1)
-    for _ in range(3):
-        time.sleep(0.3)
+    for _ in range(3):  # 0.9 s in all: the lease lapses unless extended
+        clock.advance(0.3)
         broker.extend([delivery], seconds=0.5)
     broker.restore_expired()
     assert broker.receive([queue], limit=1, timeout=0.2) == []

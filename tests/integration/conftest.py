@@ -116,7 +116,7 @@ def broker_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv("TEST_DEAD_LETTER_QUEUE", f"{name}.dead")
     yield kind
     if kind == "amqp":
-        from celeriac.brokers.amqp import AMQPBroker
+        from celeriac.brokers.amqp.broker import AMQPBroker
 
         broker = AMQPBroker(amqp_url)
         try:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import amqp
 import pytest
 
-from celeriac.brokers.amqp import AMQPBroker
+from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
 from tests.helpers import AMQP_URL, require_rabbitmq, unique, wait_for

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import amqp
 import pytest
 
-from celeriac.brokers.amqp import AMQPBroker
+from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.protocol.codec import TaskCall, encode_task
 from tests.helpers import AMQP_URL, require_rabbitmq, unique
 

@@ -12,8 +12,8 @@ import amqp
 import pytest
 
 from celeriac._time import from_iso, utcnow
-from celeriac.brokers.amqp import AMQPBroker
-from celeriac.brokers.amqp_delay import DelayLayout
+from celeriac.brokers.amqp.broker import AMQPBroker
+from celeriac.brokers.amqp.delay import DelayLayout
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
 from tests.helpers import AMQP_URL, require_rabbitmq, unique

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import amqp
 import pytest
 
-from celeriac.brokers.amqp import AMQPBroker
+from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.exceptions import ImproperlyConfigured
 from tests.helpers import AMQP_URL, require_rabbitmq, unique
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from celeriac._time import utcnow
-from celeriac.brokers.amqp import AMQPBroker
+from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.exceptions import BrokerConnectionError, PublishError
 from celeriac.protocol.codec import TaskCall, encode_task

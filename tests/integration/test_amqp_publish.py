@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import amqp
 import pytest
 
-from celeriac.brokers.amqp import AMQPBroker
+from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.exceptions import BrokerConnectionError, PublishError, SerializationError
 from celeriac.protocol.codec import TaskCall, encode_task
@@ -138,7 +138,7 @@ def test_many_threads_publish_at_once(broker: AMQPBroker, queues: list[str]) -> 
     assert errors == []
     assert broker.size(queue) == 1200
     # Pooled: never more connections than the pool limit (10 by default).
-    assert broker._pool.size <= 10
+    assert broker._publisher.pool.size <= 10
 
 
 def test_header_tables_carry_nulls_nested_arrays_and_tables(

@@ -20,8 +20,8 @@ import pytest
 
 from celeriac._time import utcnow
 from celeriac.backends.rpc import RPCBackend
-from celeriac.brokers.amqp import AMQPBroker
-from celeriac.brokers.amqp_delay import DelayLayout
+from celeriac.brokers.amqp.broker import AMQPBroker
+from celeriac.brokers.amqp.delay import DelayLayout
 from celeriac.protocol.codec import TaskCall, encode_task
 from tests.helpers import AMQP_URL, require_rabbitmq, unique, wait_for
 

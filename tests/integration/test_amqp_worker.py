@@ -158,7 +158,7 @@ def delete_amqp(url: str, queues: list[str], exchanges: list[str]) -> None:
     """Remove queues (with their exchanges and delay ladders) and exchanges."""
     import amqp
 
-    from celeriac.brokers.amqp import AMQPBroker
+    from celeriac.brokers.amqp.broker import AMQPBroker
 
     broker = AMQPBroker(url)
     try:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from celeriac import states
-from celeriac._sqlite import QUIET_AFTER
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.brokers.base import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.connections.sqlite_watch import QUIET_AFTER
 from celeriac.exceptions import ResultTimeout
 from celeriac.protocol.codec import TaskCall, encode_task
 

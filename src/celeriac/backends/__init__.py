@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-from celeriac._urls import redact_url
-from celeriac.exceptions import ImproperlyConfigured
+from celeriac._imports import load_scheme_class
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -37,33 +35,9 @@ def backend_class(url: str) -> type[ResultBackend]:
     Raises:
         ImproperlyConfigured: unknown scheme, or the backend's extra is not installed.
     """
-    scheme, sep, _ = url.partition("://")
-    try:
-        module_name, class_name, extra = BACKEND_SCHEMES[scheme.lower() if sep else ""]
-    except KeyError:
-        known = ", ".join(f"{s}://" for s in BACKEND_SCHEMES)
-        raise ImproperlyConfigured(
-            f"unknown result backend URL scheme in {redact_url(url)!r}: use one of {known} "
-            "(for example redis://localhost:6379/1 or sqlite:///celeriac.db)"
-        ) from None
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        if exc.name is not None and (
-            exc.name == module_name or module_name.startswith(exc.name + ".")
-        ):
-            # Our own module is missing, not its driver: no extra would help.
-            raise ImproperlyConfigured(
-                f"the {scheme}:// result backend is not available in this celeriac installation "
-                f"({module_name} is missing)"
-            ) from exc
-        if extra is None:
-            raise
-        raise ImproperlyConfigured(
-            f"the {scheme}:// result backend needs its driver ({exc.name}): "
-            f'pip install "celeriac[{extra}]"'
-        ) from exc
-    cls: type[ResultBackend] = getattr(module, class_name)
+    cls: type[ResultBackend] = load_scheme_class(
+        url, BACKEND_SCHEMES, kind="result backend", example="redis://localhost:6379/1"
+    )
     return cls
 
 

@@ -40,19 +40,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import amqp
 
 from celeriac import states
-from celeriac._amqp import (
+from celeriac.backends.base import ChordPart, ResultBackend, ResultMeta
+from celeriac.connections.amqp import (
     Backoff,
     KeepAlive,
     close_connection,
     is_connection_error,
     is_permanent_refusal,
-    is_timeout,
     keepalive_interval,
     open_connection,
     parse_amqp_url,
 )
-from celeriac._amqp_transport import drain_nowait
-from celeriac.backends.base import ChordPart, ResultBackend, ResultMeta
+from celeriac.connections.amqp_transport import drain, drain_nowait
 from celeriac.exceptions import BackendError, ResultTimeout, SerializationError
 from celeriac.protocol.serializers import loads
 
@@ -261,11 +260,7 @@ class RPCBackend(ResultBackend):
                     raise BackendError(
                         f"RabbitMQ did not confirm a result within {CONFIRM_TIMEOUT:g} s"
                     )
-                try:
-                    self._publisher.drain_events(timeout=min(remaining, 1.0))
-                except Exception as exc:
-                    if not is_timeout(exc):
-                        raise
+                drain(self._publisher, min(remaining, 1.0))
         finally:
             channel.events["basic_ack"].discard(on_ack)
             channel.events["basic_nack"].discard(on_nack)
@@ -343,13 +338,8 @@ class RPCBackend(ResultBackend):
     def _read(self, *, timeout: float) -> None:
         connection = self._consumer
         assert connection is not None
-        try:
-            connection.drain_events(timeout=timeout)
-        except Exception as exc:
-            if not is_timeout(exc):
-                raise
-            return
-        drain_nowait(connection)
+        if drain(connection, timeout):
+            drain_nowait(connection)
 
     def _ensure_consumer(self, *, consume: bool) -> bool:
         """Connect, declare the reply queue and (with `consume`) start consuming."""

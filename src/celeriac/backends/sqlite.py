@@ -6,7 +6,7 @@ one statement (the SUCCESS-is-final guard is the upsert's WHERE clause); a chord
 counted and, when it completes the header, collected in one write transaction. Readers
 in `wait` sleep on the process's `ChangeWatcher` and look again only after a commit.
 
-Not here: connection handling and fork safety (`celeriac._sqlite`), messages
+Not here: connection handling and fork safety (`celeriac.connections`), messages
 (`celeriac.brokers.sqlite`).
 """
 
@@ -18,15 +18,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import orjson
 
 from celeriac import states
-from celeriac._sqlite import (
-    DEFAULT_BUSY_TIMEOUT,
-    DEFAULT_POLLING_INTERVAL,
-    RATE_SLOT_SCHEMA,
-    Database,
-    parse_sqlite_url,
-    reserve_rate_slot,
-    watcher_for,
-)
 from celeriac.backends.base import (
     REVOCATION_TTL,
     ChordPart,
@@ -34,10 +25,18 @@ from celeriac.backends.base import (
     ResultMeta,
     Revocation,
 )
-from celeriac.exceptions import BackendError, ImproperlyConfigured, ResultTimeout
+from celeriac.connections.sqlite import (
+    RATE_SLOT_SCHEMA,
+    open_database,
+    parse_sqlite_url,
+    reserve_rate_slot,
+    seconds_option,
+)
+from celeriac.connections.sqlite_watch import DEFAULT_POLLING_INTERVAL, watcher_for
+from celeriac.exceptions import BackendError, ResultTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
 __all__ = ["SQLiteBackend"]
 
@@ -158,17 +157,8 @@ _EXPIRED: Final = {
 DEFAULT_CLEANUP_INTERVAL: Final = 60.0
 
 
-def _float_option(options: Mapping[str, Any], name: str, default: float) -> float:
-    value = options.get(name, default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ImproperlyConfigured(
-            f"result_backend_transport_options[{name!r}] must be a number of seconds, got {value!r}"
-        ) from None
-    if number < 0:
-        raise ImproperlyConfigured(f"result_backend_transport_options[{name!r}] must be >= 0")
-    return number
+# Where the transport options of this module are set (for error messages).
+_SETTING: Final = "result_backend_transport_options"
 
 
 class SQLiteBackend(ResultBackend):
@@ -191,13 +181,17 @@ class SQLiteBackend(ResultBackend):
         super().__init__(url, **kwargs)
         self.path = parse_sqlite_url(url)
         options = self.transport_options
-        self.polling_interval = _float_option(options, "polling_interval", DEFAULT_POLLING_INTERVAL)
-        self.cleanup_interval = _float_option(options, "cleanup_interval", DEFAULT_CLEANUP_INTERVAL)
-        self._db = Database(
+        self.polling_interval = seconds_option(
+            options, "polling_interval", DEFAULT_POLLING_INTERVAL, setting=_SETTING
+        )
+        self.cleanup_interval = seconds_option(
+            options, "cleanup_interval", DEFAULT_CLEANUP_INTERVAL, setting=_SETTING
+        )
+        self._db = open_database(
             self.path,
+            options,
+            setting=_SETTING,
             schema=SCHEMA,
-            busy_timeout=_float_option(options, "busy_timeout", DEFAULT_BUSY_TIMEOUT),
-            synchronous=str(options.get("synchronous", "normal")),
             error=BackendError,
             what="SQLite result backend",
         )

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-from celeriac._urls import redact_url
-from celeriac.exceptions import ImproperlyConfigured
+from celeriac._imports import load_scheme_class, scheme_of
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -23,15 +21,10 @@ BROKER_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "redis": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
     "rediss": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
     "redis+socket": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
-    "amqp": ("celeriac.brokers.amqp", "AMQPBroker", "amqp"),
-    "amqps": ("celeriac.brokers.amqp", "AMQPBroker", "amqp"),
-    "pyamqp": ("celeriac.brokers.amqp", "AMQPBroker", "amqp"),
+    "amqp": ("celeriac.brokers.amqp.broker", "AMQPBroker", "amqp"),
+    "amqps": ("celeriac.brokers.amqp.broker", "AMQPBroker", "amqp"),
+    "pyamqp": ("celeriac.brokers.amqp.broker", "AMQPBroker", "amqp"),
 }
-
-
-def scheme_of(url: str) -> str:
-    scheme, sep, _ = url.partition("://")
-    return scheme.lower() if sep else ""
 
 
 def broker_class(url: str) -> type[Broker]:
@@ -40,32 +33,9 @@ def broker_class(url: str) -> type[Broker]:
     Raises:
         ImproperlyConfigured: unknown scheme, or the transport's extra is not installed.
     """
-    scheme = scheme_of(url)
-    try:
-        module_name, class_name, extra = BROKER_SCHEMES[scheme]
-    except KeyError:
-        known = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
-        raise ImproperlyConfigured(
-            f"unknown broker URL scheme in {redact_url(url)!r}: use one of {known} "
-            "(for example redis://localhost:6379/0 or sqlite:///celeriac.db)"
-        ) from None
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        if exc.name is not None and (
-            exc.name == module_name or module_name.startswith(exc.name + ".")
-        ):
-            # Our own module is missing, not its driver: no extra would help.
-            raise ImproperlyConfigured(
-                f"the {scheme}:// broker is not available in this celeriac installation "
-                f"({module_name} is missing)"
-            ) from exc
-        if extra is None:
-            raise
-        raise ImproperlyConfigured(
-            f'the {scheme}:// broker needs its driver ({exc.name}): pip install "celeriac[{extra}]"'
-        ) from exc
-    cls: type[Broker] = getattr(module, class_name)
+    cls: type[Broker] = load_scheme_class(
+        url, BROKER_SCHEMES, kind="broker", example="redis://localhost:6379/0"
+    )
     return cls
 
 

@@ -1,1 +1,1 @@
-"""One client per server kind, shared by brokers and backends."""
+"""One client per server kind (Redis, RabbitMQ, SQLite), shared by brokers and backends."""

@@ -10,14 +10,14 @@ Entity layout (the same as Celery's, so stock workers and producers share it):
   (delivery_mode 2), the protocol headers as an AMQP field table (nulls as void),
   the body raw, and Celery's properties (content type and encoding, priority,
   correlation_id, reply_to, expiration);
-- ETA messages wait in a per-queue delay ladder (`amqp_delay.py`), then land in `Q`
+- ETA messages wait in a per-queue delay ladder (`delay.py`), then land in `Q`
   like any other message, so a stock worker consuming `Q` gets them when due;
 - dead letters: one durable queue (transport option `dead_letter_queue`, default
   `celeriac.dead_letter`), each message carrying `celeriac-dead-letter-*` headers.
 
 Publishing uses publisher confirms (`publish` returns once RabbitMQ has the message)
-on pooled connections (`amqp_link.py`); consuming uses one connection per broker
-object (`amqp_consumer.py`). Both reconnect with backoff after an outage and declare
+on pooled connections (`publisher.py`, `link.py`); consuming uses one connection per broker
+object (`consumer.py`). Both reconnect with backoff after an outage and declare
 again. Leases do not lapse: RabbitMQ holds an unacked message while the consumer's
 connection lives and requeues it (redelivered) when the connection goes.
 """
@@ -25,54 +25,41 @@ connection lives and requeues it (redelivered) when the connection goes.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
-import time
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from celeriac._amqp import (
-    Backoff,
-    KeepAlive,
-    is_channel_error,
-    is_connection_error,
-    is_permanent_refusal,
-    keepalive_interval,
-    parse_amqp_url,
-)
-from celeriac.brokers.amqp_consumer import Consumer
-from celeriac.brokers.amqp_delay import DEFAULT_DELAY_PREFIX, LEVELS, DelayLayout
-from celeriac.brokers.amqp_layout import EntityLayout, check_name
-from celeriac.brokers.amqp_link import Link, LinkLost, LinkPool, Outbound
-from celeriac.brokers.amqp_message import (
+from celeriac.brokers.amqp.consumer import Consumer
+from celeriac.brokers.amqp.delay import DEFAULT_DELAY_PREFIX, LEVELS, DelayLayout
+from celeriac.brokers.amqp.layout import EntityLayout, check_name
+from celeriac.brokers.amqp.link import Link, Outbound
+from celeriac.brokers.amqp.message import (
     basic_properties,
     dead_letter_copy,
     from_amqp,
     read_dead_letter,
     to_amqp,
 )
+from celeriac.brokers.amqp.publisher import Publisher
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Outgoing
-from celeriac.exceptions import (
-    BrokerConnectionError,
-    BrokerError,
-    ImproperlyConfigured,
-    PublishError,
-    SerializationError,
+from celeriac.connections.amqp import (
+    KeepAlive,
+    is_channel_error,
+    keepalive_interval,
+    parse_amqp_url,
 )
+from celeriac.exceptions import BrokerError, ImproperlyConfigured, PublishError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
+    from collections.abc import Callable, Collection, Iterator, Sequence
     from datetime import datetime
 
     import amqp
 
-    from celeriac.brokers.amqp_link import Returned
     from celeriac.protocol.message import Message
 
 __all__ = ["AMQPBroker"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Transport option defaults.
 DEFAULT_DEAD_LETTER_QUEUE = "celeriac.dead_letter"
@@ -126,13 +113,9 @@ class AMQPBroker(Broker):
         opts = self.transport_options
         self._params = parse_amqp_url(url, opts)
         try:
-            self._confirm_timeout = float(opts.get("confirm_timeout", DEFAULT_CONFIRM_TIMEOUT))
-            self._retry_timeout = float(
-                opts.get("publish_retry_timeout", DEFAULT_PUBLISH_RETRY_TIMEOUT)
-            )
-            self._retry_interval_max = float(
-                opts.get("retry_interval_max", DEFAULT_RETRY_INTERVAL_MAX)
-            )
+            confirm_timeout = float(opts.get("confirm_timeout", DEFAULT_CONFIRM_TIMEOUT))
+            retry_timeout = float(opts.get("publish_retry_timeout", DEFAULT_PUBLISH_RETRY_TIMEOUT))
+            retry_interval_max = float(opts.get("retry_interval_max", DEFAULT_RETRY_INTERVAL_MAX))
             self._delay_threshold = float(opts.get("delay_threshold", 0.0))
             pool_limit = int(opts.get("pool_limit", DEFAULT_POOL_LIMIT))
             max_priority = opts.get("max_priority")
@@ -161,14 +144,23 @@ class AMQPBroker(Broker):
             delay=self._delay,
         )
         self.dead_letter_queue = self._layout.dead_letter_queue
-        self._pool = LinkPool(self._new_link, limit=pool_limit)
+        self._publisher = Publisher(
+            self._params,
+            layout=self._layout,
+            delay=self._delay,
+            confirm_timeout=confirm_timeout,
+            retry_timeout=retry_timeout,
+            retry_interval_max=retry_interval_max,
+            pool_limit=pool_limit,
+            on_heartbeat=self._ensure_keepalive,
+            count=self._count,
+        )
         self._consumer = Consumer(
             self._params,
             declare=self._layout.declare_queue,
-            retry_interval_max=self._retry_interval_max,
+            retry_interval_max=retry_interval_max,
             consume_arguments=consume_arguments,
         )
-        self._host_index = 0
         self._use_keepalive = bool(opts.get("keepalive", True))
         self._keepalive: KeepAlive | None = None
         self._state_lock = threading.Lock()
@@ -178,7 +170,7 @@ class AMQPBroker(Broker):
 
     def connect(self) -> None:
         """Open one publishing connection now, so that a wrong URL fails here."""
-        self._with_link(lambda link: None)
+        self._publisher.run(lambda link: None)
         logger.debug("connected to RabbitMQ at %s", self.safe_url())
 
     def _ensure_keepalive(self, heartbeat: float) -> None:
@@ -200,114 +192,11 @@ class AMQPBroker(Broker):
         if keepalive is not None:
             keepalive.stop()
         self._consumer.close()
-        self._pool.close()
-
-    def _new_link(self) -> Link:
-        link = Link(self._params, start=self._host_index, write_timeout=self._confirm_timeout)
-        self._host_index = link.host_index
-        self._ensure_keepalive(float(link.connection.heartbeat or 0))
-        return link
+        self._publisher.close()
 
     def _keep_alive(self) -> None:
         self._consumer.keep_alive()
-        self._pool.tick_idle()
-
-    # -- errors ------------------------------------------------------------------------
-
-    def _map_error(self, exc: BaseException, what: str) -> BrokerError | ImproperlyConfigured:
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return BrokerConnectionError(
-                f"the TLS certificate of RabbitMQ at {self._params.describe(self._host_index)} "
-                f"did not verify ({exc}): check the ssl options ca_certs / server_hostname"
-            )
-        if is_permanent_refusal(exc):
-            return BrokerConnectionError(
-                f"RabbitMQ at {self._params.describe(self._host_index)} refused the "
-                f"connection ({exc}): check the user, password and vhost permissions"
-            )
-        if is_connection_error(exc):
-            return BrokerConnectionError(
-                f"cannot reach RabbitMQ at {self._params.describe(self._host_index)} "
-                f"to {what}: {exc}"
-            )
-        return BrokerError(f"RabbitMQ refused to {what}: {exc}")
-
-    def _with_link(self, op: Callable[[Link], T], *, what: str = "connect") -> T:
-        """Run `op` on a pooled link, reconnecting with backoff for up to
-        `publish_retry_timeout` seconds when the connection fails."""
-        deadline = time.monotonic() + self._retry_timeout
-        backoff = Backoff(maximum=self._retry_interval_max)
-        while True:
-            try:
-                link = self._pool.acquire(timeout=self._retry_timeout)
-            except BrokerError:
-                raise
-            except Exception as exc:
-                self._retry_or_raise(exc, what, deadline, backoff)
-                continue
-            broken = False
-            try:
-                return op(link)
-            except (BrokerError, ImproperlyConfigured, SerializationError):
-                raise
-            except Exception as exc:
-                if is_connection_error(exc):
-                    broken = True
-                    self._pool.discard_idle()
-                    self._retry_or_raise(exc, what, deadline, backoff)
-                    continue
-                if is_channel_error(exc):
-                    self._reset_channels(link)
-                raise self._map_error(exc, what) from exc
-            finally:
-                self._pool.release(link, broken=broken or link.broken)
-
-    def _retry_or_raise(
-        self,
-        exc: BaseException,
-        what: str,
-        deadline: float,
-        backoff: Backoff,
-        *,
-        in_doubt: int = 0,
-        blocked: str | None = None,
-    ) -> None:
-        """Sleep before the next attempt, or raise if retrying cannot help or the time
-        is up. `in_doubt` counts messages sent whose confirm the connection lost;
-        `blocked` is why RabbitMQ had blocked publishing, if it had."""
-        if is_permanent_refusal(exc) or not is_connection_error(exc):
-            raise self._map_error(exc, what) from exc
-        delay = backoff.next_delay()
-        if time.monotonic() + delay > deadline:
-            where = self._params.describe(self._host_index)
-            if in_doubt:
-                why = f"; RabbitMQ had blocked publishing ({blocked})" if blocked else ""
-                raise PublishError(
-                    f"the connection to RabbitMQ at {where} failed before it confirmed "
-                    f"{in_doubt} message(s), and they could not be sent again within "
-                    f"{self._retry_timeout:g} s ({exc}{why}): they may or may not have "
-                    "been queued"
-                ) from exc
-            raise BrokerConnectionError(
-                f"cannot reach RabbitMQ at {where} to {what} after retrying for "
-                f"{self._retry_timeout:g} s: {exc}"
-            ) from exc
-        logger.warning(
-            "RabbitMQ connection failed (%s) while trying to %s; retrying in %.1f s",
-            exc,
-            what,
-            delay,
-        )
-        self._host_index += 1
-        time.sleep(delay)
-
-    @staticmethod
-    def _reset_channels(link: Link) -> None:
-        try:
-            link.reset_channel()
-            link.reset_admin()
-        except Exception:  # the connection is checked on next use
-            logger.debug("error resetting channels", exc_info=True)
+        self._publisher.pool.tick_idle()
 
     # -- declarations --------------------------------------------------------------------
 
@@ -317,7 +206,7 @@ class AMQPBroker(Broker):
 
     def declare(self, queue: str) -> None:
         need = self._layout.queue(queue)
-        self._with_link(
+        self._publisher.run(
             lambda link: self._layout.ensure(link, need), what=f"declare queue {queue!r}"
         )
 
@@ -334,7 +223,7 @@ class AMQPBroker(Broker):
         routing_key: str | None = None,
     ) -> None:
         item = self._outbound(message, queue, eta, priority, exchange, routing_key)
-        self._publish([item])
+        self._publisher.publish([item])
 
     def publish_many(self, items: Sequence[Outgoing]) -> None:
         """Publish every item, then wait once for all their confirms."""
@@ -344,7 +233,7 @@ class AMQPBroker(Broker):
             self._outbound(i.message, i.queue, i.eta, i.priority, i.exchange, i.routing_key)
             for i in items
         ]
-        self._publish(prepared)
+        self._publisher.publish(prepared)
 
     def _outbound(
         self,
@@ -395,89 +284,6 @@ class AMQPBroker(Broker):
             label=label,
         )
 
-    def _publish(self, items: list[Outbound]) -> None:
-        """Publish with confirms; on a lost connection publish the unconfirmed ones
-        again on a new connection (a duplicate is possible, a loss is not)."""
-        pending = items
-        deadline = time.monotonic() + self._retry_timeout
-        backoff = Backoff(maximum=self._retry_interval_max)
-        resent_returns = False
-        in_doubt = 0
-        blocked: str | None = None
-        while pending:
-            try:
-                link = self._pool.acquire(timeout=self._retry_timeout)
-            except BrokerError:
-                raise
-            except Exception as exc:
-                self._retry_or_raise(
-                    exc, "publish", deadline, backoff, in_doubt=in_doubt, blocked=blocked
-                )
-                continue
-            broken = False
-            try:
-                for item in pending:
-                    for need in item.needs:
-                        self._layout.ensure(link, need)
-                returned = link.publish_all(pending, timeout=self._confirm_timeout)
-                self._count("_published", len(pending) - len(returned))
-                pending = []
-                if returned:
-                    if resent_returns:
-                        names = ", ".join(sorted({r.routing_key for r in returned})[:5])
-                        raise PublishError(
-                            f"RabbitMQ could not route {len(returned)} message(s) to "
-                            f"{names} even after declaring the queue again"
-                        )
-                    # The queue vanished since we declared it: declare again, resend.
-                    resent_returns = True
-                    pending = [self._resend(link, r) for r in returned]
-            except LinkLost as lost:
-                broken = True
-                pending = lost.unconfirmed
-                in_doubt = len(pending)
-                blocked = lost.blocked or blocked
-                self._pool.discard_idle()
-                self._retry_or_raise(
-                    lost.cause, "publish", deadline, backoff, in_doubt=in_doubt, blocked=blocked
-                )
-            except (BrokerError, ImproperlyConfigured, SerializationError):
-                raise
-            except Exception as exc:
-                if is_connection_error(exc):
-                    # Lost while declaring: nothing of this batch was sent on it.
-                    broken = True
-                    self._pool.discard_idle()
-                    self._retry_or_raise(
-                        exc, "publish", deadline, backoff, in_doubt=in_doubt, blocked=blocked
-                    )
-                    continue
-                if is_channel_error(exc):
-                    self._reset_channels(link)
-                    if getattr(exc, "reply_code", 0) == 404:
-                        raise PublishError(f"RabbitMQ refused the message: {exc}") from exc
-                raise self._map_error(exc, "publish") from exc
-            finally:
-                self._pool.release(link, broken=broken or link.broken)
-
-    def _resend(self, link: Link, returned: Returned) -> Outbound:
-        if returned.exchange:
-            queue = self._delay.target_of(returned.routing_key) or returned.routing_key
-            needs: tuple[Hashable, ...] = (self._layout.queue(queue), self._layout.ladder(queue))
-        else:
-            queue = returned.routing_key
-            needs = (self._layout.queue(queue),)
-        for need in needs:
-            link.declared.discard(need)
-        logger.warning("queue %r was missing on RabbitMQ: declared it again", queue)
-        return Outbound(
-            exchange=returned.exchange,
-            routing_key=returned.routing_key,
-            message=returned.message,
-            mandatory=True,
-            needs=needs,
-        )
-
     # -- consuming -----------------------------------------------------------------------
 
     def receive(self, queues: Sequence[str], *, limit: int, timeout: float) -> list[Delivery]:
@@ -491,7 +297,7 @@ class AMQPBroker(Broker):
         except (BrokerError, ImproperlyConfigured):
             raise
         except Exception as exc:
-            raise self._map_error(exc, "consume") from exc
+            raise self._publisher.map_error(exc, "consume") from exc
         if self._keepalive is None:
             self._ensure_keepalive(self._consumer.negotiated_heartbeat)
         if not raw:
@@ -577,7 +383,7 @@ class AMQPBroker(Broker):
             needs=(self._layout.DEAD_LETTERS,),
             label=message.task_id or "",
         )
-        self._publish([item])
+        self._publisher.publish([item])
         self.ack(delivery)
         self._count("_dead_lettered", 1)
         logger.warning(
@@ -602,7 +408,7 @@ class AMQPBroker(Broker):
             link.reset_admin()
             return found
 
-        return self._with_link(op, what="list dead letters")
+        return self._publisher.run(op, what="list dead letters")
 
     def replay_dead_letter(self, dead_letter_id: str) -> bool:
         """Publish a dead letter to its queue again (confirmed), then remove it."""
@@ -621,7 +427,7 @@ class AMQPBroker(Broker):
                 item = self._outbound(dead.message, dead.queue, None, None, "", None)
                 for need in item.needs:
                     self._layout.ensure(link, need)
-                if link.publish_all([item], timeout=self._confirm_timeout):
+                if link.publish_all([item], timeout=self._publisher.confirm_timeout):
                     raise PublishError(f"RabbitMQ could not route the replay to {dead.queue!r}")
                 self._count("_published", 1)
                 link.admin().basic_ack(found.delivery_info["delivery_tag"])
@@ -629,7 +435,7 @@ class AMQPBroker(Broker):
             finally:
                 link.reset_admin()
 
-        return self._with_link(op, what="replay a dead letter")
+        return self._publisher.run(op, what="replay a dead letter")
 
     def _fetch_dead_letters(
         self, link: Link, *, limit: int | None, stop: Callable[[amqp.Message], bool]
@@ -651,13 +457,13 @@ class AMQPBroker(Broker):
             self._layout.ensure(link, self._layout.DEAD_LETTERS)
             return int(link.channel.queue_purge(self.dead_letter_queue) or 0)
 
-        return self._with_link(op, what="purge dead letters")
+        return self._publisher.run(op, what="purge dead letters")
 
     # -- queues --------------------------------------------------------------------------
 
     def size(self, queue: str) -> int:
         """Messages waiting in `queue`, including its delayed ones (not the unacked)."""
-        return self._with_link(lambda link: sum(self._counts(link, queue)), what="size a queue")
+        return self._publisher.run(lambda link: sum(self._counts(link, queue)), what="size a queue")
 
     def _counts(self, link: Link, queue: str) -> Iterator[int]:
         yield self._passive_count(link, queue) or 0
@@ -690,7 +496,7 @@ class AMQPBroker(Broker):
                 total += int(link.admin().queue_purge(name) or 0)
             return total
 
-        return self._with_link(op, what="purge a queue")
+        return self._publisher.run(op, what="purge a queue")
 
     def delete_queue(self, queue: str) -> int:
         """Delete `queue`, its exchange and its delay ladder; return the messages lost.
@@ -708,7 +514,7 @@ class AMQPBroker(Broker):
             link.declared.clear()
             return lost
 
-        lost = self._with_link(op, what=f"delete queue {queue!r}")
+        lost = self._publisher.run(op, what=f"delete queue {queue!r}")
         self._layout.declared_queues.discard(queue)
         return lost
 

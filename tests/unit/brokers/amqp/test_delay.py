@@ -1,4 +1,4 @@
-"""The delay ladder's arithmetic and routing (brokers/amqp_delay.py), no network.
+"""The delay ladder's arithmetic and routing (brokers/amqp/delay.py), no network.
 
 The topic matching RabbitMQ does is simulated here with a small matcher, so that the
 routing of every level can be checked exhaustively without a server.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from celeriac.brokers.amqp_delay import LEVELS, UNIT, UNIT_MS, DelayLayout, units_for
+from celeriac.brokers.amqp.delay import LEVELS, UNIT, UNIT_MS, DelayLayout, units_for
 from celeriac.exceptions import PublishError
 
 

@@ -15,7 +15,7 @@ import amqp
 import celery
 import pytest
 
-from celeriac.brokers.amqp import AMQPBroker
+from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
 from tests.helpers import AMQP_URL, require_rabbitmq, unique
 

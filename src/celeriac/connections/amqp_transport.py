@@ -24,12 +24,10 @@ import amqp
 from amqp.exceptions import UnexpectedFrame
 from amqp.transport import TCPTransport
 
-from celeriac._amqp import is_timeout
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["BufferedTCPTransport", "Connection", "drain_nowait"]
+__all__ = ["BufferedTCPTransport", "Connection", "drain", "drain_nowait", "is_timeout"]
 
 # What one `recv` asks for: a prefetch window of small deliveries in one call.
 CHUNK = 256 * 1024
@@ -147,6 +145,23 @@ class Connection(amqp.Connection):  # type: ignore[misc]  # py-amqp is untyped
         if ssl:
             return super().Transport(host, ssl=ssl, **options)
         return BufferedTCPTransport(host, **options)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A socket read or write that ran out of time (the connection may live on)."""
+    return isinstance(exc, socket.timeout | TimeoutError)
+
+
+def drain(connection: amqp.Connection, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for frames and handle what comes; False when the
+    time ran out with nothing received (any other failure is raised)."""
+    try:
+        connection.drain_events(timeout=timeout)
+    except Exception as exc:
+        if not is_timeout(exc):
+            raise
+        return False
+    return True
 
 
 def drain_nowait(connection: amqp.Connection) -> None:

@@ -8,12 +8,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from celeriac._time import utcnow
+from celeriac._time import UTC, FakeClock, utcnow
 from celeriac.brokers import create_broker
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
@@ -59,8 +59,10 @@ def brokers(url: str) -> Iterator[list[SQLiteBroker]]:
 
 @pytest.fixture
 def make(url: str, brokers: list[SQLiteBroker]) -> Any:
-    def factory(consumer_id: str = "consumer-a", **options: Any) -> SQLiteBroker:
-        broker = SQLiteBroker(url, transport_options=options, consumer_id=consumer_id)
+    def factory(
+        consumer_id: str = "consumer-a", *, clock: FakeClock | None = None, **options: Any
+    ) -> SQLiteBroker:
+        broker = SQLiteBroker(url, transport_options=options, consumer_id=consumer_id, clock=clock)
         brokers.append(broker)
         return broker
 
@@ -327,13 +329,20 @@ def test_a_lapsed_lease_is_redelivered_to_a_waiting_consumer(make: Any) -> None:
     assert 0.2 <= waited < 3
 
 
-def test_a_late_ack_from_a_lapsed_holder_does_not_touch_the_new_lease(make: Any) -> None:
-    holder = make("holder", visibility_timeout=0.2)
-    other = make("other")
+def lapsed_and_taken(make: Any) -> tuple[SQLiteBroker, Delivery, SQLiteBroker, Delivery]:
+    """`holder` leases a message, the lease lapses and `other` takes it: both deliveries."""
+    clock = FakeClock(time.time())
+    holder = make("holder", visibility_timeout=0.2, clock=clock)
+    other = make("other", clock=clock)
     holder.publish(make_message(), queue="q")
     [stale] = holder.receive(["q"], limit=1, timeout=1)
-    time.sleep(0.3)
+    clock.advance(0.3)
     [current] = other.receive(["q"], limit=1, timeout=1)
+    return holder, stale, other, current
+
+
+def test_a_late_ack_from_a_lapsed_holder_does_not_touch_the_new_lease(make: Any) -> None:
+    holder, stale, other, current = lapsed_and_taken(make)
     holder.ack(stale)
     holder.extend([stale], seconds=60)
     holder.reject(stale, requeue=True)
@@ -347,13 +356,14 @@ def test_a_late_ack_from_a_lapsed_holder_does_not_touch_the_new_lease(make: Any)
 
 
 def test_extend_renews_a_lease_from_now(make: Any) -> None:
-    broker = make(visibility_timeout=0.3)
+    clock = FakeClock(time.time())
+    broker = make(visibility_timeout=0.3, clock=clock)
     broker.publish(make_message(), queue="q")
     [delivery] = broker.receive(["q"], limit=1, timeout=1)
     broker.extend([delivery], seconds=30)
-    time.sleep(0.5)
+    clock.advance(0.5)
     assert broker.restore_expired() == 0
-    assert make("other").receive(["q"], limit=1, timeout=0.2) == []
+    assert make("other", clock=clock).receive(["q"], limit=1, timeout=0.2) == []
 
 
 def test_crash_counts_accumulate_in_the_database(make: Any) -> None:
@@ -440,10 +450,12 @@ def test_a_naive_eta_is_taken_as_utc(make: Any) -> None:
 
 
 def test_a_due_eta_message_keeps_its_priority(make: Any) -> None:
-    broker = make()
+    clock = FakeClock(time.time())
+    broker = make(clock=clock)
+    eta = datetime.fromtimestamp(clock.time() + 0.3, UTC)
     broker.publish(make_message(0), queue="q", priority=1)
-    broker.publish(make_message(1), queue="q", priority=8, eta=utcnow() + timedelta(seconds=0.3))
-    time.sleep(0.4)
+    broker.publish(make_message(1), queue="q", priority=8, eta=eta)
+    clock.advance(0.4)
     got = broker.receive(["q"], limit=2, timeout=1)
     assert [arg_of(d) for d in got] == [1, 0]
 
@@ -488,12 +500,7 @@ def test_a_replayed_dead_letter_is_a_fresh_message(make: Any) -> None:
 
 
 def test_dead_lettering_a_lost_lease_does_not_duplicate_the_message(make: Any) -> None:
-    holder = make("holder", visibility_timeout=0.2)
-    other = make("other")
-    holder.publish(make_message(), queue="q")
-    [stale] = holder.receive(["q"], limit=1, timeout=1)
-    time.sleep(0.3)
-    [current] = other.receive(["q"], limit=1, timeout=1)
+    holder, stale, other, current = lapsed_and_taken(make)
     holder.dead_letter(stale, reason="too late")
     assert holder.list_dead_letters() == []
     other.ack(current)
@@ -536,12 +543,13 @@ def test_rate_slots_are_evenly_spaced_across_threads(make: Any) -> None:
 
 
 def test_a_rate_slot_after_a_quiet_spell_starts_now(make: Any) -> None:
-    broker = make()
+    clock = FakeClock(time.time())
+    broker = make(clock=clock)
     first = broker.reserve_rate_slot("k", interval=0.1)
-    time.sleep(0.3)
+    clock.advance(0.3)
     second = broker.reserve_rate_slot("k", interval=0.1)
     assert second - first >= 0.25
-    assert abs(second - time.time()) < 0.1
+    assert abs(second - clock.time()) < 0.1
 
 
 # -- size, purge and the one-transaction promises --------------------------------------

@@ -17,6 +17,7 @@ from celeriac._time import FakeClock
 from celeriac.backends import create_backend
 from celeriac.backends.base import ResultMeta
 from celeriac.backends.sqlite import SQLiteBackend
+from celeriac.connections.sqlite_watch import watcher_for
 from celeriac.exceptions import BackendError, ImproperlyConfigured, ResultTimeout
 
 if TYPE_CHECKING:
@@ -237,10 +238,13 @@ def test_wait_many_returns_in_the_order_asked(make: Any) -> None:
     reader = make()
     ids = [new_id() for _ in range(4)]
 
+    watcher = watcher_for(reader.path, interval=reader.polling_interval)
+
     def store_all() -> None:
         for n, task_id in enumerate(reversed(ids)):
+            token = watcher.token()
             writer.store(writer.ready_meta(task_id, states.SUCCESS, n))
-            time.sleep(0.05)
+            watcher.wait(token, 5)  # the reader's watcher saw it: one result at a time
 
     timer = threading.Timer(0.2, store_all)
     timer.start()

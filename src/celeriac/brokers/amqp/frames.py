@@ -4,7 +4,7 @@ py-amqp writes each published message with its own `sendall` (and first reads th
 socket for a `connection.blocked` notice), which dominates the cost of a batch. Here
 the three AMQP 0-9-1 frames of a publish (method, content header, body) are built
 byte-for-byte as py-amqp (and so Celery/kombu) would send them (the properties by
-`amqp_table`), and all the frames of a batch are joined and written at once.
+`table`), and all the frames of a batch are joined and written at once.
 Encoding happens before anything is written: a value a field table cannot carry fails
 the whole batch cleanly.
 """
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from amqp.exceptions import FrameSyntaxError
 from amqp.serialization import dumps
 
-from celeriac.brokers.amqp_message import check_headers
-from celeriac.brokers.amqp_table import encode_properties
+from celeriac.brokers.amqp.message import check_headers
+from celeriac.brokers.amqp.table import encode_properties
 from celeriac.exceptions import SerializationError
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""AMQP URL and option parsing (celeriac._amqp): kombu's rules, no network."""
+"""AMQP URL and option parsing (celeriac.connections.amqp): kombu's rules, no network."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ssl
 
 import pytest
 
-from celeriac._amqp import Backoff, keepalive_interval, parse_amqp_url
+from celeriac.connections.amqp import Backoff, keepalive_interval, parse_amqp_url
 from celeriac.exceptions import ImproperlyConfigured
 
 

@@ -1,21 +1,16 @@
-"""`celeriac._sqlite`: URL parsing, per-thread connections and the change watcher."""
+"""`celeriac.connections.sqlite`: URL parsing, per-thread connections and fork safety."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from celeriac import _sqlite
-from celeriac._sqlite import ChangeWatcher, Database, parse_sqlite_url
+from celeriac.connections import sqlite as _sqlite
+from celeriac.connections.sqlite import Database, parse_sqlite_url
 from celeriac.exceptions import BackendError, ImproperlyConfigured
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 
 def test_three_slashes_are_relative_to_the_current_directory(
@@ -50,15 +45,6 @@ def test_a_relative_path_does_not_move_with_a_later_chdir(
 def test_urls_that_name_no_file_are_refused(url: str) -> None:
     with pytest.raises(ImproperlyConfigured, match=r"sqlite:////absolute/path/celeriac\.db"):
         parse_sqlite_url(url)
-
-
-@pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    db = Database(
-        tmp_path / "t.db", schema="CREATE TABLE IF NOT EXISTS t (x INTEGER)", error=BackendError
-    )
-    yield db
-    db.close()
 
 
 def test_close_closes_every_threads_connection(database: Database) -> None:
@@ -102,91 +88,6 @@ def test_a_failed_transaction_is_rolled_back(database: Database) -> None:
     with database.use() as connection:
         assert connection.execute("SELECT count(*) FROM t").fetchone() == (0,)
         assert not connection.in_transaction
-
-
-@pytest.fixture
-def watcher(database: Database) -> ChangeWatcher:
-    database.connect()
-    return ChangeWatcher(database.path, interval=0.01)
-
-
-def commit_from_elsewhere(path: Path) -> None:
-    connection = sqlite3.connect(path)
-    with connection:
-        connection.execute("INSERT INTO t VALUES (1)")
-    connection.close()
-
-
-def test_the_watcher_wakes_a_waiter_on_a_commit_by_another_connection(
-    watcher: ChangeWatcher, database: Database
-) -> None:
-    watcher.wait(watcher.token(), 1)  # the first reading counts as a change
-    token = watcher.token()
-    timer = threading.Timer(0.3, commit_from_elsewhere, args=(database.path,))
-    timer.start()
-    try:
-        started = time.monotonic()
-        assert watcher.wait(token, 5)
-        waited = time.monotonic() - started
-    finally:
-        timer.cancel()
-        timer.join()
-    assert 0.25 <= waited < 1.5
-
-
-def test_a_commit_between_the_token_and_the_wait_is_not_missed(
-    watcher: ChangeWatcher, database: Database
-) -> None:
-    # Let the watcher settle on a reading first.
-    assert watcher.wait(watcher.token(), 1)
-    assert not watcher.wait(watcher.token(), 0.1)
-    token = watcher.token()
-    commit_from_elsewhere(database.path)
-    started = time.monotonic()
-    assert watcher.wait(token, 5)
-    assert time.monotonic() - started < 1
-
-
-def test_the_watcher_times_out_without_changes(watcher: ChangeWatcher) -> None:
-    watcher.wait(watcher.token(), 1)  # the first reading counts as a change
-    started = time.monotonic()
-    assert not watcher.wait(watcher.token(), 0.3)
-    assert time.monotonic() - started >= 0.25
-
-
-def test_the_watcher_stops_reading_when_nobody_waits(
-    watcher: ChangeWatcher, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reads = 0
-    original = watcher._read_version
-
-    def counting() -> tuple[int, bool]:
-        nonlocal reads
-        reads += 1
-        return original()
-
-    monkeypatch.setattr(watcher, "_read_version", counting)
-    watcher.wait(watcher.token(), 0.3)
-    watcher.wait(watcher.token(), 0.3)
-    assert reads >= 5  # it polled while somebody waited
-    time.sleep(0.1)  # let it finish the poll in flight and park
-    parked = reads
-    time.sleep(0.5)
-    assert reads == parked
-
-
-def test_an_endless_timeout_waits_for_the_change(
-    watcher: ChangeWatcher, database: Database
-) -> None:
-    watcher.wait(watcher.token(), 1)
-    token = watcher.token()
-    timer = threading.Timer(0.2, commit_from_elsewhere, args=(database.path,))
-    timer.start()
-    try:
-        assert watcher.wait(token, float("inf"))
-    finally:
-        timer.cancel()
-        timer.join()
 
 
 def test_the_fork_hooks_close_connections_and_the_next_use_reopens(database: Database) -> None:

@@ -5,7 +5,7 @@ What lives here: turning a URL plus transport options into connection parameters
 with failover and a timeout, telling connection failures from channel failures and
 from permanent refusals, the reconnect backoff, and the keep-alive thread that sends
 heartbeats for connections nobody is reading. What does not live here: any queue
-layout (`brokers/amqp.py`) or result format (`backends/rpc.py`).
+layout (`brokers/amqp/`) or result format (`backends/rpc.py`).
 
 py-amqp is imported lazily by `open_connection`, so importing this module needs no
 driver; the broker and the backend import it only when they are used.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -190,7 +189,7 @@ def open_connection(
     driver's exception of the last attempt; callers map it. `write_timeout` bounds a
     socket write (a server that stops reading, e.g. under a memory alarm).
     """
-    from celeriac._amqp_transport import Connection
+    from celeriac.connections.amqp_transport import Connection
 
     last: BaseException | None = None
     for attempt in range(len(params.hosts)):
@@ -283,10 +282,6 @@ def is_permanent_refusal(exc: BaseException) -> bool:
         | exceptions.NotAllowed
         | ssl.SSLCertVerificationError,
     )
-
-
-def is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, socket.timeout | TimeoutError)
 
 
 class Backoff:

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from celeriac._amqp import (
+from celeriac.connections.amqp import (
     AMQPParams,
     Backoff,
     close_connection,
@@ -42,7 +42,7 @@ from celeriac._amqp import (
     is_permanent_refusal,
     open_connection,
 )
-from celeriac._amqp_transport import drain_nowait
+from celeriac.connections.amqp_transport import drain_nowait
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence

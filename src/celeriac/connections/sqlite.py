@@ -2,8 +2,8 @@
 
 What lives here: parsing `sqlite:///` URLs, one connection per thread per `Database`
 (WAL, busy timeout, schema created on first use), fork safety, driver-error mapping, and
-`ChangeWatcher`, which turns `PRAGMA data_version` polling into a condition that many
-threads can wait on. What does not: any table of the broker or the backend (each keeps
+the rate-limit slot both keep. What does not: the change watcher
+(`connections/sqlite_watch.py`); any table of the broker or the backend (each keeps
 its own layout at the top of its module); the broker and the backend never import each
 other, only this module.
 
@@ -34,20 +34,17 @@ from urllib.parse import unquote
 from celeriac.exceptions import CeleriacError, ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from types import TracebackType
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
-    "DEFAULT_POLLING_INTERVAL",
-    "QUIET_AFTER",
-    "QUIET_POLLING_INTERVAL",
     "RATE_SLOT_SCHEMA",
-    "ChangeWatcher",
     "Database",
+    "open_database",
     "parse_sqlite_url",
     "reserve_rate_slot",
-    "watcher_for",
+    "seconds_option",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,16 +53,6 @@ logger = logging.getLogger(__name__)
 # transactions here last well under a millisecond; only a purge of a huge queue or a
 # stalled disk holds the lock for long, and a slow publish beats a failed one.
 DEFAULT_BUSY_TIMEOUT: Final = 30.0
-# Seconds between two `PRAGMA data_version` reads while somebody waits: the wake-up
-# latency after another process commits (measured: median 4 ms, max 10 ms; the target is
-# 50 ms) at about 1 % of a core per waiting process, most of it timer wake-ups.
-DEFAULT_POLLING_INTERVAL: Final = 0.01
-# After this many seconds without a commit the watcher reads only every
-# QUIET_POLLING_INTERVAL: a waiter that has been idle for a while wakes up to 25 ms after a
-# publish instead of 10 (still inside the 50 ms target) and costs half as much CPU
-# (measured under CI load: 2.2 % of a core at a steady 10 ms, over the 2 % budget).
-QUIET_AFTER: Final = 0.5
-QUIET_POLLING_INTERVAL: Final = 0.025
 # RETURNING (3.35) is how receive leases a batch in one statement.
 MIN_SQLITE_VERSION: Final = (3, 35, 0)
 # The WAL is truncated back to this size after a checkpoint, so a burst does not leave
@@ -103,6 +90,25 @@ def reserve_rate_slot(db: Database, key: str, *, now: float, interval: float) ->
             _RATE_SLOT, {"key": key, "now": now, "interval": interval}
         ).fetchone()
     return float(row[0])
+
+
+def seconds_option(options: Mapping[str, Any], name: str, default: float, *, setting: str) -> float:
+    """Transport option `name`, a number of seconds >= 0; `setting` is where it was set
+    (`broker_transport_options`), for the error message.
+
+    Raises:
+        ImproperlyConfigured: not a number, or negative.
+    """
+    value = options.get(name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(
+            f"{setting}[{name!r}] must be a number of seconds, got {value!r}"
+        ) from None
+    if number < 0:
+        raise ImproperlyConfigured(f"{setting}[{name!r}] must be >= 0")
+    return number
 
 
 def parse_sqlite_url(url: str) -> Path:
@@ -190,14 +196,12 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _fork_lock, _generation, _watchers_lock
+    global _fork_lock, _generation
     # Locks other threads held at the fork stay held forever in the child: renew them.
     _fork_lock = threading.Lock()
     _generation += 1
     for database in list(_databases):
         database._reset_after_fork()
-    _watchers.clear()
-    _watchers_lock = threading.Lock()
 
 
 os.register_at_fork(
@@ -316,6 +320,29 @@ def _rollback(connection: sqlite3.Connection) -> None:
     if connection.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             connection.execute("ROLLBACK")
+
+
+def open_database(
+    path: Path,
+    options: Mapping[str, Any],
+    *,
+    setting: str,
+    schema: str,
+    error: type[CeleriacError],
+    locked_error: type[CeleriacError] | None = None,
+    what: str,
+) -> Database:
+    """The `Database` of a broker or backend, tuned by its transport options
+    `busy_timeout` and `synchronous` (from `setting`, for error messages)."""
+    return Database(
+        path,
+        schema=schema,
+        busy_timeout=seconds_option(options, "busy_timeout", DEFAULT_BUSY_TIMEOUT, setting=setting),
+        synchronous=str(options.get("synchronous", "normal")),
+        error=error,
+        locked_error=locked_error,
+        what=what,
+    )
 
 
 class Database:
@@ -538,110 +565,3 @@ def _retry_locked(operation: Callable[[], Any], timeout: float) -> Any:
 def _split_statements(script: str) -> Iterable[str]:
     """Split DDL on `;` (the schemas here hold no string literals with semicolons)."""
     return [part.strip() for part in script.split(";") if part.strip()]
-
-
-# -- change notification ---------------------------------------------------------------
-
-
-class ChangeWatcher:
-    """Wakes waiting threads of this process when anybody commits to one database file.
-
-    One daemon thread per file and process reads `PRAGMA data_version` every
-    `interval` seconds, but only while at least one thread waits; with no waiter it
-    sleeps on a condition and costs nothing. After `QUIET_AFTER` seconds without a
-    commit it reads every `QUIET_POLLING_INTERVAL` (or `interval`, if that is longer)
-    until the next change. Waiters take a `token()` before they look
-    at the database and `wait(token, timeout)` afterwards: a commit after the token was
-    taken always ends the wait, so no change is missed between the look and the wait.
-    """
-
-    def __init__(self, path: Path, *, interval: float = DEFAULT_POLLING_INTERVAL) -> None:
-        self.path = path
-        self.interval = interval
-        self._condition = threading.Condition(threading.Lock())
-        self._changes = 0
-        self._waiters = 0
-        self._thread: threading.Thread | None = None
-        self._connection: sqlite3.Connection | None = None
-        self._database = Database(
-            path, schema=None, error=CeleriacError, what="SQLite change watcher"
-        )
-
-    def token(self) -> int:
-        """The current change count; pass it to `wait` after looking at the data."""
-        return self._changes
-
-    def wait(self, token: int, timeout: float | None) -> bool:
-        """Block until a commit after `token` or for `timeout` seconds; True on a change."""
-        with self._condition:
-            if self._changes != token:
-                return True
-            if timeout is not None and timeout <= 0:
-                return False
-            if timeout is not None and timeout > threading.TIMEOUT_MAX:
-                timeout = None  # "forever" would overflow the lock's timeout
-            self._waiters += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"celeriac-sqlite-watch:{self.path.name}", daemon=True
-                )
-                self._thread.start()
-            elif self._waiters == 1:
-                self._condition.notify_all()  # wake the parked poller
-            try:
-                return self._condition.wait_for(lambda: self._changes != token, timeout)
-            finally:
-                self._waiters -= 1
-
-    def _run(self) -> None:
-        last: int | None = None
-        failing = False
-        quiet_interval = max(self.interval, QUIET_POLLING_INTERVAL)
-        changed_at = time.monotonic()
-        while True:
-            with self._condition:
-                while self._waiters == 0:
-                    # Commits made while parked are unknown: the next reading counts as one.
-                    last = None
-                    self._condition.wait()
-            try:
-                version, fresh = self._read_version()
-                failing = False
-            except Exception:  # isolation boundary: waiters wake and meet the error
-                if not failing:
-                    logger.exception("cannot read data_version of %s", self.path)
-                failing = True  # log once per failure streak, not every interval
-                version, fresh = None, True
-            now = time.monotonic()
-            if fresh or last is None or version != last:
-                changed_at = now
-                with self._condition:
-                    self._changes += 1
-                    self._condition.notify_all()
-            last = version
-            time.sleep(self.interval if now - changed_at < QUIET_AFTER else quiet_interval)
-
-    def _read_version(self) -> tuple[int, bool]:
-        """`PRAGMA data_version`, and whether it comes from a new connection (versions of
-        two connections are not comparable, so a reconnect counts as a change)."""
-        with self._database.use() as connection:
-            version = int(connection.execute("PRAGMA data_version").fetchone()[0])
-        fresh = connection is not self._connection
-        self._connection = connection
-        return version, fresh
-
-
-_watchers: dict[tuple[Path, float], ChangeWatcher] = {}
-_watchers_lock = threading.Lock()
-
-
-def watcher_for(path: Path, *, interval: float = DEFAULT_POLLING_INTERVAL) -> ChangeWatcher:
-    """The process-wide watcher of `path` (shared by every broker and backend on it)."""
-    key = (path, interval)
-    watcher = _watchers.get(key)
-    if watcher is None:
-        with _watchers_lock:
-            watcher = _watchers.get(key)
-            if watcher is None:
-                watcher = _watchers[key] = ChangeWatcher(path, interval=interval)
-    return watcher

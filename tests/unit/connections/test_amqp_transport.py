@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from amqp.exceptions import UnexpectedFrame
 
-from celeriac._amqp_transport import BufferedTCPTransport
+from celeriac.connections.amqp_transport import BufferedTCPTransport
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -12,7 +12,7 @@ from amqp import spec
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
-from celeriac.brokers.amqp_frames import encode_publish
+from celeriac.brokers.amqp.frames import encode_publish
 from celeriac.exceptions import SerializationError
 from celeriac.protocol.codec import TaskCall, encode_task
 

@@ -124,12 +124,7 @@ def _table(table: Mapping[str, Any]) -> bytes:
 
 def _name(key: Any) -> bytes:
     """A table key as written (length octet and name), remembered for next time."""
-    if type(key) is not str:
-        raise _Unsupported
-    name = key.encode("utf-8", "surrogatepass")
-    if len(name) > 255:
-        raise _Unsupported
-    written = _U8(len(name)) + name
+    written = _shortstr(key)
     if len(_NAMES) < MAX_NAMES:
         _NAMES[key] = written
     return written

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from celeriac._amqp import is_channel_error
-from celeriac.brokers.amqp_delay import LEVELS, DelayLayout
+from celeriac.brokers.amqp.delay import LEVELS, DelayLayout
+from celeriac.connections.amqp import is_channel_error
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     import amqp
 
-    from celeriac.brokers.amqp_link import Link
+    from celeriac.brokers.amqp.link import Link
 
 __all__ = ["EntityLayout", "Need", "check_name"]
 

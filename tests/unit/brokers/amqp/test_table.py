@@ -13,8 +13,8 @@ from amqp.serialization import dumps
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celeriac.brokers import amqp_table
-from celeriac.brokers.amqp_table import encode_properties
+from celeriac.brokers.amqp import table as amqp_table
+from celeriac.brokers.amqp.table import encode_properties
 
 
 def py_amqp(properties: dict[str, Any]) -> bytes:

@@ -16,17 +16,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celeriac._amqp import (
+from celeriac.brokers.amqp.frames import encode_publish
+from celeriac.connections.amqp import (
     AMQPParams,
     close_connection,
     is_connection_error,
-    is_timeout,
     open_connection,
 )
-from celeriac._amqp_transport import drain_nowait
-from celeriac.brokers.amqp_frames import encode_publish
+from celeriac.connections.amqp_transport import drain, drain_nowait, is_timeout
 from celeriac.exceptions import PublishError
 
 if TYPE_CHECKING:
@@ -152,25 +151,13 @@ class Link:
         """Forget the admin channel after RabbitMQ closed it (or to drop its unacked
         messages back into their queue)."""
         channel, self._admin = self._admin, None
-        if channel is not None and channel.is_open:
-            try:
-                channel.close()
-            except Exception as exc:
-                if is_connection_error(exc):
-                    raise
-                logger.debug("error closing the admin channel", exc_info=True)
+        _close_channel(channel, "admin")
 
     def reset_channel(self) -> None:
         """Forget the confirm channel after a channel error; the next use reopens it."""
         channel, self._channel = self._channel, None
         self.declared.clear()
-        if channel is not None and channel.is_open:
-            try:
-                channel.close()
-            except Exception as exc:
-                if is_connection_error(exc):
-                    raise
-                logger.debug("error closing the confirm channel", exc_info=True)
+        _close_channel(channel, "confirm")
 
     # -- confirms ----------------------------------------------------------------------
 
@@ -290,11 +277,7 @@ class Link:
                     f"RabbitMQ did not confirm {pending} message(s) within {timeout:g} s"
                     f"{why}; they may or may not have been queued"
                 )
-            try:
-                self.connection.drain_events(timeout=min(remaining, 1.0))
-            except Exception as exc:
-                if not is_timeout(exc):
-                    raise
+            if not drain(self.connection, min(remaining, 1.0)):
                 # A link that died while idle (not yet noticed by the keep-alive tick)
                 # is given up after two missed heartbeats, not after `timeout`: the
                 # caller then publishes the unconfirmed messages on a fresh link.
@@ -417,6 +400,13 @@ class LinkPool:
             return self._count
 
 
-def message_properties(message: amqp.Message) -> dict[str, Any]:
-    """The basic properties of a py-amqp message as a plain dict."""
-    return dict(message.properties)
+def _close_channel(channel: amqp.Channel | None, which: str) -> None:
+    """Close a channel that is still open; a lost connection is raised, any other
+    failure only logged (the channel is forgotten either way)."""
+    if channel is not None and channel.is_open:
+        try:
+            channel.close()
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            logger.debug("error closing the %s channel", which, exc_info=True)

@@ -1,0 +1,1 @@
+"""The RabbitMQ broker (`broker.AMQPBroker`) and one module per idea it relies on."""
