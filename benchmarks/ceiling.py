@@ -52,7 +52,7 @@ def _message() -> tuple[bytes, dict[str, Any]]:
     def noop() -> None:
         pass
 
-    call = app._build_call(noop.name, [], {}, {}, task=noop)[0]
+    call = app.sender.build_call(noop.name, [], {}, {}, task=noop)[0]
     message = encode_task(call)
     properties = dict(basic_properties(message, priority=None))
     properties.update(

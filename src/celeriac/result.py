@@ -29,7 +29,7 @@ R_co = TypeVar("R_co", covariant=True)
 
 
 def _assert_will_not_block() -> None:
-    from celeriac.app.task import current_request
+    from celeriac.app.context import current_request
 
     request = current_request()
     if request is not None and not request.is_eager and not request.called_directly:

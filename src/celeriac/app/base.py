@@ -1,4 +1,4 @@
-"""The application: settings, task registry, sending, and lazy broker/backend handles.
+"""The application: settings, task registry, lazy broker/backend handles, autodiscovery.
 
 `Celeriac(main, broker=None, backend=None, include=(), **settings)` (also exported as
 `Celery`). With no broker URL anywhere (argument, settings, `CELERIAC_BROKER_URL`), the
@@ -7,36 +7,31 @@ broker and result backend. A backend left unset follows the broker (`redis://` �
 same Redis, `sqlite://` → the same file, `amqp://` → `rpc://`).
 
 Nothing connects at import or construction; the broker and backend are made on first use
-in each process (and made again after `fork()`).
+in each process (and made again after `fork()`). Sending lives in `celeriac.app.send`
+(the app's `sender`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import socket
 import sys
 import threading
-import time
 import uuid
 import weakref
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
-from celeriac import signals
 from celeriac._imports import import_object
-from celeriac._time import UTC, utcnow
+from celeriac._time import utcnow
 from celeriac.app.config import Settings
 from celeriac.app.registry import TaskRegistry
 from celeriac.app.routing import Router
-from celeriac.app.task import AsyncTask, Context, Task, TaskOptions, current_request
-from celeriac.brokers.base import Outgoing
-from celeriac.exceptions import BrokerConnectionError, ImproperlyConfigured
-from celeriac.protocol.codec import TaskCall, encode_task
+from celeriac.app.send import Sender
+from celeriac.app.task import AsyncTask, Task, TaskOptions
+from celeriac.exceptions import ImproperlyConfigured
 
 if sys.version_info >= (3, 11):
     from typing import ParamSpec, Unpack
@@ -44,8 +39,12 @@ else:  # pragma: no cover
     from typing_extensions import ParamSpec, Unpack
 
 if TYPE_CHECKING:
+    import contextlib
+    from datetime import datetime
+
     from celeriac import result as _result
     from celeriac.app.control import Control
+    from celeriac.app.send import SendConf
     from celeriac.backends.base import ResultBackend
     from celeriac.brokers.base import Broker
     from celeriac.canvas import Signature
@@ -62,9 +61,6 @@ _current_app: ContextVar[Celeriac | None] = ContextVar("celeriac_current_app", d
 _default_app: Celeriac | None = None
 _all_apps: weakref.WeakSet[Celeriac] = weakref.WeakSet()
 _shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
-# Messages per round trip of `producer_batch`.
-BATCH_FLUSH_SIZE = 256
-_batch: ContextVar[list[Outgoing] | None] = ContextVar("celeriac_batch", default=None)
 
 
 def current_app() -> Celeriac:
@@ -134,8 +130,7 @@ class Celeriac:
         self._control: Control | None = None
         self._autodiscover: list[tuple[Sequence[str], str]] = []
         self._local = threading.local()
-        self._rpc_reply_to: tuple[int, str] | None = None
-        self._send_conf: _SendConf | None = None
+        self.sender = Sender(self)
         self._finalized = False
         from celeriac.app.builtins import register_builtins
 
@@ -418,44 +413,13 @@ class Celeriac:
         oid: str = local.oid
         return oid
 
-    def send_conf(self) -> _SendConf:
+    def send_conf(self) -> SendConf:
         """The settings the send path reads, cached until a setting changes."""
-        cached = self._send_conf
-        conf = self.conf
-        if cached is None or cached.version != conf.version:
-            policy = {
-                "max_retries": 3,
-                "interval_start": 0.0,
-                "interval_step": 0.2,
-                "interval_max": 1.0,
-                **conf.task_publish_retry_policy,
-            }
-            cached = self._send_conf = _SendConf(
-                version=conf.version,
-                always_eager=conf.task_always_eager,
-                serializer=conf.task_serializer,
-                compression=conf.task_compression,
-                max_size=conf.task_max_message_size,
-                default_priority=conf.task_default_priority,
-                inherit_priority=conf.task_inherit_parent_priority,
-                publish_retry=conf.task_publish_retry,
-                retry_policy=policy,
-                uses_rpc=self.result_backend_url.startswith("rpc://"),
-            )
-        return cached
+        return self.sender.conf()
 
     def default_reply_to(self) -> str:
-        """The `reply_to` of messages sent from here: with `rpc://` results, this
-        process's reply queue (declared before the first message goes out, so no result
-        can arrive before it exists); otherwise `thread_oid`, as Celery writes."""
-        if not self.send_conf().uses_rpc:
-            return self.thread_oid
-        cached = self._rpc_reply_to
-        pid = os.getpid()
-        if cached is None or cached[0] != pid:
-            queue = self.backend.reply_queue() or self.thread_oid
-            cached = self._rpc_reply_to = (pid, queue)
-        return cached[1]
+        """The `reply_to` of messages sent from here (see `Sender.default_reply_to`)."""
+        return self.sender.default_reply_to()
 
     def close(self) -> None:
         """Close this process's connections."""
@@ -497,22 +461,11 @@ class Celeriac:
 
     # -- sending ---------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def producer_batch(self) -> Iterator[None]:
+    def producer_batch(self) -> contextlib.AbstractContextManager[None]:
         """Collect every publish inside the block and send them in one round trip per
         `BATCH_FLUSH_SIZE` messages (a large group is sent in slices as it is built, so
         workers start on the first slice while the client builds the next)."""
-        if _batch.get() is not None:
-            yield  # nested: the outer batch sends everything
-            return
-        items: list[Outgoing] = []
-        token = _batch.set(items)
-        try:
-            yield
-        finally:
-            _batch.reset(token)
-        if items:
-            self._with_publish_retry(lambda: self.broker.publish_many(items))
+        return self.sender.batch()
 
     def send_task(
         self,
@@ -527,255 +480,7 @@ class Celeriac:
 
         Accepts the options of `Task.apply_async`.
         """
-        from celeriac.result import AsyncResult
-
-        args = list(args or ())
-        kwargs = dict(kwargs or {})
-        if _task is None:
-            known = self.tasks.get(name)
-            if known is not None:
-                for key in (
-                    "queue",
-                    "priority",
-                    "expires",
-                    "serializer",
-                    "time_limit",
-                    "soft_time_limit",
-                ):
-                    if options.get(key) is None and getattr(known, key) is not None:
-                        options[key] = getattr(known, key)
-        call, route_queue, eta, exchange, routing_key = self._build_call(
-            name, args, kwargs, options, task=_task
-        )
-        send_conf = self.send_conf()
-        message = encode_task(
-            call,
-            serializer=options.get("serializer") or send_conf.serializer,
-            compression=options.get("compression") or send_conf.compression,
-            max_size=send_conf.max_size,
-        )
-        deliver_at = eta if eta is not None and eta > utcnow() else None
-        outgoing = Outgoing(
-            message,
-            queue=route_queue,
-            eta=deliver_at,
-            priority=call.priority,
-            exchange=exchange,
-            routing_key=routing_key,
-        )
-        if signals.before_task_publish.receivers:
-            signals.before_task_publish.send(
-                sender=name,
-                body=message.body,
-                exchange=exchange,
-                routing_key=routing_key,
-                headers=message.headers,
-                properties=message.properties,
-                declare=[route_queue],
-                retry_policy=None,
-            )
-        batch = _batch.get()
-        if batch is not None:
-            batch.append(outgoing)
-            if len(batch) >= BATCH_FLUSH_SIZE:
-                # Workers start on these while the rest of the batch is built.
-                self._with_publish_retry(lambda: self.broker.publish_many(batch))
-                batch.clear()
-        else:
-            self._with_publish_retry(
-                lambda: self.broker.publish(
-                    message,
-                    queue=route_queue,
-                    eta=deliver_at,
-                    priority=call.priority,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                )
-            )
-        if signals.after_task_publish.receivers:
-            signals.after_task_publish.send(
-                sender=name,
-                body=message.body,
-                exchange=exchange,
-                routing_key=routing_key,
-                headers=message.headers,
-            )
-        parent = current_request()
-        if parent is not None and parent.id and options.get("add_to_parent", True):
-            parent.children.append([[call.id, None], None])
-        return AsyncResult(call.id, app=self, task_name=name)
-
-    def _build_call(
-        self,
-        name: str,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        *,
-        task: Task[Any, Any] | None,
-    ) -> tuple[TaskCall, str, datetime | None, str, str]:
-        send_conf = self.send_conf()
-        task_id = options.get("task_id") or str(uuid.uuid4())
-        parent = current_request()
-        parent_id = options.get("parent_id")
-        root_id = options.get("root_id")
-        if parent is not None and parent.id and not parent.called_directly:
-            parent_id = parent_id or parent.id
-            root_id = root_id or parent.root_id or parent.id
-        now = utcnow()
-        eta = options.get("eta")
-        countdown = options.get("countdown")
-        if countdown is not None:
-            eta = now + timedelta(seconds=float(countdown))
-        elif isinstance(eta, datetime) and eta.tzinfo is None:
-            eta = eta.replace(tzinfo=UTC)
-        elif eta is not None and not isinstance(eta, datetime):
-            raise ImproperlyConfigured(f"eta must be a datetime, got {eta!r}")
-        expires = _instant(options.get("expires"), now=now, what="expires")
-        route = self.router.route(name, args, kwargs, options, task=task)
-        priority = route.priority
-        if priority is None:
-            priority = send_conf.default_priority
-        if priority is None and send_conf.inherit_priority and parent is not None:
-            priority = parent.priority
-        time_limit = options.get("time_limit")
-        soft_time_limit = options.get("soft_time_limit")
-        call = TaskCall(
-            name=name,
-            id=task_id,
-            args=args,
-            kwargs=kwargs,
-            callbacks=_signature_dicts(options.get("link")),
-            errbacks=_signature_dicts(options.get("link_error")),
-            chain=options.get("chain") or None,
-            chord=dict(options["chord"]) if options.get("chord") else None,
-            eta=eta,
-            expires=expires,
-            retries=int(options.get("retries") or 0),
-            time_limit=time_limit,
-            soft_time_limit=soft_time_limit,
-            group=options.get("group_id"),
-            group_index=options.get("group_index"),
-            root_id=root_id or task_id,
-            parent_id=parent_id,
-            shadow=options.get("shadow"),
-            ignore_result=options.get("ignore_result"),
-            reply_to=options.get("reply_to") or self.default_reply_to(),
-            priority=priority,
-            headers=dict(options.get("headers") or {}),
-            stamped_headers=options.get("stamped_headers"),
-            stamps=dict(options.get("stamps") or {}),
-            replaced_task_nesting=int(options.get("replaced_task_nesting") or 0),
-        )
-        return call, route.queue, eta, route.exchange, route.routing_key
-
-    def _with_publish_retry(self, publish: Callable[[], None]) -> None:
-        try:
-            publish()
-            return
-        except BrokerConnectionError:
-            send_conf = self.send_conf()
-            if not send_conf.publish_retry:
-                raise
-        policy = send_conf.retry_policy
-        interval = float(policy["interval_start"])
-        attempts = 0
-        while True:
-            try:
-                publish()
-                return
-            except BrokerConnectionError:
-                attempts += 1
-                if policy["max_retries"] is not None and attempts > policy["max_retries"]:
-                    raise
-                time.sleep(interval)
-                interval = min(
-                    interval + float(policy["interval_step"]), float(policy["interval_max"])
-                )
-
-    def send_retry(
-        self,
-        task: Task[Any, Any],
-        request: Context,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        *,
-        eta: datetime | None,
-        countdown: float | None,
-        **options: Any,
-    ) -> None:
-        """Publish a retry of the running `request`: same id, `retries + 1`."""
-        delivery = request.delivery_info or {}
-        retry_options: dict[str, Any] = {
-            "task_id": request.id,
-            "retries": request.retries + 1,
-            # The queue it came from (a routing key names a queue only on the default
-            # exchange, Celery's rule).
-            "queue": request.queue
-            or (delivery.get("routing_key") if not delivery.get("exchange") else None),
-            "priority": request.priority,
-            "link": request.callbacks,
-            "link_error": request.errbacks,
-            "chain": request.chain,
-            "chord": request.chord,
-            "group_id": request.group,
-            "group_index": request.group_index,
-            "root_id": request.root_id,
-            "parent_id": request.parent_id,
-            "headers": request.headers,
-            "stamps": request.stamps,
-            "stamped_headers": request.stamped_headers,
-            "time_limit": request.timelimit[0],
-            "soft_time_limit": request.timelimit[1],
-            "reply_to": request.reply_to,
-            "ignore_result": request.ignore_result,
-            "shadow": request.shadow,
-            "add_to_parent": False,
-        }
-        if eta is not None:
-            retry_options["eta"] = eta
-        else:
-            retry_options["countdown"] = countdown
-        retry_options.update(options)
-        self.send_task(task.name, args, kwargs, _task=task, **retry_options)
-
-
-@dataclass(frozen=True, slots=True)
-class _SendConf:
-    """The settings `send_task` reads, snapshotted (see `Celeriac.send_conf`)."""
-
-    version: int
-    always_eager: bool
-    serializer: str
-    compression: str | None
-    max_size: int | None
-    default_priority: int | None
-    inherit_priority: bool
-    publish_retry: bool
-    retry_policy: dict[str, Any]
-    uses_rpc: bool
-
-
-def _instant(value: Any, *, now: datetime, what: str) -> datetime | None:
-    """An aware instant from seconds-from-now, a timedelta, or a datetime."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    if isinstance(value, timedelta):
-        return now + value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return now + timedelta(seconds=float(value))
-    raise ImproperlyConfigured(f"{what} must be seconds, a timedelta or a datetime, got {value!r}")
-
-
-def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        return [dict(value)]
-    dicts = [dict(v) for v in value]
-    return dicts or None
+        return self.sender.send_task(name, args, kwargs, _task, options)
 
 
 def _is_module(value: Any) -> bool:

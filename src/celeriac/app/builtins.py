@@ -72,7 +72,7 @@ def register_builtins(app: Celeriac) -> None:
         check the header, retry in `interval` seconds until it is ready, then call the
         body with the results (or fail it with `ChordError`). Celeriac's own chords
         never send this task."""
-        from celeriac.app.task import Context
+        from celeriac.app.context import Context
         from celeriac.canvas import signature
         from celeriac.exceptions import ChordError
         from celeriac.protocol.errors import encode_exception

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from celeriac import states
-from celeriac.app.task import Context, current_request, run_in_context
+from celeriac.app.context import Context, current_request, run_in_context
 from celeriac.exceptions import Ignore, Reject, Retry
 from celeriac.protocol.errors import encode_exception
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import inspect
 import random
 import sys
-import uuid
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypedDict, TypeVar
 
 from celeriac import states
+from celeriac._time import utcnow
+from celeriac.app.context import Context, current_task, pop_context, push_context, request_of
+from celeriac.app.send import resolve_eta
 from celeriac.exceptions import (
     Ignore,
     MaxRetriesExceededError,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from celeriac.canvas import Signature
     from celeriac.result import AsyncResult, EagerResult
 
-__all__ = ["AsyncTask", "Context", "Task", "TaskOptions", "current_request", "current_task"]
+__all__ = ["AsyncTask", "Task", "TaskOptions", "backoff_countdown"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,64 +80,6 @@ class TaskOptions(TypedDict, total=False):
     throws: tuple[type[BaseException], ...]
     trail: bool
     send_events: bool
-
-
-@dataclass(slots=True)
-class Context:
-    """`task.request`: what the running task knows about its own call (Celery's names)."""
-
-    id: str | None = None
-    task: str | None = None
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    retries: int = 0
-    eta: str | None = None
-    expires: str | None = None
-    is_eager: bool = False
-    called_directly: bool = True
-    delivery_info: dict[str, Any] = field(default_factory=dict)
-    parent_id: str | None = None
-    root_id: str | None = None
-    group: str | None = None
-    group_index: int | None = None
-    chord: dict[str, Any] | None = None
-    chain: list[dict[str, Any]] | None = None
-    callbacks: list[dict[str, Any]] | None = None
-    errbacks: list[dict[str, Any]] | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    hostname: str | None = None
-    origin: str | None = None
-    shadow: str | None = None
-    timelimit: tuple[float | None, float | None] = (None, None)
-    ignore_result: bool | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
-    stamps: dict[str, Any] = field(default_factory=dict)
-    stamped_headers: list[str] | None = None
-    replaced_task_nesting: int = 0
-    priority: int | None = None
-    #: celeriac: the queue the message was taken from (retries go back there).
-    queue: str | None = None
-    #: Results of tasks sent by this task (`as_tuple()` forms), stored as `children`.
-    children: list[Any] = field(default_factory=list)
-
-
-_EMPTY_CONTEXT = Context()
-_current: ContextVar[tuple[Task[Any, Any], Context] | None] = ContextVar(
-    "celeriac_current_task", default=None
-)
-
-
-def current_request() -> Context | None:
-    """The request of the task running in this thread/coroutine, if any."""
-    entry = _current.get()
-    return entry[1] if entry is not None else None
-
-
-def current_task() -> Task[Any, Any] | None:
-    """The task running in this thread/coroutine, if any."""
-    entry = _current.get()
-    return entry[0] if entry is not None else None
 
 
 def backoff_countdown(factor: float, retries: int, maximum: float, *, full_jitter: bool) -> float:
@@ -266,24 +208,20 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task in this process, now (no message, no result stored)."""
-        entry = _current.get()
-        if entry is not None and entry[0] is self:
+        if current_task() is self:
             result: R = self.run(*args, **kwargs)
             return result
-        token = _current.set((self, Context(args=list(args), kwargs=dict(kwargs))))
+        token = push_context(self, Context(args=list(args), kwargs=dict(kwargs)))
         try:
             result = self.run(*args, **kwargs)
             return result
         finally:
-            _current.reset(token)
+            pop_context(token)
 
     @property
     def request(self) -> Context:
         """The running call's context (an empty one outside a call)."""
-        entry = _current.get()
-        if entry is not None and entry[0] is self:
-            return entry[1]
-        return _EMPTY_CONTEXT
+        return request_of(self)
 
     # -- sending ----------------------------------------------------------------------
 
@@ -479,9 +417,9 @@ class Task(Generic[P, R]):
         if request.is_eager:
             retry.eager_args = (new_args, new_kwargs)  # type: ignore[attr-defined]
         else:
-            self.app.send_retry(
-                self, request, new_args, new_kwargs, eta=eta, countdown=countdown, **options
-            )
+            when = resolve_eta(eta, None if eta is not None else countdown, now=utcnow())
+            call = request.retried(self.name, new_args, new_kwargs, eta=when)
+            self.app.sender.send_retry(self, call, request.origin_queue, options)
         if throw:
             raise retry
         return retry
@@ -593,35 +531,12 @@ class AsyncTask(Task[P, R]):
         return self._call_async(*args, **kwargs)
 
     async def _call_async(self, *args: Any, **kwargs: Any) -> R:
-        entry = _current.get()
-        if entry is not None and entry[0] is self:
+        if current_task() is self:
             result: R = await self.run(*args, **kwargs)
             return result
-        token = _current.set((self, Context(args=list(args), kwargs=dict(kwargs))))
+        token = push_context(self, Context(args=list(args), kwargs=dict(kwargs)))
         try:
             result = await self.run(*args, **kwargs)
             return result
         finally:
-            _current.reset(token)
-
-
-def new_task_id() -> str:
-    return str(uuid.uuid4())
-
-
-def run_in_context(task: Task[Any, Any], context: Context, fun: Callable[[], Any]) -> Any:
-    """Call `fun` with `task.request` set to `context` (used by workers and eager runs)."""
-    token = _current.set((task, context))
-    try:
-        return fun()
-    finally:
-        _current.reset(token)
-
-
-def push_context(task: Task[Any, Any], context: Context) -> Any:
-    """Make `context` the current request; returns a token for `pop_context`."""
-    return _current.set((task, context))
-
-
-def pop_context(token: Any) -> None:
-    _current.reset(token)
+            pop_context(token)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,14 @@ from celeriac.exceptions import InvalidTaskError, MessageTooLarge
 from celeriac.protocol.message import Message
 from celeriac.protocol.serializers import compress, decompress, dumps, loads
 
-__all__ = ["PROTOCOL_HEADERS", "TaskCall", "decode_task", "encode_task", "origin_nodename"]
+__all__ = [
+    "PROTOCOL_HEADERS",
+    "TaskCall",
+    "decode_task",
+    "encode_task",
+    "origin_nodename",
+    "signature_dicts",
+]
 
 # Headers that belong to the protocol; everything else is a user's custom header.
 PROTOCOL_HEADERS = frozenset(
@@ -101,6 +109,17 @@ class TaskCall:
             "chain": self.chain,
             "chord": self.chord,
         }
+
+
+def signature_dicts(value: Any) -> list[dict[str, Any]] | None:
+    """`callbacks`/`errbacks` from a `link`/`link_error`: one signature or several, as
+    plain dicts (None when there are none)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return [dict(value)]
+    dicts = [dict(v) for v in value]
+    return dicts or None
 
 
 _origin: tuple[int, str] | None = None

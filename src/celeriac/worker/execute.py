@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac import signals, states
 from celeriac._time import utcnow
-from celeriac.app.task import Context, pop_context, push_context
+from celeriac.app.context import Context, pop_context, push_context
 from celeriac.backends.base import ResultMeta
 from celeriac.brokers.base import INVALID_ENVELOPE
 from celeriac.exceptions import (

@@ -15,7 +15,7 @@ import traceback as tb
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac import states
-from celeriac.app.task import Context
+from celeriac.app.context import Context
 from celeriac.exceptions import ChordError
 from celeriac.protocol.codec import TaskCall
 from celeriac.protocol.errors import decode_exception, encode_exception

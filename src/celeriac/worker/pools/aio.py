@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac import states
-from celeriac.app.task import pop_context, push_context
+from celeriac.app.context import pop_context, push_context
 from celeriac.exceptions import BrokerConnectionError, SoftTimeLimitExceeded, TimeLimitExceeded
 from celeriac.worker.consumer import (
     OUTAGE_PAUSE,
