@@ -333,10 +333,6 @@ class Signature(dict[str, Any], Generic[R]):
 
     # -- helpers used by composites ---------------------------------------------------
 
-    def _leaf_for_membership(self) -> Signature[Any]:
-        """The signature that reports this one's result to a group or chord."""
-        return self
-
     def _part_count(self) -> int:
         """How many results this reports to a chord whose header holds it (Celery's
         `_descend`): one for a task; a group counts its members, a chain its last step,
