@@ -1,53 +1,20 @@
-"""Signatures as data: building, options, partial application, `|`, dict and JSON forms.
-
-Nothing here is sent; `tests/unit/test_canvas_messages.py` reads what sending publishes,
-and `tests/integration/test_canvas_worker.py` runs canvases on a real worker.
+"""Signatures: building, options, partial application, dict, JSON and pickle forms, and
+what sending one publishes (read back from the memory broker).
 """
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from celeriac import Signature, chain, chord, chunks, group, signature, xmap, xstarmap
+from celeriac import Signature, chain, chord, group, signature
 from celeriac.canvas import _chain, _chord, maybe_signature, subtask
 from celeriac.exceptions import ImproperlyConfigured
-from celeriac.testing import memory_app
+from tests.unit.canvas.helpers import add, nested_canvas, sent, through_json, tsum
 
 if TYPE_CHECKING:
     from celeriac import Celeriac
-
-
-@pytest.fixture
-def app() -> Celeriac:
-    app = memory_app("tests")
-
-    @app.task(name="tests.add")
-    def add(x: int, y: int = 1) -> int:
-        return x + y
-
-    @app.task(name="tests.tsum")
-    def tsum(values: list[int]) -> int:
-        return sum(values)
-
-    return app
-
-
-def add(app: Celeriac) -> Any:
-    return app.tasks["tests.add"]
-
-
-def tsum(app: Celeriac) -> Any:
-    return app.tasks["tests.tsum"]
-
-
-def through_json(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
-# -- building -------------------------------------------------------------------------
 
 
 def test_signature_from_a_name_holds_the_wire_fields(app: Celeriac) -> None:
@@ -140,52 +107,6 @@ def test_maybe_signature_rebuilds_dicts_and_refuses_other_values(app: Celeriac) 
         maybe_signature(42)
 
 
-# -- the pipe ---------------------------------------------------------------------------
-
-
-def test_pipes_build_flat_chains(app: Celeriac) -> None:
-    a, b, c, d = (add(app).s(n) for n in range(4))
-    assert isinstance(a | b, _chain)
-    assert (a | b).tasks == [a, b]
-    assert ((a | b) | c).tasks == [a, b, c]
-    assert (a | (b | c)).tasks == [a, b, c]
-    assert ((a | b) | (c | d)).tasks == [a, b, c, d]
-
-
-def test_a_group_piped_into_a_task_is_a_chord(app: Celeriac) -> None:
-    header = group(add(app).s(1, 1), add(app).s(2, 2))
-    made = header | tsum(app).s()
-    assert isinstance(made, _chord)
-    assert made.header.tasks == header.tasks
-    assert made.body == tsum(app).s()
-
-
-def test_a_chord_piped_into_a_task_chains_it_after_the_body(app: Celeriac) -> None:
-    made = chord([add(app).s(1, 1)], tsum(app).s()) | add(app).s(5)
-    assert isinstance(made, _chord)
-    assert isinstance(made.body, _chain)
-    assert made.body.tasks == [tsum(app).s(), add(app).s(5)]
-
-
-def test_a_group_of_one_is_unrolled_in_a_chain(app: Celeriac) -> None:
-    made = add(app).s(1, 1) | group(add(app).s(2))
-    assert made.tasks == [add(app).s(1, 1), add(app).s(2)]
-
-
-# -- dict and JSON forms -----------------------------------------------------------------
-
-
-def nested_canvas(app: Celeriac) -> _chain:
-    """A chain of a task, a group of chords and chains, and a chord with a chain header."""
-    inner = chord([add(app).s(1, 1), add(app).si(2, 2)], tsum(app).s().set(queue="q"))
-    return chain(
-        add(app).s(1, 1),
-        group(inner, chain(add(app).s(3), add(app).s(4)), add(app).s(5).on_error(tsum(app).s())),
-        chord([chain(add(app).s(1), group(add(app).s(2), add(app).s(3)))], tsum(app).s()),
-        add(app).s(6),
-    )
-
-
 def test_composites_have_celerys_dict_layout(app: Celeriac) -> None:
     a, b = add(app).s(1), add(app).s(2)
     assert dict(chain(a, b)) == {
@@ -259,69 +180,25 @@ def test_signatures_pickle_and_deepcopy_to_the_same_class(app: Celeriac) -> None
     assert type(copied.tasks[1]) is group
 
 
-def test_map_starmap_and_chunks_are_immutable_builtin_calls(app: Celeriac) -> None:
-    mapped = add(app).map([1, 2])
-    assert isinstance(mapped, Signature)
-    assert dict(mapped) == dict(xmap(add(app).s(), [1, 2]))
-    assert mapped.name == "celery.map"
-    assert mapped.kwargs == {"task": dict(add(app).s()), "it": [1, 2]}
-    assert mapped.immutable
-    starred = add(app).starmap([(1, 2)])
-    assert dict(starred) == dict(xstarmap(add(app).s(), [(1, 2)]))
-    assert starred.kwargs["it"] == [[1, 2]]
-    assert starred.immutable
-    split = add(app).chunks([(i, i) for i in range(5)], 2)
-    assert isinstance(split, chunks)
-    assert [part.kwargs["it"] for part in split.group().tasks] == [
-        [[0, 0], [1, 1]],
-        [[2, 2], [3, 3]],
-        [[4, 4]],
-    ]
-    with pytest.raises(ImproperlyConfigured, match="at least 1"):
-        add(app).chunks([(1, 1)], 0)
+def test_link_and_link_error_go_to_embed_callbacks_and_errbacks(app: Celeriac) -> None:
+    callback, errback = tsum(app).s(), app.tasks["tests.on_error"].s()
+    signature("tests.add", (1, 1), app=app).apply_async(link=callback, link_error=[errback])
+    [message] = sent(app)
+    assert message.callbacks == [dict(callback)]
+    assert message.errbacks == [dict(errback)]
 
 
-# -- freezing ---------------------------------------------------------------------------
+def test_delay_and_apply_async_merge_arguments_and_options(app: Celeriac) -> None:
+    sig = add(app).s(y=2).set(queue="other")
+    sig.delay(5)
+    sig.apply_async((6,), {"y": 3}, priority=4)
+    # The broker serves higher priorities first.
+    second, first = sent(app, "other")
+    assert (first.args, first.kwargs) == ([5], {"y": 2})
+    assert (second.args, second.kwargs, second.priority) == ([6], {"y": 3}, 4)
 
 
-def test_freezing_a_chain_links_every_result_to_its_parent(app: Celeriac) -> None:
-    made = chain(add(app).s(1, 1), add(app).s(2), add(app).s(3))
-    result = made.freeze()
-    ids = [step.id for step in made.tasks]
-    assert all(ids)
-    assert result.id == ids[2]
-    assert result.parent is not None
-    assert result.parent.id == ids[1]
-    assert result.parent.parent is not None
-    assert result.parent.parent.id == ids[0]
-    assert result.parent.parent.parent is None
-
-
-def test_freezing_a_group_numbers_members_by_the_chord_parts_they_report(
-    app: Celeriac,
-) -> None:
-    made = group(
-        add(app).s(1),
-        chain(add(app).s(2), group(add(app).s(3), add(app).s(4))),
-        add(app).s(5),
-    )
-    result = made.freeze(group_id="outer", chord={"task": "tests.tsum"})
-    first, middle, last = made.tasks
-    assert isinstance(middle, _chain)
-    assert (first.options["group_id"], first.options["group_index"]) == ("outer", 0)
-    tail = middle.tasks[-1]
-    assert isinstance(tail, group)
-    assert [m.options["group_index"] for m in tail.tasks] == [1, 2]
-    assert {m.options["group_id"] for m in tail.tasks} == {"outer"}
-    assert last.options["group_index"] == 3
-    assert middle.tasks[0].options.get("group_id") is None  # only a chain's last step joins
-    assert made._part_count() == 4
-    assert len(result) == 3
-
-
-def test_a_chord_counts_its_body_and_a_chain_its_last_reporting_step(app: Celeriac) -> None:
-    two = group(add(app).s(1), add(app).s(2))
-    assert chord([add(app).s(1)], two)._part_count() == 2
-    assert chain(add(app).s(1), two)._part_count() == 2
-    assert chain(two, add(app).s(1))._part_count() == 1
-    assert group()._part_count() == 0
+def test_a_signature_of_an_unknown_task_is_sent_by_name(app: Celeriac) -> None:
+    signature("elsewhere.task", (1,), app=app).delay(2)
+    [message] = sent(app)
+    assert (message.name, message.args) == ("elsewhere.task", [2, 1])
