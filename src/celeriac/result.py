@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncResult", "EagerResult", "GroupResult", "ResultSet", "result_from_tuple"]
 
 R_co = TypeVar("R_co", covariant=True)
+T = TypeVar("T")
 
 
 def _assert_will_not_block() -> None:
@@ -37,6 +38,18 @@ def _assert_will_not_block() -> None:
             "never call result.get() within a task: it can deadlock the worker; "
             "use a chain or a chord, or pass disable_sync_subtasks=False if you must"
         )
+
+
+class _MetaField(Generic[T]):
+    """A read-only attribute of an `AsyncResult`: the same field of its stored meta, None
+    while nothing is stored."""
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self._name = name
+
+    def __get__(self, result: AsyncResult[Any], owner: type[Any] | None = None) -> T | None:
+        meta = result._meta()
+        return cast("T | None", getattr(meta, self._name)) if meta is not None else None
 
 
 class AsyncResult(Generic[R_co]):
@@ -127,15 +140,9 @@ class AsyncResult(Generic[R_co]):
 
     info = result
 
-    @property
-    def traceback(self) -> str | None:
-        meta = self._meta()
-        return meta.traceback if meta is not None else None
+    traceback: _MetaField[str] = _MetaField()
 
-    @property
-    def date_done(self) -> datetime | None:
-        meta = self._meta()
-        return meta.date_done if meta is not None else None
+    date_done: _MetaField[datetime] = _MetaField()
 
     @property
     def children(self) -> list[AsyncResult[Any] | GroupResult]:
@@ -149,30 +156,15 @@ class AsyncResult(Generic[R_co]):
         meta = self._meta()
         return meta.name if meta is not None else self.task_name
 
-    @property
-    def args(self) -> list[Any] | None:
-        meta = self._meta()
-        return meta.args if meta is not None else None
+    args: _MetaField[list[Any]] = _MetaField()
 
-    @property
-    def kwargs(self) -> dict[str, Any] | None:
-        meta = self._meta()
-        return meta.kwargs if meta is not None else None
+    kwargs: _MetaField[dict[str, Any]] = _MetaField()
 
-    @property
-    def worker(self) -> str | None:
-        meta = self._meta()
-        return meta.worker if meta is not None else None
+    worker: _MetaField[str] = _MetaField()
 
-    @property
-    def retries(self) -> int | None:
-        meta = self._meta()
-        return meta.retries if meta is not None else None
+    retries: _MetaField[int] = _MetaField()
 
-    @property
-    def queue(self) -> str | None:
-        meta = self._meta()
-        return meta.queue if meta is not None else None
+    queue: _MetaField[str] = _MetaField()
 
     # -- waiting ------------------------------------------------------------------
 
@@ -473,7 +465,6 @@ class EagerResult(AsyncResult[R_co]):
         super().__init__(id, app=app, parent=parent)
         self._value = value
         self._state = state
-        self._traceback = traceback
         from celeriac.backends.base import ResultMeta
 
         # An eager result is its own record: joins and state reads never wait on a backend.
@@ -493,10 +484,6 @@ class EagerResult(AsyncResult[R_co]):
         return self._value
 
     info = result
-
-    @property
-    def traceback(self) -> str | None:
-        return self._traceback
 
     def get(
         self,
