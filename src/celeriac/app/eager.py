@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import traceback as tb
 import uuid
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from celeriac import states
 from celeriac.app.context import Context, current_request, run_in_context
+from celeriac.canvas.signature import signature_list
 from celeriac.exceptions import Ignore, Reject, Retry
 from celeriac.protocol.errors import encode_exception
 
@@ -29,15 +29,6 @@ def _run(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
     if task.is_async:
         return asyncio.run(task.run(*args, **kwargs))
     return task.run(*args, **kwargs)
-
-
-def _as_list(value: Any) -> list[Any]:
-    """`link`/`link_error` may be one signature (a dict) or several."""
-    if value is None:
-        return []
-    if isinstance(value, Mapping):
-        return [value]
-    return list(value)
 
 
 def apply_eagerly(
@@ -97,10 +88,10 @@ def apply_eagerly(
             break
 
     if state == states.SUCCESS:
-        for callback in _as_list(options.get("link")):
+        for callback in signature_list(options.get("link")):
             maybe_signature(callback, app=app).apply((value,))
     elif state == states.FAILURE:
-        for errback in _as_list(options.get("link_error")):
+        for errback in signature_list(options.get("link_error")):
             errback_sig = maybe_signature(errback, app=app)
             errback_task = app.tasks.get(errback_sig.name)
             if errback_task is not None and errback_task.new_style_errback:

@@ -7,17 +7,17 @@ its task finishes. A group followed by a step becomes a chord.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from celeriac import states
 from celeriac.canvas.group import group
 from celeriac.canvas.signature import (
     Signature,
-    _as_list,
     _shared_options,
-    _unroll,
+    _TaskList,
     _unroll_group,
     maybe_signature,
+    signature_list,
 )
 from celeriac.exceptions import ImproperlyConfigured
 
@@ -30,28 +30,16 @@ __all__ = ["_chain", "chain"]
 
 
 @Signature.register_type("chain")
-class _chain(Signature[Any]):
+class _chain(_TaskList):
     """Run tasks one after the other, each getting the previous result."""
 
-    def __init__(self, *tasks: Any, app: Celeriac | None = None, **options: Any) -> None:
-        steps = _unroll(tasks, app=app)
-        if app is None:
-            app = next((s._app for s in steps if s._app is not None), None)
-        super().__init__(
-            "celery.chain", (), {"tasks": steps}, options, subtask_type="chain", app=app
-        )
+    composite = "chain"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, app: Celeriac | None = None) -> _chain:
-        steps = [maybe_signature(t, app=app) for t in data["kwargs"]["tasks"]]
-        made = cls(*steps, app=app, **dict(data.get("options") or {}))
+    def from_dict(cls, data: Mapping[str, Any], *, app: Celeriac | None = None) -> Signature[Any]:
+        made = super().from_dict(data, app=app)
         made["args"] = list(data.get("args") or ())
-        made["immutable"] = bool(data.get("immutable", False))
         return made
-
-    @property
-    def tasks(self) -> list[Signature[Any]]:
-        return cast("list[Signature[Any]]", self.kwargs["tasks"])
 
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks) or "chain()"
@@ -155,11 +143,11 @@ class _chain(Signature[Any]):
         for index, step in enumerate(steps):
             last = index == len(steps) - 1
             if link_error:
-                for errback in _as_list(link_error):
+                for errback in signature_list(link_error):
                     step.link_error(maybe_signature(errback, app=app))
             if last:
                 if link:
-                    for callback in _as_list(link):
+                    for callback in signature_list(link):
                         step.link(maybe_signature(callback, app=app))
                 result = step.freeze(
                     task_id,

@@ -15,11 +15,11 @@ from celeriac.canvas.chain import _chain
 from celeriac.canvas.group import group
 from celeriac.canvas.signature import (
     Signature,
-    _as_list,
     _new_id,
     _shared_options,
     _unroll,
     maybe_signature,
+    signature_list,
 )
 from celeriac.exceptions import ImproperlyConfigured
 
@@ -177,8 +177,8 @@ class _chord(Signature[Any]):
         # Celery compat: the chord's options (queue, priority, ...) apply to its header
         # and its body alike; callbacks and errbacks given here belong to the body.
         shared = {**_shared_options(self.options), **options}
-        link = _as_list(shared.pop("link", None))
-        link_error = _as_list(shared.pop("link_error", None))
+        link = signature_list(shared.pop("link", None))
+        link_error = signature_list(shared.pop("link_error", None))
         body = self.body.clone()
         body.options.update({k: v for k, v in shared.items() if k not in ("parent_id", "root_id")})
         for callback in link:

@@ -6,47 +6,28 @@ Every member is published with `group`/`group_index` headers in one round trip t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from celeriac.canvas.signature import (
     Signature,
     _new_id,
     _shared_options,
-    _unroll,
-    maybe_signature,
+    _TaskList,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from celeriac.app.base import Celeriac
     from celeriac.result import GroupResult
 
 __all__ = ["group"]
 
 
 @Signature.register_type("group")
-class group(Signature[Any]):
+class group(_TaskList):
     """Run tasks in parallel; the result is a `GroupResult` in call order."""
 
-    def __init__(self, *tasks: Any, app: Celeriac | None = None, **options: Any) -> None:
-        members = _unroll(tasks, app=app)
-        if app is None:
-            app = next((s._app for s in members if s._app is not None), None)
-        super().__init__(
-            "celery.group", (), {"tasks": members}, options, subtask_type="group", app=app
-        )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, app: Celeriac | None = None) -> group:
-        members = [maybe_signature(t, app=app) for t in data["kwargs"]["tasks"]]
-        made = cls(*members, app=app, **dict(data.get("options") or {}))
-        made["immutable"] = bool(data.get("immutable", False))
-        return made
-
-    @property
-    def tasks(self) -> list[Signature[Any]]:
-        return cast("list[Signature[Any]]", self.kwargs["tasks"])
+    composite = "group"
 
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from celeriac.app.task import Task
     from celeriac.result import AsyncResult, EagerResult
 
-__all__ = ["Signature", "maybe_signature", "signature", "subtask"]
+__all__ = ["Signature", "maybe_signature", "signature", "signature_list", "subtask"]
 
 R = TypeVar("R")
 
@@ -230,12 +230,12 @@ class Signature(dict[str, Any], Generic[R]):
 
     def link(self, callback: Signature[Any]) -> Signature[Any]:
         """Call `callback` with this task's result when it succeeds."""
-        self.options["link"] = [*_as_list(self.options.get("link")), callback]
+        self.options["link"] = [*signature_list(self.options.get("link")), callback]
         return callback
 
     def link_error(self, errback: Signature[Any]) -> Signature[Any]:
         """Call `errback` when this task fails."""
-        self.options["link_error"] = [*_as_list(self.options.get("link_error")), errback]
+        self.options["link_error"] = [*signature_list(self.options.get("link_error")), errback]
         return errback
 
     def on_error(self, errback: Signature[Any]) -> Signature[R]:
@@ -341,7 +341,10 @@ class Signature(dict[str, Any], Generic[R]):
 
     def _failure_errbacks(self) -> list[Signature[Any]]:
         """The errbacks to call when this never runs because what it waits for failed."""
-        return [maybe_signature(e, app=self._app) for e in _as_list(self.options.get("link_error"))]
+        return [
+            maybe_signature(e, app=self._app)
+            for e in signature_list(self.options.get("link_error"))
+        ]
 
     def flatten_links(self) -> list[Signature[Any]]:
         links = [maybe_signature(s, app=self._app) for s in self.options.get("link") or ()]
@@ -378,6 +381,33 @@ def signature(
 subtask = signature
 
 
+class _TaskList(Signature[Any]):
+    """A composite over a list of signatures, `kwargs["tasks"]`: chain and group."""
+
+    #: The Celery task name and `subtask_type` of the composite.
+    composite: ClassVar[str]
+
+    def __init__(self, *tasks: Any, app: Celeriac | None = None, **options: Any) -> None:
+        members = _unroll(tasks, app=app)
+        if app is None:
+            app = next((s._app for s in members if s._app is not None), None)
+        kind = self.composite
+        super().__init__(
+            f"celery.{kind}", (), {"tasks": members}, options, subtask_type=kind, app=app
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, app: Celeriac | None = None) -> Signature[Any]:
+        members = [maybe_signature(t, app=app) for t in data["kwargs"]["tasks"]]
+        made = cls(*members, app=app, **dict(data.get("options") or {}))
+        made["immutable"] = bool(data.get("immutable", False))
+        return made
+
+    @property
+    def tasks(self) -> list[Signature[Any]]:
+        return cast("list[Signature[Any]]", self.kwargs["tasks"])
+
+
 def _unroll(tasks: Iterable[Any], *, app: Celeriac | None) -> list[Signature[Any]]:
     if (
         len(tasks := list(tasks)) == 1
@@ -397,7 +427,8 @@ def _unroll_group(sig: Signature[Any]) -> Signature[Any]:
     return sig
 
 
-def _as_list(value: Any) -> list[Any]:
+def signature_list(value: Any) -> list[Any]:
+    """`link`/`link_error` may be one signature (a dict) or several: as a list."""
     if value is None:
         return []
     if isinstance(value, Mapping):
