@@ -95,6 +95,10 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
 }
 
 
+# Options naming a call and its parents, which a retry keeps unless given anew.
+_IDENTITY_OPTIONS = (("task_id", "id"), ("root_id", "root_id"), ("parent_id", "parent_id"))
+
+
 def _call_fields(options: Mapping[str, Any]) -> dict[str, Any]:
     """The `TaskCall` fields that `options` set directly."""
     fields: dict[str, Any] = {}
@@ -281,11 +285,9 @@ class Sender:
             fields = _call_fields(options)
             if options.get("expires") is not None:
                 fields["expires"] = _instant(options["expires"], now=utcnow(), what="expires")
-            for key, field_name in (("task_id", "id"), ("root_id", "root_id")):
+            for key, field_name in _IDENTITY_OPTIONS:
                 if options.get(key):
                     fields[field_name] = options[key]
-            if options.get("parent_id"):
-                fields["parent_id"] = options["parent_id"]
             call = replace(call, **fields)
         route = self._app.router.route(
             call.name,
