@@ -140,9 +140,14 @@ class AsyncResult(Generic[R_co]):
 
     info = result
 
+    # Fields of the stored meta (None while nothing is stored).
     traceback: _MetaField[str] = _MetaField()
-
     date_done: _MetaField[datetime] = _MetaField()
+    args: _MetaField[list[Any]] = _MetaField()
+    kwargs: _MetaField[dict[str, Any]] = _MetaField()
+    worker: _MetaField[str] = _MetaField()
+    retries: _MetaField[int] = _MetaField()
+    queue: _MetaField[str] = _MetaField()
 
     @property
     def children(self) -> list[AsyncResult[Any] | GroupResult]:
@@ -155,16 +160,6 @@ class AsyncResult(Generic[R_co]):
     def name(self) -> str | None:
         meta = self._meta()
         return meta.name if meta is not None else self.task_name
-
-    args: _MetaField[list[Any]] = _MetaField()
-
-    kwargs: _MetaField[dict[str, Any]] = _MetaField()
-
-    worker: _MetaField[str] = _MetaField()
-
-    retries: _MetaField[int] = _MetaField()
-
-    queue: _MetaField[str] = _MetaField()
 
     # -- waiting ------------------------------------------------------------------
 
