@@ -70,7 +70,7 @@ def worker(
 ) -> None:
     """Start a worker: a supervisor and one child process per CPU by default."""
     from celeriac.worker.options import WorkerOptions
-    from celeriac.worker.worker import Worker, WorkerStartError
+    from celeriac.worker.startup import Worker, WorkerStartError
 
     app = ctx.app
     try:

@@ -24,9 +24,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from celeriac._crashpoints import crash_point
 from celeriac.brokers.base import Deferral
 from celeriac.exceptions import BrokerConnectionError
-from celeriac.worker.crashpoints import crash_point
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from celeriac.protocol.message import Message
     from celeriac.worker.execute import Executor
 
-__all__ = ["Consumer", "Holdings", "Shutdown"]
+__all__ = ["Consumer", "Holdings", "Shutdown", "consumer_id_for"]
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -56,6 +56,11 @@ OUTAGE_PAUSE = 1.0
 # How long an orphaned process waits for a fetch under way before returning what it
 # holds (a fetch blocks at most RECEIVE_TIMEOUT plus its round trip).
 ORPHAN_FETCH_WAIT = 5.0
+
+
+def consumer_id_for(hostname: str, pid: int) -> str:
+    """The lease owner name of the consuming process `pid` of worker `hostname`."""
+    return f"{hostname}:{pid}"
 
 
 class Shutdown:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac import signals, states
+from celeriac._crashpoints import crash_point
 from celeriac._time import utcnow
 from celeriac.app.task import Context, pop_context, push_context
 from celeriac.backends.base import ResultMeta
@@ -42,8 +43,7 @@ from celeriac.exceptions import (
 from celeriac.protocol.codec import TaskCall, decode_task
 from celeriac.protocol.errors import decode_exception, encode_exception
 from celeriac.protocol.serializers import normalize_accept
-from celeriac.worker.crashpoints import crash_point
-from celeriac.worker.ratelimit import RateGate
+from celeriac.worker.rate_gate import RateGate
 from celeriac.worker.revocations import Revocations
 from celeriac.worker.spool import ResultSpool
 from celeriac.worker.workflow import Workflow

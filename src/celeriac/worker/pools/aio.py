@@ -26,12 +26,12 @@ from celeriac.worker.consumer import (
     REVOCATION_REFRESH,
     AckBuffer,
     Holdings,
+    consumer_id_for,
 )
 from celeriac.worker.execute import Executor, Outcome
 from celeriac.worker.limits import ThreadTimeLimits
 from celeriac.worker.pools.base import InProcessPool
 from celeriac.worker.pools.batched import BatchedCalls
-from celeriac.worker.pools.prefork import consumer_id_for
 
 if TYPE_CHECKING:
     from celeriac.brokers.base import Delivery

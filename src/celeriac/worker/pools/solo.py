@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from celeriac.worker.consumer import Consumer
+from celeriac.worker.consumer import Consumer, consumer_id_for
 from celeriac.worker.execute import Executor
 from celeriac.worker.limits import AlarmTimeLimits, install_alarm_handler
 from celeriac.worker.pools.base import InProcessPool
-from celeriac.worker.pools.prefork import consumer_id_for
 
 __all__ = ["SoloPool"]
 

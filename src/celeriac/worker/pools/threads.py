@@ -11,11 +11,10 @@ import asyncio
 import os
 from typing import Any, ClassVar
 
-from celeriac.worker.consumer import Consumer
+from celeriac.worker.consumer import Consumer, consumer_id_for
 from celeriac.worker.execute import Executor
 from celeriac.worker.limits import ThreadTimeLimits
 from celeriac.worker.pools.base import InProcessPool
-from celeriac.worker.pools.prefork import consumer_id_for
 
 __all__ = ["ThreadsPool"]
 
