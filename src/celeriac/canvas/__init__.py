@@ -10,7 +10,7 @@ the worker that finishes the last part starts the body. Nobody polls.
 
 One module per primitive: `signature`, `chain`, `group`, `chord`, `maps` (map, starmap,
 chunks). The worker's side (next chain step, chord join, failure propagation) lives in
-`celeriac.worker.execute`.
+`celeriac.worker.workflow`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ On success: the `link` callbacks and the next chain step are sent, and a chord h
 part is reported (the worker completing the header starts the body). On failure: the
 rest of the chain and anything waiting on it fail with the same exception, the chord is
 told, and the errbacks are called (inline when they take `(request, exc, traceback)`,
-sent with the task id otherwise). The executor decides when; this module decides what.
+sent with the task id otherwise). `settle.py` decides when; this module decides what.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend, ResultMeta
     from celeriac.canvas import Signature
 
-__all__ = ["Workflow"]
+__all__ = ["Workflow", "format_traceback"]
 
 logger = logging.getLogger("celeriac.worker")
 
 
-def _format(exc: BaseException) -> str:
+def format_traceback(exc: BaseException) -> str:
+    """The formatted traceback of `exc`, as stored with a failure."""
     return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
 
 
@@ -51,7 +52,7 @@ class Workflow:
     Args:
         app: The app (to send with, and its result backend).
         store: Stores a record; raises `BackendError` while the backend is down (the
-            executor then retries the whole step from its result spool).
+            settler then retries the whole step from its result spool).
     """
 
     def __init__(self, app: Celeriac, *, store: StoreRecord) -> None:
@@ -191,7 +192,7 @@ class Workflow:
                 )
                 afterwards.append(
                     functools.partial(
-                        self.fail_pending, callback, encode_exception(exc), _format(exc)
+                        self.fail_pending, callback, encode_exception(exc), format_traceback(exc)
                     )
                 )
         return afterwards
@@ -228,7 +229,7 @@ class Workflow:
             failure = exc
 
             def fail_the_rest() -> None:
-                stored, trace = encode_exception(failure), _format(failure)
+                stored, trace = encode_exception(failure), format_traceback(failure)
                 for pending in (step, *(maybe_signature(s, app=self.app) for s in chain)):
                     self.fail_pending(pending, stored, trace)
                 step_id = step.id or call.id

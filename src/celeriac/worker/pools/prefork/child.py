@@ -16,8 +16,8 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
-from celeriac.worker.consumer import Consumer, Shutdown, consumer_id_for
-from celeriac.worker.execute import Executor
+from celeriac.worker.consumer import Consumer, consumer_id_for
+from celeriac.worker.holdings import Shutdown
 from celeriac.worker.limits import SlotTimeLimits, install_alarm_handler
 
 if TYPE_CHECKING:
@@ -72,17 +72,13 @@ def child_main(
     try:
         # No eager connect: the consumer's first call connects, waiting out a broker
         # that is down rather than crashing (and being respawned) in a loop.
-        executor = Executor(
+        consumer = Consumer(
             app,
             broker,
             hostname=options.hostname,
             limits=SlotTimeLimits(slots, index),
             run_async=run_async,
             local_crashes=local_crashes,
-        )
-        consumer = Consumer(
-            broker,
-            executor,
             queues=options.queues,
             prefetch=options.prefetch_multiplier,
             shutdown=shutdown,
