@@ -111,7 +111,6 @@ class Consumer:
             broker,
             hostname=hostname,
             acks=self.acks,
-            holdings=self.holdings,
             limits=limits,
             run_async=run_async,
             local_crashes=local_crashes,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from celeriac.app.task import Task
     from celeriac.brokers.base import Broker, Delivery
     from celeriac.protocol.codec import TaskCall
-    from celeriac.worker.holdings import AckBuffer, Holdings
+    from celeriac.worker.holdings import AckBuffer
 
 __all__ = ["Executor", "NoTimeLimits", "TimeLimits"]
 
@@ -64,9 +64,8 @@ class Executor:
         app: The app (registry and settings).
         broker: The consumer's broker (acks, dead letters, deferrals).
         hostname: This worker's node name (`name@host`).
-        acks: The consumer's ack buffer (acks and deferrals go out in batches).
-        holdings: What the consumer holds (deliveries waiting for their result are
-            parked there).
+        acks: The consumer's ack buffer (acks and deferrals go out in batches; its
+            holdings keep the deliveries waiting for their result to be stored).
         limits: The pool's time-limit mechanism.
         run_async: Runs an `async def` task body to its end (None: this pool cannot).
         local_crashes: Deaths counted by this worker's supervisor, for when neither the
@@ -80,7 +79,6 @@ class Executor:
         *,
         hostname: str,
         acks: AckBuffer,
-        holdings: Holdings,
         limits: TimeLimits | None = None,
         run_async: Callable[[Any], Any] | None = None,
         local_crashes: Mapping[str, int] | None = None,
@@ -97,9 +95,7 @@ class Executor:
             broker_counts_crashes=broker.supports_recover,
             local_crashes=local_crashes,
         )
-        self.settle = Settler(
-            app, broker, hostname=hostname, acks=acks, holdings=holdings, sender=self
-        )
+        self.settle = Settler(app, broker, acks, hostname=hostname, sender=self)
         self.spool = self.settle.spool
         self.stats = self.settle.stats
         self.rates = RateGate(app, broker, defer=self.settle.defer)

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from celeriac.protocol.codec import TaskCall
     from celeriac.protocol.message import Message
     from celeriac.worker.admit import Refusal, Request
-    from celeriac.worker.holdings import AckBuffer, Holdings
+    from celeriac.worker.holdings import AckBuffer
 
 __all__ = ["ExecutorStats", "Outcome", "Settler"]
 
@@ -91,27 +91,21 @@ class Settler:
     Args:
         app: The app (settings and result backend).
         broker: The consumer's broker (acks, dead letters, deferrals).
+        acks: The consumer's ack buffer: acks after a run and deferrals go out in
+            batches through it; deliveries waiting for their result to be stored are
+            parked in its holdings.
         hostname: This worker's node name (`name@host`).
-        acks: Acks after a run and deferrals go out in batches through it.
-        holdings: Deliveries waiting for their result to be stored are parked there.
         sender: The `sender` of the signals sent here (the executor).
     """
 
     def __init__(
-        self,
-        app: Celeriac,
-        broker: Broker,
-        *,
-        hostname: str,
-        acks: AckBuffer,
-        holdings: Holdings,
-        sender: object,
+        self, app: Celeriac, broker: Broker, acks: AckBuffer, *, hostname: str, sender: object
     ) -> None:
         self.app = app
         self.broker = broker
-        self.hostname = hostname
         self.acks = acks
-        self.holdings = holdings
+        self.holdings = acks.holdings
+        self.hostname = hostname
         self.sender = sender
         conf = app.conf
         self.result_extended: bool = conf.result_extended

@@ -10,6 +10,7 @@ import pytest
 
 from celeriac import Celeriac, states
 from celeriac._time import utcnow
+from celeriac.brokers.memory import MemoryBroker
 from celeriac.exceptions import NotRegistered, TaskRevokedError
 from celeriac.protocol.codec import TaskCall, encode_task
 from celeriac.worker.admit import DeadLetter, Defer, Revoked
@@ -20,11 +21,17 @@ if TYPE_CHECKING:
     from celeriac.brokers.base import Delivery
 
 
+def memory(app: Celeriac) -> MemoryBroker:
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    return broker
+
+
 @pytest.fixture
 def settler(app: Celeriac) -> Settler:
     holdings = Holdings(app.broker, Shutdown(), window=4)
     acks = AckBuffer(app.broker, holdings)
-    return Settler(app, app.broker, hostname="test@here", acks=acks, holdings=holdings, sender=None)
+    return Settler(app, app.broker, acks, hostname="test@here", sender=None)
 
 
 def leased(app: Celeriac, **options: Any) -> tuple[TaskCall, Delivery]:
@@ -52,7 +59,7 @@ def test_a_revoked_task_is_recorded_and_acked(app: Celeriac, settler: Settler) -
     assert app.AsyncResult(call.id).state == states.REVOKED
     with pytest.raises(TaskRevokedError):
         app.AsyncResult(call.id).get(timeout=1)
-    assert app.broker.leased_count() == 0
+    assert memory(app).leased_count() == 0
     assert app.broker.list_dead_letters() == []
 
 
@@ -62,8 +69,8 @@ def test_a_deferral_waits_for_the_next_fetch(app: Celeriac, settler: Settler) ->
     settler.refuse(delivery, Defer(call, eta))
     # Still leased: the deferral goes out with the ack buffer's next send.
     assert settler.acks.holds(delivery)
-    assert app.broker.leased_count() == 1
+    assert memory(app).leased_count() == 1
     settler.acks.flush()
-    assert app.broker.leased_count() == 0
+    assert memory(app).leased_count() == 0
     # Waiting broker-side for its ETA: nothing to fetch now.
     assert app.broker.receive(["celery"], limit=1, timeout=0.01) == []

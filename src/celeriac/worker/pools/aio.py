@@ -77,7 +77,6 @@ class AsyncioPool(InProcessPool):
             broker,
             hostname=options.hostname,
             acks=acks,
-            holdings=holdings,
             limits=ThreadTimeLimits(),
         )
         holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
