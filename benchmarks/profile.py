@@ -43,8 +43,8 @@ STEPS = (
     ("fetch and ack (broker round trip)", "Consumer._receive"),
     ("prepare (decode, checks)", "Executor.prepare"),
     ("run (task body, limits, signals)", "Executor.run"),
-    ("finish: store the result", "Executor._write"),
-    ("finish: the rest (hooks, ack buffer)", "Executor.finish"),
+    ("finish: store the result", "Settler._write"),
+    ("finish: the rest (hooks, ack buffer)", "Settler.finish"),
 )
 LOOP = "consumer loop (window, dispatch)"
 

@@ -13,7 +13,7 @@ and after the promoting statement; on Redis before a fetch that will promote and
 one that did; RabbitMQ promotes on the server, so it has none).
 
 It lives outside `worker` because brokers call it too (nothing but the CLI imports
-`worker`); `celeriac.worker.crashpoints` re-exports it.
+`worker`).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from celeriac.app.base import Celeriac
-from celeriac.worker.consumer import Consumer, Shutdown
-from celeriac.worker.execute import Executor
+from celeriac.worker.consumer import Consumer
+from celeriac.worker.holdings import Shutdown
 from celeriac.worker.limits import ThreadTimeLimits
 
 if TYPE_CHECKING:
@@ -63,22 +63,19 @@ class TestWorker:
         self.hostname = hostname or f"test-{uuid.uuid4().hex[:6]}@localhost"
         self.shutdown = Shutdown()
         self.broker: Broker = app.create_broker(consumer_id=f"{self.hostname}:thread")
-        self.executor = Executor(
+        self.consumer = Consumer(
             app,
             self.broker,
             hostname=self.hostname,
             limits=ThreadTimeLimits(),
             run_async=_run_coroutine,
-        )
-        self.consumer = Consumer(
-            self.broker,
-            self.executor,
             queues=self.queues,
             prefetch=prefetch,
             shutdown=self.shutdown,
             concurrency=concurrency,
             receive_timeout=0.05,
         )
+        self.executor = self.consumer.executor
         self._thread = threading.Thread(target=self._run, name="celeriac-test-worker", daemon=True)
         self.error: BaseException | None = None
 

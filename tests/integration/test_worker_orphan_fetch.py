@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from celeriac.protocol.codec import TaskCall, encode_task
-from celeriac.worker.consumer import Holdings, Shutdown
+from celeriac.worker.holdings import Holdings, Shutdown
 
 if TYPE_CHECKING:
     from celeriac.brokers.base import Delivery

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -54,40 +55,15 @@ __all__ = ["worker"]
     "--without-heartbeat", is_flag=True, default=False, help="Do not send worker heartbeats."
 )
 @click.pass_obj
-def worker(
-    ctx: AppContext,
-    loglevel: str,
-    concurrency: int | None,
-    pool: str | None,
-    queues: str | None,
-    hostname: str | None,
-    prefetch_multiplier: int | None,
-    max_tasks_per_child: int | None,
-    max_memory_per_child: int | None,
-    time_limit: float | None,
-    soft_time_limit: float | None,
-    without_heartbeat: bool,
-) -> None:
+def worker(ctx: AppContext, /, **params: Any) -> None:
     """Start a worker: a supervisor and one child process per CPU by default."""
     from celeriac.worker.options import WorkerOptions
-    from celeriac.worker.worker import Worker, WorkerStartError
+    from celeriac.worker.startup import Worker, WorkerStartError
 
     app = ctx.app
     try:
-        options = WorkerOptions.resolve(
-            app,
-            concurrency=concurrency,
-            pool=pool,
-            queues=queues,
-            hostname=hostname,
-            prefetch_multiplier=prefetch_multiplier,
-            max_tasks_per_child=max_tasks_per_child,
-            max_memory_per_child=max_memory_per_child,
-            time_limit=time_limit,
-            soft_time_limit=soft_time_limit,
-            without_heartbeat=without_heartbeat,
-            loglevel=loglevel,
-        )
+        # The options above, by name: `resolve` fills what is unset from the settings.
+        options = WorkerOptions.resolve(app, **params)
         code = Worker(app, options).start()
     except ImproperlyConfigured as exc:
         fail(str(exc), EX_CONFIG)

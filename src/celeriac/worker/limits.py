@@ -22,7 +22,7 @@ from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 if TYPE_CHECKING:
     from types import FrameType
 
-    from celeriac.worker.execute import Request
+    from celeriac.worker.admit import Request
     from celeriac.worker.slots import SlotTable
 
 __all__ = ["AlarmTimeLimits", "SlotTimeLimits", "ThreadTimeLimits", "install_alarm_handler"]

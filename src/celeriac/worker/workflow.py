@@ -4,7 +4,7 @@ On success: the `link` callbacks and the next chain step are sent, and a chord h
 part is reported (the worker completing the header starts the body). On failure: the
 rest of the chain and anything waiting on it fail with the same exception, the chord is
 told, and the errbacks are called (inline when they take `(request, exc, traceback)`,
-sent with the task id otherwise). The executor decides when; this module decides what.
+sent with the task id otherwise). `settle.py` decides when; this module decides what.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac import states
 from celeriac.app.context import Context
-from celeriac.exceptions import ChordError
+from celeriac.exceptions import BrokerError, ChordError
 from celeriac.protocol.codec import TaskCall
 from celeriac.protocol.errors import decode_exception, encode_exception
 
@@ -27,12 +27,13 @@ if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend, ResultMeta
     from celeriac.canvas import Signature
 
-__all__ = ["Workflow"]
+__all__ = ["Workflow", "format_traceback"]
 
 logger = logging.getLogger("celeriac.worker")
 
 
-def _format(exc: BaseException) -> str:
+def format_traceback(exc: BaseException) -> str:
+    """The formatted traceback of `exc`, as stored with a failure."""
     return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
 
 
@@ -51,7 +52,7 @@ class Workflow:
     Args:
         app: The app (to send with, and its result backend).
         store: Stores a record; raises `BackendError` while the backend is down (the
-            executor then retries the whole step from its result spool).
+            settler then retries the whole step from its result spool).
     """
 
     def __init__(self, app: Celeriac, *, store: StoreRecord) -> None:
@@ -163,35 +164,27 @@ class Workflow:
         outages propagate: the delivery comes back and is sent again.
         """
         from celeriac.canvas import group, maybe_signature
-        from celeriac.exceptions import BrokerError
 
         callbacks = [maybe_signature(c, app=self.app) for c in call.callbacks or ()]
         options: dict[str, Any] = {"parent_id": call.id, "root_id": context.root_id or call.id}
         afterwards: Afterwards = []
-        if len(callbacks) > 1:
-            try:
-                # Celery compat: several callbacks go out as a group.
-                group(*callbacks, app=self.app).apply_async((value,), **options)
-                return afterwards
-            except BrokerError:
-                raise
-            except Exception:  # isolation boundary: send them one by one to find the bad one
-                pass
+        # Celery compat: several callbacks go out as a group; when that cannot be sent,
+        # they are sent one by one to find the bad one.
+        if len(callbacks) > 1 and _send(group(*callbacks, app=self.app), value, options) is None:
+            return afterwards
         for callback in callbacks:
-            try:
-                callback.apply_async((value,), **options)
-            except BrokerError:
-                raise
-            except Exception as exc:  # isolation boundary: one callback that cannot be sent
-                logger.exception(
+            exc = _send(callback, value, options)
+            if exc is not None:
+                logger.error(
                     "Task %s[%s]: callback %s cannot be sent; recorded as failed",
                     call.name,
                     call.id,
                     callback.name,
+                    exc_info=exc,
                 )
                 afterwards.append(
                     functools.partial(
-                        self.fail_pending, callback, encode_exception(exc), _format(exc)
+                        self.fail_pending, callback, encode_exception(exc), format_traceback(exc)
                     )
                 )
         return afterwards
@@ -204,7 +197,6 @@ class Workflow:
         to run after storing the task's own result. Broker outages propagate.
         """
         from celeriac.canvas import maybe_signature
-        from celeriac.exceptions import BrokerError
 
         chain = list(call.chain or ())
         step = maybe_signature(chain.pop(), app=self.app)
@@ -213,35 +205,32 @@ class Workflow:
             options["chain"] = chain
         if self.app.conf.task_inherit_parent_priority and call.priority is not None:
             options.setdefault("priority", call.priority)
-        try:
-            step.apply_async((value,), **options)
-        except BrokerError:
-            raise
-        except Exception as exc:  # isolation boundary: a step that cannot be sent
-            logger.exception(
-                "Task %s[%s]: next chain step %s cannot be sent; the rest of the chain "
-                "is recorded as failed",
-                call.name,
-                call.id,
-                step.name,
+        failure = _send(step, value, options)
+        if failure is None:
+            return []
+        logger.error(
+            "Task %s[%s]: next chain step %s cannot be sent; the rest of the chain "
+            "is recorded as failed",
+            call.name,
+            call.id,
+            step.name,
+            exc_info=failure,
+        )
+
+        def fail_the_rest() -> None:
+            stored, trace = encode_exception(failure), format_traceback(failure)
+            for pending in (step, *(maybe_signature(s, app=self.app) for s in chain)):
+                self.fail_pending(pending, stored, trace)
+            step_id = step.id or call.id
+            self.call_errbacks(
+                [dict(e) for e in step._failure_errbacks()],
+                Context(id=step_id, task=step.name, root_id=context.root_id or call.id),
+                failure,
+                trace,
+                step_id,
             )
-            failure = exc
 
-            def fail_the_rest() -> None:
-                stored, trace = encode_exception(failure), _format(failure)
-                for pending in (step, *(maybe_signature(s, app=self.app) for s in chain)):
-                    self.fail_pending(pending, stored, trace)
-                step_id = step.id or call.id
-                self.call_errbacks(
-                    [dict(e) for e in step._failure_errbacks()],
-                    Context(id=step_id, task=step.name, root_id=context.root_id or call.id),
-                    failure,
-                    trace,
-                    step_id,
-                )
-
-            return [fail_the_rest]
-        return []
+        return [fail_the_rest]
 
     def chord_part(
         self,
@@ -294,3 +283,15 @@ class Workflow:
             None,
             body_id,
         )
+
+
+def _send(sig: Signature[Any], value: Any, options: dict[str, Any]) -> Exception | None:
+    """Send `sig` with `value` prepended; the error when it cannot be sent. Broker
+    outages propagate: the delivery comes back and is sent again."""
+    try:
+        sig.apply_async((value,), **options)
+    except BrokerError:
+        raise
+    except Exception as exc:  # isolation boundary: a signature that cannot be sent
+        return exc
+    return None

@@ -24,18 +24,18 @@ from celeriac.worker.consumer import (
     OUTAGE_PAUSE,
     RECEIVE_TIMEOUT,
     REVOCATION_REFRESH,
-    AckBuffer,
-    Holdings,
+    consumer_id_for,
 )
-from celeriac.worker.execute import Executor, Outcome
+from celeriac.worker.execute import Executor
+from celeriac.worker.holdings import AckBuffer, Holdings
 from celeriac.worker.limits import ThreadTimeLimits
 from celeriac.worker.pools.base import InProcessPool
 from celeriac.worker.pools.batched import BatchedCalls
-from celeriac.worker.pools.prefork import consumer_id_for
+from celeriac.worker.settle import Outcome
 
 if TYPE_CHECKING:
     from celeriac.brokers.base import Delivery
-    from celeriac.worker.execute import Request
+    from celeriac.worker.admit import Request
 
 __all__ = ["AsyncioPool"]
 
@@ -66,16 +66,20 @@ class AsyncioPool(InProcessPool):
         )
         broker = self.app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
         self.broker = broker
-        executor = Executor(self.app, broker, hostname=options.hostname, limits=ThreadTimeLimits())
         holdings = Holdings(
             broker, self.shutdown, window=options.concurrency * options.prefetch_multiplier
         )
-        holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
         # Acks go out with the next fetch (one round trip per batch, not per task).
         acks = AckBuffer(broker, holdings)
-        executor.acks = acks
-        executor.holdings = holdings
         self.acks = acks
+        executor = Executor(
+            self.app,
+            broker,
+            hostname=options.hostname,
+            acks=acks,
+            limits=ThreadTimeLimits(),
+        )
+        holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
         slots = asyncio.Semaphore(options.concurrency)
         running: set[asyncio.Task[None]] = set()
 
@@ -97,7 +101,7 @@ class AsyncioPool(InProcessPool):
                         outcome = await self._run_coroutine(executor, request)
                     else:
                         outcome = await blocking(executor.run, request)
-                    await batched.call(executor.finish, request, outcome)
+                    await batched.call(executor.settle.finish, request, outcome)
             except Exception:  # isolation boundary: one delivery must not stop the loop
                 logger.exception("Delivery %s could not be handled; returning it", delivery.tag)
                 try:

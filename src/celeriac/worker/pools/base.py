@@ -14,13 +14,17 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, final
 
-from celeriac.worker.consumer import Shutdown
+from celeriac.worker.consumer import Consumer, consumer_id_for
+from celeriac.worker.holdings import Shutdown
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import FrameType
+    from typing import Any
 
     from celeriac.app.base import Celeriac
     from celeriac.brokers.base import Broker
+    from celeriac.worker.execute import TimeLimits
     from celeriac.worker.options import WorkerOptions
 
 __all__ = ["InProcessPool", "Pool", "PoolStats"]
@@ -65,6 +69,29 @@ class InProcessPool(Pool):
         self.shutdown = Shutdown()
         self._sigint_count = 0
         self.broker: Broker | None = None
+
+    def consume(
+        self, *, limits: TimeLimits, run_async: Callable[[Any], Any], concurrency: int = 1
+    ) -> int:
+        """Run one consumer in this process until shut down (solo and threads)."""
+        options = self.options
+        broker = self.app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
+        self.broker = broker
+        try:
+            Consumer(
+                self.app,
+                broker,
+                hostname=options.hostname,
+                limits=limits,
+                run_async=run_async,
+                queues=options.queues,
+                prefetch=options.prefetch_multiplier,
+                shutdown=self.shutdown,
+                concurrency=concurrency,
+            ).run()
+            return 0
+        finally:
+            broker.close()
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_term)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from celeriac.worker.consumer import Consumer
-from celeriac.worker.execute import Executor
 from celeriac.worker.limits import AlarmTimeLimits, install_alarm_handler
 from celeriac.worker.pools.base import InProcessPool
-from celeriac.worker.pools.prefork import consumer_id_for
 
 __all__ = ["SoloPool"]
 
@@ -20,37 +17,10 @@ class SoloPool(InProcessPool):
     name: ClassVar[str] = "solo"
 
     def run(self) -> int:
-        import os
-
         self.install_signals()
         install_alarm_handler()
         loop = asyncio.new_event_loop()
-
-        def run_async(coroutine: Any) -> Any:
-            return loop.run_until_complete(coroutine)
-
-        broker = self.app.create_broker(
-            consumer_id=consumer_id_for(self.options.hostname, os.getpid())
-        )
-        self.broker = broker
         try:
-            executor = Executor(
-                self.app,
-                broker,
-                hostname=self.options.hostname,
-                limits=AlarmTimeLimits(),
-                run_async=run_async,
-            )
-            Consumer(
-                broker,
-                executor,
-                queues=self.options.queues,
-                prefetch=self.options.prefetch_multiplier,
-                shutdown=self.shutdown,
-                max_tasks=None,
-                max_memory_kib=None,
-            ).run()
-            return 0
+            return self.consume(limits=AlarmTimeLimits(), run_async=loop.run_until_complete)
         finally:
-            broker.close()
             loop.close()

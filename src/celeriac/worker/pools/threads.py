@@ -8,14 +8,10 @@ when it returns to Python.
 from __future__ import annotations
 
 import asyncio
-import os
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from celeriac.worker.consumer import Consumer
-from celeriac.worker.execute import Executor
 from celeriac.worker.limits import ThreadTimeLimits
 from celeriac.worker.pools.base import InProcessPool
-from celeriac.worker.pools.prefork import consumer_id_for
 
 __all__ = ["ThreadsPool"]
 
@@ -27,30 +23,8 @@ class ThreadsPool(InProcessPool):
 
     def run(self) -> int:
         self.install_signals()
-
-        def run_async(coroutine: Any) -> Any:
-            return asyncio.run(coroutine)
-
-        broker = self.app.create_broker(
-            consumer_id=consumer_id_for(self.options.hostname, os.getpid())
+        return self.consume(
+            limits=ThreadTimeLimits(),
+            run_async=asyncio.run,
+            concurrency=self.options.concurrency,
         )
-        self.broker = broker
-        try:
-            executor = Executor(
-                self.app,
-                broker,
-                hostname=self.options.hostname,
-                limits=ThreadTimeLimits(),
-                run_async=run_async,
-            )
-            Consumer(
-                broker,
-                executor,
-                queues=self.options.queues,
-                prefetch=self.options.prefetch_multiplier,
-                shutdown=self.shutdown,
-                concurrency=self.options.concurrency,
-            ).run()
-            return 0
-        finally:
-            broker.close()

@@ -78,7 +78,10 @@ def test_tasks_keep_running_while_the_backend_is_down(
 
 
 def test_a_long_outage_records_the_result_as_lost(
-    app: Celeriac, backend: SwitchableBackend, start_worker: StartWorker
+    app: Celeriac,
+    backend: SwitchableBackend,
+    start_worker: StartWorker,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     app.conf.result_backend_max_retry_time = 0.5
 
@@ -89,7 +92,12 @@ def test_a_long_outage_records_the_result_as_lost(
     backend.down.set()
     start_worker()
     result = work.delay()
-    time.sleep(1.5)  # longer than result_backend_max_retry_time
+    # Past result_backend_max_retry_time, the spool gives the result up as lost.
+    wait_for(
+        lambda: any("recorded as lost" in r.getMessage() for r in caplog.records),
+        timeout=10,
+        what="the result given up as lost",
+    )
     backend.down.clear()
     with pytest.raises(ResultLost, match="could not be stored"):
         result.get(timeout=10)
@@ -99,8 +107,11 @@ def test_a_long_outage_records_the_result_as_lost(
 def test_a_chord_part_waits_out_the_outage_too(
     app: Celeriac, backend: SwitchableBackend, start_worker: StartWorker
 ) -> None:
+    ran: list[int] = []
+
     @app.task
     def add(x: int, y: int) -> int:
+        ran.append(x)
         return x + y
 
     @app.task
@@ -109,8 +120,14 @@ def test_a_chord_part_waits_out_the_outage_too(
 
     result = chord([add.s(1, 1), add.s(2, 2)])(total.s())
     backend.down.set()
-    start_worker()
-    time.sleep(0.5)
+    worker = start_worker()
+    # Both parts run during the outage; the first one's write is spooled (and what
+    # comes after it queues behind it).
+    wait_for(
+        lambda: len(ran) == 2 and len(worker.executor.spool) > 0,
+        timeout=10,
+        what="both parts run and spooled",
+    )
     backend.down.clear()
     assert result.get(timeout=10) == 6
 

@@ -13,13 +13,12 @@ import logging
 import multiprocessing
 import os
 import signal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
-from celeriac.worker.consumer import Consumer, Shutdown
-from celeriac.worker.execute import Executor
+from celeriac.worker.consumer import Consumer, consumer_id_for
+from celeriac.worker.holdings import Shutdown
 from celeriac.worker.limits import SlotTimeLimits, install_alarm_handler
-from celeriac.worker.pools.base import Pool, PoolStats
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -29,18 +28,13 @@ if TYPE_CHECKING:
     from celeriac.worker.options import WorkerOptions
     from celeriac.worker.slots import SlotTable
 
-__all__ = ["STOP_SIGNALS", "PreforkPool", "child_main", "consumer_id_for"]
+__all__ = ["STOP_SIGNALS", "child_main"]
 
 logger = logging.getLogger("celeriac.worker")
 
 # Blocked in the supervisor around each fork, unblocked by the child once its handlers
 # are in place.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
-
-
-def consumer_id_for(hostname: str, pid: int) -> str:
-    """The lease owner name of the consuming process `pid` of worker `hostname`."""
-    return f"{hostname}:{pid}"
 
 
 def child_main(
@@ -78,17 +72,13 @@ def child_main(
     try:
         # No eager connect: the consumer's first call connects, waiting out a broker
         # that is down rather than crashing (and being respawned) in a loop.
-        executor = Executor(
+        consumer = Consumer(
             app,
             broker,
             hostname=options.hostname,
             limits=SlotTimeLimits(slots, index),
             run_async=run_async,
             local_crashes=local_crashes,
-        )
-        consumer = Consumer(
-            broker,
-            executor,
             queues=options.queues,
             prefetch=options.prefetch_multiplier,
             shutdown=shutdown,
@@ -107,21 +97,3 @@ def child_main(
             app.close()
         finally:
             loop.close()
-
-
-class PreforkPool(Pool):
-    """A supervisor process keeping one consuming child per slot."""
-
-    name: ClassVar[str] = "prefork"
-
-    def __init__(self, app: Celeriac, options: WorkerOptions) -> None:
-        super().__init__(app, options)
-        from celeriac.worker.supervisor import Supervisor
-
-        self.supervisor = Supervisor(app, options)
-
-    def run(self) -> int:
-        return self.supervisor.run()
-
-    def stats(self) -> PoolStats:
-        return PoolStats(self.name, self.options.concurrency, tuple(self.supervisor.processes()))

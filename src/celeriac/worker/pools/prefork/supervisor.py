@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from celeriac import states
+from celeriac._crashpoints import crash_point
 from celeriac.exceptions import TimeLimitExceeded
 from celeriac.protocol.errors import encode_exception
-from celeriac.worker.consumer import Shutdown
-from celeriac.worker.crashpoints import crash_point
-from celeriac.worker.pools.prefork import STOP_SIGNALS, child_main, consumer_id_for
+from celeriac.worker.consumer import consumer_id_for
+from celeriac.worker.holdings import Shutdown
+from celeriac.worker.pools.prefork.child import STOP_SIGNALS, child_main
 from celeriac.worker.revocations import Revocations
 from celeriac.worker.slots import RunningTask, SlotTable
 

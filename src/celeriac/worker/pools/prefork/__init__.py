@@ -1,0 +1,34 @@
+"""The prefork pool: a supervisor process keeping one consuming child per slot.
+
+`supervisor.py` spawns, watches and replaces the children; `child.py` is what runs
+inside each of them (a complete consumer of its own).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from celeriac.worker.pools.base import Pool, PoolStats
+from celeriac.worker.pools.prefork.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from celeriac.app.base import Celeriac
+    from celeriac.worker.options import WorkerOptions
+
+__all__ = ["PreforkPool"]
+
+
+class PreforkPool(Pool):
+    """A supervisor process keeping one consuming child per slot."""
+
+    name: ClassVar[str] = "prefork"
+
+    def __init__(self, app: Celeriac, options: WorkerOptions) -> None:
+        super().__init__(app, options)
+        self.supervisor = Supervisor(app, options)
+
+    def run(self) -> int:
+        return self.supervisor.run()
+
+    def stats(self) -> PoolStats:
+        return PoolStats(self.name, self.options.concurrency, tuple(self.supervisor.processes()))

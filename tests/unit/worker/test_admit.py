@@ -1,0 +1,126 @@
+"""Admission verdicts, from plain messages: no broker, no worker thread."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac, states
+from celeriac._time import utcnow
+from celeriac.brokers.base import Delivery
+from celeriac.exceptions import NotRegistered, WorkerLostError
+from celeriac.protocol.codec import TaskCall, encode_task
+from celeriac.protocol.message import Message
+from celeriac.worker.admit import (
+    Admission,
+    DeadLetter,
+    Defer,
+    Expired,
+    Finished,
+    Revoked,
+    Run,
+    Undecodable,
+)
+from celeriac.worker.revocations import Revocations
+
+
+@pytest.fixture
+def admission(app: Celeriac) -> Admission:
+    @app.task(name="tests.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    return Admission(app, Revocations(app.backend), broker_counts_crashes=True)
+
+
+def delivery(message: Message, **options: Any) -> Delivery:
+    return Delivery(message=message, queue="celery", tag=uuid.uuid4().hex, **options)
+
+
+def add_call(**options: Any) -> TaskCall:
+    options.setdefault("args", [1, 2])
+    return TaskCall(name="tests.add", id=str(uuid.uuid4()), **options)
+
+
+def test_a_good_message_runs(app: Celeriac, admission: Admission) -> None:
+    call = add_call()
+    verdict = admission.check(delivery(encode_task(call)))
+    assert isinstance(verdict, Run)
+    assert verdict.call.id == call.id
+    assert verdict.task is app.tasks["tests.add"]
+
+
+def test_a_body_that_is_not_json_is_undecodable(admission: Admission) -> None:
+    bad = Message(headers={"task": "tests.add", "id": "x"}, body=b"{not json")
+    verdict = admission.check(delivery(bad))
+    assert isinstance(verdict, Undecodable)
+    assert type(verdict.exc).__name__ == "SerializationError"
+
+
+def test_a_refused_content_type_is_undecodable(admission: Admission) -> None:
+    pickled = Message(
+        headers={"task": "tests.add", "id": "x"},
+        body=b"\x80\x04.",
+        content_type="application/x-python-serialize",
+        content_encoding="binary",
+    )
+    verdict = admission.check(delivery(pickled))
+    assert isinstance(verdict, Undecodable)
+    assert type(verdict.exc).__name__ == "ContentDisallowed"
+
+
+def test_an_unknown_task_is_dead_lettered_as_not_registered(admission: Admission) -> None:
+    call = TaskCall(name="tests.nobody", id=str(uuid.uuid4()))
+    verdict = admission.check(delivery(encode_task(call)))
+    assert isinstance(verdict, DeadLetter)
+    assert isinstance(verdict.exc, NotRegistered)
+    assert "unknown task tests.nobody" in verdict.reason
+
+
+def test_arguments_that_do_not_fit_are_dead_lettered(admission: Admission) -> None:
+    verdict = admission.check(delivery(encode_task(add_call(args=[1, 2, 3]))))
+    assert isinstance(verdict, DeadLetter)
+    assert isinstance(verdict.exc, TypeError)
+
+
+def test_the_redelivery_cap_dead_letters(app: Celeriac, admission: Admission) -> None:
+    limit = app.conf.task_redelivery_limit
+    below = admission.check(delivery(encode_task(add_call()), redelivered=True, crashes=limit - 1))
+    assert isinstance(below, Run)
+    capped = admission.check(delivery(encode_task(add_call()), redelivered=True, crashes=limit))
+    assert isinstance(capped, DeadLetter)
+    assert isinstance(capped.exc, WorkerLostError)
+
+
+def test_an_expired_message_is_expired(admission: Admission) -> None:
+    call = add_call(expires=utcnow() - timedelta(seconds=1))
+    assert isinstance(admission.check(delivery(encode_task(call))), Expired)
+
+
+def test_a_revoked_task_is_revoked(app: Celeriac, admission: Admission) -> None:
+    call = add_call()
+    app.backend.revoke([call.id])
+    admission.revocations.refresh()
+    assert isinstance(admission.check(delivery(encode_task(call))), Revoked)
+
+
+def test_an_early_message_is_deferred_to_its_eta(admission: Admission) -> None:
+    eta = utcnow() + timedelta(seconds=30)
+    verdict = admission.check(delivery(encode_task(add_call(eta=eta))))
+    assert isinstance(verdict, Defer)
+    assert verdict.eta == eta
+
+
+def test_a_redelivered_copy_of_a_finished_task_is_dropped(
+    app: Celeriac, admission: Admission
+) -> None:
+    call = add_call()
+    app.backend.store(app.backend.ready_meta(call.id, states.SUCCESS, 3))
+    # A first delivery is not looked up: only redelivered copies pay for the read.
+    assert isinstance(admission.check(delivery(encode_task(call))), Run)
+    verdict = admission.check(delivery(encode_task(call), redelivered=True))
+    assert isinstance(verdict, Finished)
+    assert verdict.meta.status == states.SUCCESS
