@@ -13,7 +13,7 @@ import pytest
 from celeriac._time import FakeClock, utcnow
 from celeriac.brokers.base import Broker, Delivery, Outgoing
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
-from tests.helpers import unique, wait_for
+from tests.helpers import capability_skip, unique, wait_for
 
 if TYPE_CHECKING:
     from celeriac.protocol.message import Message
@@ -183,8 +183,8 @@ def test_a_leased_message_goes_to_one_consumer_only(broker_factory: BrokerFactor
 def test_lapsed_lease_makes_the_message_visible_again(broker_factory: BrokerFactory) -> None:
     clock = FakeClock(time.time())
     broker = broker_factory(visibility_timeout=0.5, clock=clock)
-    if not broker.supports_leases:
-        return  # held while connected: see test_closed_connection_returns_messages
+    if not broker.supports_leases:  # see test_closed_connection_returns_messages
+        capability_skip(broker, "leases that lapse (held while connected)")
     queue = unique("q")
     broker.declare(queue)
     broker.publish(make_message(), queue=queue)
@@ -200,7 +200,7 @@ def test_extended_lease_keeps_the_message_hidden(broker_factory: BrokerFactory) 
     clock = FakeClock(time.time())
     broker = broker_factory(visibility_timeout=0.5, clock=clock)
     if not broker.supports_leases:
-        return
+        capability_skip(broker, "leases to extend (held while connected)")
     queue = unique("q")
     broker.declare(queue)
     broker.publish(make_message(), queue=queue)
@@ -218,8 +218,8 @@ def test_recover_returns_a_dead_consumers_messages_and_counts_crashes(
 ) -> None:
     dead = broker_factory("dead")
     alive = broker_factory("alive")
-    if not dead.supports_recover:
-        return  # the server returns them itself: test_closed_connection_returns_messages
+    if not dead.supports_recover:  # see test_closed_connection_returns_messages
+        capability_skip(dead, "recover (the server returns a closed connection's messages)")
     queue = unique("q")
     dead.declare(queue)
     for n in range(3):
@@ -238,7 +238,7 @@ def test_recover_discards_what_it_is_told_to(broker_factory: BrokerFactory) -> N
     dead = broker_factory("dead")
     alive = broker_factory("alive")
     if not dead.supports_recover:
-        return
+        capability_skip(dead, "recover (the server returns a closed connection's messages)")
     queue = unique("q")
     dead.declare(queue)
     for n in range(2):
@@ -341,7 +341,7 @@ def test_rate_slots_are_spaced_by_the_interval(broker_factory: BrokerFactory) ->
     first = broker_factory("a")
     second = broker_factory("b")
     if not first.supports_rate_limit:
-        return
+        capability_skip(first, "rate slots (the result backend keeps them)")
     key = unique("rate")
     slots = [first.reserve_rate_slot(key, interval=2.0) for _ in range(2)]
     slots.append(second.reserve_rate_slot(key, interval=2.0))
