@@ -9,7 +9,7 @@ import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import pytest
 
@@ -93,6 +93,30 @@ def require_redis() -> str:
 def require_rabbitmq() -> str:
     require_service("RabbitMQ", AMQP_URL, 5672)
     return AMQP_URL
+
+
+def amqp_connection_args(url: str = AMQP_URL) -> dict[str, str]:
+    """Keyword arguments of `amqp.Connection` for one AMQP URL (the test setting by default).
+
+    `amqp://u:p@h:5672//` and `amqp://u:p@h:5672/` are the default virtual host `/`, as
+    in kombu; anything else after the first `/` is the (percent-decoded) virtual host.
+    """
+    parsed = urlparse(url)
+    return {
+        "host": f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 5672}",
+        "userid": unquote(parsed.username or "guest"),
+        "password": unquote(parsed.password or "guest"),
+        "virtual_host": unquote(parsed.path[1:]) or "/",
+    }
+
+
+def amqp_url(*, password: str | None = None, virtual_host: str | None = None) -> str:
+    """The test AMQP URL with another password (to be refused) or virtual host."""
+    args = amqp_connection_args()
+    vhost = args["virtual_host"] if virtual_host is None else virtual_host
+    secret = args["password"] if password is None else password
+    path = "/" if vhost == "/" else quote(vhost, safe="")
+    return f"amqp://{quote(args['userid'], safe='')}:{quote(secret, safe='')}@{args['host']}/{path}"
 
 
 def capability_skip(implementation: object, lacks: str) -> NoReturn:

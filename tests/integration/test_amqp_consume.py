@@ -15,7 +15,7 @@ import pytest
 from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
-from tests.helpers import AMQP_URL, require_rabbitmq, unique, wait_for
+from tests.helpers import AMQP_URL, amqp_connection_args, require_rabbitmq, unique, wait_for
 
 if TYPE_CHECKING:
     from celeriac.protocol.message import Message
@@ -39,7 +39,7 @@ def queues() -> Iterator[list[str]]:
     require_rabbitmq()
     names: list[str] = []
     yield names
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     channel = conn.channel()
     for name in names:

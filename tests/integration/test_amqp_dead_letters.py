@@ -12,7 +12,7 @@ import pytest
 
 from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.protocol.codec import TaskCall, encode_task
-from tests.helpers import AMQP_URL, require_rabbitmq, unique
+from tests.helpers import AMQP_URL, amqp_connection_args, require_rabbitmq, unique
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,7 +27,7 @@ def names() -> Iterator[tuple[str, str]]:
     require_rabbitmq()
     queue, dead = unique("work"), unique("dead")
     yield queue, dead
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     channel = conn.channel()
     for name in (queue, dead):
@@ -63,7 +63,7 @@ def test_a_dead_letter_carries_reason_origin_and_time_in_headers(
     [delivery] = deliver(broker, queue, 1)
     before = datetime.now(timezone.utc)
     broker.dead_letter(delivery, reason="unknown task tests.echo")
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     raw = conn.channel().basic_get(dead, no_ack=False)
     conn.close()  # not acked: it stays
@@ -131,7 +131,7 @@ def test_the_dead_letter_queue_is_durable_and_named_by_the_option(
 ) -> None:
     _, dead = names
     assert broker.list_dead_letters() == []
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     channel = conn.channel()
     # Re-declaring with the same flags succeeds only if they match (durable, classic).

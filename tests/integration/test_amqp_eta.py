@@ -16,7 +16,7 @@ from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.brokers.amqp.delay import DelayLayout
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
-from tests.helpers import AMQP_URL, require_rabbitmq, unique
+from tests.helpers import AMQP_URL, amqp_connection_args, require_rabbitmq, unique
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,7 +38,7 @@ def queue() -> Iterator[str]:
     require_rabbitmq()
     name = unique("eta")
     yield name
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     channel = conn.channel()
     for doomed in [name, *DelayLayout().queues_of(name)]:
@@ -159,7 +159,7 @@ def test_delete_queue_removes_the_queue_its_exchange_and_its_ladder(
     assert queue in broker.declared_queues
     assert broker.delete_queue(queue) == 2
     assert queue not in broker.declared_queues
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     try:
         for name in (queue, DelayLayout().level_queue(queue, 0), DelayLayout().out_queue(queue)):

@@ -12,7 +12,7 @@ import pytest
 
 from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.exceptions import ImproperlyConfigured
-from tests.helpers import AMQP_URL, require_rabbitmq, unique
+from tests.helpers import AMQP_URL, amqp_connection_args, amqp_url, require_rabbitmq, unique
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -28,7 +28,7 @@ Connection, Exchange, Queue = _kombu.Connection, _kombu.Exchange, _kombu.Queue
 def queues() -> Iterator[list[str]]:
     names: list[str] = []
     yield names
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     channel = conn.channel()
     try:
@@ -190,9 +190,10 @@ def vhost() -> Iterator[str]:
     (`celery`) can be used without touching anybody's queues."""
     require_rabbitmq()
     name = f"celeriac/{unique('vh')}"
+    user = amqp_connection_args()["userid"]
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, timeout=30)
     subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        ["rabbitmqctl", "-q", "set_permissions", "-p", name, user, ".*", ".*", ".*"],
         check=True,
         timeout=30,
     )
@@ -203,11 +204,9 @@ def vhost() -> Iterator[str]:
 
 
 def test_celerys_default_queue_exchange_and_routing_key(vhost: str) -> None:
-    from urllib.parse import quote
-
     import celery
 
-    url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    url = amqp_url(virtual_host=vhost)
     app = celery.Celery("defaults", broker=url, set_as_current=False)
     sent = app.send_task("proj.add", args=(1, 2))  # no queue given: Celery's default route
     consumer = AMQPBroker(url)

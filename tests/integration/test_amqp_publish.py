@@ -16,7 +16,7 @@ from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.exceptions import BrokerConnectionError, PublishError, SerializationError
 from celeriac.protocol.codec import TaskCall, encode_task
-from tests.helpers import AMQP_URL, require_rabbitmq, unique
+from tests.helpers import AMQP_URL, amqp_connection_args, amqp_url, require_rabbitmq, unique
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -33,7 +33,7 @@ def make_message(n: int = 0, headers: dict[str, Any] | None = None) -> Message:
 
 
 def raw_channel() -> tuple[amqp.Connection, amqp.Channel]:
-    conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     channel = conn.channel()
     channel.auto_decode = False
@@ -230,7 +230,7 @@ def test_wrong_password_fails_fast_and_is_not_logged(caplog: pytest.LogCaptureFi
     require_rabbitmq()
     caplog.set_level(logging.DEBUG)
     broker = AMQPBroker(
-        "amqp://guest:wrong-pass-xyz@127.0.0.1:5672//",
+        amqp_url(password="wrong-pass-xyz"),
         transport_options={"publish_retry_timeout": 30},
     )
     with pytest.raises(BrokerConnectionError, match="refused") as excinfo:

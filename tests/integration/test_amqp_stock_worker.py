@@ -23,7 +23,7 @@ from celeriac.backends.rpc import RPCBackend
 from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.brokers.amqp.delay import DelayLayout
 from celeriac.protocol.codec import TaskCall, encode_task
-from tests.helpers import AMQP_URL, require_rabbitmq, unique, wait_for
+from tests.helpers import AMQP_URL, amqp_connection_args, require_rabbitmq, unique, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -94,7 +94,7 @@ def stock_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StockWork
         reader.join(5)
         if process.stdout is not None:
             process.stdout.close()
-        conn = amqp.Connection("127.0.0.1:5672")
+        conn = amqp.Connection(**amqp_connection_args())
         conn.connect()
         channel = conn.channel()
         for name in [queue, *DelayLayout().queues_of(queue)]:

@@ -17,7 +17,7 @@ import pytest
 
 from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
-from tests.helpers import AMQP_URL, require_rabbitmq, unique
+from tests.helpers import AMQP_URL, amqp_connection_args, require_rabbitmq, unique
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,7 +38,7 @@ def queue() -> Iterator[str]:
     require_rabbitmq()
     name = unique("interop")
     yield name
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     channel = conn.channel()
     channel.queue_delete(name)
@@ -156,7 +156,7 @@ def test_our_message_has_the_same_shape_as_a_stock_one(queue: str) -> None:
     broker = AMQPBroker(AMQP_URL, transport_options={"max_priority": 10})
     try:
         broker.publish(ours, queue=queue, priority=3)
-        raw = amqp.Connection("127.0.0.1:5672")
+        raw = amqp.Connection(**amqp_connection_args())
         raw.connect()
         channel = raw.channel()
         stock_msg = channel.basic_get(queue, no_ack=True)

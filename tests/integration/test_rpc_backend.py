@@ -18,7 +18,7 @@ from celeriac.backends import create_backend
 from celeriac.backends.base import ResultMeta
 from celeriac.backends.rpc import RPCBackend
 from celeriac.exceptions import ResultTimeout
-from tests.helpers import AMQP_URL, require_rabbitmq
+from tests.helpers import AMQP_URL, amqp_connection_args, require_rabbitmq
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.integration]
 
@@ -123,7 +123,7 @@ def test_bodies_without_the_extended_fields_are_accepted(make: Factory) -> None:
         "traceback": None,
         "children": [],
     }
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     conn.channel().basic_publish(
         amqp.Message(
@@ -190,7 +190,7 @@ def test_groups_and_chords_are_refused_like_celery(make: Factory) -> None:
 def test_the_reply_queue_is_declared_as_celery_declares_it(make: Factory) -> None:
     backend = make()
     backend.ensure_reply_queue()
-    conn = amqp.Connection("127.0.0.1:5672")
+    conn = amqp.Connection(**amqp_connection_args())
     conn.connect()
     # Celery 5.7 declares it durable, auto-delete, with x-expires = result_expires in
     # ms; the same declaration from another connection succeeds only if it matches.
