@@ -473,14 +473,17 @@ class RedisClient:
             return client
         with self._lock:
             if self._client is None:
-                self._pool = connection_pool(self.url, self._options)
-                self._client = redis.Redis(connection_pool=self._pool)
-                self._raw = RawCommands(self._pool)
+                # Everything is built before `_client` is published: a thread on the
+                # lock-free path above must find the pool, raw commands and scripts too.
+                pool = connection_pool(self.url, self._options)
+                client = redis.Redis(connection_pool=pool)
                 for name, source in self._sources().items():
-                    self._scripts[name] = self._client.register_script(source)
-                self._scripts["rate"] = self._client.register_script(
+                    self._scripts[name] = client.register_script(source)
+                self._scripts["rate"] = client.register_script(
                     load_script("celeriac.connections", "redis_rate.lua")
                 )
+                self._pool, self._raw = pool, RawCommands(pool)
+                self._client = client
             return self._client
 
     def pool(self) -> redis.ConnectionPool:
