@@ -110,6 +110,7 @@ def dead(broker_env: str, tasks_dir: Path, run_worker: RunWorker) -> Iterator[De
             timeout=10,
             what="a dead-letter log line per message",
         )
+        assert worker.process.poll() is None, "the worker did not carry on"
         worker.stop()
         assert worker.process.poll() is not None
         yield made
