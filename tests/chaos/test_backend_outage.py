@@ -101,6 +101,8 @@ def test_tasks_run_through_a_backend_outage_and_their_results_land_after(
     assert report.lost == [], detail
     assert producer.errors == []
     assert during > 0, f"no task ran while the backend was down\n{detail}"
+    # A write did fail during the outage and went to the spool (spool.py logs it).
+    assert "keeping the result and retrying in the background" in worker.output(), detail
     assert values == [result.id for result in producer.results]
     assert worker.process.poll() is None, detail
 

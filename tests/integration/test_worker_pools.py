@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from celeriac.cli import EX_SOFTWARE, EX_USAGE
+from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from tests.helpers import wait_for
 from tests.integration.conftest import RunWorker, import_tasks, write_tasks
 from tests.integration.worker_tasks import SOURCE, events
@@ -57,6 +58,123 @@ def test_solo_pool_runs_in_the_worker_process(tasks: Any, run_worker: RunWorker)
 def test_solo_pool_enforces_the_soft_time_limit(tasks: Any, run_worker: RunWorker) -> None:
     run_worker("-P", "solo")
     assert tasks.soft.delay().get(timeout=10) == "soft limit caught"
+
+
+# Tasks that run past their limits while going back to Python (or the event loop) often,
+# which is when the threads and asyncio pools can interrupt them (docs/worker.md).
+LIMITS = """
+
+@app.task(soft_time_limit=0.5)
+def spin_soft():
+    try:
+        for _ in range(2000):
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "soft limit caught"
+    return "not interrupted"
+
+
+@app.task(time_limit=1)
+def spin_hard():
+    record("start", key="spin_hard")
+    for _ in range(2000):
+        time.sleep(0.01)
+    record("end", key="spin_hard")
+
+
+@app.task(soft_time_limit=0.5)
+async def nap_soft():
+    try:
+        await asyncio.sleep(20)
+    except asyncio.CancelledError:
+        record("cancelled", key="nap_soft")
+        raise
+    record("end", key="nap_soft")
+
+
+@app.task(time_limit=1)
+async def nap_hard():
+    try:
+        await asyncio.sleep(20)
+    except asyncio.CancelledError:
+        record("cancelled", key="nap_hard")
+        raise
+    record("end", key="nap_hard")
+"""
+
+THREADS_LIMITS_WARNING = (
+    "on the threads pool, time limits interrupt a task only when it runs Python code "
+    "(not while blocked in C code)"
+)
+
+
+@pytest.fixture
+def limit_tasks(tasks_dir: Path) -> Any:
+    write_tasks(tasks_dir, SOURCE + LIMITS)
+    module = import_tasks(tasks_dir)
+    yield module
+    module.app.close()
+
+
+def keys_of(tasks_dir: Path, event: str) -> list[object]:
+    return [e["key"] for e in events(tasks_dir) if e["event"] == event]
+
+
+def test_threads_pool_raises_the_soft_time_limit_in_the_task(
+    limit_tasks: Any, run_worker: RunWorker
+) -> None:
+    run_worker("-P", "threads", "-c", "2")
+    assert limit_tasks.spin_soft.delay().get(timeout=20) == "soft limit caught"
+
+
+def test_threads_pool_raises_the_hard_time_limit_in_the_task(
+    limit_tasks: Any, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    worker = run_worker("-P", "threads", "-c", "2")
+    with pytest.raises(TimeLimitExceeded):
+        limit_tasks.spin_hard.delay().get(timeout=20)
+    assert keys_of(tasks_dir, "start") == ["spin_hard"]
+    assert keys_of(tasks_dir, "end") == []
+    # Raised in the task's thread: the worker process itself carries on.
+    assert worker.process.poll() is None
+    assert limit_tasks.where.delay().get(timeout=10)["pid"] == worker.pid
+
+
+def test_asyncio_pool_cancels_at_the_soft_time_limit(
+    limit_tasks: Any, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    run_worker("-P", "asyncio", "-c", "10")
+    result = limit_tasks.nap_soft.delay()
+    with pytest.raises(SoftTimeLimitExceeded):
+        result.get(timeout=20)
+    assert result.state == "FAILURE"
+    assert keys_of(tasks_dir, "cancelled") == ["nap_soft"]
+    assert keys_of(tasks_dir, "end") == []
+
+
+def test_asyncio_pool_cancels_at_the_hard_time_limit(
+    limit_tasks: Any, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    run_worker("-P", "asyncio", "-c", "10")
+    result = limit_tasks.nap_hard.delay()
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=20)
+    assert result.state == "FAILURE"
+    assert keys_of(tasks_dir, "cancelled") == ["nap_hard"]
+    assert keys_of(tasks_dir, "end") == []
+
+
+@pytest.mark.parametrize("flag", ["--time-limit", "--soft-time-limit"])
+def test_threads_pool_warns_at_start_when_time_limits_are_set(
+    tasks: Any, run_worker: RunWorker, flag: str
+) -> None:
+    worker = run_worker("-P", "threads", "-c", "2", flag, "30")
+    assert THREADS_LIMITS_WARNING in worker.output()
+
+
+def test_threads_pool_does_not_warn_without_time_limits(tasks: Any, run_worker: RunWorker) -> None:
+    worker = run_worker("-P", "threads", "-c", "2")
+    assert THREADS_LIMITS_WARNING not in worker.output()
 
 
 def test_asyncio_pool_runs_many_coroutines_at_once(tasks: Any, run_worker: RunWorker) -> None:
