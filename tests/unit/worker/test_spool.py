@@ -217,11 +217,6 @@ def test_a_full_spool_stops_fetching_until_the_backend_is_back(
     wait_for(lambda: leased(app) == 0, timeout=5, what="acks after the outage")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the asyncio pool's receive loop never reads the spool's cap: it keeps "
-    "fetching while results wait for the backend (docs/worker.md says the worker stops)",
-)
 def test_a_full_spool_stops_the_asyncio_pool_fetching_too(
     app: Celeriac, backend: SwitchableBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

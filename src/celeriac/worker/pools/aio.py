@@ -123,6 +123,10 @@ class AsyncioPool(InProcessPool):
             await blocking(executor.revocations.refresh)
             holdings.start()
             while not self.shutdown.is_requested():
+                if executor.spool.is_full:
+                    # Results are waiting for the backend: stop taking new work.
+                    await asyncio.sleep(FULL_PAUSE)
+                    continue
                 free = holdings.room()
                 if free <= 0:
                     await asyncio.sleep(FULL_PAUSE)
