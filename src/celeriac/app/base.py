@@ -132,6 +132,11 @@ class Celeriac:
         self._local = threading.local()
         self.sender = Sender(self)
         self._finalized = False
+        from celeriac.signals import Signal
+
+        # Celery's app signals (periodic tasks are usually set up in their receivers).
+        self.on_after_configure = Signal("on_after_configure")
+        self.on_after_finalize = Signal("on_after_finalize")
         from celeriac.app.builtins import register_builtins
 
         register_builtins(self)
@@ -222,11 +227,40 @@ class Celeriac:
             if self._finalized:
                 return
             self._finalized = True
+            self.on_after_configure.send(sender=self, source=self.conf)
             for module in (*self.conf.include, *self.conf.imports):
                 importlib.import_module(module)
             pending, self._autodiscover = self._autodiscover, []
             for packages, related_name in pending:
                 self._import_related(packages, related_name)
+        self.on_after_finalize.send(sender=self)
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Signature[Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **opts: Any,
+    ) -> str:
+        """Add `sig` to `beat_schedule` to run on `schedule` (seconds, a timedelta,
+        `crontab`, `solar`); returns the entry's name (`name`, else the signature's repr,
+        as Celery). Extra keyword arguments are `apply_async` options."""
+        from celeriac.beat.entries import make_entry
+
+        sig = sig.clone(args, kwargs)
+        key = name or repr(sig)
+        entry = {
+            "task": sig.name,
+            "schedule": schedule,
+            "args": tuple(sig.args),
+            "kwargs": dict(sig.kwargs),
+            "options": {**sig.options, **opts},
+        }
+        make_entry(key, entry, self)  # refuse a bad entry here, not when beat starts
+        self.conf.beat_schedule = {**self.conf.beat_schedule, key: entry}
+        return key
 
     # -- tasks ------------------------------------------------------------------------
 
