@@ -64,11 +64,13 @@ def test_one_holder_at_a_time_with_rising_tokens(stores):
     assert lease.held_by("a")
     assert lease.token >= 1
     other = second.acquire("b", seconds=30)
+    assert second.leader() == "a"
     assert not other.held_by("b")
     assert other.holder == "a"
     assert 0 < other.remaining <= 30
     assert first.acquire("a", seconds=30).token == lease.token  # a renewal keeps the token
     first.release("a")
+    assert second.leader() is None
     taken = second.acquire("b", seconds=30)
     assert taken.held_by("b")
     assert taken.token > lease.token

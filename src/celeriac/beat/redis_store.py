@@ -152,6 +152,10 @@ class RedisScheduleStore(ScheduleStore):
     def release(self, owner: str) -> None:
         self._call("release", [self._lease], [owner])
 
+    def leader(self) -> str | None:
+        held = self._redis.run("beat leader", lambda client: client.get(self._lease))
+        return None if held is None else held.decode().rpartition("|")[0]
+
     def reconcile(
         self, owner: str, token: int, wanted: Mapping[str, str], *, now: int
     ) -> dict[str, EntryState] | None:

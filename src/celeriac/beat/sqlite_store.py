@@ -100,6 +100,14 @@ class SQLiteScheduleStore(ScheduleStore):
                 (self.name, owner),
             )
 
+    def leader(self) -> str | None:
+        with self._db.use() as db:
+            row = db.execute(
+                "SELECT holder FROM beat_lease WHERE schedule = ? AND expires > ?",
+                (self.name, self._time()),
+            ).fetchone()
+        return None if row is None else row[0]
+
     def _leads(self, db: Any, owner: str, token: int) -> bool:
         row = db.execute(
             "SELECT 1 FROM beat_lease WHERE schedule = ? AND holder = ? AND token = ? "

@@ -114,6 +114,10 @@ class ScheduleStore(ABC):
         """Give the lease up at once if `owner` holds it (clean shutdown)."""
 
     @abstractmethod
+    def leader(self) -> str | None:
+        """Who holds a live lease now (read only), or None."""
+
+    @abstractmethod
     def reconcile(
         self, owner: str, token: int, wanted: Mapping[str, str], *, now: int
     ) -> dict[str, EntryState] | None:
@@ -174,6 +178,10 @@ class MemoryScheduleStore(ScheduleStore):
         with self._lock:
             if self._holder == owner:
                 self._holder = None
+
+    def leader(self) -> str | None:
+        with self._lock:
+            return self._holder if self._expires > self._time() else None
 
     def _leads(self, owner: str, token: int) -> bool:
         return self._holder == owner and self._token == token and self._expires > self._time()
