@@ -270,3 +270,28 @@ def test_unknown_timezone_is_a_clear_error():
     app, _ = apps("Mars/Olympus_Mons")
     with pytest.raises(ImproperlyConfigured, match="timezone"):
         crontab(minute=0, app=app).next_run_after(datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_without_enable_utc_schedules_use_the_machine_zone_as_celery():
+    ours_app, theirs_app = apps(None, enable_utc=False)
+    ours = crontab(minute=0, hour=9, app=ours_app)
+    theirs = reference.crontab(minute=0, hour=9, app=theirs_app)
+    for last in ORDINARY:
+        for now in nows(last):
+            assert_same(ours, theirs, last, now)
+
+
+def test_nowfun_is_the_clock_of_is_due():
+    app, _ = apps("UTC")
+    moment = datetime(2026, 5, 4, 8, 59, 59, tzinfo=UTC)
+    hourly = crontab(minute=0, nowfun=lambda: moment, app=app)
+    state = hourly.is_due(datetime(2026, 5, 4, 8, 0, tzinfo=UTC))
+    assert state == (False, 1.0)
+
+
+def test_solar_without_ephem_names_the_extra(monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ephem", None)
+    with pytest.raises(ImproperlyConfigured, match=r"celeriac\[solar\]"):
+        solar("sunset", 51.5, 0)
