@@ -39,8 +39,9 @@ import math
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 from celeriac._time import Clock, SystemClock
 from celeriac.beat.entries import Entry, entries_from_config
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 
     from celeriac.app.base import Celeriac
 
-__all__ = ["Scheduler", "from_us", "tick_task_id", "to_us"]
+__all__ = ["BeatStats", "Scheduler", "from_us", "tick_task_id", "to_us"]
 
 logger = logging.getLogger("celeriac.beat")
 
@@ -68,6 +69,26 @@ ERROR_RETRY = 1.0
 MAX_CATCH_UP_STEPS = 1_000_000
 # Task ids of beat's runs: uuid5 in this namespace of "<schedule>\0<entry>\0<tick µs>".
 TASK_ID_NAMESPACE = uuid.UUID("6f1c2a0e-5b1d-4f7a-9a43-8e0c2f1b7d55")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BeatStats:
+    """What one beat process is doing (for status pages).
+
+    Attributes:
+        owner: This process's name in the lease.
+        schedule: The schedule's name (`-s`).
+        is_leader: Whether it leads now.
+        leader: Who led at the last lease step (this process or another).
+        sent: Runs this process sent since it started.
+    """
+
+    owner: str
+    schedule: str
+    is_leader: bool
+    leader: str | None
+    sent: int
 
 
 def to_us(moment: datetime) -> int:
@@ -258,6 +279,15 @@ class Scheduler:
                 stop.wait(delay)
         finally:
             self.close()
+
+    def stats(self) -> BeatStats:
+        return BeatStats(
+            owner=self.leadership.owner,
+            schedule=self.schedule_name,
+            is_leader=self.leadership.is_leader,
+            leader=self.leadership.holder,
+            sent=self.sent,
+        )
 
     def close(self) -> None:
         try:

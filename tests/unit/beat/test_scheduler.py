@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import itertools
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
 from celeriac._time import FakeClock
+from celeriac.beat.entries import Entry
 from celeriac.beat.scheduler import Scheduler, from_us, tick_task_id
+from celeriac.beat.service import make_scheduler
 from celeriac.beat.store import MemoryScheduleStore, open_store
 from celeriac.exceptions import BrokerError, ImproperlyConfigured
-from celeriac.schedules import crontab
+from celeriac.schedules import crontab, schedule
 from celeriac.testing import memory_app
 
 if TYPE_CHECKING:
@@ -151,8 +153,9 @@ def test_only_the_leader_sends_and_a_follower_takes_over(app, store, clock):
     first = make(app, store, clock, owner="first")
     second = make(app, store, clock, owner="second")
     run_for(clock, 5.1, first, second)
-    assert first.leadership.is_leader
-    assert not second.leadership.is_leader
+    assert first.stats().is_leader
+    assert not second.stats().is_leader
+    assert second.stats().leader == "first"
     before = sent(app)
     assert len(before) == 5
     assert second.sent == 0
@@ -351,3 +354,37 @@ def test_rabbitmq_with_sqlite_results_uses_the_backend_file(tmp_path):
 def test_settings_beat_does_not_need_are_refused(app):
     with pytest.raises(ImproperlyConfigured, match="beat_sync_every"):
         app.conf.beat_sync_every = 10
+
+
+class TableScheduler(Scheduler):
+    """Entries from a "table" (a dict an admin UI would edit), as the docs show."""
+
+    table: ClassVar[dict[str, tuple[str, float]]] = {}
+
+    def load_entries(self) -> dict[str, Entry]:
+        return {
+            name: Entry(name, task, schedule(every, app=self.app))
+            for name, (task, every) in self.table.items()
+        }
+
+
+def test_a_table_backed_scheduler_plugs_in_and_edits_take_effect(app, store, clock):
+    TableScheduler.table = {"from-table": ("t.ping", 2.0)}
+    beat = TableScheduler(app, store=store, clock=clock, lease_seconds=5.0)
+    run_for(clock, 4.1, beat)
+    assert [r["entry"] for r in sent(app)] == ["from-table", "from-table"]
+    TableScheduler.table = {"edited": ("t.pong", 1.0)}
+    run_for(clock, 2.1, beat)
+    runs = sent(app)
+    assert {(r["entry"], r["task"]) for r in runs} == {("edited", "t.pong")}
+    assert set(store.load()) == {"edited"}
+
+
+def test_beat_scheduler_setting_names_the_class(app):
+    app.conf.beat_scheduler = f"{__name__}:TableScheduler"
+    assert type(make_scheduler(app)) is TableScheduler
+
+
+def test_a_celery_scheduler_class_is_refused(app):
+    with pytest.raises(ImproperlyConfigured, match=r"not a celeriac\.beat\.Scheduler"):
+        make_scheduler(app, scheduler="celery.beat:PersistentScheduler")
