@@ -207,7 +207,21 @@ class Scheduler:
             state = states.get(name)
             if state is None:
                 continue
-            next_at = self._run_entry(entry, state, now)
+            try:
+                next_at = self._run_entry(entry, state, now)
+            except Exception as exc:  # isolation boundary: one entry must not stop the rest
+                # A claimed tick whose send failed stays pending: it is sent again (same
+                # id) on the next try, before any later tick of this entry.
+                log = logger.warning if isinstance(exc, CeleriacError) else logger.exception
+                log(
+                    "beat: %s (%s) failed: %s; trying again in %.0f s",
+                    name,
+                    entry.task,
+                    exc,
+                    ERROR_RETRY,
+                )
+                wake = min(wake, now + timedelta(seconds=ERROR_RETRY))
+                continue
             if next_at is None:  # fenced: another process leads now
                 self.leadership.lost()
                 return 0.0
