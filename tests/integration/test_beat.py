@@ -199,3 +199,41 @@ def test_stock_celery_worker_runs_what_celeriac_beat_sends(tmp_path):
         assert result["impl"] == "celery"
     finally:
         shared.delete_keys()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.redis
+def test_on_rabbitmq_beat_keeps_its_state_in_the_result_backend(
+    tasks_dir, run_beat, run_worker: RunWorker
+):
+    from tests.helpers import require_rabbitmq
+
+    amqp_url, redis_url = require_rabbitmq(), require_redis()
+    name = unique("beatamqp")
+    source = SOURCE.replace(
+        'app = Celeriac("tasks", broker="sqlite:///app.db")',
+        f"app = Celeriac('tasks', broker={amqp_url!r}, backend={redis_url!r})\n"
+        f"app.conf.update(task_default_queue={name!r}, "
+        f"result_backend_transport_options={{'global_keyprefix': {name + ':'!r}}})",
+    )
+    write_tasks(tasks_dir, source)
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        run_beat()
+        run_worker("-P", "threads", "-c", "2")
+        wait_for(lambda: len(stamps(tasks_dir)) >= 2, timeout=30, what="two periodic runs")
+        assert client.exists(f"{name}:_celeriac.beat.celerybeat-schedule.entries")
+    finally:
+        keys = list(client.scan_iter(match=f"{name}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+        from celeriac.brokers.amqp.broker import AMQPBroker
+
+        broker = AMQPBroker(amqp_url)
+        try:
+            broker.delete_queue(name)
+        finally:
+            broker.close()
