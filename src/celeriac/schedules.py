@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import calendar
 import math
+import os
 import re
 from bisect import bisect, bisect_left
 from collections.abc import Callable, Iterable
@@ -99,9 +100,25 @@ def app_timezone(app: Celeriac | None) -> tzinfo:
             ) from exc
     if app.conf.enable_utc:
         return UTC
-    local = datetime.now().astimezone().tzinfo
-    assert local is not None
-    return local
+    return _local_zone()
+
+
+def _local_zone() -> tzinfo:
+    """The machine's zone with its DST rules: `TZ`, else /etc/localtime, else the
+    current fixed offset (what Celery's tzlocal lookup finds)."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (KeyError, ValueError, OSError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except (OSError, ValueError):
+        local = datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
 
 
 def _aware(value: datetime, tz: tzinfo) -> datetime:

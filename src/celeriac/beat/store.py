@@ -32,6 +32,7 @@ from celeriac.exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from celeriac._time import Clock
     from celeriac.app.base import Celeriac
 
 __all__ = [
@@ -154,14 +155,14 @@ class MemoryScheduleStore(ScheduleStore):
 
     where = "process memory (memory:// broker)"
 
-    def __init__(self, name: str = DEFAULT_SCHEDULE_NAME, *, clock: object = None) -> None:
+    def __init__(self, name: str = DEFAULT_SCHEDULE_NAME, *, clock: Clock | None = None) -> None:
         super().__init__(name)
         self._lock = threading.Lock()
         self._holder: str | None = None
         self._token = 0
         self._expires = 0.0
         self._entries: dict[str, EntryState] = {}
-        self._time = getattr(clock, "monotonic", time.monotonic)
+        self._time = clock.monotonic if clock is not None else time.monotonic
 
     def acquire(self, owner: str, *, seconds: float) -> Lease:
         with self._lock:
