@@ -290,6 +290,9 @@ class Scheduler:
                 except CeleriacError as exc:
                     logger.warning("beat: %s; retrying in %.0f s", exc, ERROR_RETRY)
                     delay = ERROR_RETRY
+                except Exception:  # isolation boundary: e.g. a table scheduler's database
+                    logger.exception("beat: a pass failed; retrying in %.0f s", ERROR_RETRY)
+                    delay = ERROR_RETRY
                 stop.wait(delay)
         finally:
             self.close()
