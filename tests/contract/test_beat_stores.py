@@ -120,3 +120,16 @@ def test_a_replaced_leader_cannot_claim(stores):
     assert new > old
     assert first.claim("a", old, "x", last_run=1_000, tick=2_000, task_id="t") == "fenced"
     assert second.claim("b", new, "x", last_run=1_000, tick=2_000, task_id="t") == "claimed"
+
+
+def test_only_the_current_leader_may_resend_a_pending_claim(stores):
+    first, second = stores(), stores()
+    old = first.acquire("a", seconds=0.2).token
+    first.reconcile("a", old, {"x": "fp"}, now=1_000)
+    assert first.claim("a", old, "x", last_run=1_000, tick=2_000, task_id="t") == "claimed"
+    assert first.resume("a", old, "x", tick=2_000)
+    assert not first.resume("a", old, "x", tick=3_000)
+    time.sleep(0.3)
+    new = second.acquire("b", seconds=30).token
+    assert not first.resume("a", old, "x", tick=2_000)
+    assert second.resume("b", new, "x", tick=2_000)

@@ -86,6 +86,13 @@ redis.call('HSET', KEYS[2], ARGV[2] .. sep .. 'tick', ARGV[4], ARGV[2] .. sep ..
 return 'claimed'
 """
 
+# KEYS: lease, entries. ARGV: "<owner>|<token>", name, tick. -> 1 if it may re-send.
+RESUME = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], ARGV[2] .. '\\0tick') == ARGV[3] then return 1 end
+return 0
+"""
+
 # KEYS: entries. ARGV: name, tick.
 CONFIRM = """
 local sep = '\\0'
@@ -101,6 +108,7 @@ _SCRIPTS = {
     "release": RELEASE,
     "reconcile": RECONCILE,
     "claim": CLAIM,
+    "resume": RESUME,
     "confirm": CONFIRM,
 }
 
@@ -178,6 +186,10 @@ class RedisScheduleStore(ScheduleStore):
         args = [f"{owner}|{token}", name, str(last_run), str(tick), task_id]
         reply = self._call("claim", [self._lease, self._entries], args)
         return cast("ClaimResult", reply.decode() if isinstance(reply, bytes) else reply)
+
+    def resume(self, owner: str, token: int, name: str, *, tick: int) -> bool:
+        args = [f"{owner}|{token}", name, str(tick)]
+        return int(self._call("resume", [self._lease, self._entries], args)) == 1
 
     def confirm(self, name: str, tick: int) -> None:
         self._call("confirm", [self._entries], [name, str(tick)])

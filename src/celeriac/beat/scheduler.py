@@ -17,9 +17,11 @@ guarantees:
 
 A crash before 2 leaves nothing: the next leader claims the tick itself. A crash
 between 2 and 4 leaves the claim pending: the next leader (or this one, on its next
-pass) sends it again with the same task id before anything else, so the tick is never
-dropped. That re-send duplicates the message only if the crash came after the broker
-took it and before the confirmation (one round trip); the copy has the same task id.
+pass) sends it again with the same task id before anything else (`resume` fences that
+re-send like a claim), so the tick is never dropped. That re-send duplicates the message
+only if the crash came after the broker took it and before the confirmation (one round
+trip), or if the claiming leader stalled past its lease before sending; the copy has the
+same task id.
 
 Catch-up: when several ticks of an entry passed unseen (no beat was alive, or during a
 takeover), only the latest is sent, once (`beat_catch_up`, the default); with
@@ -243,7 +245,10 @@ class Scheduler:
         last = state.last_run
         if state.pending_tick is not None:
             # Claimed but not confirmed: a leader died (or a send failed) in between.
-            # Send it again, with the same id, before anything else.
+            # Send it again, with the same id, before anything else: only while leading.
+            owner, token = self.leadership.owner, self.leadership.token
+            if not self.store.resume(owner, token, entry.name, tick=state.pending_tick):
+                return None if self.store.leader() != owner else now
             if state.pending_task_id:
                 logger.warning(
                     "beat: re-sending %s scheduled for %s (claimed, not confirmed)",

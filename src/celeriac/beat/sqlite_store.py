@@ -176,6 +176,16 @@ class SQLiteScheduleStore(ScheduleStore):
             )
             return "claimed"
 
+    def resume(self, owner: str, token: int, name: str, *, tick: int) -> bool:
+        with self._db.transaction() as db:
+            if not self._leads(db, owner, token):
+                return False
+            row = db.execute(
+                "SELECT 1 FROM beat_entry WHERE schedule = ? AND name = ? AND pending_tick = ?",
+                (self.name, name, tick),
+            ).fetchone()
+            return row is not None
+
     def confirm(self, name: str, tick: int) -> None:
         with self._db.transaction() as db:
             db.execute(

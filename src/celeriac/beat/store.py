@@ -142,6 +142,11 @@ class ScheduleStore(ABC):
         leads (`token`), the stored last run is still `last_run` and no claim is pending."""
 
     @abstractmethod
+    def resume(self, owner: str, token: int, name: str, *, tick: int) -> bool:
+        """True if the caller leads (`token`) and `tick` of `name` is still pending: it
+        may send that claim again. Fences re-sends as `claim` fences sends."""
+
+    @abstractmethod
     def confirm(self, name: str, tick: int) -> None:
         """The pending claim of `tick` was sent: make it the last run (idempotent)."""
 
@@ -224,6 +229,11 @@ class MemoryScheduleStore(ScheduleStore):
                 return "done"
             self._entries[name] = EntryState(state.fingerprint, state.last_run, tick, task_id)
             return "claimed"
+
+    def resume(self, owner: str, token: int, name: str, *, tick: int) -> bool:
+        with self._lock:
+            state = self._entries.get(name)
+            return self._leads(owner, token) and state is not None and state.pending_tick == tick
 
     def confirm(self, name: str, tick: int) -> None:
         with self._lock:

@@ -218,6 +218,22 @@ def test_a_claimed_tick_whose_send_failed_is_sent_by_the_next_leader(app, store,
     assert len(times) == len(set(times))
 
 
+def test_a_stalled_leader_does_not_resend_the_new_leaders_claim(app, store, clock):
+    app.conf.beat_schedule = {"every-1s": {"task": "t.ping", "schedule": 1.0}}
+    first = make(app, store, clock, owner="first")
+    second = FailingSends(app, store=store, clock=clock, owner="second", lease_seconds=5.0)
+    run_for(clock, 2.1, first, second)
+    sent(app)
+    clock.advance(6.0)  # `first` stalls past its lease
+    second.tick()  # `second` leads, claims the latest tick, and its send fails
+    pending = store.load()["every-1s"]
+    assert pending.pending_tick is not None
+    # `first` wakes up and still believes it leads: it must not send that claim.
+    first._run_entry(first.load_entries()["every-1s"], pending, first.now())
+    assert sent(app) == []
+    assert store.load()["every-1s"].pending_tick == pending.pending_tick
+
+
 def test_a_failed_send_is_retried_by_the_same_leader_with_the_same_id(app, store, clock):
     app.conf.beat_schedule = {"every-5s": {"task": "t.ping", "schedule": 5.0}}
     beat = FailingSends(app, store=store, clock=clock, lease_seconds=5.0)
