@@ -326,6 +326,8 @@ class Celeriac:
             options.setdefault("max_priority", self.conf.task_queue_max_priority)
         options.setdefault("heartbeat", self.conf.broker_heartbeat)
         options.setdefault("connect_timeout", self.conf.broker_connection_timeout)
+        if self.conf.broker_use_ssl:
+            options.setdefault("ssl", self.conf.broker_use_ssl)
         return options
 
     def create_broker(self, *, consumer_id: str | None = None) -> Broker:
@@ -357,6 +359,10 @@ class Celeriac:
         if self.result_backend_url.startswith("rpc://"):
             options.setdefault("broker_url", self.broker_url)
             options.setdefault("reply_to", self.thread_oid)
+            if self.conf.broker_use_ssl:
+                options.setdefault("ssl", self.conf.broker_use_ssl)
+        elif self.conf.redis_backend_use_ssl and self.result_backend_url.startswith("redis"):
+            options.setdefault("ssl", self.conf.redis_backend_use_ssl)
         return create_backend(
             self.result_backend_url,
             serializer=self.conf.result_serializer,

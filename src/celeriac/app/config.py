@@ -34,6 +34,10 @@ DEFAULTS: dict[str, Any] = {
     "broker_connection_max_retries": 100,
     "broker_connection_timeout": 4.0,
     "broker_heartbeat": 120.0,
+    # TLS options for the broker (and the rpc:// backend) and for a Redis result backend:
+    # True or a dict of Celery's keys; False/None leave them to the URL.
+    "broker_use_ssl": False,
+    "redis_backend_use_ssl": None,
     # results
     "result_backend": None,
     "result_backend_transport_options": {},
@@ -169,6 +173,19 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _tls(name: str, value: Any) -> bool | dict[str, Any] | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if not isinstance(value, Mapping):
+        raise _fail(
+            name,
+            value,
+            "write True or a dict such as {'ssl_cert_reqs': ssl.CERT_REQUIRED, "
+            "'ssl_ca_certs': '/etc/ssl/ca.pem'}",
+        )
+    return dict(value)
+
+
 def _queue_name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _fail(name, value, "write a queue name such as 'celery'")
@@ -250,6 +267,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "broker_connection_max_retries": _positive_int,
     "broker_connection_timeout": _optional_seconds,
     "broker_heartbeat": _optional_seconds,
+    "broker_use_ssl": _tls,
+    "redis_backend_use_ssl": _tls,
     "result_backend": _url,
     "result_backend_transport_options": _mapping,
     "result_serializer": _serializer,
@@ -391,13 +410,11 @@ class Settings:
 
     def humanize(self) -> str:
         """The changed settings, one per line, secrets hidden."""
-        from celeriac._urls import redact_url
+        from celeriac._urls import redact
 
         lines = []
         for key, value in sorted(self.changes().items()):
-            if isinstance(value, str) and "://" in value:
-                value = redact_url(value)
-            lines.append(f"{key}: {value!r}")
+            lines.append(f"{key}: {redact(value, key)!r}")
         return "\n".join(lines)
 
 
