@@ -427,6 +427,31 @@ class Celeriac:
         """The `reply_to` of messages sent from here (see `Sender.default_reply_to`)."""
         return self.sender.default_reply_to()
 
+    def setup_security(
+        self,
+        allowed_serializers: object = None,
+        key: str | None = None,
+        key_password: str | bytes | None = None,
+        cert: str | None = None,
+        store: str | None = None,
+        digest: str | None = None,
+        serializer: str = "json",
+    ) -> None:
+        """Sign task messages and accept only signed ones (Celery's `auth` serializer);
+        arguments default to the `security_*` settings. See docs/security.md."""
+        from celeriac.app.security import setup_security
+
+        setup_security(
+            self.conf,
+            allowed_serializers=allowed_serializers,
+            key=key,
+            key_password=key_password,
+            cert=cert,
+            store=store,
+            digest=digest,
+            serializer=serializer,
+        )
+
     def close(self) -> None:
         """Close this process's connections."""
         with self._lock:

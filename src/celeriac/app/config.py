@@ -100,9 +100,15 @@ DEFAULTS: dict[str, Any] = {
     "include": (),
     "imports": (),
     "beat_schedule": {},
+    # message signing (app.setup_security): file paths, as in Celery
+    "security_key": None,
+    "security_key_password": None,
+    "security_certificate": None,
+    "security_cert_store": None,
+    "security_digest": "sha256",
 }
 
-SERIALIZERS = ("json", "msgpack", "pickle")
+SERIALIZERS = ("json", "msgpack", "pickle", "auth")
 POOLS = ("prefork", "threads", "solo", "asyncio")
 
 
@@ -252,6 +258,18 @@ def _optional_str(name: str, value: Any) -> str | None:
     return value
 
 
+def _optional_secret(name: str, value: Any) -> str | bytes | None:
+    if value is not None and not isinstance(value, str | bytes):
+        raise _fail(name, value, "write a string, bytes or None")
+    return value
+
+
+def _digest_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(name, value, "write a hash name such as 'sha256'")
+    return value
+
+
 def _compression(name: str, value: Any) -> str | None:
     if value is None:
         return None
@@ -315,6 +333,11 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "include": _modules,
     "imports": _modules,
     "beat_schedule": _mapping,
+    "security_key": _optional_str,
+    "security_key_password": _optional_secret,
+    "security_certificate": _optional_str,
+    "security_cert_store": _optional_str,
+    "security_digest": _digest_name,
 }
 
 # Environment variables that override settings (Celery's names are read too, so a
