@@ -361,7 +361,9 @@ class Celeriac:
             options.setdefault("reply_to", self.thread_oid)
             if self.conf.broker_use_ssl:
                 options.setdefault("ssl", self.conf.broker_use_ssl)
-        elif self.conf.redis_backend_use_ssl and self.result_backend_url.startswith("redis"):
+        elif self.conf.redis_backend_use_ssl and self.result_backend_url.startswith(
+            ("redis", "sentinel")
+        ):
             options.setdefault("ssl", self.conf.redis_backend_use_ssl)
         return create_backend(
             self.result_backend_url,

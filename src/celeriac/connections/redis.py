@@ -1,6 +1,7 @@
 """The Redis client shared by the Redis broker and the Redis result backend.
 
-What lives here: turning a `redis://`, `rediss://` or `redis+socket://` URL plus options
+What lives here: turning a `redis://`, `rediss://`, `redis+socket://` (or, through
+`redis_sentinel`, a `sentinel://`) URL plus options
 into a redis-py connection pool, the one retry loop (bounded reconnect with exponential
 backoff) every Redis operation goes through, the mapping of redis-py exceptions to
 celeriac's, `RedisClient` (pool, client, raw commands and Lua scripts made on first use,
@@ -33,6 +34,13 @@ from redis.retry import Retry
 
 from celeriac._urls import redact_url
 from celeriac.connections.redis_packing import RawCommands
+from celeriac.connections.redis_sentinel import (
+    SENTINEL_OPTIONS,
+    as_master_url,
+    close_sentinels,
+    is_sentinel_url,
+    sentinel_pool,
+)
 from celeriac.exceptions import CeleriacError, ImproperlyConfigured
 
 if TYPE_CHECKING:
@@ -236,7 +244,14 @@ def pool_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str
 
 
 def connection_pool(url: str, options: Mapping[str, Any] | None = None) -> redis.ConnectionPool:
-    """A (not yet connected) redis-py pool for `url`."""
+    """A (not yet connected) redis-py pool for `url` (a `sentinel://` list included)."""
+    if is_sentinel_url(url):
+        given = dict(options or {})
+        master = pool_options(
+            as_master_url(url, tls=bool(given.get("ssl"))),
+            {key: value for key, value in given.items() if key not in SENTINEL_OPTIONS},
+        )
+        return sentinel_pool(url, given, master)
     kwargs = pool_options(url, options)
     max_connections = kwargs.pop("max_connections", None)
     return redis.ConnectionPool(max_connections=max_connections, **kwargs)
@@ -363,6 +378,9 @@ def _is_tls_refusal(exc: BaseException) -> bool:
 
 def _describe(pool: redis.ConnectionPool) -> str:
     kwargs = pool.connection_kwargs
+    service = getattr(pool, "service_name", None)
+    if service is not None:
+        return f"the master of {service!r} (Sentinel)"
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"
     return f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
@@ -608,6 +626,7 @@ class RedisClient:
             raw.close()
         if pool is not None:
             pool.disconnect()
+            close_sentinels(pool)
 
 
 def load_script(package: str, name: str) -> str:

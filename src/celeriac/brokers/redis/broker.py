@@ -47,6 +47,9 @@ __all__ = ["RedisBroker"]
 
 logger = logging.getLogger(__name__)
 
+# The shortest time between two warnings about publishes too few replicas confirmed.
+REPLICA_WARNING_INTERVAL = 10.0
+
 # Largest batch one fetch leases (keeps each script call short).
 MAX_BATCH = 1000
 # A consumer whose fetches come back full drains its wake-up connection at least this
@@ -76,10 +79,12 @@ class RedisBroker(Broker):
         messages in Redis; False pushes them at once, as kombu does), connection_retries,
         connection_retry_backoff, connection_retry_backoff_max, and connection settings:
         socket_timeout, socket_connect_timeout, socket_keepalive, health_check_interval,
-        max_connections, client_name, ssl (dict of ssl_* settings, for rediss://).
+        max_connections, client_name, ssl (dict of ssl_* settings, for rediss://);
+        for sentinel:// URLs master_name, sentinel_kwargs, min_other_sentinels, and
+        replicas_to_confirm / replica_confirm_timeout (WAIT after an immediate publish).
     """
 
-    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket")
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket", "sentinel")
     supports_priority: ClassVar[bool] = True
     # Celery compat: on Redis priority 0 is served first (kombu pops step lists 0,3,6,9).
     higher_priority_first: ClassVar[bool] = False
@@ -102,6 +107,12 @@ class RedisBroker(Broker):
         # makes the consumer wait), for fleets where no celeriac consumer promotes them.
         self._broker_side_eta = bool(options.get("broker_side_eta", True))
         self._held_ttl = int(max(86400, 4 * self.visibility_timeout))
+        # With Sentinel or replicas: how many replicas must hold an immediate publish
+        # before it returns (Redis WAIT), and for how long to wait for them.
+        self._replicas_to_confirm = int(options.get("replicas_to_confirm", 0))
+        self._replica_wait_ms = int(1000 * float(options.get("replica_confirm_timeout", 1.0)))
+        self._unreplicated_warned_at = float("-inf")
+        self._unreplicated_count = 0
         self._redis = RedisClient(
             url,
             options,
@@ -151,8 +162,33 @@ class RedisBroker(Broker):
         self._redis.close()
 
     def startup_warnings(self) -> list[str]:
-        warning = self.eviction_warning()
-        return [warning] if warning else []
+        warnings = (self.eviction_warning(), self.persistence_warning())
+        return [warning for warning in warnings if warning]
+
+    def persistence_warning(self) -> str | None:
+        """A warning for the worker's start banner when Redis keeps no append-only file.
+
+        Returns None when `appendonly` is on (or the configuration cannot be read).
+        """
+
+        def read(client: redis.Redis) -> Any:
+            try:
+                return client.config_get("appendonly")
+            except redis_errors.ResponseError:
+                return {}
+
+        value = self._redis.run("read appendonly", read).get("appendonly")
+        if value is None:
+            return None
+        value = value.decode() if isinstance(value, bytes) else str(value)
+        if value == "yes":
+            return None
+        return (
+            f"Redis at {self.safe_url()} runs without an append-only file (appendonly "
+            f"{value}): on a crash it loses every write since its last snapshot, so "
+            "confirmed publishes and finished acks can be lost. Set appendonly yes "
+            "(CONFIG SET appendonly yes, and in redis.conf)."
+        )
 
     def eviction_warning(self) -> str | None:
         """A warning for the worker's start banner when Redis may evict our keys.
@@ -243,9 +279,16 @@ class RedisBroker(Broker):
                 message, exchange=exchange or "", routing_key=routing_key or queue, priority=level
             )
             raw = self._redis.raw()
-            self._redis.run(
-                f"publish to {queue}", lambda client: raw.execute("LPUSH", key, envelope)
-            )
+            replicas = self._replicas_to_confirm
+
+            def push(client: redis.Redis) -> int:
+                raw.execute("LPUSH", key, envelope)
+                # On the same connection: WAIT counts this client's own writes.
+                return int(raw.execute("WAIT", replicas, self._replica_wait_ms)) if replicas else 0
+
+            confirmed = self._redis.run(f"publish to {queue}", push)
+            if confirmed < replicas:
+                self._unreplicated(queue, confirmed)
             self._published += 1
             return
 
@@ -266,6 +309,26 @@ class RedisBroker(Broker):
 
         self._redis.run(f"publish to {queue}", send, error=PublishError)
         self._published += 1
+
+    def _unreplicated(self, queue: str, confirmed: int) -> None:
+        """Warn (at most every `REPLICA_WARNING_INTERVAL` seconds) about publishes that
+        fewer replicas than `replicas_to_confirm` hold."""
+        self._unreplicated_count += 1
+        now = time.monotonic()
+        if now - self._unreplicated_warned_at < REPLICA_WARNING_INTERVAL:
+            return
+        logger.warning(
+            "publish to %s: %d of %d replicas confirmed it within %.1f s (%d such "
+            "publishes since the last warning); they are lost if the master fails "
+            "before they replicate",
+            queue,
+            confirmed,
+            self._replicas_to_confirm,
+            self._replica_wait_ms / 1000,
+            self._unreplicated_count,
+        )
+        self._unreplicated_warned_at = now
+        self._unreplicated_count = 0
 
     def publish_many(self, items: Sequence[Outgoing]) -> None:
         if not items:
