@@ -328,7 +328,26 @@ class Celeriac:
         options.setdefault("connect_timeout", self.conf.broker_connection_timeout)
         if self.conf.broker_use_ssl:
             options.setdefault("ssl", self.conf.broker_use_ssl)
+        self._add_queue_types(options)
         return options
+
+    def _add_queue_types(self, options: dict[str, Any]) -> None:
+        """Celery 5.5's quorum-queue settings, as RabbitMQ transport options."""
+        conf = self.conf
+        if "quorum" not in (conf.task_default_queue_type, conf.task_create_missing_queue_type):
+            return
+        if self.broker_url.partition("://")[0].lower() not in ("amqp", "amqps", "pyamqp"):
+            raise ImproperlyConfigured(
+                "task_default_queue_type / task_create_missing_queue_type = 'quorum' are "
+                "RabbitMQ settings; this broker has no quorum queues (for a replicated "
+                "Redis use a sentinel:// URL)"
+            )
+        if conf.task_create_missing_queue_type == "quorum":
+            options.setdefault("queue_type", "quorum")
+        if conf.task_default_queue_type == "quorum":
+            arguments = {k: dict(v) for k, v in (options.get("queue_arguments") or {}).items()}
+            arguments.setdefault(conf.task_default_queue, {}).setdefault("x-queue-type", "quorum")
+            options["queue_arguments"] = arguments
 
     def create_broker(self, *, consumer_id: str | None = None) -> Broker:
         """A new broker object for this app's URL (workers make one per consumer)."""

@@ -60,6 +60,10 @@ DEFAULTS: dict[str, Any] = {
     "task_queue_max_priority": None,
     "task_routes": None,
     "task_create_missing_queues": True,
+    # RabbitMQ: "quorum" declares the default queue (and, with the second setting, every
+    # other queue celeriac creates) as a replicated quorum queue.
+    "task_default_queue_type": "classic",
+    "task_create_missing_queue_type": "classic",
     "task_inherit_parent_priority": False,
     # execution
     "task_acks_late": True,  # celeriac: Celery's default is False
@@ -192,6 +196,12 @@ def _tls(name: str, value: Any) -> bool | dict[str, Any] | None:
     return dict(value)
 
 
+def _queue_type(name: str, value: Any) -> str:
+    if value not in ("classic", "quorum"):
+        raise _fail(name, value, "use 'classic' or 'quorum'")
+    return str(value)
+
+
 def _queue_name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _fail(name, value, "write a queue name such as 'celery'")
@@ -304,6 +314,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "task_queue_max_priority": _priority,
     "task_routes": _routes,
     "task_create_missing_queues": _bool,
+    "task_default_queue_type": _queue_type,
+    "task_create_missing_queue_type": _queue_type,
     "task_inherit_parent_priority": _bool,
     "task_acks_late": _bool,
     "task_acks_on_failure_or_timeout": _bool,

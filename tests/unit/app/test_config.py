@@ -213,6 +213,8 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "broker_transport_options": (["x"], "write a dict"),
     "broker_connection_retry": ("yes", "write True or False"),
     "broker_use_ssl": ("/ca.pem", "write True or a dict"),
+    "task_default_queue_type": ("stream", "use 'classic' or 'quorum'"),
+    "task_create_missing_queue_type": ("stream", "use 'classic' or 'quorum'"),
     "security_key": (1, "write a string or None"),
     "security_key_password": (1, "write a string, bytes or None"),
     "security_certificate": (1, "write a string or None"),
