@@ -155,7 +155,7 @@ def test_celeriac_runs_what_a_stock_producer_signs(
     place: dict[str, Any], tasks_dir: Path, run_worker: RunWorker
 ) -> None:
     queue = unique("to-celeriac")
-    worker = run_worker("-P", "solo", "-Q", queue)
+    worker = run_worker("-c", "1", "-Q", queue)  # prefork: the children check too
     produced = subprocess.run(
         [sys.executable, "produce.py", queue],
         cwd=tasks_dir,
