@@ -316,3 +316,42 @@ def test_a_redis_without_aof_is_warned_about_at_start(private_redis: Any) -> Non
         assert not [w for w in broker.startup_warnings() if "append-only" in w]
     finally:
         broker.close()
+
+
+def test_every_kind_of_publish_waits_for_its_replicas(
+    private_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from datetime import timedelta
+
+    from celeriac._time import utcnow
+    from celeriac.brokers.base import Outgoing
+
+    # A master whose replica is gone: WAIT can only time out, and says so.
+    alone = private_redis()
+    options = {"replicas_to_confirm": 1, "replica_confirm_timeout": 0.2}
+    broker = RedisBroker(alone.url, transport_options=options)
+    try:
+        kinds = {
+            "immediate": lambda: broker.publish(_message(1), queue="q"),
+            "eta": lambda: broker.publish(
+                _message(2), queue="q", eta=utcnow() + timedelta(minutes=5)
+            ),
+            "batch": lambda: broker.publish_many(
+                [Outgoing(_message(n), queue="q") for n in (3, 4)]
+            ),
+        }
+        for kind, publish in kinds.items():
+            caplog.clear()
+            broker._unreplicated_warned_at = float("-inf")  # one warning per kind
+            with caplog.at_level("WARNING", logger="celeriac.brokers.redis.broker"):
+                publish()
+            assert "0 of 1 replicas confirmed" in caplog.text, kind
+        client = alone.client()
+        try:
+            # Published all the same: three in the list, the ETA one in its sorted set.
+            assert client.llen("q") == 3
+            assert client.zcard(broker._keys.delayed("q")) == 1
+        finally:
+            client.close()
+    finally:
+        broker.close()

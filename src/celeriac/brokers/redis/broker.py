@@ -81,7 +81,7 @@ class RedisBroker(Broker):
         socket_timeout, socket_connect_timeout, socket_keepalive, health_check_interval,
         max_connections, client_name, ssl (dict of ssl_* settings, for rediss://);
         for sentinel:// URLs master_name, sentinel_kwargs, min_other_sentinels, and
-        replicas_to_confirm / replica_confirm_timeout (WAIT after an immediate publish).
+        replicas_to_confirm / replica_confirm_timeout (WAIT after every publish).
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket", "sentinel")
@@ -236,9 +236,15 @@ class RedisBroker(Broker):
         self._declared.add(queue)
 
     def _stage(self, pipe: Any, items: Sequence[Outgoing]) -> None:
-        """Queue the commands that publish `items` on `pipe`: an ETA message goes to its
-        sorted set, the others to their lists, one LPUSH per list in publish order (the
-        first pushed is the first popped: consumers take the tail)."""
+        """Queue the commands that publish `items` on `pipe`."""
+        for command in self._publish_commands(items):
+            pipe.execute_command(*command)
+
+    def _publish_commands(self, items: Sequence[Outgoing]) -> list[tuple[Any, ...]]:
+        """The commands that publish `items`: an ETA message goes to its sorted set, the
+        others to their lists, one LPUSH per list in publish order (the first pushed is
+        the first popped: consumers take the tail)."""
+        commands: list[tuple[Any, ...]] = []
         keys = self._keys
         pushes: dict[str, list[bytes]] = {}
         for item in items:
@@ -253,13 +259,28 @@ class RedisBroker(Broker):
             )
             due = eta.timestamp() if eta is not None and self._broker_side_eta else None
             if due is not None and due > self.clock.time():
-                pipe.zadd(keys.delayed(queue), {envelope: due})
+                commands.append(("ZADD", keys.delayed(queue), repr(due), envelope))
                 # LT: the index keeps each queue's earliest due time.
-                pipe.zadd(keys.delayed_index, {queue: due}, lt=True)
+                commands.append(("ZADD", keys.delayed_index, "LT", repr(due), queue))
             else:
                 pushes.setdefault(keys.list_key(queue, level), []).append(envelope)
-        for key, envelopes in pushes.items():
-            pipe.lpush(key, *envelopes)
+        commands.extend(("LPUSH", key, *envelopes) for key, envelopes in pushes.items())
+        return commands
+
+    def _send_replicated(self, items: Sequence[Outgoing], what: str) -> None:
+        """Publish `items` in one MULTI and wait for `replicas_to_confirm` replicas,
+        both on the same connection (WAIT counts this client's own writes)."""
+        raw = self._redis.raw()
+        commands = self._publish_commands(items)
+        replicas = self._replicas_to_confirm
+
+        def send(client: redis.Redis) -> int:
+            raw.transaction(*commands)
+            return int(raw.execute("WAIT", replicas, self._replica_wait_ms))
+
+        confirmed = self._redis.run(what, send, error=PublishError)
+        if confirmed < replicas:
+            self._unreplicated(items[0].queue, confirmed)
 
     def publish(
         self,
@@ -307,7 +328,10 @@ class RedisBroker(Broker):
                 self._stage(pipe, [item])
                 pipe.execute()
 
-        self._redis.run(f"publish to {queue}", send, error=PublishError)
+        if self._replicas_to_confirm:
+            self._send_replicated([item], f"publish to {queue}")
+        else:
+            self._redis.run(f"publish to {queue}", send, error=PublishError)
         self._published += 1
 
     def _unreplicated(self, queue: str, confirmed: int) -> None:
@@ -340,7 +364,10 @@ class RedisBroker(Broker):
                 self._stage(pipe, items)
                 pipe.execute()
 
-        self._redis.run(f"publish {len(items)} messages", send, error=PublishError)
+        if self._replicas_to_confirm:
+            self._send_replicated(items, f"publish {len(items)} messages")
+        else:
+            self._redis.run(f"publish {len(items)} messages", send, error=PublishError)
         self._published += len(items)
 
     # -- consuming ------------------------------------------------------------------
