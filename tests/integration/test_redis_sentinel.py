@@ -26,7 +26,7 @@ from tests.integration.conftest import RunWorker, import_tasks, write_tasks
 from tests.private_servers import PrivateRedis, free_port, require_redis_server
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -331,7 +331,7 @@ def test_every_kind_of_publish_waits_for_its_replicas(
     options = {"replicas_to_confirm": 1, "replica_confirm_timeout": 0.2}
     broker = RedisBroker(alone.url, transport_options=options)
     try:
-        kinds = {
+        kinds: dict[str, Callable[[], None]] = {
             "immediate": lambda: broker.publish(_message(1), queue="q"),
             "eta": lambda: broker.publish(
                 _message(2), queue="q", eta=utcnow() + timedelta(minutes=5)

@@ -275,7 +275,10 @@ class RedisBroker(Broker):
         replicas = self._replicas_to_confirm
 
         def send(client: redis.Redis) -> int:
-            raw.transaction(*commands)
+            replies = raw.transaction(*commands)
+            for reply in replies or ():
+                if isinstance(reply, Exception):  # a command EXEC ran and Redis refused
+                    raise reply
             return int(raw.execute("WAIT", replicas, self._replica_wait_ms))
 
         confirmed = self._redis.run(what, send, error=PublishError)
