@@ -1,7 +1,7 @@
 """Signed task messages (Celery's `auth` serializer) between celeriac and a stock
-Celery 5.7 on Redis: each side's worker runs what the other signs, and a celeriac worker
-dead-letters unsigned, tampered and wrongly signed messages with the reason, never
-running them.
+Celery 5.7, on Redis and on RabbitMQ: each side's worker runs what the other signs, and
+a celeriac worker dead-letters unsigned, tampered and wrongly signed messages with the
+reason, never running them.
 
 The keys and self-signed certificates are made by the test; the certificate store
 trusts one signer ("alice"). Both apps sign with alice's key.
@@ -17,6 +17,7 @@ import textwrap
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import amqp
 import pytest
 import redis
 
@@ -30,7 +31,7 @@ from celeriac.protocol.signing import (
     digest_algorithm,
     load_certificate,
 )
-from tests.helpers import require_redis, unique, wait_for
+from tests.helpers import amqp_connection_args, require_rabbitmq, require_redis, unique, wait_for
 from tests.integration.conftest import RunWorker, import_tasks
 from tests.integration.interop_redis import stock_worker
 from tests.signing_keys import make_identity
@@ -43,13 +44,20 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
+# Each test runs on Redis and on RabbitMQ (with Redis results).
+BROKERS = [
+    pytest.param("redis", id="redis"),
+    pytest.param("amqp", id="amqp", marks=pytest.mark.rabbitmq),
+]
+
 TIMEOUT = 30.0
 
 SETTINGS = """
 URL = {url!r}
+BROKER = {broker!r}
 PREFIX = {prefix!r}
 SETTINGS = dict(
-    broker_transport_options={{"global_keyprefix": PREFIX}},
+    broker_transport_options={broker_options!r},
     result_backend_transport_options={{"global_keyprefix": PREFIX}},
     task_serializer="auth",
     accept_content=["auth"],
@@ -75,7 +83,7 @@ CELERIAC_APP = """
 import redis
 from celeriac import Celeriac
 {settings}
-app = Celeriac("signed", broker=URL, backend=URL, **SETTINGS)
+app = Celeriac("signed", broker=BROKER, backend=URL, **SETTINGS)
 app.setup_security()
 add = app.task(name="signed.add")(add)
 record = app.task(name="signed.record")(record)
@@ -85,7 +93,7 @@ CELERY_APP = """
 import redis
 import celery
 {settings}
-app = celery.Celery("signed", broker=URL, backend=URL, set_as_current=False)
+app = celery.Celery("signed", broker=BROKER, backend=URL, set_as_current=False)
 app.conf.update(
     SETTINGS,
     broker_connection_retry_on_startup=True,
@@ -105,11 +113,16 @@ app.close()
 """
 
 
-@pytest.fixture
-def place(tasks_dir: Path) -> Iterator[dict[str, Any]]:
+@pytest.fixture(params=BROKERS)
+def place(request: pytest.FixtureRequest, tasks_dir: Path) -> Iterator[dict[str, Any]]:
     url = require_redis()
     pytest.importorskip("cryptography")
     prefix = unique("signed") + ":"
+    dead_letters = unique("signed-dead")
+    if request.param == "amqp":
+        broker, broker_options = require_rabbitmq(), {"dead_letter_queue": dead_letters}
+    else:
+        broker, broker_options = url, {"global_keyprefix": prefix}
     keys = tasks_dir / "keys"
     alice = make_identity(keys, "alice")
     store = tasks_dir / "store"
@@ -117,6 +130,8 @@ def place(tasks_dir: Path) -> Iterator[dict[str, Any]]:
     shutil.copy(alice.certificate, store)
     settings = SETTINGS.format(
         url=url,
+        broker=broker,
+        broker_options=broker_options,
         prefix=prefix,
         key=str(alice.key),
         certificate=str(alice.certificate),
@@ -126,13 +141,34 @@ def place(tasks_dir: Path) -> Iterator[dict[str, Any]]:
     (tasks_dir / "stockproj.py").write_text(textwrap.dedent(CELERY_APP.format(settings=settings)))
     (tasks_dir / "produce.py").write_text(textwrap.dedent(CELERY_PRODUCER))
     before = serializers.get_serializer("auth")
-    yield {"url": url, "prefix": prefix, "alice": alice, "store": store, "keys": keys}
+    queues: list[str] = []
+    yield {
+        "url": url,
+        "prefix": prefix,
+        "alice": alice,
+        "store": store,
+        "keys": keys,
+        "queues": queues,
+    }
     serializers.register(before)  # the registry is process-wide (as kombu's is)
+    if request.param == "amqp":
+        _delete_amqp(queues, dead_letters)
     client = redis.Redis.from_url(url)
     keys_written = list(client.scan_iter(match=f"{prefix}*"))
     if keys_written:
         client.delete(*keys_written)
     client.close()
+
+
+def _delete_amqp(queues: list[str], dead_letters: str) -> None:
+    connection = amqp.Connection(**amqp_connection_args())
+    connection.connect()
+    channel = connection.channel()
+    for queue in queues:
+        channel.queue_delete(queue)
+        channel.exchange_delete(queue)
+    channel.queue_delete(dead_letters)
+    connection.close()
 
 
 @pytest.fixture
@@ -143,8 +179,11 @@ def ours(place: dict[str, Any], tasks_dir: Path) -> Iterator[Any]:
     module.app.close()
 
 
-def test_a_stock_worker_runs_what_celeriac_signs(ours: Any, tasks_dir: Path) -> None:
+def test_a_stock_worker_runs_what_celeriac_signs(
+    place: dict[str, Any], ours: Any, tasks_dir: Path
+) -> None:
     queue = unique("to-celery")
+    place["queues"].append(queue)
     with stock_worker(tasks_dir, "stockproj", "-P", "solo", "-Q", queue) as worker:
         result = ours.add.apply_async((2, 3), queue=queue)
         assert result.get(timeout=TIMEOUT) == 5, worker.tail()
@@ -155,6 +194,7 @@ def test_celeriac_runs_what_a_stock_producer_signs(
     place: dict[str, Any], tasks_dir: Path, run_worker: RunWorker
 ) -> None:
     queue = unique("to-celeriac")
+    place["queues"].append(queue)
     worker = run_worker("-c", "1", "-Q", queue)  # prefork: the children check too
     produced = subprocess.run(
         [sys.executable, "produce.py", queue],
@@ -172,6 +212,7 @@ def test_unsigned_tampered_and_forged_messages_are_dead_lettered_and_never_run(
     place: dict[str, Any], ours: Any, run_worker: RunWorker
 ) -> None:
     queue = unique("guarded")
+    place["queues"].append(queue)
     broker = ours.app.broker
     # Unsigned: plain JSON.
     unsigned = encode_task(TaskCall(name="signed.record", id=unique("u"), args=["unsigned"]))
