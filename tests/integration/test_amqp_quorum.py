@@ -9,16 +9,26 @@ from typing import TYPE_CHECKING
 
 import amqp
 import pytest
+import redis
 
 from celeriac import Celeriac
 from celeriac.brokers.amqp.broker import AMQPBroker
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.protocol.codec import TaskCall, encode_task
 from celeriac.testing import start_worker
-from tests.helpers import AMQP_URL, amqp_connection_args, require_rabbitmq, unique, wait_for
+from tests.helpers import (
+    AMQP_URL,
+    amqp_connection_args,
+    require_rabbitmq,
+    require_redis,
+    unique,
+    wait_for,
+)
+from tests.integration.interop_redis import stock_worker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.integration]
 
@@ -112,3 +122,54 @@ def test_quorum_on_a_redis_broker_is_refused() -> None:
     app = Celeriac("quorum", broker="redis://127.0.0.1:6379/0", task_default_queue_type="quorum")
     with pytest.raises(ImproperlyConfigured, match="RabbitMQ settings"):
         app.create_broker()
+
+
+STOCK = """
+import celery
+
+app = celery.Celery("stockq", broker={broker!r}, backend={backend!r}, set_as_current=False)
+app.conf.update(
+    task_default_queue={queue!r},
+    task_default_queue_type="quorum",
+    result_backend_transport_options={{"global_keyprefix": {prefix!r}}},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@app.task(name="quorum.mul")
+def mul(x, y):
+    return x * y
+"""
+
+
+@pytest.mark.slow
+def test_a_stock_worker_shares_the_quorum_queue_declared_as_celery_declares_it(
+    names: tuple[str, str], tmp_path: Path
+) -> None:
+    queue, dead = names
+    backend = require_redis()
+    prefix = unique("quorum") + ":"
+    (tmp_path / "stockq.py").write_text(
+        STOCK.format(broker=AMQP_URL, backend=backend, queue=queue, prefix=prefix)
+    )
+    app = Celeriac(
+        "quorum",
+        broker=AMQP_URL,
+        backend=backend,
+        task_default_queue=queue,
+        task_default_queue_type="quorum",
+        broker_transport_options={"dead_letter_queue": dead, "delivery_limit": None},
+        result_backend_transport_options={"global_keyprefix": prefix},
+    )
+    try:
+        app.broker.declare(queue)  # celeriac first, then the stock worker declares it too
+        with stock_worker(tmp_path, "stockq", "-P", "solo", "-Q", queue) as worker:
+            assert app.send_task("quorum.mul", (6, 7)).get(timeout=30) == 42, worker.tail()
+            worker.assert_healthy()
+    finally:
+        app.close()
+        client = redis.Redis.from_url(backend)
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()

@@ -120,7 +120,8 @@ class AMQPBroker(Broker):
             pool_limit = int(opts.get("pool_limit", DEFAULT_POOL_LIMIT))
             max_priority = opts.get("max_priority")
             max_priority = int(max_priority) if max_priority is not None else None
-            delivery_limit = int(opts.get("delivery_limit", DEFAULT_DELIVERY_LIMIT))
+            limit = opts.get("delivery_limit", DEFAULT_DELIVERY_LIMIT)
+            delivery_limit = int(limit) if limit is not None else None
             consumer_timeout = opts.get("consumer_timeout")
             consume_arguments = (
                 {"x-consumer-timeout": int(float(consumer_timeout) * 1000)}

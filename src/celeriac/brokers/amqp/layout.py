@@ -54,7 +54,9 @@ class EntityLayout:
             queue (a queue's own `x-queue-type` argument wins).
         delivery_limit: `x-delivery-limit` of quorum queues: a message returned this
             many times (its consumer died, or rejected it) goes to the dead-letter
-            queue, moved there by RabbitMQ, at least once.
+            queue, moved there by RabbitMQ, at least once. None declares quorum queues
+            exactly as Celery does (`x-queue-type` only), for fleets shared with stock
+            Celery workers; set the limit with a RabbitMQ policy then.
     """
 
     def __init__(
@@ -65,7 +67,7 @@ class EntityLayout:
         dead_letter_queue: str,
         delay: DelayLayout,
         queue_type: str = "classic",
-        delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+        delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT,
     ) -> None:
         if queue_type not in ("classic", "quorum"):
             raise ImproperlyConfigured(f"queue_type={queue_type!r}: use 'classic' or 'quorum'")
@@ -103,6 +105,8 @@ class EntityLayout:
             args.setdefault("x-queue-type", "quorum")
         if args.get("x-queue-type") == "quorum":
             # Quorum queues have no priorities: task_queue_max_priority is not applied.
+            if self.delivery_limit is None:
+                return args
             args.setdefault("x-delivery-limit", self.delivery_limit)
             # Over the limit, RabbitMQ moves the message to our dead-letter queue (at
             # least once: it keeps it until the dead-letter queue confirmed it).

@@ -39,3 +39,9 @@ def test_classic_queues_keep_their_plain_declaration() -> None:
     plain = layout()
     assert plain.queue_arguments("tasks") is None
     assert not plain.has_quorum_queues
+
+
+def test_without_a_delivery_limit_a_quorum_queue_is_declared_as_celery_declares_it() -> None:
+    assert layout(queue_type="quorum", delivery_limit=None).queue_arguments("tasks") == {
+        "x-queue-type": "quorum"
+    }
