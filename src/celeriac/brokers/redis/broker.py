@@ -107,7 +107,7 @@ class RedisBroker(Broker):
         # makes the consumer wait), for fleets where no celeriac consumer promotes them.
         self._broker_side_eta = bool(options.get("broker_side_eta", True))
         self._held_ttl = int(max(86400, 4 * self.visibility_timeout))
-        # With Sentinel or replicas: how many replicas must hold an immediate publish
+        # With Sentinel or replicas: how many replicas must hold a publish
         # before it returns (Redis WAIT), and for how long to wait for them.
         self._replicas_to_confirm = int(options.get("replicas_to_confirm", 0))
         self._replica_wait_ms = int(1000 * float(options.get("replica_confirm_timeout", 1.0)))
