@@ -30,6 +30,7 @@ __all__ = [
     "Node",
     "PrivateRedis",
     "free_port",
+    "make_test_ca",
     "node",
     "require_rabbitmq_server",
     "require_redis_server",
@@ -45,6 +46,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def make_test_ca(directory: Path, *, names: str = "IP:127.0.0.1") -> None:
+    """A throwaway CA (`ca.crt`), a server certificate for `names` (`server.crt`,
+    `server.key`; openssl subjectAltName syntax) and a client certificate (`client.crt`,
+    `client.key`), all signed by that CA and valid for a day."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ext.cnf").write_text(f"subjectAltName={names}\n")
+
+    def openssl(command: str) -> None:
+        subprocess.run(
+            ["openssl", *command.split()],
+            cwd=directory,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    openssl(
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 "
+        "-subj /CN=celeriac-test-ca"
+    )
+    for name, extra in (("server", "-extfile ext.cnf"), ("client", "")):
+        openssl(f"req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name}")
+        openssl(
+            f"x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+            f"-out {name}.crt -days 1 {extra}"
+        )
+
+
 @dataclass
 class Node:
     """A private RabbitMQ node."""
@@ -56,6 +85,8 @@ class Node:
     dist_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     beam_pid: int | None = None
+    # The names the TLS listener's certificate is for (openssl subjectAltName syntax).
+    certificate_names: str = "DNS:localhost,IP:127.0.0.1"
 
     @property
     def url(self) -> str:
@@ -85,7 +116,7 @@ class Node:
         """A throwaway CA and a server certificate for localhost / 127.0.0.1."""
         certs = self.base / "certs"
         certs.mkdir(exist_ok=True)
-        (certs / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        (certs / "ext.cnf").write_text(f"subjectAltName={self.certificate_names}\n")
         for command in (
             "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
             "-subj /CN=celeriac-test-ca",
@@ -177,7 +208,12 @@ class PrivateRedis:
     """A redis-server of this test's own, restartable on the same port and directory."""
 
     def __init__(
-        self, directory: Path, *extra: str, tls: Path | None = None, unix: bool = False
+        self,
+        directory: Path,
+        *extra: str,
+        tls: Path | None = None,
+        unix: bool = False,
+        client_certificates: bool = False,
     ) -> None:
         self.port = free_port()
         self.directory = directory
@@ -199,10 +235,14 @@ class PrivateRedis:
                 "--tls-ca-cert-file",
                 str(tls / "ca.crt"),
                 "--tls-auth-clients",
-                "no",
+                "yes" if client_certificates else "no",
             ]
             self.url = f"rediss://127.0.0.1:{self.port}/0"
             self.client_options.update(ssl=True, ssl_ca_certs=str(tls / "ca.crt"))
+            if client_certificates:
+                self.client_options.update(
+                    ssl_certfile=str(tls / "client.crt"), ssl_keyfile=str(tls / "client.key")
+                )
         if unix:
             self.socket = directory / "redis.sock"
             self.extra += ["--unixsocket", str(self.socket)]

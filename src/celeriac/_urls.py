@@ -3,14 +3,49 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["redact_url"]
+__all__ = ["is_secret_name", "redact", "redact_url"]
 
 # Query parameters that carry secrets (redis-py and py-amqp read some of these).
 _SECRET_PARAMETERS = frozenset(
-    {"password", "passwd", "pass", "secret", "token", "access_token", "sentinel_password"}
+    {
+        "password",
+        "passwd",
+        "pass",
+        "secret",
+        "token",
+        "access_token",
+        "sentinel_password",
+        "ssl_password",
+    }
+)
+# Option and setting names whose values are hidden wherever they are printed (the way
+# Celery's `humanize` hides them): passwords, tokens, keys, signatures.
+_SECRET_NAME = re.compile(
+    r"pass|secret|token|signature|(?<!routing_)key(?!s?_?prefix)", re.IGNORECASE
 )
 MASK = "***"
+
+
+def is_secret_name(name: str) -> bool:
+    """True when an option or setting called `name` may hold a secret."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def redact(value: Any, name: str = "") -> Any:
+    """`value` ready to print: URLs without passwords, secret-named entries of dicts
+    (at any depth) replaced by `***`. `name` is the setting or option that holds it."""
+    if name and is_secret_name(name) and value not in (None, "", False):
+        return MASK
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value
+    if isinstance(value, Mapping):
+        return {key: redact(item, str(key)) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(item) for item in value)
+    return value
 
 
 def redact_url(url: str) -> str:
@@ -46,6 +81,6 @@ def redact_url(url: str) -> str:
 
 def _redact_parameter(item: str) -> str:
     key, equals, _ = item.partition("=")
-    if equals and key.lower() in _SECRET_PARAMETERS:
+    if equals and (key.lower() in _SECRET_PARAMETERS or is_secret_name(key)):
         return f"{key}={MASK}"
     return item

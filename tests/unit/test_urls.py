@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from celeriac._urls import redact_url
+from celeriac._urls import redact, redact_url
 
 
 @pytest.mark.parametrize(
@@ -59,3 +59,25 @@ def test_redact_hides_a_password_query_parameter() -> None:
 def test_redact_hides_every_url_of_a_failover_list() -> None:
     url = "amqp://u:one@h1:5672//;amqp://u:two@h2:5672//"
     assert redact_url(url) == "amqp://u:***@h1:5672//;amqp://u:***@h2:5672//"
+
+
+def test_redact_hides_the_tls_key_password_query_parameter() -> None:
+    url = "rediss://h:6379/0?ssl_password=pw&ssl_ca_certs=/ca.pem"
+    assert redact_url(url) == "rediss://h:6379/0?ssl_password=***&ssl_ca_certs=/ca.pem"
+
+
+def test_redact_hides_secret_entries_of_option_dicts_at_any_depth() -> None:
+    options = {
+        "password": "pw",
+        "sentinel_kwargs": {"password": "pw2", "socket_timeout": 1},
+        "ssl": {"keyfile": "/k.pem", "ca_certs": "/ca.pem"},
+        "global_keyprefix": "app:",
+        "urls": ["redis://:pw3@h/0"],
+    }
+    assert redact(options) == {
+        "password": "***",
+        "sentinel_kwargs": {"password": "***", "socket_timeout": 1},
+        "ssl": {"keyfile": "***", "ca_certs": "/ca.pem"},
+        "global_keyprefix": "app:",
+        "urls": ["redis://:***@h/0"],
+    }

@@ -360,7 +360,28 @@ class Celeriac:
             options.setdefault("max_priority", self.conf.task_queue_max_priority)
         options.setdefault("heartbeat", self.conf.broker_heartbeat)
         options.setdefault("connect_timeout", self.conf.broker_connection_timeout)
+        if self.conf.broker_use_ssl:
+            options.setdefault("ssl", self.conf.broker_use_ssl)
+        self._add_queue_types(options)
         return options
+
+    def _add_queue_types(self, options: dict[str, Any]) -> None:
+        """Celery 5.5's quorum-queue settings, as RabbitMQ transport options."""
+        conf = self.conf
+        if "quorum" not in (conf.task_default_queue_type, conf.task_create_missing_queue_type):
+            return
+        if self.broker_url.partition("://")[0].lower() not in ("amqp", "amqps", "pyamqp"):
+            raise ImproperlyConfigured(
+                "task_default_queue_type / task_create_missing_queue_type = 'quorum' are "
+                "RabbitMQ settings; this broker has no quorum queues (for a replicated "
+                "Redis use a sentinel:// URL)"
+            )
+        if conf.task_create_missing_queue_type == "quorum":
+            options.setdefault("queue_type", "quorum")
+        if conf.task_default_queue_type == "quorum":
+            arguments = {k: dict(v) for k, v in (options.get("queue_arguments") or {}).items()}
+            arguments.setdefault(conf.task_default_queue, {}).setdefault("x-queue-type", "quorum")
+            options["queue_arguments"] = arguments
 
     def create_broker(self, *, consumer_id: str | None = None) -> Broker:
         """A new broker object for this app's URL (workers make one per consumer)."""
@@ -391,6 +412,12 @@ class Celeriac:
         if self.result_backend_url.startswith("rpc://"):
             options.setdefault("broker_url", self.broker_url)
             options.setdefault("reply_to", self.thread_oid)
+            if self.conf.broker_use_ssl:
+                options.setdefault("ssl", self.conf.broker_use_ssl)
+        elif self.conf.redis_backend_use_ssl and self.result_backend_url.startswith(
+            ("redis", "sentinel")
+        ):
+            options.setdefault("ssl", self.conf.redis_backend_use_ssl)
         return create_backend(
             self.result_backend_url,
             serializer=self.conf.result_serializer,
@@ -454,6 +481,31 @@ class Celeriac:
     def default_reply_to(self) -> str:
         """The `reply_to` of messages sent from here (see `Sender.default_reply_to`)."""
         return self.sender.default_reply_to()
+
+    def setup_security(
+        self,
+        allowed_serializers: object = None,
+        key: str | None = None,
+        key_password: str | bytes | None = None,
+        cert: str | None = None,
+        store: str | None = None,
+        digest: str | None = None,
+        serializer: str = "json",
+    ) -> None:
+        """Sign task messages and accept only signed ones (Celery's `auth` serializer);
+        arguments default to the `security_*` settings. See docs/security.md."""
+        from celeriac.app.security import setup_security
+
+        setup_security(
+            self.conf,
+            allowed_serializers=allowed_serializers,
+            key=key,
+            key_password=key_password,
+            cert=cert,
+            store=store,
+            digest=digest,
+            serializer=serializer,
+        )
 
     def close(self) -> None:
         """Close this process's connections."""

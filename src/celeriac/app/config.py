@@ -34,6 +34,10 @@ DEFAULTS: dict[str, Any] = {
     "broker_connection_max_retries": 100,
     "broker_connection_timeout": 4.0,
     "broker_heartbeat": 120.0,
+    # TLS options for the broker (and the rpc:// backend) and for a Redis result backend:
+    # True or a dict of Celery's keys; False/None leave them to the URL.
+    "broker_use_ssl": False,
+    "redis_backend_use_ssl": None,
     # results
     "result_backend": None,
     "result_backend_transport_options": {},
@@ -56,6 +60,10 @@ DEFAULTS: dict[str, Any] = {
     "task_queue_max_priority": None,
     "task_routes": None,
     "task_create_missing_queues": True,
+    # RabbitMQ: "quorum" declares the default queue (and, with the second setting, every
+    # other queue celeriac creates) as a replicated quorum queue.
+    "task_default_queue_type": "classic",
+    "task_create_missing_queue_type": "classic",
     "task_inherit_parent_priority": False,
     # execution
     "task_acks_late": True,  # celeriac: Celery's default is False
@@ -105,9 +113,15 @@ DEFAULTS: dict[str, Any] = {
     "beat_catch_up": True,
     # celeriac: how long the leading beat's lease lasts without renewal (seconds).
     "beat_lease_seconds": 10.0,
+    # message signing (app.setup_security): file paths, as in Celery
+    "security_key": None,
+    "security_key_password": None,
+    "security_certificate": None,
+    "security_cert_store": None,
+    "security_digest": "sha256",
 }
 
-SERIALIZERS = ("json", "msgpack", "pickle")
+SERIALIZERS = ("json", "msgpack", "pickle", "auth")
 POOLS = ("prefork", "threads", "solo", "asyncio")
 
 
@@ -178,6 +192,25 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _tls(name: str, value: Any) -> bool | dict[str, Any] | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if not isinstance(value, Mapping):
+        raise _fail(
+            name,
+            value,
+            "write True or a dict such as {'ssl_cert_reqs': ssl.CERT_REQUIRED, "
+            "'ssl_ca_certs': '/etc/ssl/ca.pem'}",
+        )
+    return dict(value)
+
+
+def _queue_type(name: str, value: Any) -> str:
+    if value not in ("classic", "quorum"):
+        raise _fail(name, value, "use 'classic' or 'quorum'")
+    return str(value)
+
+
 def _queue_name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _fail(name, value, "write a queue name such as 'celery'")
@@ -244,6 +277,18 @@ def _optional_str(name: str, value: Any) -> str | None:
     return value
 
 
+def _optional_secret(name: str, value: Any) -> str | bytes | None:
+    if value is not None and not isinstance(value, str | bytes):
+        raise _fail(name, value, "write a string, bytes or None")
+    return value
+
+
+def _digest_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(name, value, "write a hash name such as 'sha256'")
+    return value
+
+
 def _compression(name: str, value: Any) -> str | None:
     if value is None:
         return None
@@ -286,6 +331,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "broker_connection_max_retries": _positive_int,
     "broker_connection_timeout": _optional_seconds,
     "broker_heartbeat": _optional_seconds,
+    "broker_use_ssl": _tls,
+    "redis_backend_use_ssl": _tls,
     "result_backend": _url,
     "result_backend_transport_options": _mapping,
     "result_serializer": _serializer,
@@ -303,6 +350,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "task_queue_max_priority": _priority,
     "task_routes": _routes,
     "task_create_missing_queues": _bool,
+    "task_default_queue_type": _queue_type,
+    "task_create_missing_queue_type": _queue_type,
     "task_inherit_parent_priority": _bool,
     "task_acks_late": _bool,
     "task_acks_on_failure_or_timeout": _bool,
@@ -340,6 +389,11 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "beat_lease_seconds": _positive_seconds,
     "beat_sync_every": _not_needed,
     "beat_max_sync_every": _not_needed,
+    "security_key": _optional_str,
+    "security_key_password": _optional_secret,
+    "security_certificate": _optional_str,
+    "security_cert_store": _optional_str,
+    "security_digest": _digest_name,
 }
 
 # Environment variables that override settings (Celery's names are read too, so a
@@ -435,13 +489,11 @@ class Settings:
 
     def humanize(self) -> str:
         """The changed settings, one per line, secrets hidden."""
-        from celeriac._urls import redact_url
+        from celeriac._urls import redact
 
         lines = []
         for key, value in sorted(self.changes().items()):
-            if isinstance(value, str) and "://" in value:
-                value = redact_url(value)
-            lines.append(f"{key}: {value!r}")
+            lines.append(f"{key}: {redact(value, key)!r}")
         return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ BACKEND_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "redis": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "rediss": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "redis+socket": ("celeriac.backends.redis", "RedisBackend", "redis"),
+    "sentinel": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "rpc": ("celeriac.backends.rpc", "RPCBackend", "amqp"),
 }
 

@@ -96,7 +96,7 @@ class RedisBackend(ResultBackend):
     connection_retry_backoff_max and the connection settings of `celeriac.connections.redis`.
     """
 
-    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket")
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket", "sentinel")
     supports_crash_ledger: ClassVar[bool] = True
     supports_rate_limit: ClassVar[bool] = True
     supports_revocation: ClassVar[bool] = True

@@ -21,6 +21,7 @@ BROKER_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "redis": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
     "rediss": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
     "redis+socket": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
+    "sentinel": ("celeriac.brokers.redis.broker", "RedisBroker", "redis"),
     "amqp": ("celeriac.brokers.amqp.broker", "AMQPBroker", "amqp"),
     "amqps": ("celeriac.brokers.amqp.broker", "AMQPBroker", "amqp"),
     "pyamqp": ("celeriac.brokers.amqp.broker", "AMQPBroker", "amqp"),

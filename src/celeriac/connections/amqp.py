@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlparse
 
 from celeriac.exceptions import ImproperlyConfigured
@@ -38,6 +39,7 @@ __all__ = [
     "is_permanent_refusal",
     "open_connection",
     "parse_amqp_url",
+    "tls_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,13 @@ class AMQPParams:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     login_method: str | None = None
     scheme: str = "amqp"
+
+    def ssl_for(self, index: int) -> bool | dict[str, Any]:
+        """The TLS options for host `index`: its own name is checked against the
+        certificate (each failover host's) unless `server_hostname` was given."""
+        if not self.ssl or not isinstance(self.ssl, dict):
+            return self.ssl
+        return with_server_hostname(self.ssl, self.hosts[index][0])
 
     def describe(self, index: int = 0) -> str:
         """`amqp://user@host:port/vhost` for logs and errors: never the password."""
@@ -137,24 +146,9 @@ def parse_amqp_url(url: str, options: Mapping[str, Any] | None = None) -> AMQPPa
     _, _, _, userid, password, vhost, use_tls = parsed[0]
     hosts = tuple((host, port) for _, host, port, _, _, _, _ in parsed)
 
-    ssl_option: Any = opts.get("ssl", False)
-    if not isinstance(ssl_option, bool | dict):
-        # py-amqp would silently ignore anything but a dict (an SSLContext included)
-        # and connect with default settings.
-        raise ImproperlyConfigured(
-            "the ssl transport option must be True or a dict of TLS options "
-            "(ca_certs, certfile, keyfile, cert_reqs, server_hostname, ciphers, "
-            f"tls_minimum_version), as Celery's broker_use_ssl; got {type(ssl_option).__name__}"
-        )
-    if use_tls and not ssl_option:
-        ssl_option = True
-    if ssl_option is True and len(hosts) == 1:
-        # Check the certificate against the host name by default.
-        ssl_option = {"server_hostname": hosts[0][0]}
-    elif isinstance(ssl_option, dict):
-        ssl_option = dict(ssl_option)
-        if "server_hostname" not in ssl_option and len(hosts) == 1:
-            ssl_option["server_hostname"] = hosts[0][0]
+    ssl_option = tls_options(opts.get("ssl", False), enabled=use_tls)
+    if ssl_option and len(hosts) == 1:
+        ssl_option = with_server_hostname(ssl_option, hosts[0][0])
     try:
         heartbeat = float(opts.get("heartbeat", DEFAULT_HEARTBEAT))
         connect_timeout = float(opts.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
@@ -173,6 +167,83 @@ def parse_amqp_url(url: str, options: Mapping[str, Any] | None = None) -> AMQPPa
         login_method=opts.get("login_method"),
         scheme="amqps" if use_tls else "amqp",
     )
+
+
+# py-amqp's TLS options (`ssl.SSLContext` settings), as in Celery's `broker_use_ssl`.
+TLS_OPTIONS = frozenset(
+    {
+        "ca_certs",
+        "certfile",
+        "keyfile",
+        "cert_reqs",
+        "server_hostname",
+        "ciphers",
+        "ssl_version",
+        "tls_minimum_version",
+        "tls_maximum_version",
+    }
+)
+_VERIFY_MODES = {
+    "required": ssl.CERT_REQUIRED,
+    "optional": ssl.CERT_OPTIONAL,
+    "none": ssl.CERT_NONE,
+}
+
+
+def tls_options(value: Any, *, enabled: bool) -> Literal[False] | dict[str, Any]:
+    """The `ssl` option checked and normalised: False (no TLS: `enabled` is False) or a
+    dict of py-amqp TLS options that always names `cert_reqs` (required unless it says
+    otherwise).
+
+    Celery's Redis-style names (`ssl_ca_certs`, `ssl_cert_reqs`, ...) are accepted too,
+    and `cert_reqs` may be written "required", "CERT_NONE" ... as well as `ssl.CERT_*`.
+
+    Raises:
+        ImproperlyConfigured: not True/False/a dict, or a key py-amqp does not know.
+    """
+    if not isinstance(value, bool | dict):
+        # py-amqp would silently ignore anything but a dict (an SSLContext included)
+        # and connect with default settings.
+        raise ImproperlyConfigured(
+            "the ssl transport option must be True or a dict of TLS options "
+            f"({', '.join(sorted(TLS_OPTIONS))}), as Celery's broker_use_ssl; "
+            f"got {type(value).__name__}"
+        )
+    if not enabled:
+        return False
+    options: dict[str, Any] = {}
+    for key, item in (value if isinstance(value, dict) else {}).items():
+        name = key[4:] if key.startswith("ssl_") and key[4:] in TLS_OPTIONS else key
+        if name not in TLS_OPTIONS:
+            raise ImproperlyConfigured(
+                f"unknown AMQP TLS option {key!r}: use {', '.join(sorted(TLS_OPTIONS))} "
+                "(Celery's broker_use_ssl keys)"
+            )
+        options[name] = item
+    options["cert_reqs"] = _verify_mode(options.get("cert_reqs", ssl.CERT_REQUIRED))
+    return options
+
+
+def _verify_mode(value: Any) -> ssl.VerifyMode:
+    if isinstance(value, int):
+        return ssl.VerifyMode(value)
+    text = str(value).strip().lower().removeprefix("cert_")
+    try:
+        return _VERIFY_MODES[text]
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"cert_reqs={value!r} is not one of required, optional, none "
+            "(or ssl.CERT_REQUIRED, ssl.CERT_OPTIONAL, ssl.CERT_NONE)"
+        ) from None
+
+
+def with_server_hostname(options: bool | dict[str, Any], host: str) -> dict[str, Any]:
+    """`options` checking the certificate against `host` (unless a name was given or
+    the certificate is not checked at all)."""
+    result = dict(options) if isinstance(options, dict) else {}
+    if "server_hostname" not in result and result.get("cert_reqs") != ssl.CERT_NONE:
+        result["server_hostname"] = host
+    return result
 
 
 def open_connection(
@@ -200,7 +271,7 @@ def open_connection(
             userid=params.userid,
             password=params.password,
             virtual_host=params.virtual_host,
-            ssl=params.ssl,
+            ssl=params.ssl_for(index),
             connect_timeout=params.connect_timeout,
             heartbeat=params.heartbeat,
             login_method=params.login_method,

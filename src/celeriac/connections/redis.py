@@ -1,6 +1,7 @@
 """The Redis client shared by the Redis broker and the Redis result backend.
 
-What lives here: turning a `redis://`, `rediss://` or `redis+socket://` URL plus options
+What lives here: turning a `redis://`, `rediss://`, `redis+socket://` (or, through
+`redis_sentinel`, a `sentinel://`) URL plus options
 into a redis-py connection pool, the one retry loop (bounded reconnect with exponential
 backoff) every Redis operation goes through, the mapping of redis-py exceptions to
 celeriac's, `RedisClient` (pool, client, raw commands and Lua scripts made on first use,
@@ -33,6 +34,13 @@ from redis.retry import Retry
 
 from celeriac._urls import redact_url
 from celeriac.connections.redis_packing import RawCommands
+from celeriac.connections.redis_sentinel import (
+    SENTINEL_OPTIONS,
+    as_master_url,
+    close_sentinels,
+    is_sentinel_url,
+    sentinel_pool,
+)
 from celeriac.exceptions import CeleriacError, ImproperlyConfigured
 
 if TYPE_CHECKING:
@@ -83,6 +91,19 @@ _INT_OPTIONS = ("health_check_interval", "max_connections")
 _BOOL_OPTIONS = ("socket_keepalive", "ssl_check_hostname")
 _STR_OPTIONS = ("client_name", "username", "password", "ssl_ca_certs", "ssl_certfile")
 _STR_OPTIONS_MORE = ("ssl_keyfile", "ssl_ca_path", "ssl_password")
+
+# Every TLS option understood (Celery's `broker_use_ssl` / `redis_backend_use_ssl` keys).
+_SSL_OPTIONS = frozenset(
+    {
+        "ssl_cert_reqs",
+        "ssl_check_hostname",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_ca_path",
+        "ssl_password",
+    }
+)
 
 _CERT_REQS = {
     "required": "required",
@@ -178,6 +199,12 @@ def pool_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str
         raise ImproperlyConfigured(
             "the ssl option needs a rediss:// URL (or a dict of ssl_* settings with it)"
         )
+    unknown = sorted(key for key in merged if key.startswith("ssl_") and key not in _SSL_OPTIONS)
+    if unknown:
+        raise ImproperlyConfigured(
+            f"unknown Redis TLS option(s) {', '.join(unknown)}: use "
+            f"{', '.join(sorted(_SSL_OPTIONS))} (Celery's broker_use_ssl keys)"
+        )
     has_ssl_settings = any(key.startswith("ssl_") for key in merged)
     if has_ssl_settings and scheme != "rediss":
         raise ImproperlyConfigured(
@@ -204,6 +231,12 @@ def pool_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str
             kwargs[name] = str(merged[name])
     if merged.get("ssl_cert_reqs") is not None:
         kwargs["ssl_cert_reqs"] = _cert_reqs(merged["ssl_cert_reqs"])
+    if scheme == "rediss":
+        # The host name is checked whenever the certificate is (redis-py 5 did not by
+        # default); an explicit ssl_check_hostname=false still turns it off.
+        kwargs.setdefault("ssl_check_hostname", kwargs["ssl_cert_reqs"] != "none")
+        if kwargs["ssl_cert_reqs"] == "none":
+            kwargs["ssl_check_hostname"] = False
     if scheme != "rediss":
         for name in [key for key in kwargs if key.startswith("ssl_")]:
             del kwargs[name]
@@ -211,7 +244,14 @@ def pool_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str
 
 
 def connection_pool(url: str, options: Mapping[str, Any] | None = None) -> redis.ConnectionPool:
-    """A (not yet connected) redis-py pool for `url`."""
+    """A (not yet connected) redis-py pool for `url` (a `sentinel://` list included)."""
+    if is_sentinel_url(url):
+        given = dict(options or {})
+        master = pool_options(
+            as_master_url(url, tls=bool(given.get("ssl"))),
+            {key: value for key, value in given.items() if key not in SENTINEL_OPTIONS},
+        )
+        return sentinel_pool(url, given, master)
     kwargs = pool_options(url, options)
     max_connections = kwargs.pop("max_connections", None)
     return redis.ConnectionPool(max_connections=max_connections, **kwargs)
@@ -288,6 +328,13 @@ def call_with_retry(
                 "password in the URL"
             ) from exc
         except RETRYABLE_ERRORS as exc:
+            if _is_tls_refusal(exc):
+                raise (unreachable or error)(
+                    f"{what}: the TLS handshake with Redis at {_describe(pool)} failed ({exc}); "
+                    "check ssl_ca_certs, that the URL's host is a name the server certificate "
+                    "is for, and ssl_certfile/ssl_keyfile if the server wants a client "
+                    "certificate"
+                ) from exc
             delay = next(delays, None)
             host = _describe(pool)
             if delay is None:
@@ -312,8 +359,28 @@ def call_with_retry(
             raise error(f"{what}: Redis answered with an error: {exc}") from exc
 
 
+# OpenSSL's words for a certificate check that failed, on either side: no retry fixes it.
+_TLS_REFUSALS = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_UNKNOWN",
+)
+
+
+def _is_tls_refusal(exc: BaseException) -> bool:
+    text = str(exc).upper()
+    return isinstance(exc.__cause__, ssl.SSLCertVerificationError) or any(
+        word in text for word in _TLS_REFUSALS
+    )
+
+
 def _describe(pool: redis.ConnectionPool) -> str:
     kwargs = pool.connection_kwargs
+    service = getattr(pool, "service_name", None)
+    if service is not None:
+        return f"the master of {service!r} (Sentinel)"
     if "path" in kwargs:
         return f"unix:{kwargs['path']}"
     return f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
@@ -559,6 +626,7 @@ class RedisClient:
             raw.close()
         if pool is not None:
             pool.disconnect()
+            close_sentinels(pool)
 
 
 def load_script(package: str, name: str) -> str:

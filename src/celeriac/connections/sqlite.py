@@ -167,6 +167,22 @@ def check_location(path: Path) -> None:
         )
 
 
+def create_private_file(path: Path) -> None:
+    """Create `path` readable by its owner only (0600) unless it exists.
+
+    Task arguments and results are stored in the file; SQLite gives its `-wal` and `-shm`
+    files the database file's mode, so they are private too. An existing file keeps the
+    mode its owner gave it.
+    """
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # sqlite3.connect reports the real problem, with the fix
+    os.close(descriptor)
+
+
 def is_locked_error(exc: sqlite3.Error) -> bool:
     """True for SQLITE_BUSY/SQLITE_LOCKED: another process held the lock too long."""
     text = str(exc).lower()
@@ -432,6 +448,7 @@ class Database:
 
     def _open(self) -> sqlite3.Connection:
         check_location(self.path)
+        create_private_file(self.path)
         if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
             need = ".".join(map(str, MIN_SQLITE_VERSION))
             raise ImproperlyConfigured(

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Serializer",
+    "auth_not_set_up",
     "compress",
     "decompress",
     "dumps",
@@ -284,6 +285,18 @@ register(
     Serializer("pickle", "application/x-python-serialize", "binary", _pickle_dumps, _pickle_loads)
 )
 register(Serializer("msgpack", "application/x-msgpack", "binary", _msgpack_dumps, _msgpack_loads))
+
+
+def auth_not_set_up(_: Any) -> Any:
+    """The `auth` serializer until `app.setup_security()` gives it keys (`signing.py`)."""
+    raise ImproperlyConfigured(
+        "the auth serializer signs with the keys given to app.setup_security(): call it "
+        "(with security_key, security_certificate and security_cert_store set) first"
+    )
+
+
+# Celery's signed messages: known by name from the start, so that settings can name it.
+register(Serializer("auth", "application/data", "utf-8", auth_not_set_up, auth_not_set_up))
 
 
 def get_serializer(name: str) -> Serializer:

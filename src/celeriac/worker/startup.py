@@ -100,6 +100,7 @@ class Worker:
         setup_logging(self.options.loglevel)
         self.app.finalize()
         signals.worker_init.send(sender=self)
+        self._check_signing()
         self._apply_limits()
         warnings = self.check_broker()
         pool = POOLS[self.options.pool](self.app, self.options)
@@ -135,6 +136,16 @@ class Worker:
             "beat embedded: schedule %s in %s", scheduler.schedule_name, scheduler.store.where
         )
         return EmbeddedBeat(scheduler).start()
+
+    def _check_signing(self) -> None:
+        from celeriac.protocol.signing import is_set_up
+
+        conf = self.app.conf
+        if ("auth" in conf.accept_content or conf.task_serializer == "auth") and not is_set_up():
+            raise WorkerStartError(
+                "accept_content or task_serializer names 'auth' but app.setup_security() "
+                "was not called: every signed task would be dead-lettered"
+            )
 
     def _apply_limits(self) -> None:
         conf = self.app.conf

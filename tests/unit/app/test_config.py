@@ -142,6 +142,33 @@ def test_humanize_hides_passwords() -> None:
     assert "broker_url: 'redis://:***@127.0.0.1:6379/0'" in text
 
 
+def test_humanize_hides_secrets_in_query_strings_and_option_dicts() -> None:
+    conf = Settings(
+        {
+            "broker_url": "rediss://h:6379/0?ssl_password=pw1&ssl_cert_reqs=required",
+            "broker_transport_options": {"password": "pw2", "sentinel_kwargs": {"password": "pw3"}},
+            "redis_backend_use_ssl": {"ssl_password": "pw4", "ssl_ca_certs": "/ca.pem"},
+            "broker_use_ssl": {"keyfile": "/k.pem", "ca_certs": "/ca.pem"},
+            "security_key": "-----BEGIN PRIVATE KEY-----",
+            "task_default_routing_key": "tasks",
+        }
+    )
+    text = conf.humanize()
+    for secret in ("pw1", "pw2", "pw3", "pw4", "/k.pem", "PRIVATE"):
+        assert secret not in text
+    assert "/ca.pem" in text
+    assert "ssl_cert_reqs=required" in text
+    assert "task_default_routing_key: 'tasks'" in text
+
+
+@pytest.mark.parametrize("name", ["broker_use_ssl", "redis_backend_use_ssl"])
+def test_tls_settings_take_true_or_a_dict(name: str) -> None:
+    assert Settings({name: True})[name] is True
+    assert Settings({name: {"ssl_ca_certs": "/ca.pem"}})[name] == {"ssl_ca_certs": "/ca.pem"}
+    with pytest.raises(ImproperlyConfigured, match=name):
+        Settings({name: "/ca.pem"})
+
+
 def test_result_accept_falls_back_to_accept_content() -> None:
     conf = Settings({"accept_content": ["json", "msgpack"]})
     assert conf.result_accept == ["json", "msgpack"]
@@ -195,6 +222,15 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "broker_url": ("localhost:6379", "write a URL such as redis://"),
     "broker_transport_options": (["x"], "write a dict"),
     "broker_connection_retry": ("yes", "write True or False"),
+    "broker_use_ssl": ("/ca.pem", "write True or a dict"),
+    "task_default_queue_type": ("stream", "use 'classic' or 'quorum'"),
+    "task_create_missing_queue_type": ("stream", "use 'classic' or 'quorum'"),
+    "security_key": (1, "write a string or None"),
+    "security_key_password": (1, "write a string, bytes or None"),
+    "security_certificate": (1, "write a string or None"),
+    "security_cert_store": (1, "write a string or None"),
+    "security_digest": ("", "write a hash name"),
+    "redis_backend_use_ssl": (1, "write True or a dict"),
     "broker_connection_max_retries": (-1, "whole number >= 0"),
     "broker_connection_timeout": ("4s", "number of seconds"),
     "broker_heartbeat": (-5, "number of seconds"),

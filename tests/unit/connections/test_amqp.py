@@ -43,7 +43,7 @@ def test_defaults_match_kombu() -> None:
 def test_amqps_turns_tls_on_with_port_5671_and_hostname_check() -> None:
     params = parse_amqp_url("amqps://u:p@secure.example")
     assert params.hosts == (("secure.example", 5671),)
-    assert params.ssl == {"server_hostname": "secure.example"}
+    assert params.ssl == {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": "secure.example"}
     assert params.scheme == "amqps"
 
 
@@ -111,3 +111,31 @@ def test_keepalive_ticks_well_within_the_heartbeat() -> None:
     assert keepalive_interval(60) == 15.0
     assert keepalive_interval(2) == 0.5
     assert keepalive_interval(0) == 30.0
+
+
+def test_each_failover_host_is_checked_against_its_own_name() -> None:
+    params = parse_amqp_url("amqps://u:p@one.example;amqps://u:p@two.example")
+    assert params.ssl_for(0) == {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": "one.example"}
+    assert params.ssl_for(1) == {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": "two.example"}
+    named = parse_amqp_url("amqps://a;amqps://b", {"ssl": {"server_hostname": "rabbit"}})
+    assert named.ssl_for(1)["server_hostname"] == "rabbit"  # type: ignore[index]
+
+
+def test_an_unchecked_certificate_sends_no_host_name_to_check() -> None:
+    params = parse_amqp_url("amqps://h", {"ssl": {"cert_reqs": "CERT_NONE"}})
+    assert params.ssl == {"cert_reqs": ssl.CERT_NONE}
+
+
+def test_celery_redis_style_tls_names_are_understood() -> None:
+    options = {"ssl": {"ssl_ca_certs": "/ca.pem", "ssl_cert_reqs": "required"}}
+    params = parse_amqp_url("amqps://h", options)
+    assert params.ssl == {
+        "ca_certs": "/ca.pem",
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": "h",
+    }
+
+
+def test_an_unknown_tls_option_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"'ca_file'.*ca_certs"):
+        parse_amqp_url("amqps://h", {"ssl": {"ca_file": "/ca.pem"}})

@@ -203,3 +203,15 @@ def test_call_with_retry_does_not_retry_answers_or_bad_credentials() -> None:
 def test_watched_prefixes_never_overlap() -> None:
     keys = [b"celery", b"celery\x06\x163", b"celery_high", b"ab", b"a", b"b"]
     assert disjoint_prefixes(keys) == [b"a", b"b", b"celery"]
+
+
+def test_rediss_checks_the_host_name_by_default() -> None:
+    assert pool_options("rediss://h/0")["ssl_check_hostname"] is True
+    assert pool_options("rediss://h/0?ssl_check_hostname=false")["ssl_check_hostname"] is False
+    # Without a certificate check a host name check cannot be made.
+    assert pool_options("rediss://h/0?ssl_cert_reqs=none")["ssl_check_hostname"] is False
+
+
+def test_an_unknown_tls_option_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"ssl_ca_file.*ssl_ca_certs"):
+        pool_options("rediss://h/0", {"ssl": {"ssl_ca_file": "/ca.pem"}})

@@ -102,3 +102,25 @@ def test_the_fork_hooks_close_connections_and_the_next_use_reopens(database: Dat
     with database.use() as after:
         assert after is not before
         assert after.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_a_new_database_and_its_wal_files_are_private_to_their_owner(
+    database: Database, tmp_path: Path
+) -> None:
+    with database.transaction() as connection:
+        connection.execute("INSERT INTO t VALUES (1)")
+    for name in ("t.db", "t.db-wal", "t.db-shm"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_an_existing_database_keeps_the_mode_its_owner_gave_it(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    path.touch()
+    path.chmod(0o640)
+    shared = Database(path, schema="CREATE TABLE IF NOT EXISTS t (x INTEGER)", error=BackendError)
+    try:
+        with shared.transaction() as connection:
+            connection.execute("INSERT INTO t VALUES (1)")
+    finally:
+        shared.close()
+    assert path.stat().st_mode & 0o777 == 0o640

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac.brokers.amqp.consumer import Consumer
 from celeriac.brokers.amqp.delay import DEFAULT_DELAY_PREFIX, LEVELS, DelayLayout
-from celeriac.brokers.amqp.layout import EntityLayout, check_name
+from celeriac.brokers.amqp.layout import DEFAULT_DELIVERY_LIMIT, EntityLayout, check_name
 from celeriac.brokers.amqp.link import Link, Outbound
 from celeriac.brokers.amqp.message import (
     basic_properties,
@@ -120,6 +120,8 @@ class AMQPBroker(Broker):
             pool_limit = int(opts.get("pool_limit", DEFAULT_POOL_LIMIT))
             max_priority = opts.get("max_priority")
             max_priority = int(max_priority) if max_priority is not None else None
+            limit = opts.get("delivery_limit", DEFAULT_DELIVERY_LIMIT)
+            delivery_limit = int(limit) if limit is not None else None
             consumer_timeout = opts.get("consumer_timeout")
             consume_arguments = (
                 {"x-consumer-timeout": int(float(consumer_timeout) * 1000)}
@@ -142,6 +144,8 @@ class AMQPBroker(Broker):
             queue_arguments=queue_arguments,
             dead_letter_queue=str(opts.get("dead_letter_queue") or DEFAULT_DEAD_LETTER_QUEUE),
             delay=self._delay,
+            queue_type=str(opts.get("queue_type") or "classic"),
+            delivery_limit=delivery_limit,
         )
         self.dead_letter_queue = self._layout.dead_letter_queue
         self._publisher = Publisher(
@@ -160,6 +164,7 @@ class AMQPBroker(Broker):
             declare=self._layout.declare_queue,
             retry_interval_max=retry_interval_max,
             consume_arguments=consume_arguments,
+            global_qos=not self._layout.has_quorum_queues,
         )
         self._use_keepalive = bool(opts.get("keepalive", True))
         self._keepalive: KeepAlive | None = None

@@ -77,8 +77,10 @@ class Consumer:
         declare: Callable[[amqp.Channel, str], None],
         retry_interval_max: float = 5.0,
         consume_arguments: dict[str, Any] | None = None,
+        global_qos: bool = True,
     ) -> None:
         self._params = params
+        self._global_qos = global_qos
         self._declare = declare
         self._consume_arguments = consume_arguments or None
         self._lock = threading.Lock()
@@ -328,7 +330,9 @@ class Consumer:
             assert self._channel is not None
             # Celery compat: global=True is RabbitMQ's per-channel limit, what Celery
             # uses with classic queues; it also applies at once to existing consumers.
-            self._channel.basic_qos(0, prefetch, True)
+            # Quorum queues refuse it: then the window is per consumer, set before each
+            # basic.consume (Celery 5.5 does the same).
+            self._channel.basic_qos(0, prefetch, self._global_qos)
             self._prefetch = prefetch
 
     def _take(self, queues: list[str], limit: int) -> list[RawDelivery]:

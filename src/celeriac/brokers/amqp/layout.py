@@ -34,6 +34,10 @@ __all__ = ["EntityLayout", "Need", "check_name"]
 
 Need = tuple[str, ...]
 
+# RabbitMQ 4's default delivery limit of quorum queues, set explicitly for older servers
+# (3.x has none: a message whose consumer keeps dying would come back for ever).
+DEFAULT_DELIVERY_LIMIT = 20
+
 _INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)'")
 
 
@@ -46,6 +50,13 @@ class EntityLayout:
         queue_arguments: Extra AMQP arguments per queue name.
         dead_letter_queue: Name of the dead-letter queue.
         delay: The delay ladder's names.
+        queue_type: "classic", or "quorum" to declare every task queue as a quorum
+            queue (a queue's own `x-queue-type` argument wins).
+        delivery_limit: `x-delivery-limit` of quorum queues: a message returned this
+            many times (its consumer died, or rejected it) goes to the dead-letter
+            queue, moved there by RabbitMQ, at least once. None declares quorum queues
+            exactly as Celery does (`x-queue-type` only), for fleets shared with stock
+            Celery workers; set the limit with a RabbitMQ policy then.
     """
 
     def __init__(
@@ -55,7 +66,13 @@ class EntityLayout:
         queue_arguments: Mapping[str, Mapping[str, Any]],
         dead_letter_queue: str,
         delay: DelayLayout,
+        queue_type: str = "classic",
+        delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT,
     ) -> None:
+        if queue_type not in ("classic", "quorum"):
+            raise ImproperlyConfigured(f"queue_type={queue_type!r}: use 'classic' or 'quorum'")
+        self.queue_type = queue_type
+        self.delivery_limit = delivery_limit
         self.max_priority = max_priority
         self._queue_arguments = {name: dict(args) for name, args in queue_arguments.items()}
         self.dead_letter_queue = dead_letter_queue
@@ -84,10 +101,31 @@ class EntityLayout:
     def queue_arguments(self, queue: str) -> dict[str, Any] | None:
         """The AMQP arguments `queue` is declared with (None: plain classic queue)."""
         args = dict(self._queue_arguments.get(queue) or {})
+        if self.queue_type == "quorum":
+            args.setdefault("x-queue-type", "quorum")
+        if args.get("x-queue-type") == "quorum":
+            # Quorum queues have no priorities: task_queue_max_priority is not applied.
+            if self.delivery_limit is None:
+                return args
+            args.setdefault("x-delivery-limit", self.delivery_limit)
+            # Over the limit, RabbitMQ moves the message to our dead-letter queue (at
+            # least once: it keeps it until the dead-letter queue confirmed it).
+            args.setdefault("x-dead-letter-exchange", "")
+            args.setdefault("x-dead-letter-routing-key", self.dead_letter_queue)
+            args.setdefault("x-dead-letter-strategy", "at-least-once")
+            args.setdefault("x-overflow", "reject-publish")
+            return args
         # Celery compat: task_queue_max_priority applies only where none is set.
         if "x-max-priority" not in args and self.max_priority is not None:
             args["x-max-priority"] = self.max_priority
         return args or None
+
+    @property
+    def has_quorum_queues(self) -> bool:
+        """Whether any task queue may be a quorum queue (they refuse global QoS)."""
+        return self.queue_type == "quorum" or any(
+            args.get("x-queue-type") == "quorum" for args in self._queue_arguments.values()
+        )
 
     def declare_queue(self, channel: amqp.Channel, queue: str) -> None:
         """Declare `queue` as Celery does: its direct exchange, the queue, the binding.
@@ -96,6 +134,10 @@ class EntityLayout:
             ImproperlyConfigured: it exists with other flags or arguments.
         """
         check_name(queue, "queue")
+        arguments = self.queue_arguments(queue)
+        if arguments and "x-dead-letter-routing-key" in arguments:
+            # Where RabbitMQ moves what it dead-letters must exist before it does.
+            self.declare_dead_letters(channel)
         try:
             channel.exchange_declare(queue, "direct", durable=True, auto_delete=False)
         except Exception as exc:
@@ -107,13 +149,18 @@ class EntityLayout:
                 durable=True,
                 exclusive=False,
                 auto_delete=False,
-                arguments=self.queue_arguments(queue),
+                arguments=arguments,
             )
         except Exception as exc:
             raise_inequivalent(exc, "queue", queue)
             raise
         channel.queue_bind(queue, exchange=queue, routing_key=queue)
         self.declared_queues.add(queue)
+
+    def declare_dead_letters(self, channel: amqp.Channel) -> None:
+        channel.queue_declare(
+            self.dead_letter_queue, durable=True, exclusive=False, auto_delete=False
+        )
 
     def ensure(self, link: Link, need: Hashable) -> None:
         """Declare what `need` names on `link`, unless that connection already did."""
@@ -125,9 +172,7 @@ class EntityLayout:
         if kind == "queue":
             self.declare_queue(channel, need[1])
         elif kind == "dead-letters":
-            channel.queue_declare(
-                self.dead_letter_queue, durable=True, exclusive=False, auto_delete=False
-            )
+            self.declare_dead_letters(channel)
         elif kind == "bind":
             _, exchange, queue, routing_key = need
             self._bind_exchange(link, exchange, queue, routing_key)

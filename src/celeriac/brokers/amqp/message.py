@@ -193,6 +193,11 @@ def read_dead_letter(message: amqp.Message) -> DeadLetter:
     headers = dict(props.get("application_headers") or {})
     dead_id = headers.pop(DL_ID, None)
     reason = headers.pop(DL_REASON, None)
+    if reason is None and headers.get("x-first-death-reason"):
+        # Moved here by RabbitMQ itself (a quorum queue's delivery limit, say).
+        reason = f"RabbitMQ dead-lettered it: {headers['x-first-death-reason']}"
+        if headers["x-first-death-reason"] == "delivery_limit":
+            reason += " (returned to its queue more times than x-delivery-limit allows)"
     queue = headers.pop(DL_QUEUE, None) or headers.get("x-first-death-queue") or ""
     when = headers.pop(DL_TIME, None)
     headers.pop(DL_EXCHANGE, None)

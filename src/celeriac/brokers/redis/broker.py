@@ -47,6 +47,9 @@ __all__ = ["RedisBroker"]
 
 logger = logging.getLogger(__name__)
 
+# The shortest time between two warnings about publishes too few replicas confirmed.
+REPLICA_WARNING_INTERVAL = 10.0
+
 # Largest batch one fetch leases (keeps each script call short).
 MAX_BATCH = 1000
 # A consumer whose fetches come back full drains its wake-up connection at least this
@@ -76,10 +79,12 @@ class RedisBroker(Broker):
         messages in Redis; False pushes them at once, as kombu does), connection_retries,
         connection_retry_backoff, connection_retry_backoff_max, and connection settings:
         socket_timeout, socket_connect_timeout, socket_keepalive, health_check_interval,
-        max_connections, client_name, ssl (dict of ssl_* settings, for rediss://).
+        max_connections, client_name, ssl (dict of ssl_* settings, for rediss://);
+        for sentinel:// URLs master_name, sentinel_kwargs, min_other_sentinels, and
+        replicas_to_confirm / replica_confirm_timeout (WAIT after every publish).
     """
 
-    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket")
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket", "sentinel")
     supports_priority: ClassVar[bool] = True
     # Celery compat: on Redis priority 0 is served first (kombu pops step lists 0,3,6,9).
     higher_priority_first: ClassVar[bool] = False
@@ -102,6 +107,12 @@ class RedisBroker(Broker):
         # makes the consumer wait), for fleets where no celeriac consumer promotes them.
         self._broker_side_eta = bool(options.get("broker_side_eta", True))
         self._held_ttl = int(max(86400, 4 * self.visibility_timeout))
+        # With Sentinel or replicas: how many replicas must hold a publish
+        # before it returns (Redis WAIT), and for how long to wait for them.
+        self._replicas_to_confirm = int(options.get("replicas_to_confirm", 0))
+        self._replica_wait_ms = int(1000 * float(options.get("replica_confirm_timeout", 1.0)))
+        self._unreplicated_warned_at = float("-inf")
+        self._unreplicated_count = 0
         self._redis = RedisClient(
             url,
             options,
@@ -151,8 +162,33 @@ class RedisBroker(Broker):
         self._redis.close()
 
     def startup_warnings(self) -> list[str]:
-        warning = self.eviction_warning()
-        return [warning] if warning else []
+        warnings = (self.eviction_warning(), self.persistence_warning())
+        return [warning for warning in warnings if warning]
+
+    def persistence_warning(self) -> str | None:
+        """A warning for the worker's start banner when Redis keeps no append-only file.
+
+        Returns None when `appendonly` is on (or the configuration cannot be read).
+        """
+
+        def read(client: redis.Redis) -> Any:
+            try:
+                return client.config_get("appendonly")
+            except redis_errors.ResponseError:
+                return {}
+
+        value = self._redis.run("read appendonly", read).get("appendonly")
+        if value is None:
+            return None
+        value = value.decode() if isinstance(value, bytes) else str(value)
+        if value == "yes":
+            return None
+        return (
+            f"Redis at {self.safe_url()} runs without an append-only file (appendonly "
+            f"{value}): on a crash it loses every write since its last snapshot, so "
+            "confirmed publishes and finished acks can be lost. Set appendonly yes "
+            "(CONFIG SET appendonly yes, and in redis.conf)."
+        )
 
     def eviction_warning(self) -> str | None:
         """A warning for the worker's start banner when Redis may evict our keys.
@@ -200,9 +236,15 @@ class RedisBroker(Broker):
         self._declared.add(queue)
 
     def _stage(self, pipe: Any, items: Sequence[Outgoing]) -> None:
-        """Queue the commands that publish `items` on `pipe`: an ETA message goes to its
-        sorted set, the others to their lists, one LPUSH per list in publish order (the
-        first pushed is the first popped: consumers take the tail)."""
+        """Queue the commands that publish `items` on `pipe`."""
+        for command in self._publish_commands(items):
+            pipe.execute_command(*command)
+
+    def _publish_commands(self, items: Sequence[Outgoing]) -> list[tuple[Any, ...]]:
+        """The commands that publish `items`: an ETA message goes to its sorted set, the
+        others to their lists, one LPUSH per list in publish order (the first pushed is
+        the first popped: consumers take the tail)."""
+        commands: list[tuple[Any, ...]] = []
         keys = self._keys
         pushes: dict[str, list[bytes]] = {}
         for item in items:
@@ -217,13 +259,31 @@ class RedisBroker(Broker):
             )
             due = eta.timestamp() if eta is not None and self._broker_side_eta else None
             if due is not None and due > self.clock.time():
-                pipe.zadd(keys.delayed(queue), {envelope: due})
+                commands.append(("ZADD", keys.delayed(queue), repr(due), envelope))
                 # LT: the index keeps each queue's earliest due time.
-                pipe.zadd(keys.delayed_index, {queue: due}, lt=True)
+                commands.append(("ZADD", keys.delayed_index, "LT", repr(due), queue))
             else:
                 pushes.setdefault(keys.list_key(queue, level), []).append(envelope)
-        for key, envelopes in pushes.items():
-            pipe.lpush(key, *envelopes)
+        commands.extend(("LPUSH", key, *envelopes) for key, envelopes in pushes.items())
+        return commands
+
+    def _send_replicated(self, items: Sequence[Outgoing], what: str) -> None:
+        """Publish `items` in one MULTI and wait for `replicas_to_confirm` replicas,
+        both on the same connection (WAIT counts this client's own writes)."""
+        raw = self._redis.raw()
+        commands = self._publish_commands(items)
+        replicas = self._replicas_to_confirm
+
+        def send(client: redis.Redis) -> int:
+            replies = raw.transaction(*commands)
+            for reply in replies or ():
+                if isinstance(reply, Exception):  # a command EXEC ran and Redis refused
+                    raise reply
+            return int(raw.execute("WAIT", replicas, self._replica_wait_ms))
+
+        confirmed = self._redis.run(what, send, error=PublishError)
+        if confirmed < replicas:
+            self._unreplicated(items[0].queue, confirmed)
 
     def publish(
         self,
@@ -243,9 +303,16 @@ class RedisBroker(Broker):
                 message, exchange=exchange or "", routing_key=routing_key or queue, priority=level
             )
             raw = self._redis.raw()
-            self._redis.run(
-                f"publish to {queue}", lambda client: raw.execute("LPUSH", key, envelope)
-            )
+            replicas = self._replicas_to_confirm
+
+            def push(client: redis.Redis) -> int:
+                raw.execute("LPUSH", key, envelope)
+                # On the same connection: WAIT counts this client's own writes.
+                return int(raw.execute("WAIT", replicas, self._replica_wait_ms)) if replicas else 0
+
+            confirmed = self._redis.run(f"publish to {queue}", push)
+            if confirmed < replicas:
+                self._unreplicated(queue, confirmed)
             self._published += 1
             return
 
@@ -264,8 +331,31 @@ class RedisBroker(Broker):
                 self._stage(pipe, [item])
                 pipe.execute()
 
-        self._redis.run(f"publish to {queue}", send, error=PublishError)
+        if self._replicas_to_confirm:
+            self._send_replicated([item], f"publish to {queue}")
+        else:
+            self._redis.run(f"publish to {queue}", send, error=PublishError)
         self._published += 1
+
+    def _unreplicated(self, queue: str, confirmed: int) -> None:
+        """Warn (at most every `REPLICA_WARNING_INTERVAL` seconds) about publishes that
+        fewer replicas than `replicas_to_confirm` hold."""
+        self._unreplicated_count += 1
+        now = time.monotonic()
+        if now - self._unreplicated_warned_at < REPLICA_WARNING_INTERVAL:
+            return
+        logger.warning(
+            "publish to %s: %d of %d replicas confirmed it within %.1f s (%d such "
+            "publishes since the last warning); they are lost if the master fails "
+            "before they replicate",
+            queue,
+            confirmed,
+            self._replicas_to_confirm,
+            self._replica_wait_ms / 1000,
+            self._unreplicated_count,
+        )
+        self._unreplicated_warned_at = now
+        self._unreplicated_count = 0
 
     def publish_many(self, items: Sequence[Outgoing]) -> None:
         if not items:
@@ -277,7 +367,10 @@ class RedisBroker(Broker):
                 self._stage(pipe, items)
                 pipe.execute()
 
-        self._redis.run(f"publish {len(items)} messages", send, error=PublishError)
+        if self._replicas_to_confirm:
+            self._send_replicated(items, f"publish {len(items)} messages")
+        else:
+            self._redis.run(f"publish {len(items)} messages", send, error=PublishError)
         self._published += len(items)
 
     # -- consuming ------------------------------------------------------------------
