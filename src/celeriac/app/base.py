@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 from celeriac._imports import import_object
-from celeriac._time import utcnow
+from celeriac._time import UTC, utcnow
 from celeriac.app.config import Settings
 from celeriac.app.registry import TaskRegistry
 from celeriac.app.routing import Router
@@ -40,7 +40,7 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     import contextlib
-    from datetime import datetime
+    from datetime import datetime, tzinfo
 
     from celeriac import result as _result
     from celeriac.app.control import Control
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
     from celeriac.brokers.base import Broker
     from celeriac.canvas import Signature
+    from celeriac.contrib.django.fixup import DjangoFixup
 
 __all__ = ["Celeriac", "current_app", "shared_task"]
 
@@ -128,10 +129,11 @@ class Celeriac:
         self._backend: ResultBackend | None = None
         self._router: Router | None = None
         self._control: Control | None = None
-        self._autodiscover: list[tuple[Sequence[str], str]] = []
+        self._autodiscover: list[tuple[_Packages, str]] = []
         self._local = threading.local()
         self.sender = Sender(self)
         self._finalized = False
+        self._django = _django_fixup(self)
         from celeriac.app.builtins import register_builtins
 
         register_builtins(self)
@@ -194,20 +196,37 @@ class Celeriac:
 
     def autodiscover_tasks(
         self,
-        packages: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        packages: _Packages = None,
         related_name: str = "tasks",
         force: bool = False,
     ) -> None:
         """Import `<package>.<related_name>` for each package, now (`force`) or when the
-        app is finalized (a worker starting, or the first task lookup by name)."""
-        names = packages() if callable(packages) else list(packages or ())
+        app is finalized (a worker starting, or the first task lookup by name).
+
+        `packages` may be a callable (called then, e.g. `lambda: settings.INSTALLED_APPS`);
+        None means every installed Django app (with `DJANGO_SETTINGS_MODULE` set).
+        """
         if force or self._finalized:
-            self._import_related(names, related_name)
+            self._import_related(self._discovery_packages(packages), related_name)
         else:
-            self._autodiscover.append((names, related_name))
+            self._autodiscover.append((packages, related_name))
+
+    def _discovery_packages(self, packages: _Packages) -> Sequence[str]:
+        if callable(packages):
+            return list(packages())
+        if packages is not None:
+            return list(packages)
+        if self._django is None:
+            raise ImproperlyConfigured(
+                "autodiscover_tasks() without packages searches the installed Django apps, "
+                "but DJANGO_SETTINGS_MODULE is not set: pass the packages, e.g. "
+                "app.autodiscover_tasks(['proj.orders', 'proj.billing'])"
+            )
+        return self._django.installed_apps()
 
     def _import_related(self, packages: Sequence[str], related_name: str) -> None:
-        for package in packages:
+        for name in packages:
+            package = _app_package(name)
             module_name = f"{package}.{related_name}" if related_name else package
             try:
                 importlib.import_module(module_name)
@@ -222,11 +241,14 @@ class Celeriac:
             if self._finalized:
                 return
             self._finalized = True
+            if self._django is not None:
+                # Before any task module is imported: they may import models.
+                self._django.setup()
             for module in (*self.conf.include, *self.conf.imports):
                 importlib.import_module(module)
             pending, self._autodiscover = self._autodiscover, []
             for packages, related_name in pending:
-                self._import_related(packages, related_name)
+                self._import_related(self._discovery_packages(packages), related_name)
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -434,6 +456,17 @@ class Celeriac:
     def now(self) -> datetime:
         return utcnow()
 
+    @property
+    def timezone(self) -> tzinfo:
+        """The zone naive datetimes (`eta=`, `expires=`) are read in: the `timezone`
+        setting, else Django's `TIME_ZONE` in a Django project, else UTC."""
+        name = self.conf.timezone
+        if name is None and self._django is not None:
+            name = self._django.timezone()
+        if name is None or name.upper() == "UTC":
+            return UTC
+        return _zone(name)
+
     # -- results and signatures -------------------------------------------------------
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _result.AsyncResult[Any]:
@@ -481,6 +514,46 @@ class Celeriac:
         Accepts the options of `Task.apply_async`.
         """
         return self.sender.send_task(name, args, kwargs, _task, options)
+
+
+# What `autodiscover_tasks` takes: packages, a callable giving them, or None (Django's apps).
+_Packages = Sequence[str] | Callable[[], Sequence[str]] | None
+
+
+def _django_fixup(app: Celeriac) -> DjangoFixup | None:
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return None
+    from celeriac.contrib.django.fixup import fixup
+
+    return fixup(app)
+
+
+def _zone(name: str) -> tzinfo:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ImproperlyConfigured(
+            f"unknown time zone {name!r}: write an IANA name such as 'Europe/Paris'"
+        ) from exc
+
+
+def _app_package(name: str) -> str:
+    """The package of an `INSTALLED_APPS` entry: itself, or the `name` of the AppConfig
+    class it points to ("billing.apps.BillingConfig" → "billing")."""
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        parent, _, attr = name.rpartition(".")
+        if not parent or exc.name != name:
+            raise
+        config = getattr(importlib.import_module(parent), attr, None)
+        package = getattr(config, "name", None)
+        if not isinstance(package, str):
+            raise
+        return package
+    return name
 
 
 def _is_module(value: Any) -> bool:

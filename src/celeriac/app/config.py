@@ -153,9 +153,15 @@ def _accept(name: str, value: Any) -> list[str] | None:
     return items
 
 
+# Celery compat: result backends named without "://" (django-celery-results' spelling).
+_BARE_BACKENDS = {"django-db": "django-db://"}
+
+
 def _url(name: str, value: Any) -> str | None:
     if value is None:
         return None
+    if name == "result_backend" and value in _BARE_BACKENDS:
+        return _BARE_BACKENDS[value]
     if not isinstance(value, str) or "://" not in value:
         raise _fail(name, value, "write a URL such as redis://localhost:6379/0")
     return value
@@ -439,6 +445,8 @@ def new_setting_name(name: str) -> str:
 def _from_environment(name: str) -> str | None:
     for variable in ENVIRONMENT.get(name, ()):
         value = os.environ.get(variable)
+        if value and name == "result_backend":
+            value = _BARE_BACKENDS.get(value, value)
         if value:
             if "://" not in value:
                 raise ImproperlyConfigured(

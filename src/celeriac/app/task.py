@@ -18,6 +18,7 @@ from celeriac.app.context import Context, current_task, pop_context, push_contex
 from celeriac.app.send import resolve_eta
 from celeriac.exceptions import (
     Ignore,
+    ImproperlyConfigured,
     MaxRetriesExceededError,
     Reject,
     Retry,
@@ -320,6 +321,38 @@ class Task(Generic[P, R]):
             return self.apply(args, kwargs, **options)
         return app.send_task(self.name, args, kwargs, _task=self, **options)
 
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Send the task when the current Django database transaction commits (never if
+        it rolls back; at once outside a transaction). Returns None: nothing is sent yet.
+
+        Raises:
+            TypeError: the arguments do not fit the task (checked now, not at commit).
+        """
+        self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """`apply_async(args, kwargs, **options)` when the current Django database
+        transaction commits (Django's `transaction.on_commit`; `using=` picks the
+        database alias)."""
+        try:
+            from django.db import transaction
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"{self.name}: apply_async_on_commit() waits for a Django transaction, "
+                "and Django is not installed: use apply_async()"
+            ) from exc
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        if self.typing:
+            self.check_arguments(args, kwargs)
+        using = options.pop("using", None)
+        transaction.on_commit(lambda: self.apply_async(args, kwargs, **options), using=using)
+
     def apply(
         self,
         args: Sequence[Any] | None = None,
@@ -417,7 +450,12 @@ class Task(Generic[P, R]):
         if request.is_eager:
             retry.eager_args = (new_args, new_kwargs)  # type: ignore[attr-defined]
         else:
-            when = resolve_eta(eta, None if eta is not None else countdown, now=utcnow())
+            when = resolve_eta(
+                eta,
+                None if eta is not None else countdown,
+                now=utcnow(),
+                zone=lambda: self.app.timezone,
+            )
             call = request.retried(self.name, new_args, new_kwargs, eta=when)
             self.app.sender.send_retry(self, call, request.origin_queue, options)
         if throw:

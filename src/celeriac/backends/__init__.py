@@ -26,6 +26,8 @@ BACKEND_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "rediss": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "redis+socket": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "rpc": ("celeriac.backends.rpc", "RPCBackend", "amqp"),
+    # Django projects: results through the ORM (celeriac.contrib.django).
+    "django-db": ("celeriac.contrib.django.backend", "DjangoBackend", "django"),
 }
 
 
