@@ -183,6 +183,15 @@ class Celeriac:
         self.conf.update(values)
         self._router = None
 
+    def set_default(self) -> None:
+        """Make this the app `current_app()` falls back to (Celery's `set_default`)."""
+        global _default_app
+        _default_app = self
+
+    def set_current(self) -> None:
+        """Make this the current app of this context (thread or asyncio task)."""
+        _current_app.set(self)
+
     def config_from_envvar(self, variable: str, *, silent: bool = False) -> None:
         """Load settings from the module named by environment variable `variable`."""
         module = os.environ.get(variable)
@@ -286,8 +295,8 @@ class Celeriac:
         self, fun: Callable[..., Any], *, shared: bool = False, **options: Any
     ) -> Task[Any, Any]:
         name = options.pop("name", None) or self.gen_task_name(fun)
-        base: type[Task[Any, Any]] = options.pop("base", None) or (
-            AsyncTask if _is_coroutine_function(fun) else Task
+        base: type[Task[Any, Any]] = options.pop("base", None) or self._task_class(
+            is_async=_is_coroutine_function(fun)
         )
         bind = bool(options.pop("bind", False))
         unknown = [k for k in options if k not in TaskOptions.__annotations__]
@@ -307,6 +316,20 @@ class Celeriac:
         task = base(fun, app=None if shared else self, name=name, bind=bind, **options)
         self.tasks.register(task)
         return task
+
+    def _task_class(self, *, is_async: bool) -> type[Task[Any, Any]]:
+        """The class of a new task: `task_cls` when set (Flask's `FlaskTask` pattern),
+        else `Task` (`AsyncTask` for an `async def` function)."""
+        chosen = self.conf.task_cls
+        if chosen is None:
+            return AsyncTask if is_async else Task
+        if isinstance(chosen, str):
+            chosen = import_object(chosen)
+            self.conf.task_cls = chosen  # validated now that it is a class
+        if is_async and not issubclass(chosen, AsyncTask):
+            return _async_variant(chosen)
+        assert isinstance(chosen, type)
+        return chosen
 
     def gen_task_name(self, fun: Callable[..., Any]) -> str:
         module = getattr(fun, "__module__", None) or "__main__"
@@ -537,6 +560,19 @@ def _zone(name: str) -> tzinfo:
         raise ImproperlyConfigured(
             f"unknown time zone {name!r}: write an IANA name such as 'Europe/Paris'"
         ) from exc
+
+
+_ASYNC_VARIANTS: dict[type[Task[Any, Any]], type[Task[Any, Any]]] = {}
+
+
+def _async_variant(cls: type[Task[Any, Any]]) -> type[Task[Any, Any]]:
+    """`task_cls` for an `async def` function: the class with `AsyncTask`'s behaviour (its
+    hooks and attributes kept; a custom `__call__` wraps the creation of the coroutine)."""
+    variant = _ASYNC_VARIANTS.get(cls)
+    if variant is None:
+        variant = type(cls.__name__, (cls, AsyncTask), {"__module__": cls.__module__})
+        _ASYNC_VARIANTS[cls] = variant
+    return variant
 
 
 def _app_package(name: str) -> str:

@@ -96,6 +96,8 @@ DEFAULTS: dict[str, Any] = {
     "include": (),
     "imports": (),
     "beat_schedule": {},
+    # the class of every task the app makes (a Task subclass or "module:Class")
+    "task_cls": None,
 }
 
 SERIALIZERS = ("json", "msgpack", "pickle")
@@ -249,6 +251,16 @@ def _compression(name: str, value: Any) -> str | None:
     return str(value)
 
 
+def _task_class(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value  # a "module:Class" path is imported when the first task is made
+    from celeriac.app.task import Task
+
+    if not (isinstance(value, type) and issubclass(value, Task)):
+        raise _fail(name, value, "write a subclass of celeriac.Task or its 'module:Class' path")
+    return value
+
+
 _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "broker_url": _url,
     "broker_transport_options": _mapping,
@@ -302,6 +314,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "include": _modules,
     "imports": _modules,
     "beat_schedule": _mapping,
+    "task_cls": _task_class,
 }
 
 # Environment variables that override settings (Celery's names are read too, so a

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from celeriac.canvas import Signature
     from celeriac.result import AsyncResult, EagerResult
 
-__all__ = ["AsyncTask", "Task", "TaskOptions", "backoff_countdown"]
+__all__ = ["AsyncTask", "Task", "TaskOptions", "backoff_countdown", "task_entry"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -560,6 +560,19 @@ class Task(Generic[P, R]):
         return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) > 1
 
 
+def task_entry(task: Task[Any, Any]) -> Callable[..., Any]:
+    """What a worker calls to run `task`'s body: the task itself when its class overrides
+    `__call__`, else `run`.
+
+    Celery compat: Flask's documented `FlaskTask` (`Celery(app.name, task_cls=FlaskTask)`)
+    wraps the body in an application context in its `__call__`, and Celery's workers call
+    a task through `__call__` when it is custom.
+    """
+    if type(task).__call__ in _PLAIN_CALLS:
+        return task.run
+    return task
+
+
 class AsyncTask(Task[P, R]):
     """A task whose body is `async def`: calling it directly returns a coroutine."""
 
@@ -578,3 +591,7 @@ class AsyncTask(Task[P, R]):
             return result
         finally:
             pop_context(token)
+
+
+# The `__call__`s that only run the body: a task with one of these is run through `run`.
+_PLAIN_CALLS = (Task.__call__, AsyncTask.__call__)

@@ -18,7 +18,13 @@ from celeriac.exceptions import ImproperlyConfigured
 
 # celeriac's documented differences from Celery's defaults.
 CELERIAC_DIFFERENCES = {"task_acks_late": True}
-CELERIAC_ONLY = {"task_max_message_size", "task_redelivery_limit", "result_backend_max_retry_time"}
+# (`task_cls` is an argument of Celery's constructor, kept with the settings here.)
+CELERIAC_ONLY = {
+    "task_max_message_size",
+    "task_redelivery_limit",
+    "result_backend_max_retry_time",
+    "task_cls",
+}
 
 
 def _comparable(value: Any) -> Any:
@@ -234,6 +240,7 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "include": ([1], "list of module names"),
     "imports": (5, "list of module names"),
     "beat_schedule": ([], "write a dict"),
+    "task_cls": (dict, "subclass of celeriac.Task"),
 }
 
 
