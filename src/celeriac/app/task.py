@@ -7,6 +7,7 @@ a contextvar, so threads and asyncio tasks each see their own.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import random
 import sys
@@ -320,6 +321,21 @@ class Task(Generic[P, R]):
         if app.send_conf().always_eager:
             return self.apply(args, kwargs, **options)
         return app.send_task(self.name, args, kwargs, _task=self, **options)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """`delay()` for asyncio code (FastAPI and other ASGI apps): see `aapply_async`."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """`apply_async()` for asyncio code: the publish runs in the loop's default thread
+        pool, so a slow or reconnecting broker never stalls the event loop. Wait for the
+        value with `await result.aget(timeout=...)`."""
+        return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
         """Send the task when the current Django database transaction commits (never if
