@@ -22,6 +22,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 from celeriac._imports import import_object
@@ -40,9 +41,10 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     import contextlib
-    from datetime import datetime, tzinfo
+    from datetime import tzinfo
 
     from celeriac import result as _result
+    from celeriac._time import Clock
     from celeriac.app.control import Control
     from celeriac.app.send import SendConf
     from celeriac.backends.base import ResultBackend
@@ -134,6 +136,10 @@ class Celeriac:
         self.sender = Sender(self)
         self._finalized = False
         self._django = _django_fixup(self)
+        # None: the system clock. Tests put a FakeClock here (`celeriac_clock`): sending
+        # (ETAs), the memory broker (what is due) and workers (early and expired
+        # messages) then all read it.
+        self.clock: Clock | None = None
         from celeriac.app.builtins import register_builtins
 
         register_builtins(self)
@@ -381,6 +387,7 @@ class Celeriac:
             self.broker_url,
             transport_options=self.broker_transport_options(),
             consumer_id=consumer_id,
+            clock=self.clock,
         )
 
     @property
@@ -477,7 +484,11 @@ class Celeriac:
                 self._backend = None
 
     def now(self) -> datetime:
-        return utcnow()
+        """The current instant by the app's clock (aware UTC)."""
+        clock = self.clock
+        if clock is None:
+            return utcnow()
+        return datetime.fromtimestamp(clock.time(), UTC)
 
     @property
     def timezone(self) -> tzinfo:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
-from celeriac._time import UTC, utcnow
+from celeriac._time import UTC
 from celeriac.app.context import Context, current_request
 from celeriac.brokers.base import Outgoing
 from celeriac.exceptions import BrokerConnectionError, ImproperlyConfigured
@@ -255,7 +255,7 @@ class Sender:
         if parent is not None and parent.id and not parent.called_directly:
             parent_id = parent_id or parent.id
             root_id = root_id or parent.root_id or parent.id
-        now = utcnow()
+        now = self._app.now()
         zone = self._zone
         route = self._app.router.route(name, args, kwargs, options, task=task)
         call = TaskCall(
@@ -298,7 +298,7 @@ class Sender:
             fields = _call_fields(options)
             if options.get("expires") is not None:
                 fields["expires"] = _instant(
-                    options["expires"], now=utcnow(), what="expires", zone=self._zone
+                    options["expires"], now=self._app.now(), what="expires", zone=self._zone
                 )
             for key, field_name in _IDENTITY_OPTIONS:
                 if options.get(key):
@@ -337,7 +337,7 @@ class Sender:
             max_size=conf.max_size,
         )
         eta = call.eta
-        deliver_at = eta if eta is not None and eta > utcnow() else None
+        deliver_at = eta if eta is not None and eta > self._app.now() else None
         queue, exchange, routing_key = route.queue, route.exchange, route.routing_key
         if signals.before_task_publish.receivers:
             signals.before_task_publish.send(

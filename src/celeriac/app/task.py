@@ -14,7 +14,6 @@ import sys
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypedDict, TypeVar
 
 from celeriac import states
-from celeriac._time import utcnow
 from celeriac.app.context import Context, current_task, pop_context, push_context, request_of
 from celeriac.app.send import resolve_eta
 from celeriac.exceptions import (
@@ -469,7 +468,7 @@ class Task(Generic[P, R]):
             when = resolve_eta(
                 eta,
                 None if eta is not None else countdown,
-                now=utcnow(),
+                now=self.app.now(),
                 zone=lambda: self.app.timezone,
             )
             call = request.retried(self.name, new_args, new_kwargs, eta=when)
