@@ -153,6 +153,11 @@ def test_worker_discovers_the_apps_tasks_and_writes_through_the_orm(
     # Connections are closed before each task (and none came from the supervisor), even
     # though the previous task left one open and the project connects at start-up.
     assert [state["open_at_start"] for state in report["connection_states"]] == [False, False]
+    # The project connected while the worker started; the children did not inherit it.
+    assert [s["child_started_with_connection"] for s in report["connection_states"]] == [
+        False,
+        False,
+    ]
     assert "AppRegistryNotReady" not in worker.output()
 
 

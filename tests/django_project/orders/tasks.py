@@ -26,6 +26,12 @@ def ship(order_id: int) -> str:
 @shared_task
 def connection_state() -> dict[str, Any]:
     """Whether this task started with a database connection already open."""
+    from proj import celery
+
     open_at_start = connection.connection is not None
     Order.objects.count()  # leaves a connection open for the next task
-    return {"open_at_start": open_at_start, "pid": os.getpid()}
+    return {
+        "open_at_start": open_at_start,
+        "pid": os.getpid(),
+        "child_started_with_connection": celery.child_started_with_connection,
+    }

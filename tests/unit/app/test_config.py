@@ -378,3 +378,8 @@ def test_environment_value_that_is_not_a_url_is_refused(
     resolve = conf.broker_url_resolved if "BROKER" in variable else conf.result_backend_resolved
     with pytest.raises(ImproperlyConfigured, match=f"{variable}='localhost:6379' is not a URL"):
         resolve()
+
+
+def test_django_db_is_read_as_its_url() -> None:
+    # Celery compat: django-celery-results' spelling, without "://".
+    assert Settings({"result_backend": "django-db"}).result_backend == "django-db://"
