@@ -51,6 +51,15 @@ def main() -> int:
         print("order confirmed by the worker:", order.confirmed, flush=True)
         row = wait(lambda: TaskResult.objects.filter(task_name="shop.tasks.confirm").first())
         print(f"stored result: {row.task_name} {row.status} {row.result}", flush=True)
+
+        from django.contrib.auth.models import User
+
+        admin = User.objects.create_superuser("admin", "admin@example.com", "example")
+        client = Client()
+        client.force_login(admin)
+        page = client.get("/admin/celeriac/taskresult/", HTTP_HOST="localhost")
+        listed = page.status_code == 200 and row.task_id in page.content.decode()
+        print("the admin lists the result:", listed, flush=True)
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)

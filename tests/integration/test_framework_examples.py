@@ -18,6 +18,7 @@ EXPECTED = {
         "GET /orders/A-1001/ -> {'order': 1}",
         "order confirmed by the worker: True",
         'stored result: shop.tasks.confirm SUCCESS "A-1001"',
+        "the admin lists the result: True",
         "worker exited with code 0",
     ],
     "flask": ["GET /result -> Hello, Ada!", "worker exited with code 0"],
