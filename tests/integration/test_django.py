@@ -161,6 +161,15 @@ def test_worker_discovers_the_apps_tasks_and_writes_through_the_orm(
     assert "AppRegistryNotReady" not in worker.output()
 
 
+def test_results_are_stored_in_a_project_without_use_tz(project: Project) -> None:
+    project.env["TEST_USE_TZ"] = "0"
+    project.drive("produce")
+    project.worker("-P", "threads", "-c", "2")
+    report = project.drive("check")
+    assert report["result_row"]["status"] == "SUCCESS"
+    assert report["result_get"] == "committed"
+
+
 def test_the_app_uses_djangos_time_zone(project: Project) -> None:
     report = project.drive("check-timezone")
     assert report["timezone"] == "America/New_York"

@@ -326,15 +326,16 @@ class Celeriac:
     def _task_class(self, *, is_async: bool) -> type[Task[Any, Any]]:
         """The class of a new task: `task_cls` when set (Flask's `FlaskTask` pattern),
         else `Task` (`AsyncTask` for an `async def` function)."""
-        chosen = self.conf.task_cls
+        chosen: type[Task[Any, Any]] | str | None = self.conf.task_cls
         if chosen is None:
             return AsyncTask if is_async else Task
         if isinstance(chosen, str):
-            chosen = import_object(chosen)
-            self.conf.task_cls = chosen  # validated now that it is a class
+            self.conf.task_cls = import_object(chosen)  # validated now that it is imported
+            chosen = self.conf.task_cls
+        assert isinstance(chosen, type)
+        assert issubclass(chosen, Task)
         if is_async and not issubclass(chosen, AsyncTask):
             return _async_variant(chosen)
-        assert isinstance(chosen, type)
         return chosen
 
     def gen_task_name(self, fun: Callable[..., Any]) -> str:

@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 SECRET_KEY = "test-only"
 DEBUG = False
-USE_TZ = True
+USE_TZ = os.environ.get("TEST_USE_TZ", "1") == "1"
 TIME_ZONE = os.environ.get("TEST_TIME_ZONE", "America/New_York")
 ALLOWED_HOSTS = ["*"]
 INSTALLED_APPS = [

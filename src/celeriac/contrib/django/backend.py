@@ -97,7 +97,7 @@ class DjangoBackend(ResultBackend):
             "traceback": meta.traceback,
             "worker": meta.worker,
             "group_id": meta.group_id,
-            "date_done": meta.date_done,
+            "date_done": _column_datetime(meta.date_done),
             "content_type": self.serializer.content_type,
             "meta": self.encode_meta(meta),
         }
@@ -148,7 +148,9 @@ class DjangoBackend(ResultBackend):
 
         if self.expires is None:
             return 0
-        cutoff = datetime.fromtimestamp(self.clock.time(), UTC) - timedelta(seconds=self.expires)
+        cutoff = _column_datetime(
+            datetime.fromtimestamp(self.clock.time(), UTC) - timedelta(seconds=self.expires)
+        )
         deleted, _ = self._run(
             "delete expired results",
             lambda: TaskResult.objects.using(self._db).filter(date_done__lt=cutoff).delete(),
@@ -271,6 +273,18 @@ class DjangoBackend(ResultBackend):
             return [ChordPart(*part) for part in sorted(parts, key=lambda part: part[0])]
 
         return self._run(f"join chord {group_id}", join)
+
+
+def _column_datetime(value: datetime | None) -> datetime | None:
+    """An aware instant as the project stores datetimes: aware with `USE_TZ`, else naive
+    in Django's `TIME_ZONE` (Django refuses aware values then)."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    if value is None or settings.USE_TZ:
+        return value
+    naive: datetime = timezone.make_naive(value, timezone.get_default_timezone())
+    return naive
 
 
 def _readable(value: Any) -> str | None:
