@@ -140,6 +140,11 @@ class Celeriac:
         # (ETAs), the memory broker (what is due) and workers (early and expired
         # messages) then all read it.
         self.clock: Clock | None = None
+        from celeriac.signals import Signal
+
+        # Celery's app signals (periodic tasks are usually set up in their receivers).
+        self.on_after_configure = Signal("on_after_configure")
+        self.on_after_finalize = Signal("on_after_finalize")
         from celeriac.app.builtins import register_builtins
 
         register_builtins(self)
@@ -259,11 +264,40 @@ class Celeriac:
             if self._django is not None:
                 # Before any task module is imported: they may import models.
                 self._django.setup()
+            self.on_after_configure.send(sender=self, source=self.conf)
             for module in (*self.conf.include, *self.conf.imports):
                 importlib.import_module(module)
             pending, self._autodiscover = self._autodiscover, []
             for packages, related_name in pending:
                 self._import_related(self._discovery_packages(packages), related_name)
+        self.on_after_finalize.send(sender=self)
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Signature[Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **opts: Any,
+    ) -> str:
+        """Add `sig` to `beat_schedule` to run on `schedule` (seconds, a timedelta,
+        `crontab`, `solar`); returns the entry's name (`name`, else the signature's repr,
+        as Celery). Extra keyword arguments are `apply_async` options."""
+        from celeriac.beat.entries import make_entry
+
+        sig = sig.clone(args, kwargs)
+        key = name or repr(sig)
+        entry = {
+            "task": sig.name,
+            "schedule": schedule,
+            "args": tuple(sig.args),
+            "kwargs": dict(sig.kwargs),
+            "options": {**sig.options, **opts},
+        }
+        make_entry(key, entry, self)  # refuse a bad entry here, not when beat starts
+        self.conf.beat_schedule = {**self.conf.beat_schedule, key: entry}
+        return key
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -493,14 +527,20 @@ class Celeriac:
 
     @property
     def timezone(self) -> tzinfo:
-        """The zone naive datetimes (`eta=`, `expires=`) are read in: the `timezone`
-        setting, else Django's `TIME_ZONE` in a Django project, else UTC."""
-        name = self.conf.timezone
-        if name is None and self._django is not None:
+        """The app's zone: schedules run in it and naive `eta=`/`expires=` datetimes are
+        read in it. The zone of `timezone_name()`, else UTC (`enable_utc`, the default),
+        else the machine's zone (Celery compat)."""
+        from celeriac.schedules import app_timezone
+
+        return app_timezone(self)
+
+    def timezone_name(self) -> str | None:
+        """The zone set for this app: the `timezone` setting, else Django's `TIME_ZONE`
+        in a Django project, else None."""
+        name: str | None = self.conf.timezone
+        if not name and self._django is not None:
             name = self._django.timezone()
-        if name is None or name.upper() == "UTC":
-            return UTC
-        return _zone(name)
+        return name
 
     # -- results and signatures -------------------------------------------------------
 
@@ -561,17 +601,6 @@ def _django_fixup(app: Celeriac) -> DjangoFixup | None:
     from celeriac.contrib.django.fixup import fixup
 
     return fixup(app)
-
-
-def _zone(name: str) -> tzinfo:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ImproperlyConfigured(
-            f"unknown time zone {name!r}: write an IANA name such as 'Europe/Paris'"
-        ) from exc
 
 
 _ASYNC_VARIANTS: dict[type[Task[Any, Any]], type[Task[Any, Any]]] = {}

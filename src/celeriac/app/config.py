@@ -98,6 +98,15 @@ DEFAULTS: dict[str, Any] = {
     "beat_schedule": {},
     # the class of every task the app makes (a Task subclass or "module:Class")
     "task_cls": None,
+    # Celery's default -s (here the name of beat's state in the broker's store).
+    "beat_schedule_filename": "celerybeat-schedule",
+    "beat_scheduler": "celeriac.beat.scheduler:Scheduler",
+    "beat_max_loop_interval": 0,
+    "beat_cron_starting_deadline": None,
+    # celeriac: a run missed while no beat was alive is sent once when one starts.
+    "beat_catch_up": True,
+    # celeriac: how long the leading beat's lease lasts without renewal (seconds).
+    "beat_lease_seconds": 10.0,
 }
 
 SERIALIZERS = ("json", "msgpack", "pickle")
@@ -261,6 +270,33 @@ def _task_class(name: str, value: Any) -> Any:
     return value
 
 
+def _dotted_or_class(name: str, value: Any) -> Any:
+    if isinstance(value, type) or (isinstance(value, str) and value):
+        return value
+    raise _fail(name, value, "write a class or its dotted path ('module:Class')")
+
+
+def _schedule_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(name, value, "write a name such as 'celerybeat-schedule'")
+    return value
+
+
+def _positive_seconds(name: str, value: Any) -> float:
+    seconds = _optional_seconds(name, value)
+    if seconds is None or seconds <= 0:
+        raise _fail(name, value, "write a number of seconds > 0")
+    return seconds
+
+
+def _not_needed(name: str, value: Any) -> Any:
+    if value in (None, 0):
+        return value
+    raise _fail(
+        name, value, "celeriac beat writes every run to its store at once; remove this setting"
+    )
+
+
 _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "broker_url": _url,
     "broker_transport_options": _mapping,
@@ -315,6 +351,14 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "imports": _modules,
     "beat_schedule": _mapping,
     "task_cls": _task_class,
+    "beat_schedule_filename": _schedule_name,
+    "beat_scheduler": _dotted_or_class,
+    "beat_max_loop_interval": _optional_seconds,
+    "beat_cron_starting_deadline": _optional_seconds,
+    "beat_catch_up": _bool,
+    "beat_lease_seconds": _positive_seconds,
+    "beat_sync_every": _not_needed,
+    "beat_max_sync_every": _not_needed,
 }
 
 # Environment variables that override settings (Celery's names are read too, so a

@@ -54,6 +54,13 @@ __all__ = ["worker"]
 @click.option(
     "--without-heartbeat", is_flag=True, default=False, help="Do not send worker heartbeats."
 )
+@click.option(
+    "-B",
+    "--beat",
+    is_flag=True,
+    default=False,
+    help="Also run beat (periodic tasks) in this worker; safe on several workers: one leads.",
+)
 @click.pass_obj
 def worker(ctx: AppContext, /, **params: Any) -> None:
     """Start a worker: a supervisor and one child process per CPU by default."""
@@ -63,8 +70,9 @@ def worker(ctx: AppContext, /, **params: Any) -> None:
     app = ctx.app
     try:
         # The options above, by name: `resolve` fills what is unset from the settings.
+        beat = params.pop("beat")
         options = WorkerOptions.resolve(app, **params)
-        code = Worker(app, options).start()
+        code = Worker(app, options, beat=beat).start()
     except ImproperlyConfigured as exc:
         fail(str(exc), EX_CONFIG)
     except WorkerStartError as exc:

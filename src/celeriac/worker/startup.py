@@ -22,6 +22,7 @@ from celeriac.worker.pools.threads import ThreadsPool
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
+    from celeriac.beat.service import EmbeddedBeat
     from celeriac.worker.options import WorkerOptions
     from celeriac.worker.pools.base import Pool
 
@@ -55,9 +56,10 @@ def setup_logging(loglevel: str) -> None:
 class Worker:
     """Runs `app`'s tasks with the pool and options given."""
 
-    def __init__(self, app: Celeriac, options: WorkerOptions) -> None:
+    def __init__(self, app: Celeriac, options: WorkerOptions, *, beat: bool = False) -> None:
         self.app = app
         self.options = options
+        self.beat = beat
 
     def check_broker(self) -> list[str]:
         """Connect once, declare the queues; return warnings worth printing.
@@ -113,12 +115,26 @@ class Worker:
                 "on the threads pool, time limits interrupt a task only when it "
                 "runs Python code (not while blocked in C code)"
             )
+        embedded = self._start_beat() if self.beat else None
         logger.info("celeriac worker %s ready", self.options.hostname)
         signals.worker_ready.send(sender=self)
         try:
             return pool.run()
         finally:
+            if embedded is not None:
+                embedded.stop()
             signals.worker_shutdown.send(sender=self)
+
+    def _start_beat(self) -> EmbeddedBeat:
+        """`-B`: beat as a thread of this (supervisor) process."""
+        from celeriac.beat.service import EmbeddedBeat, make_scheduler
+
+        scheduler = make_scheduler(self.app)
+        scheduler.load_entries()  # a malformed entry stops the worker at start, named
+        logger.info(
+            "beat embedded: schedule %s in %s", scheduler.schedule_name, scheduler.store.where
+        )
+        return EmbeddedBeat(scheduler).start()
 
     def _apply_limits(self) -> None:
         conf = self.app.conf

@@ -17,13 +17,19 @@ from celeriac.app.config import DEFAULTS, Settings, new_setting_name
 from celeriac.exceptions import ImproperlyConfigured
 
 # celeriac's documented differences from Celery's defaults.
-CELERIAC_DIFFERENCES = {"task_acks_late": True}
+CELERIAC_DIFFERENCES = {
+    "task_acks_late": True,
+    # Celery's PersistentScheduler keeps a shelve file; celeriac's keeps state in the broker.
+    "beat_scheduler": "celeriac.beat.scheduler:Scheduler",
+}
 # (`task_cls` is an argument of Celery's constructor, kept with the settings here.)
 CELERIAC_ONLY = {
     "task_max_message_size",
     "task_redelivery_limit",
     "result_backend_max_retry_time",
     "task_cls",
+    "beat_catch_up",
+    "beat_lease_seconds",
 }
 
 
@@ -241,6 +247,14 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "imports": (5, "list of module names"),
     "beat_schedule": ([], "write a dict"),
     "task_cls": (dict, "subclass of celeriac.Task"),
+    "beat_schedule_filename": ("", "write a name"),
+    "beat_scheduler": (3, "dotted path"),
+    "beat_max_loop_interval": (-1, "number of seconds"),
+    "beat_cron_starting_deadline": ("1h", "number of seconds"),
+    "beat_catch_up": ("yes", "write True or False"),
+    "beat_lease_seconds": (0, "seconds > 0"),
+    "beat_sync_every": (10, "remove this setting"),
+    "beat_max_sync_every": (10, "remove this setting"),
 }
 
 
