@@ -7,10 +7,19 @@ import pytest
 pytestmark = pytest.mark.integration
 
 USER_TESTS = """
+import time
+
 import pytest
 
 from celeriac import shared_task
 from celeriac.exceptions import ResultTimeout
+
+PINGS = []
+
+
+@shared_task
+def ping():
+    PINGS.append(1)
 
 
 @shared_task
@@ -28,7 +37,11 @@ def flaky(self, attempts):
 
 @pytest.fixture
 def celeriac_config():
-    return {"task_default_queue": "from-config", "result_extended": True}
+    return {
+        "task_default_queue": "from-config",
+        "result_extended": True,
+        "beat_schedule": {"ping-every-10s": {"task": "test_user.ping", "schedule": 10.0}},
+    }
 
 
 def test_worker_runs_shared_tasks(celeriac_app, celeriac_worker):
@@ -59,10 +72,22 @@ def test_retry_countdown_follows_the_fake_clock(celeriac_app, celeriac_worker, c
         sent.get(timeout=0.5)
     celeriac_clock.advance(600)
     assert sent.get(timeout=10) == "second try"
+
+
+def test_beat_sends_each_run_as_the_clock_advances(
+    celeriac_app, celeriac_worker, celeriac_beat, celeriac_clock
+):
+    PINGS.clear()
+    celeriac_clock.advance(35)
+    assert celeriac_beat.sent == 3
+    deadline = time.monotonic() + 10
+    while len(PINGS) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(PINGS) == 3
 """
 
 
 def test_the_plugins_fixtures_work_in_a_users_suite(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_user=USER_TESTS)
     outcome = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    outcome.assert_outcomes(passed=5)
+    outcome.assert_outcomes(passed=6)

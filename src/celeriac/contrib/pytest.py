@@ -12,6 +12,9 @@ plugins can be installed side by side):
 - `celeriac_clock`: a fake clock for the app. Request it and `celeriac_app` runs on it:
   a task sent with `countdown=3600` (or a retry an hour later) runs as soon as the test
   calls `celeriac_clock.advance(3600)`, without waiting.
+- `celeriac_beat`: the app's periodic tasks (`beat_schedule`, `add_periodic_task`) on
+  `celeriac_clock`: `advance(3600)` sends every run due in that hour, one after another,
+  as a beat would have in real time.
 
 Override the configuration fixtures in a `conftest.py` or a test module:
 
@@ -36,10 +39,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
     from celeriac.app.base import Celeriac
+    from celeriac.beat.scheduler import Scheduler
     from celeriac.testing import TestWorker
 
 __all__ = [
+    "TestClock",
     "celeriac_app",
+    "celeriac_beat",
     "celeriac_clock",
     "celeriac_config",
     "celeriac_includes",
@@ -73,14 +79,49 @@ def celeriac_worker_parameters() -> Mapping[str, Any]:
     return {}
 
 
+class TestClock:
+    """A clock that moves only when told; beats attached to it run as time passes.
+
+    Args:
+        start: Epoch seconds to start at.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, start: float) -> None:
+        self._clock = FakeClock(start)
+        self._beats: list[Scheduler] = []
+
+    def time(self) -> float:
+        return self._clock.time()
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
+
+    def attach(self, beat: Scheduler) -> None:
+        """Run `beat`'s passes as this clock moves (what `celeriac_beat` does)."""
+        self._beats.append(beat)
+
+    def advance(self, seconds: float) -> None:
+        """Move `seconds` ahead. Attached beats pass at each moment a run falls due on
+        the way, so a 10-second schedule sends six runs in `advance(60)`."""
+        target = self.time() + seconds
+        while True:
+            waits = [beat.tick() for beat in self._beats]
+            now = self.time()
+            if now >= target:
+                return
+            self._clock.advance(min([target - now, *(w for w in waits if w > 0)]))
+
+
 @pytest.fixture
-def celeriac_clock() -> FakeClock:
+def celeriac_clock() -> TestClock:
     """A clock that moves only when told: `celeriac_clock.advance(seconds)`.
 
     It starts at the current whole second: ETAs are stored to the microsecond, and a
     start with a fraction could put `countdown=60` a rounding error after `advance(60)`.
     """
-    return FakeClock(float(int(time.time())))
+    return TestClock(float(int(time.time())))
 
 
 @pytest.fixture
@@ -121,3 +162,21 @@ def celeriac_worker(
 
     with start_worker(celeriac_app, **celeriac_worker_parameters) as worker:
         yield worker
+
+
+@pytest.fixture
+def celeriac_beat(celeriac_app: Celeriac, celeriac_clock: TestClock) -> Iterator[Scheduler]:
+    """The app's beat on `celeriac_clock`, in this process: it leads at once, and sends
+    what falls due as the test advances the clock."""
+    from celeriac.beat.scheduler import Scheduler
+    from celeriac.beat.store import MemoryScheduleStore
+
+    scheduler = Scheduler(
+        celeriac_app, store=MemoryScheduleStore(clock=celeriac_clock), clock=celeriac_clock
+    )
+    celeriac_clock.attach(scheduler)
+    scheduler.tick()  # take the lease; entries start now
+    try:
+        yield scheduler
+    finally:
+        scheduler.close()
