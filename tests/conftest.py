@@ -8,6 +8,9 @@ import pytest
 
 from celeriac.testing import TestWorker, memory_app
 
+# `pytester` runs the pytest plugin's own tests in a separate pytest process.
+pytest_plugins = ("pytester",)
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 

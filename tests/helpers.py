@@ -20,6 +20,10 @@ T = TypeVar("T")
 
 REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("CELERIAC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# A role that may create databases (`.ci/postgres` makes it); tests make their own.
+POSTGRES_URL = os.environ.get(
+    "CELERIAC_TEST_POSTGRES_URL", "postgresql://celeriac:celeriac@127.0.0.1:5432/postgres"
+)
 
 
 def wait_for(
@@ -93,6 +97,11 @@ def require_redis() -> str:
 def require_rabbitmq() -> str:
     require_service("RabbitMQ", AMQP_URL, 5672)
     return AMQP_URL
+
+
+def require_postgres() -> str:
+    require_service("PostgreSQL", POSTGRES_URL, 5432)
+    return POSTGRES_URL
 
 
 def amqp_connection_args(url: str = AMQP_URL) -> dict[str, str]:

@@ -8,6 +8,7 @@ version check on SQLite, a condition in memory), never a busy loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -199,6 +200,28 @@ class AsyncResult(Generic[R_co]):
 
     wait = get
 
+    async def aget(
+        self, timeout: float | None = None, propagate: bool = True, follow_parents: bool = True
+    ) -> R_co:
+        """`get()` for asyncio code: the event loop runs on while it waits.
+
+        On Redis the wait is a subscription on the loop itself (no thread); other backends
+        poll from the loop's default thread pool (see `ResultBackend.wait_many_async`).
+
+        Raises:
+            ResultTimeout: not ready within `timeout` (Celery's `TimeoutError`).
+            Exception: the task's own exception, when `propagate`.
+        """
+        if follow_parents and propagate and self.parent is not None:
+            await asyncio.to_thread(self._raise_failed_parent)
+        meta = self._cache
+        if meta is None:
+            metas = await self.backend.wait_many_async([self.id], timeout=timeout)
+            meta = self._cache = metas[self.id]
+        if propagate and meta.status in states.PROPAGATE_STATES:
+            raise _exception_of(meta)
+        return cast("R_co", _value_of(meta))
+
     def _raise_failed_parent(self) -> None:
         node = self.parent
         while node is not None:
@@ -379,6 +402,35 @@ class ResultSet:
 
     get = join
     join_native = join
+
+    async def ajoin(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """`join()` for asyncio code: every member's value, in call order.
+
+        With `propagate`, members are awaited in call order and the first failure is
+        raised as soon as it is known (as `join` does); otherwise all are awaited at once.
+
+        Raises:
+            ResultTimeout: not all ready within `timeout`.
+            Exception: the first failed member's exception, when `propagate`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = [r for r in self._leaves() if r._cache is None]
+        if pending and not propagate:
+            metas = await self.app.backend.wait_many_async([r.id for r in pending], timeout=timeout)
+            for result in pending:
+                result._cache = metas[result.id]
+        values: list[Any] = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if isinstance(result, ResultSet):
+                values.append(await result.ajoin(timeout=remaining, propagate=propagate))
+            else:
+                values.append(
+                    await result.aget(timeout=remaining, propagate=propagate, follow_parents=False)
+                )
+        return values
+
+    aget = ajoin
 
     def revoke(self, *, terminate: bool = False) -> None:
         """Revoke every member."""

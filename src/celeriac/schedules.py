@@ -83,13 +83,14 @@ class Schedule(Protocol):
 
 
 def app_timezone(app: Celeriac | None) -> tzinfo:
-    """The zone schedules of `app` work in: `timezone`, else UTC (`enable_utc`), else
-    the system's local zone (Celery compat)."""
+    """The zone schedules of `app` work in: `timezone` (in a Django project, Django's
+    `TIME_ZONE` when that is unset), else UTC (`enable_utc`), else the system's local
+    zone (Celery compat)."""
     if app is None:
         from celeriac.app.base import current_app
 
         app = current_app()
-    name = app.conf.timezone
+    name = app.timezone_name()
     if name:
         try:
             return ZoneInfo(name)

@@ -13,6 +13,10 @@ with start_worker(app):
     assert add.delay(2, 2).get(timeout=5) == 4
 ```
 
+With pytest, the plugin in `celeriac.contrib.pytest` offers the same as fixtures
+(`celeriac_app`, `celeriac_worker`, `celeriac_config`, `celeriac_clock`; see
+docs/testing.md).
+
 The worker runs the real consumer and executor (leases, retries, canvas, results) on
 threads in this process; signals, time limits by alarm and child processes are the
 worker command's business and are not used here.

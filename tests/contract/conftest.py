@@ -6,9 +6,12 @@ prefix or queue names, and skipped locally (failed under CI) when its server is 
 
 from __future__ import annotations
 
+import gc
 import importlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import pytest
 
@@ -16,7 +19,7 @@ from celeriac.backends import create_backend
 from celeriac.backends.base import ResultBackend
 from celeriac.brokers import create_broker
 from celeriac.brokers.base import Broker
-from tests.helpers import require_rabbitmq, require_redis, unique
+from tests.helpers import require_postgres, require_rabbitmq, require_redis, unique
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,7 +27,8 @@ if TYPE_CHECKING:
     from celeriac._time import Clock
 
 BROKERS = ["memory", "sqlite", "redis", "amqp"]
-BACKENDS = ["memory", "sqlite", "redis"]
+# "django": the ORM backend (celeriac.contrib.django) on a PostgreSQL database.
+BACKENDS = ["memory", "sqlite", "redis", "django"]
 
 
 def _available(module: str) -> bool:
@@ -102,6 +106,10 @@ def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     elif kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'results.db'}"
         options = {}
+    elif kind == "django":
+        request.getfixturevalue("django_orm")
+        url = "django-db://"
+        options = {}
     else:
         url = require_redis()
         options = {"global_keyprefix": f"{prefix}:"}
@@ -117,6 +125,62 @@ def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
         backend.close()
     if kind == "redis":
         _delete_redis_keys(url, f"{prefix}:")
+
+
+@pytest.fixture(scope="session")
+def _django_database() -> Iterator[None]:
+    """Django configured in this process on a PostgreSQL database of its own, with the
+    result tables migrated; the database is dropped at the end of the session."""
+    import django
+    import psycopg
+    from django.conf import settings
+    from django.core.management import call_command
+
+    admin_url = require_postgres()
+    name = unique("contract").replace("-", "_")
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    parsed = urlparse(admin_url)
+    settings.configure(
+        INSTALLED_APPS=["celeriac.contrib.django"],
+        DATABASES={
+            "default": {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": name,
+                "USER": parsed.username or "",
+                "PASSWORD": parsed.password or "",
+                "HOST": parsed.hostname or "",
+                "PORT": str(parsed.port or ""),
+            }
+        },
+        USE_TZ=True,
+    )
+    django.setup()
+    call_command("migrate", "celeriac", verbosity=0)
+    try:
+        yield
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def django_orm(_django_database: None) -> Iterator[None]:
+    """The ORM backend's tables, emptied for one test."""
+    from celeriac.contrib.django import models
+
+    for model in (models.TaskResult, models.GroupResult, models.ChordCounter, models.Revocation):
+        model.objects.all().delete()
+    yield
+    # Django opens one connection per thread and closes it at the end of a request (a
+    # worker: of a task); the bare threads of these tests have neither, so what they
+    # left open is collected here rather than in whichever test runs next.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def _delete_redis_keys(url: str, prefix: str) -> None:

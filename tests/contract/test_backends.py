@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -133,6 +134,35 @@ def test_wait_many_returns_every_result(backend_factory: BackendFactory) -> None
         backend.store(backend.ready_meta(task_id, states.SUCCESS, n))
     done = backend.wait_many(ids, timeout=5)
     assert [done[task_id].result for task_id in ids] == list(range(5))
+
+
+def test_async_wait_returns_when_another_thread_stores(backend_factory: BackendFactory) -> None:
+    writer = backend_factory()
+    reader = backend_factory()
+    ready, waiting = new_id(), new_id()
+    writer.store(writer.ready_meta(ready, states.SUCCESS, 1))
+    writer.store(ResultMeta(task_id=waiting, status=states.STARTED))
+
+    async def main() -> dict[str, ResultMeta]:
+        timer = threading.Timer(
+            0.3, lambda: writer.store(writer.ready_meta(waiting, states.SUCCESS, 2))
+        )
+        timer.start()
+        try:
+            return await reader.wait_many_async([ready, waiting], timeout=10)
+        finally:
+            timer.cancel()
+
+    done = asyncio.run(main())
+    assert {task_id: meta.result for task_id, meta in done.items()} == {ready: 1, waiting: 2}
+
+
+def test_async_wait_times_out(backend_factory: BackendFactory) -> None:
+    backend = backend_factory()
+    task_id = new_id()
+    backend.store(ResultMeta(task_id=task_id, status=states.STARTED))
+    with pytest.raises(ResultTimeout, match=task_id):
+        asyncio.run(backend.wait_many_async([task_id], timeout=0.3))
 
 
 def test_get_many_leaves_out_unknown_ids(backend_factory: BackendFactory) -> None:

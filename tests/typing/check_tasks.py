@@ -52,3 +52,17 @@ aget.delay(3)  # type: ignore[arg-type]
 @app.task(max_retry=3)  # type: ignore[call-overload, untyped-decorator]
 def typo(x: int) -> int:
     return x
+
+
+async def asyncio_client() -> None:
+    """The asyncio twins are typed like the calls they mirror."""
+    result = await add.adelay(1, 2)
+    assert_type(result, AsyncResult[int])
+    assert_type(await result.aget(timeout=1), int)
+    assert_type(await add.aapply_async((1, 2), countdown=5), AsyncResult[int])
+    await add.adelay("x", 2)  # type: ignore[arg-type]
+
+
+def django_transactions() -> None:
+    assert_type(add.delay_on_commit(1, 2), None)
+    add.delay_on_commit(1)  # type: ignore[call-arg]

@@ -22,10 +22,11 @@ import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 from celeriac._imports import import_object
-from celeriac._time import utcnow
+from celeriac._time import UTC, utcnow
 from celeriac.app.config import Settings
 from celeriac.app.registry import TaskRegistry
 from celeriac.app.routing import Router
@@ -40,14 +41,16 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     import contextlib
-    from datetime import datetime
+    from datetime import tzinfo
 
     from celeriac import result as _result
+    from celeriac._time import Clock
     from celeriac.app.control import Control
     from celeriac.app.send import SendConf
     from celeriac.backends.base import ResultBackend
     from celeriac.brokers.base import Broker
     from celeriac.canvas import Signature
+    from celeriac.contrib.django.fixup import DjangoFixup
 
 __all__ = ["Celeriac", "current_app", "shared_task"]
 
@@ -128,10 +131,15 @@ class Celeriac:
         self._backend: ResultBackend | None = None
         self._router: Router | None = None
         self._control: Control | None = None
-        self._autodiscover: list[tuple[Sequence[str], str]] = []
+        self._autodiscover: list[tuple[_Packages, str]] = []
         self._local = threading.local()
         self.sender = Sender(self)
         self._finalized = False
+        self._django = _django_fixup(self)
+        # None: the system clock. Tests put a FakeClock here (`celeriac_clock`): sending
+        # (ETAs), the memory broker (what is due) and workers (early and expired
+        # messages) then all read it.
+        self.clock: Clock | None = None
         from celeriac.signals import Signal
 
         # Celery's app signals (periodic tasks are usually set up in their receivers).
@@ -186,6 +194,15 @@ class Celeriac:
         self.conf.update(values)
         self._router = None
 
+    def set_default(self) -> None:
+        """Make this the app `current_app()` falls back to (Celery's `set_default`)."""
+        global _default_app
+        _default_app = self
+
+    def set_current(self) -> None:
+        """Make this the current app of this context (thread or asyncio task)."""
+        _current_app.set(self)
+
     def config_from_envvar(self, variable: str, *, silent: bool = False) -> None:
         """Load settings from the module named by environment variable `variable`."""
         module = os.environ.get(variable)
@@ -199,20 +216,37 @@ class Celeriac:
 
     def autodiscover_tasks(
         self,
-        packages: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        packages: _Packages = None,
         related_name: str = "tasks",
         force: bool = False,
     ) -> None:
         """Import `<package>.<related_name>` for each package, now (`force`) or when the
-        app is finalized (a worker starting, or the first task lookup by name)."""
-        names = packages() if callable(packages) else list(packages or ())
+        app is finalized (a worker starting, or the first task lookup by name).
+
+        `packages` may be a callable (called then, e.g. `lambda: settings.INSTALLED_APPS`);
+        None means every installed Django app (with `DJANGO_SETTINGS_MODULE` set).
+        """
         if force or self._finalized:
-            self._import_related(names, related_name)
+            self._import_related(self._discovery_packages(packages), related_name)
         else:
-            self._autodiscover.append((names, related_name))
+            self._autodiscover.append((packages, related_name))
+
+    def _discovery_packages(self, packages: _Packages) -> Sequence[str]:
+        if callable(packages):
+            return list(packages())
+        if packages is not None:
+            return list(packages)
+        if self._django is None:
+            raise ImproperlyConfigured(
+                "autodiscover_tasks() without packages searches the installed Django apps, "
+                "but DJANGO_SETTINGS_MODULE is not set: pass the packages, e.g. "
+                "app.autodiscover_tasks(['proj.orders', 'proj.billing'])"
+            )
+        return self._django.installed_apps()
 
     def _import_related(self, packages: Sequence[str], related_name: str) -> None:
-        for package in packages:
+        for name in packages:
+            package = _app_package(name)
             module_name = f"{package}.{related_name}" if related_name else package
             try:
                 importlib.import_module(module_name)
@@ -227,12 +261,15 @@ class Celeriac:
             if self._finalized:
                 return
             self._finalized = True
+            if self._django is not None:
+                # Before any task module is imported: they may import models.
+                self._django.setup()
             self.on_after_configure.send(sender=self, source=self.conf)
             for module in (*self.conf.include, *self.conf.imports):
                 importlib.import_module(module)
             pending, self._autodiscover = self._autodiscover, []
             for packages, related_name in pending:
-                self._import_related(packages, related_name)
+                self._import_related(self._discovery_packages(packages), related_name)
         self.on_after_finalize.send(sender=self)
 
     def add_periodic_task(
@@ -298,8 +335,8 @@ class Celeriac:
         self, fun: Callable[..., Any], *, shared: bool = False, **options: Any
     ) -> Task[Any, Any]:
         name = options.pop("name", None) or self.gen_task_name(fun)
-        base: type[Task[Any, Any]] = options.pop("base", None) or (
-            AsyncTask if _is_coroutine_function(fun) else Task
+        base: type[Task[Any, Any]] = options.pop("base", None) or self._task_class(
+            is_async=_is_coroutine_function(fun)
         )
         bind = bool(options.pop("bind", False))
         unknown = [k for k in options if k not in TaskOptions.__annotations__]
@@ -319,6 +356,21 @@ class Celeriac:
         task = base(fun, app=None if shared else self, name=name, bind=bind, **options)
         self.tasks.register(task)
         return task
+
+    def _task_class(self, *, is_async: bool) -> type[Task[Any, Any]]:
+        """The class of a new task: `task_cls` when set (Flask's `FlaskTask` pattern),
+        else `Task` (`AsyncTask` for an `async def` function)."""
+        chosen: type[Task[Any, Any]] | str | None = self.conf.task_cls
+        if chosen is None:
+            return AsyncTask if is_async else Task
+        if isinstance(chosen, str):
+            self.conf.task_cls = import_object(chosen)  # validated now that it is imported
+            chosen = self.conf.task_cls
+        assert isinstance(chosen, type)
+        assert issubclass(chosen, Task)
+        if is_async and not issubclass(chosen, AsyncTask):
+            return _async_variant(chosen)
+        return chosen
 
     def gen_task_name(self, fun: Callable[..., Any]) -> str:
         module = getattr(fun, "__module__", None) or "__main__"
@@ -391,6 +443,7 @@ class Celeriac:
             self.broker_url,
             transport_options=self.broker_transport_options(),
             consumer_id=consumer_id,
+            clock=self.clock,
         )
 
     @property
@@ -518,7 +571,28 @@ class Celeriac:
                 self._backend = None
 
     def now(self) -> datetime:
-        return utcnow()
+        """The current instant by the app's clock (aware UTC)."""
+        clock = self.clock
+        if clock is None:
+            return utcnow()
+        return datetime.fromtimestamp(clock.time(), UTC)
+
+    @property
+    def timezone(self) -> tzinfo:
+        """The app's zone: schedules run in it and naive `eta=`/`expires=` datetimes are
+        read in it. The zone of `timezone_name()`, else UTC (`enable_utc`, the default),
+        else the machine's zone (Celery compat)."""
+        from celeriac.schedules import app_timezone
+
+        return app_timezone(self)
+
+    def timezone_name(self) -> str | None:
+        """The zone set for this app: the `timezone` setting, else Django's `TIME_ZONE`
+        in a Django project, else None."""
+        name: str | None = self.conf.timezone
+        if not name and self._django is not None:
+            name = self._django.timezone()
+        return name
 
     # -- results and signatures -------------------------------------------------------
 
@@ -567,6 +641,48 @@ class Celeriac:
         Accepts the options of `Task.apply_async`.
         """
         return self.sender.send_task(name, args, kwargs, _task, options)
+
+
+# What `autodiscover_tasks` takes: packages, a callable giving them, or None (Django's apps).
+_Packages = Sequence[str] | Callable[[], Sequence[str]] | None
+
+
+def _django_fixup(app: Celeriac) -> DjangoFixup | None:
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return None
+    from celeriac.contrib.django.fixup import fixup
+
+    return fixup(app)
+
+
+_ASYNC_VARIANTS: dict[type[Task[Any, Any]], type[Task[Any, Any]]] = {}
+
+
+def _async_variant(cls: type[Task[Any, Any]]) -> type[Task[Any, Any]]:
+    """`task_cls` for an `async def` function: the class with `AsyncTask`'s behaviour (its
+    hooks and attributes kept; a custom `__call__` wraps the creation of the coroutine)."""
+    variant = _ASYNC_VARIANTS.get(cls)
+    if variant is None:
+        variant = type(cls.__name__, (cls, AsyncTask), {"__module__": cls.__module__})
+        _ASYNC_VARIANTS[cls] = variant
+    return variant
+
+
+def _app_package(name: str) -> str:
+    """The package of an `INSTALLED_APPS` entry: itself, or the `name` of the AppConfig
+    class it points to ("billing.apps.BillingConfig" → "billing")."""
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        parent, _, attr = name.rpartition(".")
+        if not parent or exc.name != name:
+            raise
+        config = getattr(importlib.import_module(parent), attr, None)
+        package = getattr(config, "name", None)
+        if not isinstance(package, str):
+            raise
+        return package
+    return name
 
 
 def _is_module(value: Any) -> bool:

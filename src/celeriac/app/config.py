@@ -104,6 +104,8 @@ DEFAULTS: dict[str, Any] = {
     "include": (),
     "imports": (),
     "beat_schedule": {},
+    # the class of every task the app makes (a Task subclass or "module:Class")
+    "task_cls": None,
     # Celery's default -s (here the name of beat's state in the broker's store).
     "beat_schedule_filename": "celerybeat-schedule",
     "beat_scheduler": "celeriac.beat.scheduler:Scheduler",
@@ -176,9 +178,15 @@ def _accept(name: str, value: Any) -> list[str] | None:
     return items
 
 
+# Celery compat: result backends named without "://" (django-celery-results' spelling).
+_BARE_BACKENDS = {"django-db": "django-db://"}
+
+
 def _url(name: str, value: Any) -> str | None:
     if value is None:
         return None
+    if name == "result_backend" and value in _BARE_BACKENDS:
+        return _BARE_BACKENDS[value]
     if not isinstance(value, str) or "://" not in value:
         raise _fail(name, value, "write a URL such as redis://localhost:6379/0")
     return value
@@ -297,6 +305,16 @@ def _compression(name: str, value: Any) -> str | None:
     return str(value)
 
 
+def _task_class(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value  # a "module:Class" path is imported when the first task is made
+    from celeriac.app.task import Task
+
+    if not (isinstance(value, type) and issubclass(value, Task)):
+        raise _fail(name, value, "write a subclass of celeriac.Task or its 'module:Class' path")
+    return value
+
+
 def _dotted_or_class(name: str, value: Any) -> Any:
     if isinstance(value, type) or (isinstance(value, str) and value):
         return value
@@ -381,6 +399,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "include": _modules,
     "imports": _modules,
     "beat_schedule": _mapping,
+    "task_cls": _task_class,
     "beat_schedule_filename": _schedule_name,
     "beat_scheduler": _dotted_or_class,
     "beat_max_loop_interval": _optional_seconds,
@@ -535,6 +554,8 @@ def new_setting_name(name: str) -> str:
 def _from_environment(name: str) -> str | None:
     for variable in ENVIRONMENT.get(name, ()):
         value = os.environ.get(variable)
+        if value and name == "result_backend":
+            value = _BARE_BACKENDS.get(value, value)
         if value:
             if "://" not in value:
                 raise ImproperlyConfigured(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import states
 from celeriac.app.context import Context, current_request, run_in_context
+from celeriac.app.task import task_entry
 from celeriac.canvas.signature import signature_list
 from celeriac.exceptions import Ignore, Reject, Retry
 from celeriac.protocol.errors import encode_exception
@@ -26,9 +27,10 @@ __all__ = ["apply_eagerly"]
 
 
 def _run(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    body = task_entry(task)
     if task.is_async:
-        return asyncio.run(task.run(*args, **kwargs))
-    return task.run(*args, **kwargs)
+        return asyncio.run(body(*args, **kwargs))
+    return body(*args, **kwargs)
 
 
 def apply_eagerly(

@@ -14,11 +14,11 @@ import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
-from celeriac._time import UTC, utcnow
+from celeriac._time import UTC
 from celeriac.app.context import Context, current_request
 from celeriac.brokers.base import Outgoing
 from celeriac.exceptions import BrokerConnectionError, ImproperlyConfigured
@@ -110,23 +110,31 @@ def _call_fields(options: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def resolve_eta(eta: Any, countdown: float | None, *, now: datetime) -> datetime | None:
-    """The aware ETA of `countdown` seconds from `now` (which wins), else of `eta`."""
+def resolve_eta(
+    eta: Any, countdown: float | None, *, now: datetime, zone: Callable[[], tzinfo] | None = None
+) -> datetime | None:
+    """The aware ETA of `countdown` seconds from `now` (which wins), else of `eta`; a naive
+    `eta` is read in `zone()` (the app's time zone; UTC when not given)."""
     if countdown is not None:
         return now + timedelta(seconds=float(countdown))
     if isinstance(eta, datetime) and eta.tzinfo is None:
-        return eta.replace(tzinfo=UTC)
+        return eta.replace(tzinfo=zone() if zone is not None else UTC)
     if eta is not None and not isinstance(eta, datetime):
         raise ImproperlyConfigured(f"eta must be a datetime, got {eta!r}")
     return eta
 
 
-def _instant(value: Any, *, now: datetime, what: str) -> datetime | None:
-    """An aware instant from seconds-from-now, a timedelta, or a datetime."""
+def _instant(
+    value: Any, *, now: datetime, what: str, zone: Callable[[], tzinfo] | None = None
+) -> datetime | None:
+    """An aware instant from seconds-from-now, a timedelta, or a datetime (a naive one
+    read in `zone()`, else UTC)."""
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=zone() if zone is not None else UTC)
     if isinstance(value, timedelta):
         return now + value
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -247,15 +255,16 @@ class Sender:
         if parent is not None and parent.id and not parent.called_directly:
             parent_id = parent_id or parent.id
             root_id = root_id or parent.root_id or parent.id
-        now = utcnow()
+        now = self._app.now()
+        zone = self._zone
         route = self._app.router.route(name, args, kwargs, options, task=task)
         call = TaskCall(
             name=name,
             id=task_id,
             args=args,
             kwargs=kwargs,
-            eta=resolve_eta(options.get("eta"), options.get("countdown"), now=now),
-            expires=_instant(options.get("expires"), now=now, what="expires"),
+            eta=resolve_eta(options.get("eta"), options.get("countdown"), now=now, zone=zone),
+            expires=_instant(options.get("expires"), now=now, what="expires", zone=zone),
             root_id=root_id or task_id,
             parent_id=parent_id,
             priority=self._priority(route, parent),
@@ -264,6 +273,10 @@ class Sender:
         if not call.reply_to:
             call.reply_to = self.default_reply_to()
         return call, route
+
+    def _zone(self) -> tzinfo:
+        """The app's time zone (read only for naive datetimes)."""
+        return self._app.timezone
 
     def _priority(self, route: Route, parent: Context | None) -> int | None:
         """The route's priority, else `task_default_priority`, else the parent's (with
@@ -284,7 +297,9 @@ class Sender:
         if options:
             fields = _call_fields(options)
             if options.get("expires") is not None:
-                fields["expires"] = _instant(options["expires"], now=utcnow(), what="expires")
+                fields["expires"] = _instant(
+                    options["expires"], now=self._app.now(), what="expires", zone=self._zone
+                )
             for key, field_name in _IDENTITY_OPTIONS:
                 if options.get(key):
                     fields[field_name] = options[key]
@@ -322,7 +337,7 @@ class Sender:
             max_size=conf.max_size,
         )
         eta = call.eta
-        deliver_at = eta if eta is not None and eta > utcnow() else None
+        deliver_at = eta if eta is not None and eta > self._app.now() else None
         queue, exchange, routing_key = route.queue, route.exchange, route.routing_key
         if signals.before_task_publish.receivers:
             signals.before_task_publish.send(

@@ -7,17 +7,18 @@ a contextvar, so threads and asyncio tasks each see their own.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import random
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypedDict, TypeVar
 
 from celeriac import states
-from celeriac._time import utcnow
 from celeriac.app.context import Context, current_task, pop_context, push_context, request_of
 from celeriac.app.send import resolve_eta
 from celeriac.exceptions import (
     Ignore,
+    ImproperlyConfigured,
     MaxRetriesExceededError,
     Reject,
     Retry,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from celeriac.canvas import Signature
     from celeriac.result import AsyncResult, EagerResult
 
-__all__ = ["AsyncTask", "Task", "TaskOptions", "backoff_countdown"]
+__all__ = ["AsyncTask", "Task", "TaskOptions", "backoff_countdown", "task_entry"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -320,6 +321,53 @@ class Task(Generic[P, R]):
             return self.apply(args, kwargs, **options)
         return app.send_task(self.name, args, kwargs, _task=self, **options)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """`delay()` for asyncio code (FastAPI and other ASGI apps): see `aapply_async`."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """`apply_async()` for asyncio code: the publish runs in the loop's default thread
+        pool, so a slow or reconnecting broker never stalls the event loop. Wait for the
+        value with `await result.aget(timeout=...)`."""
+        return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Send the task when the current Django database transaction commits (never if
+        it rolls back; at once outside a transaction). Returns None: nothing is sent yet.
+
+        Raises:
+            TypeError: the arguments do not fit the task (checked now, not at commit).
+        """
+        self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """`apply_async(args, kwargs, **options)` when the current Django database
+        transaction commits (Django's `transaction.on_commit`; `using=` picks the
+        database alias)."""
+        try:
+            from django.db import transaction
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"{self.name}: apply_async_on_commit() waits for a Django transaction, "
+                "and Django is not installed: use apply_async()"
+            ) from exc
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        if self.typing:
+            self.check_arguments(args, kwargs)
+        using = options.pop("using", None)
+        transaction.on_commit(lambda: self.apply_async(args, kwargs, **options), using=using)
+
     def apply(
         self,
         args: Sequence[Any] | None = None,
@@ -417,7 +465,12 @@ class Task(Generic[P, R]):
         if request.is_eager:
             retry.eager_args = (new_args, new_kwargs)  # type: ignore[attr-defined]
         else:
-            when = resolve_eta(eta, None if eta is not None else countdown, now=utcnow())
+            when = resolve_eta(
+                eta,
+                None if eta is not None else countdown,
+                now=self.app.now(),
+                zone=lambda: self.app.timezone,
+            )
             call = request.retried(self.name, new_args, new_kwargs, eta=when)
             self.app.sender.send_retry(self, call, request.origin_queue, options)
         if throw:
@@ -522,6 +575,19 @@ class Task(Generic[P, R]):
         return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) > 1
 
 
+def task_entry(task: Task[Any, Any]) -> Callable[..., Any]:
+    """What a worker calls to run `task`'s body: the task itself when its class overrides
+    `__call__`, else `run`.
+
+    Celery compat: Flask's documented `FlaskTask` (`Celery(app.name, task_cls=FlaskTask)`)
+    wraps the body in an application context in its `__call__`, and Celery's workers call
+    a task through `__call__` when it is custom.
+    """
+    if type(task).__call__ in _PLAIN_CALLS:
+        return task.run
+    return task
+
+
 class AsyncTask(Task[P, R]):
     """A task whose body is `async def`: calling it directly returns a coroutine."""
 
@@ -540,3 +606,7 @@ class AsyncTask(Task[P, R]):
             return result
         finally:
             pop_context(token)
+
+
+# The `__call__`s that only run the body: a task with one of these is run through `run`.
+_PLAIN_CALLS = (Task.__call__, AsyncTask.__call__)

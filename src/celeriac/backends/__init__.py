@@ -27,6 +27,8 @@ BACKEND_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "redis+socket": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "sentinel": ("celeriac.backends.redis", "RedisBackend", "redis"),
     "rpc": ("celeriac.backends.rpc", "RPCBackend", "amqp"),
+    # Django projects: results through the ORM (celeriac.contrib.django).
+    "django-db": ("celeriac.contrib.django.backend", "DjangoBackend", "django"),
 }
 
 

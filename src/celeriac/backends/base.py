@@ -16,6 +16,7 @@ by `tests/contract/test_backends.py`:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -314,6 +315,41 @@ class ResultBackend(ABC):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             done[task_id] = self.wait(task_id, timeout=remaining)
         return done
+
+    async def wait_many_async(
+        self, task_ids: Sequence[str], *, timeout: float | None = None
+    ) -> dict[str, ResultMeta]:
+        """`wait_many` for asyncio code: the event loop keeps running meanwhile.
+
+        The default polls `get_many` with a growing interval (5 ms → 200 ms), each read
+        in the loop's default thread pool (a database driver must not block the loop;
+        Django refuses to be called from it); a backend without lookups (`rpc://`) waits
+        in that pool. Backends that can be notified on the loop override it.
+
+        Raises:
+            ResultTimeout: not all ready within `timeout` seconds.
+        """
+        if not self.supports_lookup:
+            return await asyncio.to_thread(self.wait_many, task_ids, timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done: dict[str, ResultMeta] = {}
+        interval = self._min_poll
+        while True:
+            pending = [tid for tid in task_ids if tid not in done]
+            if not pending:
+                return {tid: done[tid] for tid in task_ids}
+            found = await asyncio.to_thread(self.get_many, pending)
+            done.update((tid, meta) for tid, meta in found.items() if meta.is_ready)
+            if len(done) == len(set(task_ids)):
+                continue
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    missing = ", ".join(sorted(set(task_ids) - set(done)))
+                    raise ResultTimeout(f"task(s) {missing} not ready after {timeout} s")
+                interval = min(interval, remaining)
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, self._max_poll)
 
     def store_for_request(
         self, meta: ResultMeta, *, reply_to: str | None, correlation_id: str | None

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
     import redis
 
+    from celeriac.connections.redis_async import AsyncKeyWaiter
+
 __all__ = ["RedisBackend"]
 
 # -- storage layout (Celery's; every key gets the backend's global key prefix) ------------
@@ -118,6 +120,7 @@ class RedisBackend(ResultBackend):
         )
         self._lock = threading.Lock()
         self._idle: list[Any] = []
+        self._async_waiter: AsyncKeyWaiter | None = None
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -270,6 +273,41 @@ class RedisBackend(ResultBackend):
                 if conn is not None:
                     self._release(conn)
         return {tid: done[tid] for tid in task_ids}
+
+    async def wait_many_async(
+        self, task_ids: Sequence[str], *, timeout: float | None = None
+    ) -> dict[str, ResultMeta]:
+        """Subscribe and read on the event loop (`connections.redis_async`): no thread."""
+        from celeriac.connections.redis_async import AsyncKeyWaiter, KeysNotReady
+
+        if self._async_waiter is None:
+            self._async_waiter = AsyncKeyWaiter(self.url, self.transport_options)
+        ids = {self._task_key(tid): tid for tid in task_ids}
+        metas: dict[str, ResultMeta] = {}
+
+        def is_ready(key: str, value: bytes) -> bool:
+            meta = self.decode_meta(value, task_id=ids[key])
+            metas[key] = meta
+            return meta.is_ready
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            await self._async_waiter.wait_for_keys(
+                list(ids), is_ready=is_ready, deadline=deadline, delays=self._redis.policy.delays()
+            )
+        except KeysNotReady:
+            missing = ", ".join(
+                sorted(
+                    tid for key, tid in ids.items() if key not in metas or not metas[key].is_ready
+                )
+            )
+            raise ResultTimeout(f"task(s) {missing} not ready after {timeout} s") from None
+        except _SUBSCRIBER_ERRORS as exc:
+            raise BackendError(
+                f"lost the Redis subscription while waiting for results ({exc}); "
+                "check that the server is running"
+            ) from exc
+        return {tid: metas[key] for key, tid in ids.items()}
 
     def _read_and_subscribe(
         self, conn: Any, pending: dict[str, str], done: dict[str, ResultMeta]

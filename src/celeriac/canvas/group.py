@@ -6,6 +6,7 @@ Every member is published with `group`/`group_index` headers in one round trip t
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from celeriac.canvas.signature import (
@@ -144,6 +145,18 @@ class group(_TaskList):
         )
         self.kwargs["tasks"] = members
         return GroupResult(gid, results, app=self._app)
+
+    async def aapply_async(  # type: ignore[override]
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> GroupResult:
+        """`apply_async()` for asyncio code; `await result.aget()` waits for the members."""
+        return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> GroupResult:  # type: ignore[override]
+        return await self.aapply_async(args, kwargs)
 
     def apply_async(  # type: ignore[override]
         self,

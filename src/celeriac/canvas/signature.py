@@ -8,6 +8,7 @@ register their `subtask_type` here.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import uuid
@@ -315,6 +316,20 @@ class Signature(dict[str, Any], Generic[R]):
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         return self.apply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """`apply_async()` for asyncio code: the publish runs in the loop's default thread
+        pool, so a slow or reconnecting broker never stalls the loop."""
+        return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
+        """`delay()` for asyncio code (see `aapply_async`)."""
+        return await self.aapply_async(args, kwargs)
 
     def apply(
         self,

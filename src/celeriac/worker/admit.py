@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeriac._time import utcnow
 from celeriac.app.context import Context
 from celeriac.exceptions import (
     ContentDisallowed,
@@ -160,7 +159,7 @@ class Admission:
     def check(self, delivery: Delivery) -> Verdict:
         """The verdict on `delivery`. A message due within `HOLD_SECONDS` is waited for
         here and runs."""
-        now = utcnow()
+        now = self.app.now()
         try:
             call = decode_task(
                 delivery.message, accept=self.accept, max_size=self.max_size, now=now

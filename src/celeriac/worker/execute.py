@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from celeriac import signals, states
 from celeriac._crashpoints import crash_point
 from celeriac.app.context import pop_context, push_context
+from celeriac.app.task import task_entry
 from celeriac.exceptions import Ignore, Reject, Retry
 from celeriac.worker.admit import Admission, Request, Run, context_for
 from celeriac.worker.rate_gate import RateGate
@@ -178,7 +179,7 @@ class Executor:
             self.limits.arm(request)
             try:
                 task.before_start(call.id, call.args, call.kwargs)
-                value = task.run(*call.args, **call.kwargs)
+                value = task_entry(task)(*call.args, **call.kwargs)
                 if task.is_async:
                     if self.run_async is None:
                         raise RuntimeError("this pool cannot run async def tasks")

@@ -22,10 +22,12 @@ CELERIAC_DIFFERENCES = {
     # Celery's PersistentScheduler keeps a shelve file; celeriac's keeps state in the broker.
     "beat_scheduler": "celeriac.beat.scheduler:Scheduler",
 }
+# (`task_cls` is an argument of Celery's constructor, kept with the settings here.)
 CELERIAC_ONLY = {
     "task_max_message_size",
     "task_redelivery_limit",
     "result_backend_max_retry_time",
+    "task_cls",
     "beat_catch_up",
     "beat_lease_seconds",
 }
@@ -280,6 +282,7 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "include": ([1], "list of module names"),
     "imports": (5, "list of module names"),
     "beat_schedule": ([], "write a dict"),
+    "task_cls": (dict, "subclass of celeriac.Task"),
     "beat_schedule_filename": ("", "write a name"),
     "beat_scheduler": (3, "dotted path"),
     "beat_max_loop_interval": (-1, "number of seconds"),
@@ -425,3 +428,8 @@ def test_environment_value_that_is_not_a_url_is_refused(
     resolve = conf.broker_url_resolved if "BROKER" in variable else conf.result_backend_resolved
     with pytest.raises(ImproperlyConfigured, match=f"{variable}='localhost:6379' is not a URL"):
         resolve()
+
+
+def test_django_db_is_read_as_its_url() -> None:
+    # Celery compat: django-celery-results' spelling, without "://".
+    assert Settings({"result_backend": "django-db"}).result_backend == "django-db://"

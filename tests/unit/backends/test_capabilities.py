@@ -23,6 +23,7 @@ CAPABILITIES: dict[str, tuple[bool, ...]] = {
     "SQLiteBackend": (True,  True,  True,   True,  True),
     "RedisBackend":  (True,  True,  True,   True,  True),
     "RPCBackend":    (False, False, False,  False, False),
+    "DjangoBackend": (True,  True,  False,  False, True),
 }  # fmt: skip
 
 

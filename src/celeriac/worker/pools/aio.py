@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac import states
 from celeriac.app.context import pop_context, push_context
+from celeriac.app.task import task_entry
 from celeriac.exceptions import BrokerConnectionError, SoftTimeLimitExceeded, TimeLimitExceeded
 from celeriac.worker.consumer import (
     OUTAGE_PAUSE,
@@ -168,7 +169,7 @@ class AsyncioPool(InProcessPool):
         limit = request.soft_time_limit or request.time_limit
         try:
             task.before_start(call.id, call.args, call.kwargs)
-            body = task.run(*call.args, **call.kwargs)
+            body = task_entry(task)(*call.args, **call.kwargs)
             try:
                 value = await (asyncio.wait_for(body, limit) if limit else body)
             except asyncio.TimeoutError:
