@@ -326,6 +326,7 @@ class Celeriac:
             options.setdefault("max_priority", self.conf.task_queue_max_priority)
         options.setdefault("heartbeat", self.conf.broker_heartbeat)
         options.setdefault("connect_timeout", self.conf.broker_connection_timeout)
+        options.setdefault("worker_lost_after", self.conf.worker_lost_after)
         return options
 
     def create_broker(self, *, consumer_id: str | None = None) -> Broker:

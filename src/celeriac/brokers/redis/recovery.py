@@ -223,7 +223,9 @@ class Recovery:
                 if prepared is None:
                     logger.error("cannot restore unreadable unacked entry %s; left in place", tag)
                     continue
-                groups += [tag, "", "R", prepared[0], prepared[1], "0"]
+                # A lease lapses only when its holder stopped renewing it (dead, or
+                # stalled past the visibility timeout): the last resort counts a crash.
+                groups += [tag, "", "R", prepared[0], prepared[1], "1"]
             restored, _ = self._restore_groups(groups, ceiling=ceiling, what="restore leases")
             if restored:
                 logger.info("restored %d message(s) whose lease lapsed", restored)
