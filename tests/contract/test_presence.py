@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from celeriac.brokers.base import Broker
     from tests.contract.conftest import BrokerFactory
 
-IDENTITY = {"worker": "w1@box", "host": "box", "pid": 4242, "pool": "threads", "concurrency": 8}
+IDENTITY: dict[str, str | int] = {
+    "worker": "w1@box",
+    "host": "box",
+    "pid": 4242,
+    "pool": "threads",
+    "concurrency": 8,
+}
 # Short, so that the tests wait little for a consumer to count as silent.
 LOST_AFTER = 0.6
 
