@@ -132,3 +132,27 @@ def test_withdraw_and_recover_remove_the_record(broker_factory: BrokerFactory) -
     ids = {r.consumer_id for r in leaving.consumers()}
     assert leaving.consumer_id not in ids
     assert dying.consumer_id not in ids
+
+
+def test_the_visibility_sweep_counts_a_crash_against_what_was_listed_running(
+    broker_factory: BrokerFactory,
+) -> None:
+    # On Redis the sweeper's visibility timeout decides (every peer sweeps the same index).
+    sweeper = broker_factory("sweeper", visibility_timeout=0.5)
+    dead = broker_factory("dead", worker_lost_after=LOST_AFTER, visibility_timeout=0.5)
+    if not dead.supports_presence:
+        capability_skip(dead, "presence records")
+    queue = unique("q")
+    dead.declare(queue)
+    for n in range(2):
+        dead.publish(make_message(n), queue=queue)
+    held = receive_all(dead, queue, 2)
+    dead.heartbeat(IDENTITY, held=2, running=[held[0].tag], register=True)
+    time.sleep(0.7)
+    sweeper.restore_expired()
+    back = receive_all(sweeper, queue, 2)
+    crashes = {d.message.headers["id"]: d.crashes for d in back}
+    assert crashes == {
+        held[0].message.headers["id"]: 1,
+        held[1].message.headers["id"]: 0,
+    }

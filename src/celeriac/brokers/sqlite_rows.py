@@ -126,15 +126,21 @@ INSERT: Final = (
     "INSERT INTO message (queue, priority, due, exchange, routing_key, content_type, "
     "content_encoding, headers, properties, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A leased message its holder's presence record lists as running.
+_LISTED_RUNNING: Final = (
+    "(owner IS NOT NULL AND EXISTS (SELECT 1 FROM consumer WHERE consumer.id = message.owner "
+    "AND instr(' ' || consumer.running || ' ', ' ' || message.id || '.' || message.deliveries "
+    "|| ' ') > 0))"
+)
 # Delayed messages that fell due and lapsed leases become ready (index `message_due`). A
 # lease lapses only when its holder stopped renewing it (dead, or stalled past the
-# visibility timeout): the last resort counts a crash against the message.
+# visibility timeout): the last resort counts a crash against what it was running.
 PROMOTE: Final = (
-    "UPDATE message SET due = NULL, crashes = crashes + (owner IS NOT NULL), owner = NULL "
+    f"UPDATE message SET due = NULL, crashes = crashes + {_LISTED_RUNNING}, owner = NULL "
     "WHERE due <= ?"
 )
 RESTORE_LAPSED: Final = (
-    "UPDATE message SET due = NULL, owner = NULL, crashes = crashes + 1 "
+    f"UPDATE message SET due = NULL, crashes = crashes + {_LISTED_RUNNING}, owner = NULL "
     "WHERE due <= ? AND owner IS NOT NULL"
 )
 LEASE_COLUMNS: Final = (
