@@ -93,6 +93,9 @@ class Holdings:
         self.done = 0
         self._held: dict[str, Delivery] = {}
         self._started: set[str] = set()
+        # Started running (past admission), not yet finished: what a presence record lists
+        # as running. `_started` also holds what waits for a thread of the pool.
+        self._running: set[str] = set()
         # Finished, waiting for their result to reach the backend: still leased (and
         # renewed), but no longer taking a place in the window.
         self._parked: dict[str, Delivery] = {}
@@ -142,14 +145,16 @@ class Holdings:
             return True
 
     def starting(self, delivery: Delivery) -> None:
-        """`delivery` (claimed) is about to run: a redelivered one is listed as running
-        in the presence record before it starts (see `presence.py`)."""
+        """`delivery` (claimed) is about to run: it is listed as running at the next
+        heartbeat, a redelivered one before it starts (see `presence.py`)."""
+        with self._lock:
+            self._running.add(delivery.tag)
         if delivery.redelivered and self.presence is not None:
             self.presence.mark_running()
 
     def _presence_snapshot(self) -> tuple[int, list[str]]:
         with self._lock:
-            running = [tag for tag in self._started if tag in self._held]
+            running = [tag for tag in self._running if tag in self._held]
             return len(self._held) + len(self._parked), running
 
     def _forget_prefetched(self) -> None:
@@ -167,12 +172,14 @@ class Holdings:
             self._held.pop(delivery.tag, None)
             self._parked.pop(delivery.tag, None)
             self._started.discard(delivery.tag)
+            self._running.discard(delivery.tag)
             self.done += 1
             self._changed.notify_all()
 
     def park(self, delivery: Delivery) -> None:
         """Keep a finished delivery leased, out of the window, until `release`."""
         with self._changed:
+            self._running.discard(delivery.tag)
             if self._held.pop(delivery.tag, None) is not None:
                 self._parked[delivery.tag] = delivery
             self._changed.notify_all()
