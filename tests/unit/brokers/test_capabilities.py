@@ -23,7 +23,7 @@ FLAGS = (
 # class → its flags, in the order of FLAGS
 CAPABILITIES: dict[str, tuple[Any, ...]] = {
     #               priority  high-first  delay  rate   leases recover presence precision
-    "MemoryBroker": (True,    True,       True,  True,  True,  True,   False,   0.05),
+    "MemoryBroker": (True,    True,       True,  True,  True,  True,   True,    0.05),
     "SQLiteBroker": (True,    True,       True,  True,  True,  True,   True,    0.05),
     "RedisBroker":  (True,    False,      True,  True,  True,  True,   True,    0.05),
     "AMQPBroker":   (True,    True,       True,  False, False, False,  False,   0.15),
