@@ -741,7 +741,7 @@ def test_with_no_celeriac_consumer_alive_an_eta_message_goes_to_its_list_as_komb
     make_broker, client, prefix
 ) -> None:
     broker = make_broker()
-    broker.withdraw()
+    broker.withdraw(hand_off=True)
     eta = utcnow() + timedelta(seconds=30)
     message = make_message(1)
     message.headers["eta"] = eta.isoformat()
@@ -759,10 +759,15 @@ def test_the_last_consumer_to_withdraw_hands_the_delayed_set_to_the_lists(
     first.publish(make_message(1), queue="q", eta=eta)
     first.publish(make_message(2, priority=9), queue="q", eta=eta + timedelta(seconds=1))
     assert client.zcard(f"{prefix}_celeriac.delayed.q") == 2
-    first.withdraw()
+    first.withdraw(hand_off=True)
     # Another consumer is alive: it promotes them when due, they stay.
     assert client.zcard(f"{prefix}_celeriac.delayed.q") == 2
     second.withdraw()
+    # A consumer leaving without shutting the worker down (a prefork child replaced)
+    # hands nothing over: its replacement will promote them.
+    assert client.zcard(f"{prefix}_celeriac.delayed.q") == 2
+    second.heartbeat({"worker": "w@h"}, held=0, running=[], register=True)
+    second.withdraw(hand_off=True)
     assert client.zcard(f"{prefix}_celeriac.delayed.q") == 0
     assert not client.zscore(f"{prefix}_celeriac.delayed", "q")
     assert client.llen(f"{prefix}q") == 1

@@ -476,8 +476,14 @@ class Broker(ABC):
         """Every presence record, silent ones included (see `ConsumerRecord.age`)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no presence records")
 
-    def withdraw(self) -> None:  # noqa: B027 - brokers without presence hold no record
-        """Remove this consumer's presence record (a clean exit)."""
+    def withdraw(self, *, hand_off: bool = False) -> None:  # noqa: B027 - no record to remove
+        """Remove this consumer's presence record (a clean exit).
+
+        Args:
+            hand_off: The worker is shutting down: if no consumer is left alive, hand
+                what waits broker-side for its ETA to whatever else reads the queues
+                (Redis: the lists, for stock Celery workers).
+        """
 
     # -- introspection --------------------------------------------------------------
 

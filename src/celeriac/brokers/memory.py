@@ -298,7 +298,7 @@ class MemoryBroker(Broker):
             records = list(self._store.consumers.values())
         return [replace(r, age=max(0.0, now - r.heartbeat)) for r in records]
 
-    def withdraw(self) -> None:
+    def withdraw(self, *, hand_off: bool = False) -> None:
         with self._store.lock:
             self._store.consumers.pop(self.consumer_id, None)
 

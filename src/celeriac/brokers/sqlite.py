@@ -422,7 +422,7 @@ class SQLiteBroker(Broker):
             ) in rows
         ]
 
-    def withdraw(self) -> None:
+    def withdraw(self, *, hand_off: bool = False) -> None:
         with self._db.use() as connection:
             connection.execute(FORGET, (self.consumer_id,))
 

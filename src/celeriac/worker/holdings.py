@@ -264,7 +264,7 @@ class Holdings:
             # With messages still held (their acks could not be sent), the record stays:
             # it falls silent and a live consumer returns them.
             if not holding:
-                self.presence.withdraw()
+                self.presence.withdraw(hand_off=self.shutdown.is_requested())
 
     def _keep(self) -> None:
         last_renew = last_sweep = time.monotonic()

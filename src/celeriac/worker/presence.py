@@ -138,13 +138,15 @@ class Presence:
         except Exception:  # isolation boundary: the mark is a safety net, not a must
             logger.warning("Could not mark a redelivered message as running", exc_info=True)
 
-    def withdraw(self) -> None:
-        """Remove the record (a clean exit: nothing is left to reap)."""
+    def withdraw(self, *, hand_off: bool) -> None:
+        """Remove the record (a clean exit: nothing is left to reap); with `hand_off`
+        (a warm shutdown, not a prefork child replaced after --max-tasks-per-child), the
+        last consumer to leave hands the delayed messages over (see the Redis broker)."""
         with self._lock:
             self._withdrawn = True
             if not self._registered:
                 return
         try:
-            self.broker.withdraw()
+            self.broker.withdraw(hand_off=hand_off)
         except Exception:  # isolation boundary: the record goes when it is reaped
             logger.warning("Could not remove this process's presence record", exc_info=True)

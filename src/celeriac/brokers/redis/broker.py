@@ -614,9 +614,9 @@ class RedisBroker(Broker):
     def consumers(self) -> list[ConsumerRecord]:
         return self._presence.consumers()
 
-    def withdraw(self) -> None:
+    def withdraw(self, *, hand_off: bool = False) -> None:
         self._presence.forget(self.consumer_id)
-        if self._eta_by_presence:
+        if hand_off and self._eta_by_presence:
             # The last celeriac consumer to leave hands the delayed sets to the lists.
             self._presence.hand_off()
 
