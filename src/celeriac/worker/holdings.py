@@ -6,8 +6,8 @@ keeper thread beside the consumer that:
 - renews the leases of everything held, so a task longer than the visibility timeout is
   never handed to a second worker;
 - on warm shutdown, returns prefetched (not started) messages to the queue at once;
-- keeps this process's presence record fresh, and returns the messages of consumers
-  that fell silent (`presence.py`);
+- beside it, a presence thread keeps this process's presence record fresh and returns
+  the messages of consumers that fell silent (`presence.py`);
 - now and then makes lapsed leases of dead consumers visible again;
 - in a prefork child, notices the supervisor's death, returns everything this process
   holds and exits (no orphan keeps working).
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from celeriac._crashpoints import crash_point
 from celeriac.brokers.base import Deferral
 from celeriac.exceptions import BrokerConnectionError
-from celeriac.worker.presence import Presence
+from celeriac.worker.presence import HEARTBEAT_INTERVAL, Presence
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -108,6 +108,7 @@ class Holdings:
         self._leaving = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._presence_thread: threading.Thread | None = None
         self._periodic: list[tuple[Callable[[], object], float, list[float]]] = []
         renew = broker.visibility_timeout / 3 if broker.supports_leases else 5.0
         self._renew_every = max(0.5, min(MAX_RENEW_INTERVAL, renew))
@@ -246,11 +247,15 @@ class Holdings:
     def start(self) -> None:
         if self.presence is not None:
             # Present before the first fetch; if the broker is not reachable yet, the
-            # keeper registers once it is.
+            # presence thread registers once it is.
             try:
                 self.presence.tick()
-            except Exception:  # isolation boundary: the keeper tries again
+            except Exception:  # isolation boundary: the presence thread tries again
                 logger.warning("Could not register this process's presence", exc_info=True)
+            self._presence_thread = threading.Thread(
+                target=self._keep_present, name="celeriac-presence", daemon=True
+            )
+            self._presence_thread.start()
         self._thread = threading.Thread(target=self._keep, name="celeriac-keeper", daemon=True)
         self._thread.start()
 
@@ -258,6 +263,8 @@ class Holdings:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._presence_thread is not None:
+            self._presence_thread.join(timeout=5)
         if self.presence is not None:
             with self._lock:
                 holding = bool(self._held or self._parked)
@@ -276,8 +283,6 @@ class Holdings:
                     self._returned_prefetch = True
                     self.broker.stop_consuming()
                     self.return_prefetched()
-                if self.presence is not None:
-                    self.presence.tick()
                 now = time.monotonic()
                 if now - last_renew >= self._renew_every:
                     last_renew = now
@@ -291,6 +296,14 @@ class Holdings:
                         job()
             except Exception:  # isolation boundary: keep renewing whatever happens
                 logger.exception("Lease keeper hiccup; continuing")
+
+    def _keep_present(self) -> None:
+        assert self.presence is not None
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
+            try:
+                self.presence.tick()
+            except Exception:  # isolation boundary: keep heartbeating whatever happens
+                logger.exception("Presence heartbeat hiccup; continuing")
 
     def _renew(self) -> None:
         with self._lock:

@@ -16,8 +16,14 @@ kills its process at once is counted from its second delivery on. A process that
 stalled and finds it was reaped forgets the messages it had not started (they went back
 to the queue) and registers again.
 
-What lives elsewhere: the records and the atomic reap (`brokers/*`), the keeper thread
-that calls `tick` (`holdings.py`).
+A consumer reaps only once it has itself heartbeaten without a break for
+`worker_lost_after`: after a broker outage every record is old, and the first consumer
+back must not take the others, still reconnecting, for dead. Every live one has had the
+same time to refresh its record by then.
+
+What lives elsewhere: the records and the atomic reap (`brokers/*`); the thread that
+calls `tick` is started by `holdings.py`, beside the keeper (whose lease renewals and
+sweeps can take a while) so that nothing delays a heartbeat.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ __all__ = ["HEARTBEAT_INTERVAL", "Presence"]
 
 logger = logging.getLogger("celeriac.worker")
 
-# Seconds between heartbeats (at most: the keeper ticks every 0.2 s).
+# Seconds between heartbeats.
 HEARTBEAT_INTERVAL = 0.25
 # Seconds between looks for silent consumers (less when worker_lost_after is short).
 REAP_INTERVAL = 1.0
@@ -86,6 +92,8 @@ class Presence:
         self._last_reap = float("-inf")
         self._reap_every = min(REAP_INTERVAL, broker.lost_after / 3)
         self._unreachable = False
+        # Since when heartbeats have gone through without a break (None: not now).
+        self._healthy_since: float | None = None
 
     def beat(self) -> None:
         """Refresh the record now (registering it first if need be)."""
@@ -114,20 +122,29 @@ class Presence:
         return sum(self.broker.reap().values())
 
     def tick(self) -> None:
-        """Heartbeat and reap when due (the keeper thread calls this every tick)."""
+        """Heartbeat and reap when due (called every HEARTBEAT_INTERVAL)."""
         now = time.monotonic()
         try:
             if now - self._last_beat >= HEARTBEAT_INTERVAL:
                 self.beat()
-            if now - self._last_reap >= self._reap_every:
+                if self._healthy_since is None:
+                    self._healthy_since = now
+            healthy = self._healthy_since is not None and (
+                now - self._healthy_since >= self.broker.lost_after
+            )
+            if healthy and now - self._last_reap >= self._reap_every:
                 self._last_reap = now
                 self.reap()
         except BrokerConnectionError as exc:
             # The consumer loop reports the outage; the record resumes when it ends.
+            self._healthy_since = None
             if not self._unreachable:
                 self._unreachable = True
                 logger.debug("Presence heartbeat failed: %s", exc)
             return
+        except Exception:
+            self._healthy_since = None
+            raise
         self._unreachable = False
 
     def mark_running(self) -> None:

@@ -4,6 +4,7 @@ silent consumer, noticing it was reaped itself, and withdrawn on a clean exit.""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -153,3 +154,24 @@ def test_a_clean_exit_withdraws_the_record_unless_messages_are_still_held(
     stuck_held.hold(fetch(stuck, 1))
     stuck_held.stop()
     assert [r.consumer_id for r in done.consumers()] == ["stuck:2"]
+
+
+def test_a_consumer_reaps_only_once_it_has_been_present_for_worker_lost_after(
+    url: str,
+) -> None:
+    # After a broker outage every record is old: the first consumer back must wait as
+    # long as the others had to refresh theirs. Real time, 0.3 s.
+    options = {"worker_lost_after": 0.3}
+    dead = MemoryBroker(url, consumer_id="dead:1", transport_options=options)
+    dead.heartbeat({"worker": "d"}, held=0, running=[], register=True)
+    fetch(dead, 1)
+    alive = MemoryBroker(url, consumer_id="alive:2", transport_options=options)
+    held = holdings(alive)
+    assert held.presence is not None
+    time.sleep(0.35)
+    held.presence.tick()  # registers: present for no time yet
+    assert alive.receive(["celery"], limit=1, timeout=0) == []
+    time.sleep(0.35)
+    held.presence.tick()
+    [back] = alive.receive(["celery"], limit=1, timeout=0)
+    assert back.redelivered
