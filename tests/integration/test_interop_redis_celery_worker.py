@@ -253,10 +253,10 @@ def test_the_next_celeriac_producer_hands_over_what_a_dead_fleet_left(
         task_default_queue=shared.queue,
         broker_transport_options=shared.options(),
         result_backend_transport_options={"global_keyprefix": shared.prefix},
-        worker_lost_after=0.5,
+        worker_lost_after=1.0,
     )
     try:
-        time.sleep(0.6)  # worker_lost_after passing: the point of the test, not a wait
+        time.sleep(1.1)  # worker_lost_after passing: the point of the test, not a wait
         assert client.zcard(delayed) == 1
         assert producer.send_task("interop.add", (1, 2)).get(timeout=TIMEOUT) == 3
         assert client.zcard(delayed) == 0

@@ -127,10 +127,11 @@ def _optional_seconds(name: str, value: Any) -> float | None:
     return float(value)
 
 
-def _positive_seconds(name: str, value: Any) -> float:
+def _positive_seconds(name: str, value: Any, *, minimum: float = 0.0) -> float:
     seconds = _optional_seconds(name, value)
-    if seconds is None or seconds <= 0:
-        raise _fail(name, value, "write a number of seconds > 0 (e.g. 30)")
+    if seconds is None or seconds <= 0 or seconds < minimum:
+        floor = f">= {minimum:g}" if minimum else "> 0"
+        raise _fail(name, value, f"write a number of seconds {floor} (e.g. 30)")
     return float(seconds)
 
 
@@ -304,7 +305,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "worker_disable_rate_limits": _bool,
     "worker_send_task_events": _bool,
     "worker_hijack_root_logger": _bool,
-    "worker_lost_after": lambda n, v: _positive_seconds(n, v),
+    "worker_lost_after": lambda n, v: _positive_seconds(n, v, minimum=1.0),
     "timezone": _optional_str,
     "enable_utc": _bool,
     "include": _modules,

@@ -62,7 +62,8 @@ def test_celeriac_only_defaults() -> None:
     assert conf.worker_lost_after == 30.0
 
 
-@pytest.mark.parametrize("value", [0, -1, None, "30", float("inf")])
+# Under a second would be a handful of missed heartbeats (every 0.25 s).
+@pytest.mark.parametrize("value", [0, -1, 0.5, None, "30", float("inf")])
 def test_worker_lost_after_must_be_a_positive_number_of_seconds(value: Any) -> None:
     with pytest.raises(ImproperlyConfigured, match="worker_lost_after"):
         Settings({"worker_lost_after": value})
@@ -251,7 +252,7 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "worker_disable_rate_limits": (1, "write True or False"),
     "worker_send_task_events": (1, "write True or False"),
     "worker_hijack_root_logger": (1, "write True or False"),
-    "worker_lost_after": (0, "number of seconds > 0"),
+    "worker_lost_after": (0, "number of seconds >= 1"),
     "timezone": (0, "string or None"),
     "enable_utc": ("UTC", "write True or False"),
     "include": ([1], "list of module names"),
