@@ -191,9 +191,10 @@ def test_a_countdown_runs_on_a_celery_only_fleet_by_default(
     result = t.whoami.apply_async(("later",), countdown=2)
     assert client.exists(f"{shared.prefix}_celeriac.delayed.{shared.queue}") == 0
     value = result.get(timeout=TIMEOUT)
+    print(f"countdown=2 on a Celery-only fleet started {value['at'] - sent:.2f} s after sending")
     assert value["impl"] == "celery"
     assert value["at"] >= sent + 2 - 0.05
-    # Measured 2.0-2.1 s after sending; the bound is 3x the lateness.
+    # Measured 2.00 s after sending (three runs); the bound leaves room for a loaded machine.
     assert value["at"] < sent + 2 + 1.5
 
 
