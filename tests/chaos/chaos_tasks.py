@@ -88,3 +88,19 @@ def tick(self):
     finally:
         os.close(fd)
 """
+
+# -- worker presence: whole process groups killed -----------------------------------------
+SOURCE += """
+
+if os.environ.get("TEST_WORKER_LOST_AFTER"):
+    app.conf.worker_lost_after = float(os.environ["TEST_WORKER_LOST_AFTER"])
+
+
+@app.task(bind=True)
+def oom(self, ms):
+    # Dies with its whole process group after `ms`, as a container OOM-killed on cgroup v2
+    # does (the worker must lead its own group: run_worker(session=True)).
+    note("start", self, None)
+    time.sleep(ms / 1000.0)
+    os.killpg(os.getpgid(0), 9)
+"""

@@ -80,7 +80,11 @@ class WorkerProcess:
 
 class RunWorker(Protocol):
     def __call__(
-        self, *args: str, env: dict[str, str] | None = None, wait: bool = True
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        session: bool = False,
     ) -> WorkerProcess: ...
 
 
@@ -164,13 +168,22 @@ def run_worker(tasks_dir: Path) -> Iterator[RunWorker]:
     """Start workers on the test's `tasks.py`; all stopped by pid at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
+    def start(
+        *args: str, env: dict[str, str] | None = None, wait: bool = True, session: bool = False
+    ) -> WorkerProcess:
+        # session: the worker leads its own process group (a container's processes, which
+        # a test may kill together with os.killpg(worker.pid, ...)).
         log = tasks_dir / f"worker-{len(started)}.log"
         command = [sys.executable, "-m", "celeriac", "-A", "tasks", "worker", "-l", "info", *args]
         environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         handle = log.open("wb")
         process = subprocess.Popen(
-            command, cwd=tasks_dir, stdout=handle, stderr=handle, env=environment
+            command,
+            cwd=tasks_dir,
+            stdout=handle,
+            stderr=handle,
+            env=environment,
+            start_new_session=session,
         )
         handle.close()
         worker = WorkerProcess(process, tasks_dir, log)

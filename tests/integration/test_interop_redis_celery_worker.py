@@ -2,14 +2,17 @@
 Redis, and celeriac's `AsyncResult` / `GroupResult` read what it stored.
 
 One stock worker (solo pool, prefetch 1) serves the module. ETA tasks follow the rule
-docs/redis.md gives for fleets with stock workers: with `broker_side_eta: False` a
-celeriac producer pushes ETA messages straight to the list as kombu does (what a
-Celery-only fleet needs); with the default, they wait in Redis until any live celeriac
-consumer (of any queue) promotes them, and then a stock worker runs them.
+docs/redis.md gives for mixed fleets: while no celeriac consumer is alive (by the presence
+records) a celeriac producer pushes ETA messages straight to the list as kombu does;
+while one is, they wait in Redis until it promotes them (any queue's consumer promotes
+every queue), and then a stock worker runs them; the delayed set is handed to the lists
+when the last celeriac worker leaves, or by the next celeriac producer after a dead one.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -173,21 +176,93 @@ def test_without_broker_side_eta_a_countdown_runs_on_a_celery_only_fleet(
     assert value["at"] >= sent + 1.5 - 0.05
 
 
-def test_with_broker_side_eta_any_celeriac_consumer_promotes_for_stock_workers(
+def wait_present(t: Any) -> None:
+    """Wait for a celeriac consumer's presence record (a worker's consumers register
+    just after it says it is ready)."""
+    wait_for(lambda: t.app.broker.consumers(), timeout=10, what="a celeriac consumer")
+
+
+def test_a_countdown_runs_on_a_celery_only_fleet_by_default(
+    t: Any, shared: Shared, client: redis.Redis
+) -> None:
+    # No celeriac consumer is alive: the message goes to the list with its `eta` header,
+    # as kombu publishes it, and the stock worker runs it when due.
+    sent = time.time()
+    result = t.whoami.apply_async(("later",), countdown=2)
+    assert client.exists(f"{shared.prefix}_celeriac.delayed.{shared.queue}") == 0
+    value = result.get(timeout=TIMEOUT)
+    print(f"countdown=2 on a Celery-only fleet started {value['at'] - sent:.2f} s after sending")
+    assert value["impl"] == "celery"
+    assert value["at"] >= sent + 2 - 0.05
+    # Measured 2.00 s after sending (three runs); the bound leaves room for a loaded machine.
+    assert value["at"] < sent + 2 + 1.5
+
+
+def test_with_a_celeriac_consumer_alive_eta_waits_in_redis_and_is_promoted(
     t: Any, shared: Shared, client: redis.Redis, run_worker: RunWorker, tasks_dir: Path
 ) -> None:
+    # A celeriac worker of another queue is enough: every fetch promotes every queue.
+    write_tasks(tasks_dir, shared.celeriac_source())
+    run_worker("-c", "1", "-Q", unique("other"))
+    wait_present(t)
     sent = time.time()
     result = t.whoami.apply_async(("promoted",), countdown=1.0)
     delayed = f"{shared.prefix}_celeriac.delayed.{shared.queue}"
     assert client.zcard(delayed) == 1
-    # Past its ETA, and no celeriac consumer is running: nobody moves it (a stock
-    # worker never reads our delayed set).
-    time.sleep(max(0.0, sent + 1.3 - time.time()))
-    assert client.zcard(delayed) == 1
-    assert result.state == "PENDING"
-    # A celeriac worker of another queue is enough: every fetch promotes every queue.
-    write_tasks(tasks_dir, shared.celeriac_source())
-    run_worker("-c", "1", "-Q", unique("other"))
     value = result.get(timeout=TIMEOUT)
     assert value["impl"] == "celery"
+    assert value["at"] >= sent + 1.0 - 0.05
     assert client.zcard(delayed) == 0
+
+
+def test_the_last_celeriac_worker_hands_the_delayed_set_over_on_warm_shutdown(
+    t: Any, shared: Shared, client: redis.Redis, run_worker: RunWorker, tasks_dir: Path
+) -> None:
+    write_tasks(tasks_dir, shared.celeriac_source())
+    worker = run_worker("-P", "threads", "-c", "1", "-Q", unique("other"))
+    wait_present(t)
+    sent = time.time()
+    result = t.whoami.apply_async(("handed over",), countdown=3.0)
+    delayed = f"{shared.prefix}_celeriac.delayed.{shared.queue}"
+    assert client.zcard(delayed) == 1
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0
+    assert client.zcard(delayed) == 0
+    value = result.get(timeout=TIMEOUT)
+    assert value["impl"] == "celery"
+    assert value["at"] >= sent + 3.0 - 0.05
+
+
+def test_the_next_celeriac_producer_hands_over_what_a_dead_fleet_left(
+    t: Any, shared: Shared, client: redis.Redis, run_worker: RunWorker, tasks_dir: Path
+) -> None:
+    write_tasks(tasks_dir, shared.celeriac_source())
+    worker = run_worker("-P", "threads", "-c", "1", "-Q", unique("other"), session=True)
+    wait_present(t)
+    sent = time.time()
+    result = t.whoami.apply_async(("left behind",), countdown=2.0)
+    delayed = f"{shared.prefix}_celeriac.delayed.{shared.queue}"
+    assert client.zcard(delayed) == 1
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    # A producer that starts later, once the dead worker is silent for worker_lost_after
+    # (short here), hands the delayed set to the lists on its first publish.
+    producer = Celeriac(
+        "late-producer",
+        broker=shared.url,
+        backend=shared.url,
+        task_default_queue=shared.queue,
+        broker_transport_options=shared.options(),
+        result_backend_transport_options={"global_keyprefix": shared.prefix},
+        worker_lost_after=1.0,
+    )
+    try:
+        time.sleep(1.1)  # worker_lost_after passing: the point of the test, not a wait
+        assert client.zcard(delayed) == 1
+        assert producer.send_task("interop.add", (1, 2)).get(timeout=TIMEOUT) == 3
+        assert client.zcard(delayed) == 0
+    finally:
+        producer.close()
+    value = result.get(timeout=TIMEOUT)
+    assert value["impl"] == "celery"
+    assert value["at"] >= sent + 2.0 - 0.05

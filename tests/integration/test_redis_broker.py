@@ -76,6 +76,9 @@ def make_broker(prefix: str) -> Iterator[Callable[..., RedisBroker]]:
         )
         assert isinstance(broker, RedisBroker)
         broker.connect()
+        # A consumer, present as a worker's is: ETA messages wait broker-side (with no
+        # celeriac consumer alive they would go to their list; see the tests below).
+        broker.heartbeat({"worker": "w@h"}, held=0, running=[], register=True)
         made.append(broker)
         return broker
 
@@ -732,3 +735,40 @@ def test_closing_keeps_leases_held(make_broker, client, prefix) -> None:
     broker.close()
     assert client.hexists(f"{prefix}unacked", held.tag)
     wait_for(lambda: make_broker("x").recover(broker.consumer_id) == 1, timeout=5)
+
+
+def test_with_no_celeriac_consumer_alive_an_eta_message_goes_to_its_list_as_kombu_puts_it(
+    make_broker, client, prefix
+) -> None:
+    broker = make_broker()
+    broker.withdraw(hand_off=True)
+    eta = utcnow() + timedelta(seconds=30)
+    message = make_message(1)
+    message.headers["eta"] = eta.isoformat()
+    broker.publish(message, queue="q", eta=eta)
+    assert client.zcard(f"{prefix}_celeriac.delayed.q") == 0
+    [raw] = client.lrange(f"{prefix}q", 0, -1)
+    assert json.loads(raw)["headers"]["eta"] == eta.isoformat()
+
+
+def test_the_last_consumer_to_withdraw_hands_the_delayed_set_to_the_lists(
+    make_broker, client, prefix
+) -> None:
+    first, second = make_broker("c1"), make_broker("c2")
+    eta = utcnow() + timedelta(seconds=30)
+    first.publish(make_message(1), queue="q", eta=eta)
+    first.publish(make_message(2, priority=9), queue="q", eta=eta + timedelta(seconds=1))
+    assert client.zcard(f"{prefix}_celeriac.delayed.q") == 2
+    first.withdraw(hand_off=True)
+    # Another consumer is alive: it promotes them when due, they stay.
+    assert client.zcard(f"{prefix}_celeriac.delayed.q") == 2
+    second.withdraw()
+    # A consumer leaving without shutting the worker down (a prefork child replaced)
+    # hands nothing over: its replacement will promote them.
+    assert client.zcard(f"{prefix}_celeriac.delayed.q") == 2
+    second.heartbeat({"worker": "w@h"}, held=0, running=[], register=True)
+    second.withdraw(hand_off=True)
+    assert client.zcard(f"{prefix}_celeriac.delayed.q") == 0
+    assert not client.zscore(f"{prefix}_celeriac.delayed", "q")
+    assert client.llen(f"{prefix}q") == 1
+    assert client.llen(f"{prefix}q\x06\x169") == 1

@@ -415,6 +415,7 @@ class Celeriac:
         if self.conf.broker_use_ssl:
             options.setdefault("ssl", self.conf.broker_use_ssl)
         self._add_queue_types(options)
+        options.setdefault("worker_lost_after", self.conf.worker_lost_after)
         return options
 
     def _add_queue_types(self, options: dict[str, Any]) -> None:

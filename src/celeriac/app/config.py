@@ -98,6 +98,12 @@ DEFAULTS: dict[str, Any] = {
     "worker_disable_rate_limits": False,
     "worker_send_task_events": False,
     "worker_hijack_root_logger": True,
+    # celeriac: a consuming process whose presence heartbeat (every fraction of a second)
+    # is older than this is presumed dead and any live consumer returns what it held.
+    # Tens of seconds, not one: a live process can go quiet for a while (a task holding
+    # the GIL in C code starves the heartbeat thread, a swapping or overloaded machine, a
+    # stop-the-world pause, a Redis failover), and reaping a live one runs its tasks twice.
+    "worker_lost_after": 30.0,
     # time and modules
     "timezone": None,
     "enable_utc": True,
@@ -144,6 +150,14 @@ def _optional_seconds(name: str, value: Any) -> float | None:
     ):
         raise _fail(name, value, "write a number of seconds (e.g. 30 or 2.5) or None")
     return float(value)
+
+
+def _positive_seconds(name: str, value: Any, *, minimum: float = 0.0) -> float:
+    seconds = _optional_seconds(name, value)
+    if seconds is None or seconds <= 0 or seconds < minimum:
+        floor = f">= {minimum:g}" if minimum else "> 0"
+        raise _fail(name, value, f"write a number of seconds {floor} (e.g. 30)")
+    return float(seconds)
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = True) -> int | None:
@@ -327,13 +341,6 @@ def _schedule_name(name: str, value: Any) -> str:
     return value
 
 
-def _positive_seconds(name: str, value: Any) -> float:
-    seconds = _optional_seconds(name, value)
-    if seconds is None or seconds <= 0:
-        raise _fail(name, value, "write a number of seconds > 0")
-    return seconds
-
-
 def _not_needed(name: str, value: Any) -> Any:
     if value in (None, 0):
         return value
@@ -394,6 +401,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "worker_disable_rate_limits": _bool,
     "worker_send_task_events": _bool,
     "worker_hijack_root_logger": _bool,
+    "worker_lost_after": lambda n, v: _positive_seconds(n, v, minimum=1.0),
     "timezone": _optional_str,
     "enable_utc": _bool,
     "include": _modules,

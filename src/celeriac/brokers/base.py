@@ -23,6 +23,11 @@ on every implementation:
   `list_dead_letters`/`replay_dead_letter`/`purge_dead_letters` manage that store.
 - `reserve_rate_slot` (when `supports_rate_limit`) implements a cluster-wide, evenly
   spaced rate limit: it returns the instant at which the caller may start.
+- Presence (when `supports_presence`): `heartbeat` keeps this consumer's record fresh,
+  stamped with the server's clock; `reap` returns the messages of every consumer silent
+  for longer than `lost_after` (the `worker_lost_after` setting), each message once even
+  when several reapers race, counting a crash against what it was running; `consumers`
+  lists the records; `withdraw` removes this consumer's record on a clean exit.
 
 Methods used by producers (`publish`, `publish_many`, `declare`, `size`) must be safe to
 call from many threads at once. A broker object must not be used across `fork()`; the
@@ -46,9 +51,11 @@ if TYPE_CHECKING:
     from celeriac.protocol.message import Message
 
 __all__ = [
+    "DEFAULT_WORKER_LOST_AFTER",
     "INVALID_ENVELOPE",
     "Broker",
     "BrokerStats",
+    "ConsumerRecord",
     "DeadLetter",
     "Deferral",
     "Delivery",
@@ -64,6 +71,9 @@ INVALID_ENVELOPE = "application/x-invalid-envelope"
 # Celery priorities run 0..9.
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
+# `worker_lost_after`: seconds of silence after which a consumer is presumed dead (see
+# `app/config.py` for why it is tens of seconds).
+DEFAULT_WORKER_LOST_AFTER = 30.0
 
 
 def clamp_priority(priority: int | None) -> int:
@@ -146,6 +156,38 @@ class DeadLetter:
 
 @final
 @dataclass(frozen=True, slots=True)
+class ConsumerRecord:
+    """One consuming process as its presence record shows it.
+
+    Attributes:
+        consumer_id: Who owns its leases (`<worker>:<pid>`).
+        worker: The worker's node name (`name@host`).
+        host: The machine it runs on.
+        pid: Its process id.
+        pool: The worker's pool (prefork, threads, solo, asyncio).
+        concurrency: Tasks it runs at once.
+        started: When it registered (epoch seconds, the broker server's clock).
+        heartbeat: Its last heartbeat (epoch seconds, the broker server's clock).
+        held: Messages it held at its last heartbeat (prefetched and running).
+        running: Delivery tags it was running at its last heartbeat.
+        age: Seconds since its last heartbeat, by the server's clock when it was read.
+    """
+
+    consumer_id: str
+    worker: str
+    host: str
+    pid: int
+    pool: str
+    concurrency: int
+    started: float
+    heartbeat: float
+    held: int
+    running: tuple[str, ...]
+    age: float
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class BrokerStats:
     """Counters a broker object keeps about its own traffic."""
 
@@ -187,6 +229,8 @@ class Broker(ABC):
     delay_precision: ClassVar[float] = 0.05
     #: Default lease length in seconds when `visibility_timeout` is not set.
     default_visibility_timeout: ClassVar[float] = 300.0
+    #: Consumers keep presence records here (`heartbeat`, `reap`, `consumers`).
+    supports_presence: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -204,6 +248,9 @@ class Broker(ABC):
         self.visibility_timeout = (
             float(timeout) if timeout is not None else self.default_visibility_timeout
         )
+        # The app passes its `worker_lost_after` setting down with the transport options.
+        lost_after = self.transport_options.get("worker_lost_after")
+        self.lost_after = float(lost_after) if lost_after is not None else DEFAULT_WORKER_LOST_AFTER
         self._published = 0
         self._received = 0
         self._acked = 0
@@ -394,6 +441,49 @@ class Broker(ABC):
             NotImplementedError: `supports_rate_limit` is False.
         """
         raise NotImplementedError(f"{type(self).__name__} has no shared rate limiter")
+
+    # -- presence -------------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        identity: Mapping[str, str | int],
+        *,
+        held: int,
+        running: Sequence[str],
+        register: bool = False,
+    ) -> bool:
+        """Refresh this consumer's presence record, stamped with the server's clock.
+
+        Args:
+            identity: worker, host, pid, pool, concurrency (written when registering).
+            held: Messages held now.
+            running: Tags running now (a reaper counts a crash against them).
+            register: Create the record (start, or again after being reaped).
+
+        Returns:
+            False when the record is gone or being reaped (this consumer was silent for
+            longer than `lost_after` and presumed dead): register again.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence records")
+
+    def reap(self) -> dict[str, int]:
+        """Return the messages of every consumer silent for longer than `lost_after`
+        (a crash counted against the ones it was running) and remove its record.
+        Returns consumer id -> messages returned, for the consumers reaped here."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence records")
+
+    def consumers(self) -> list[ConsumerRecord]:
+        """Every presence record, silent ones included (see `ConsumerRecord.age`)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence records")
+
+    def withdraw(self, *, hand_off: bool = False) -> None:  # noqa: B027 - no record to remove
+        """Remove this consumer's presence record (a clean exit).
+
+        Args:
+            hand_off: The worker is shutting down: if no consumer is left alive, hand
+                what waits broker-side for its ETA to whatever else reads the queues
+                (Redis: the lists, for stock Celery workers).
+        """
 
     # -- introspection --------------------------------------------------------------
 

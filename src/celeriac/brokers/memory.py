@@ -11,15 +11,15 @@ import itertools
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac._time import UTC
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, clamp_priority
+from celeriac.brokers.base import Broker, ConsumerRecord, DeadLetter, Delivery, clamp_priority
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
     from celeriac.protocol.message import Message
 
@@ -57,6 +57,8 @@ class _Store:
     leased: dict[str, _Lease] = field(default_factory=dict)
     dead: dict[str, DeadLetter] = field(default_factory=dict)
     rate_slots: dict[str, float] = field(default_factory=dict)
+    # consumer id → its presence record (the broker's clock stands for the server's)
+    consumers: dict[str, ConsumerRecord] = field(default_factory=dict)
 
 
 _stores: dict[str, _Store] = {}
@@ -84,6 +86,7 @@ class MemoryBroker(Broker):
 
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
     supports_rate_limit: ClassVar[bool] = True
+    supports_presence: ClassVar[bool] = True
     default_visibility_timeout: ClassVar[float] = 300.0
 
     def __init__(self, url: str = "memory://", **kwargs: Any) -> None:
@@ -152,6 +155,10 @@ class MemoryBroker(Broker):
         for tag in [t for t, lease in store.leased.items() if lease.expires_at <= now]:
             lease = store.leased.pop(tag)
             lease.entry.redelivered = True
+            # The last resort counts a crash against what a presence record lists running.
+            record = store.consumers.get(lease.owner)
+            if record is not None and tag in record.running:
+                lease.entry.crashes += 1
             self._put(lease.entry, eta=None)
         upcoming = [store.delayed[0][0]] if store.delayed else []
         upcoming.extend(lease.expires_at for lease in store.leased.values())
@@ -243,8 +250,57 @@ class MemoryBroker(Broker):
                 if tag in running:
                     entry.crashes += 1
                 self._put(entry, eta=None)
+            store.consumers.pop(consumer_id, None)
             store.lock.notify_all()
             return len(tags) - len([t for t in tags if t in discard])
+
+    def heartbeat(
+        self,
+        identity: Mapping[str, str | int],
+        *,
+        held: int,
+        running: Sequence[str],
+        register: bool = False,
+    ) -> bool:
+        store = self._store
+        now = self.clock.time()
+        with store.lock:
+            record = store.consumers.get(self.consumer_id)
+            if record is None and not register:
+                return False
+            started = now if record is None or register else record.started
+            fields = identity if register or record is None else {}
+            store.consumers[self.consumer_id] = ConsumerRecord(
+                consumer_id=self.consumer_id,
+                worker=str(fields.get("worker", record.worker if record else "")),
+                host=str(fields.get("host", record.host if record else "")),
+                pid=int(fields.get("pid", record.pid if record else 0)),
+                pool=str(fields.get("pool", record.pool if record else "")),
+                concurrency=int(fields.get("concurrency", record.concurrency if record else 1)),
+                started=started,
+                heartbeat=now,
+                held=held,
+                running=tuple(running),
+                age=0.0,
+            )
+            return True
+
+    def reap(self) -> dict[str, int]:
+        store = self._store
+        ceiling = self.clock.time() - self.lost_after
+        with store.lock:
+            silent = [r for r in store.consumers.values() if r.heartbeat < ceiling]
+            return {r.consumer_id: self.recover(r.consumer_id, running=r.running) for r in silent}
+
+    def consumers(self) -> list[ConsumerRecord]:
+        now = self.clock.time()
+        with self._store.lock:
+            records = list(self._store.consumers.values())
+        return [replace(r, age=max(0.0, now - r.heartbeat)) for r in records]
+
+    def withdraw(self, *, hand_off: bool = False) -> None:
+        with self._store.lock:
+            self._store.consumers.pop(self.consumer_id, None)
 
     def restore_expired(self) -> int:
         store = self._store

@@ -24,6 +24,7 @@ from celeriac._crashpoints import crash_point
 from celeriac._time import UTC, to_timestamp
 from celeriac.brokers.base import (
     Broker,
+    ConsumerRecord,
     DeadLetter,
     Delivery,
     Outgoing,
@@ -31,18 +32,24 @@ from celeriac.brokers.base import (
 )
 from celeriac.brokers.sqlite_rows import (
     ACK,
+    CONSUMERS,
     COUNT_CRASH,
+    COUNT_CRASH_OF,
     DEAD_LETTER,
     EXTEND,
+    FORGET,
+    HEARTBEAT,
     INSERT,
     LIST_DEAD,
     NEXT_DUE,
     PROMOTE,
     RECOVER,
+    REGISTER,
     REPLAY_DEAD,
     REQUEUE,
     RESTORE_LAPSED,
     SCHEMA,
+    SILENT,
     SIZE,
     dump_json,
     lease_statement,
@@ -66,7 +73,7 @@ from celeriac.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
     from celeriac.protocol.message import Message
 
@@ -92,10 +99,11 @@ class SQLiteBroker(Broker):
 
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
     supports_rate_limit: ClassVar[bool] = True
+    supports_presence: ClassVar[bool] = True
     # Long enough that lease renewals every visibility_timeout/3 survive stalls of a
-    # minute or more (a busy 2-core box, a 30 s busy_timeout, GC); short enough that after
-    # a whole worker is killed (no supervisor left to `recover`) its messages run again
-    # within five minutes. A child's crash never waits for it: the supervisor recovers.
+    # minute or more (a busy 2-core box, a 30 s busy_timeout, GC). The last resort only: a
+    # child's crash never waits for it (the supervisor recovers), nor does a whole worker
+    # killed at once (any live consumer reaps it after `worker_lost_after`).
     default_visibility_timeout: ClassVar[float] = 300.0
 
     def __init__(self, url: str = "sqlite:///celeriac.db", **kwargs: Any) -> None:
@@ -323,11 +331,100 @@ class SQLiteBroker(Broker):
             if running:
                 connection.executemany(COUNT_CRASH, [parse_tag(tag) for tag in running])
             returned = connection.execute(RECOVER, (consumer_id,)).rowcount
+            # Its messages are back: it no longer needs reaping.
+            connection.execute(FORGET, (consumer_id,))
         return int(returned)
 
     def restore_expired(self) -> int:
         with self._db.use() as connection:
             return int(connection.execute(RESTORE_LAPSED, (self.clock.time(),)).rowcount)
+
+    # -- presence --------------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        identity: Mapping[str, str | int],
+        *,
+        held: int,
+        running: Sequence[str],
+        register: bool = False,
+    ) -> bool:
+        tags = " ".join(running)
+        with self._db.use() as connection:
+            if register:
+                connection.execute(
+                    REGISTER,
+                    (
+                        self.consumer_id,
+                        str(identity.get("worker", "")),
+                        str(identity.get("host", "")),
+                        int(identity.get("pid", 0)),
+                        str(identity.get("pool", "")),
+                        int(identity.get("concurrency", 1)),
+                        held,
+                        tags,
+                    ),
+                )
+                return True
+            return bool(connection.execute(HEARTBEAT, (held, tags, self.consumer_id)).rowcount)
+
+    def reap(self) -> dict[str, int]:
+        # One transaction: SQLite runs one writer at a time, so two reapers never both see
+        # the same consumer silent, and each message comes back once.
+        reaped: dict[str, int] = {}
+        with self._db.transaction() as connection:
+            silent = connection.execute(SILENT, (self.lost_after,)).fetchall()
+            for consumer_id, running in silent:
+                connection.executemany(
+                    COUNT_CRASH_OF, [(*parse_tag(tag), consumer_id) for tag in running.split()]
+                )
+                reaped[consumer_id] = int(connection.execute(RECOVER, (consumer_id,)).rowcount)
+                connection.execute(FORGET, (consumer_id,))
+        for consumer_id, returned in reaped.items():
+            logger.warning(
+                "Consumer %s was silent for more than %.0f s: presumed dead; returned the "
+                "%d message(s) it held",
+                consumer_id,
+                self.lost_after,
+                returned,
+            )
+        return reaped
+
+    def consumers(self) -> list[ConsumerRecord]:
+        with self._db.use() as connection:
+            rows = connection.execute(CONSUMERS).fetchall()
+        return [
+            ConsumerRecord(
+                consumer_id=consumer_id,
+                worker=worker,
+                host=host,
+                pid=int(pid),
+                pool=pool,
+                concurrency=int(concurrency),
+                started=float(started),
+                heartbeat=float(heartbeat),
+                held=int(held),
+                running=tuple(running.split()),
+                age=max(0.0, float(age)),
+            )
+            for (
+                consumer_id,
+                worker,
+                host,
+                pid,
+                pool,
+                concurrency,
+                started,
+                heartbeat,
+                held,
+                running,
+                age,
+            ) in rows
+        ]
+
+    def withdraw(self, *, hand_off: bool = False) -> None:
+        with self._db.use() as connection:
+            connection.execute(FORGET, (self.consumer_id,))
 
     # -- dead letters ----------------------------------------------------------------
 

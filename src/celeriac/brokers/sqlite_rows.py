@@ -21,18 +21,25 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACK",
+    "CONSUMERS",
     "COUNT_CRASH",
+    "COUNT_CRASH_OF",
     "DEAD_LETTER",
     "EXTEND",
+    "FORGET",
+    "HEARTBEAT",
     "INSERT",
     "LIST_DEAD",
     "NEXT_DUE",
+    "NOW",
     "PROMOTE",
     "RECOVER",
+    "REGISTER",
     "REPLAY_DEAD",
     "REQUEUE",
     "RESTORE_LAPSED",
     "SCHEMA",
+    "SILENT",
     "SIZE",
     "dump_json",
     "lease_statement",
@@ -56,6 +63,10 @@ logger = logging.getLogger(__name__)
 # is "<id>.<deliveries>", so the tag of a lease that lapsed and went to somebody else
 # matches no row any more: a late ack, extend or reject from the first holder is a no-op.
 # `headers` and `properties` are UTF-8 JSON (kombu's type tags for datetimes and the like).
+# `crashes` counts the consumers that died running the message (and the leases that lapsed).
+#
+# `consumer` holds one presence record per consuming process, its times on SQLite's own
+# clock (`NOW`): a consumer whose heartbeat is older than `worker_lost_after` is reaped.
 SCHEMA: Final = (
     """
 CREATE TABLE IF NOT EXISTS message (
@@ -94,6 +105,19 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letter_failed_at ON dead_letter (failed_at);
+CREATE TABLE IF NOT EXISTS consumer (
+    id TEXT PRIMARY KEY,
+    worker TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pool TEXT NOT NULL,
+    concurrency INTEGER NOT NULL,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    held INTEGER NOT NULL,
+    running TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consumer_heartbeat ON consumer (heartbeat);
 """
     + RATE_SLOT_SCHEMA
 )
@@ -102,10 +126,22 @@ INSERT: Final = (
     "INSERT INTO message (queue, priority, due, exchange, routing_key, content_type, "
     "content_encoding, headers, properties, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# Delayed messages that fell due and lapsed leases become ready (index `message_due`).
-PROMOTE: Final = "UPDATE message SET due = NULL, owner = NULL WHERE due <= ?"
+# A leased message its holder's presence record lists as running.
+_LISTED_RUNNING: Final = (
+    "(owner IS NOT NULL AND EXISTS (SELECT 1 FROM consumer WHERE consumer.id = message.owner "
+    "AND instr(' ' || consumer.running || ' ', ' ' || message.id || '.' || message.deliveries "
+    "|| ' ') > 0))"
+)
+# Delayed messages that fell due and lapsed leases become ready (index `message_due`). A
+# lease lapses only when its holder stopped renewing it (dead, or stalled past the
+# visibility timeout): the last resort counts a crash against what it was running.
+PROMOTE: Final = (
+    f"UPDATE message SET due = NULL, crashes = crashes + {_LISTED_RUNNING}, owner = NULL "
+    "WHERE due <= ?"
+)
 RESTORE_LAPSED: Final = (
-    "UPDATE message SET due = NULL, owner = NULL WHERE due <= ? AND owner IS NOT NULL"
+    f"UPDATE message SET due = NULL, crashes = crashes + {_LISTED_RUNNING}, owner = NULL "
+    "WHERE due <= ? AND owner IS NOT NULL"
 )
 LEASE_COLUMNS: Final = (
     "id, queue, priority, deliveries, crashes, exchange, routing_key, content_type, "
@@ -120,6 +156,24 @@ ACK: Final = "DELETE FROM message WHERE id = ? AND deliveries = ?"
 REQUEUE: Final = "UPDATE message SET due = NULL, owner = NULL WHERE id = ? AND deliveries = ?"
 EXTEND: Final = "UPDATE message SET due = ? WHERE id = ? AND deliveries = ? AND owner IS NOT NULL"
 COUNT_CRASH: Final = "UPDATE message SET crashes = crashes + 1 WHERE id = ? AND deliveries = ?"
+# A reaped consumer's running message, while still leased to it.
+COUNT_CRASH_OF: Final = (
+    "UPDATE message SET crashes = crashes + 1 "
+    "WHERE id = ? AND deliveries = ? AND owner = ? AND due IS NOT NULL"
+)
+# SQLite's clock, in epoch seconds: presence records are stamped with it, not the client's.
+NOW: Final = "((julianday('now') - 2440587.5) * 86400.0)"
+REGISTER: Final = (
+    "INSERT OR REPLACE INTO consumer (id, worker, host, pid, pool, concurrency, started, "
+    f"heartbeat, held, running) VALUES (?, ?, ?, ?, ?, ?, {NOW}, {NOW}, ?, ?)"
+)
+HEARTBEAT: Final = f"UPDATE consumer SET heartbeat = {NOW}, held = ?, running = ? WHERE id = ?"
+SILENT: Final = f"SELECT id, running FROM consumer WHERE heartbeat < {NOW} - ?"
+FORGET: Final = "DELETE FROM consumer WHERE id = ?"
+CONSUMERS: Final = (
+    "SELECT id, worker, host, pid, pool, concurrency, started, heartbeat, held, running, "
+    f"{NOW} - heartbeat FROM consumer ORDER BY worker, id"
+)
 RECOVER: Final = "UPDATE message SET due = NULL, owner = NULL WHERE due IS NOT NULL AND owner = ?"
 DEAD_LETTER: Final = (
     "INSERT INTO dead_letter (id, queue, reason, failed_at, priority, deliveries, crashes, "

@@ -75,6 +75,7 @@ class Consumer:
         max_memory_kib: Leave after a task once resident memory passes this.
         parent_pid: Exit when this process stops being our parent (prefork children).
         receive_timeout: Longest wait in one receive call (how soon a stop is noticed).
+        pool: The pool's name (for the presence record).
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class Consumer:
         max_memory_kib: int | None = None,
         parent_pid: int | None = None,
         receive_timeout: float = RECEIVE_TIMEOUT,
+        pool: str = "solo",
     ) -> None:
         self.broker = broker
         self.receive_timeout = receive_timeout
@@ -103,7 +105,13 @@ class Consumer:
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
         self.holdings = Holdings(
-            broker, shutdown, window=max(1, prefetch) * self.concurrency, parent_pid=parent_pid
+            broker,
+            shutdown,
+            window=max(1, prefetch) * self.concurrency,
+            parent_pid=parent_pid,
+            worker=hostname,
+            pool=pool,
+            concurrency=self.concurrency,
         )
         self.acks = AckBuffer(broker, self.holdings)
         self.executor = Executor(

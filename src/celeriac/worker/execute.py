@@ -96,6 +96,7 @@ class Executor:
             broker_counts_crashes=broker.supports_recover,
             local_crashes=local_crashes,
         )
+        self.holdings = acks.holdings
         self.settle = Settler(app, broker, acks, hostname=hostname, sender=self)
         self.spool = self.settle.spool
         self.stats = self.settle.stats
@@ -136,6 +137,8 @@ class Executor:
             soft_time_limit=soft,
             ignore_result=task.resolve_ignore_result(call.ignore_result),
         )
+        # Listed as running before it can kill this process (redelivered ones only).
+        self.holdings.starting(delivery)
         if not acks_late:
             self.broker.ack(delivery)
             request.acked = True

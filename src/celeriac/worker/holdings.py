@@ -6,6 +6,8 @@ keeper thread beside the consumer that:
 - renews the leases of everything held, so a task longer than the visibility timeout is
   never handed to a second worker;
 - on warm shutdown, returns prefetched (not started) messages to the queue at once;
+- beside it, a presence thread keeps this process's presence record fresh and returns
+  the messages of consumers that fell silent (`presence.py`);
 - now and then makes lapsed leases of dead consumers visible again;
 - in a prefork child, notices the supervisor's death, returns everything this process
   holds and exits (no orphan keeps working).
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING
 from celeriac._crashpoints import crash_point
 from celeriac.brokers.base import Deferral
 from celeriac.exceptions import BrokerConnectionError
+from celeriac.worker.presence import HEARTBEAT_INTERVAL, Presence
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -67,6 +70,9 @@ class Holdings:
         shutdown: Stop requests (a warm one returns prefetched messages at once).
         window: How many deliveries may be held at once.
         parent_pid: Exit when this process stops being our parent (prefork children).
+        worker: The worker's node name, for the presence record.
+        pool: The pool's name, for the presence record.
+        concurrency: Tasks run at once, for the presence record.
     """
 
     def __init__(
@@ -76,6 +82,9 @@ class Holdings:
         *,
         window: int,
         parent_pid: int | None = None,
+        worker: str = "",
+        pool: str = "solo",
+        concurrency: int = 1,
     ) -> None:
         self.broker = broker
         self.shutdown = shutdown
@@ -84,6 +93,9 @@ class Holdings:
         self.done = 0
         self._held: dict[str, Delivery] = {}
         self._started: set[str] = set()
+        # Started running (past admission), not yet finished: what a presence record lists
+        # as running. `_started` also holds what waits for a thread of the pool.
+        self._running: set[str] = set()
         # Finished, waiting for their result to reach the backend: still leased (and
         # renewed), but no longer taking a place in the window.
         self._parked: dict[str, Delivery] = {}
@@ -96,9 +108,20 @@ class Holdings:
         self._leaving = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._presence_thread: threading.Thread | None = None
         self._periodic: list[tuple[Callable[[], object], float, list[float]]] = []
         renew = broker.visibility_timeout / 3 if broker.supports_leases else 5.0
         self._renew_every = max(0.5, min(MAX_RENEW_INTERVAL, renew))
+        self.presence: Presence | None = None
+        if broker.supports_presence:
+            self.presence = Presence(
+                broker,
+                worker=worker,
+                pool=pool,
+                concurrency=concurrency,
+                snapshot=self._presence_snapshot,
+                on_reaped=self._forget_prefetched,
+            )
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -122,18 +145,42 @@ class Holdings:
             self._started.add(delivery.tag)
             return True
 
+    def starting(self, delivery: Delivery) -> None:
+        """`delivery` (claimed) is about to run: it is listed as running at the next
+        heartbeat, a redelivered one before it starts (see `presence.py`)."""
+        with self._lock:
+            self._running.add(delivery.tag)
+        if delivery.redelivered and self.presence is not None:
+            self.presence.mark_running()
+
+    def _presence_snapshot(self) -> tuple[int, list[str]]:
+        with self._lock:
+            running = [tag for tag in self._running if tag in self._held]
+            return len(self._held) + len(self._parked), running
+
+    def _forget_prefetched(self) -> None:
+        """This process was reaped: what it had not started went back to the queue (and
+        may run elsewhere), so it is not started here."""
+        with self._changed:
+            waiting = [tag for tag in self._held if tag not in self._started]
+            for tag in waiting:
+                del self._held[tag]
+            self._changed.notify_all()
+
     def release(self, delivery: Delivery) -> None:
         """Forget a delivery that was acked, rejected or dead-lettered."""
         with self._changed:
             self._held.pop(delivery.tag, None)
             self._parked.pop(delivery.tag, None)
             self._started.discard(delivery.tag)
+            self._running.discard(delivery.tag)
             self.done += 1
             self._changed.notify_all()
 
     def park(self, delivery: Delivery) -> None:
         """Keep a finished delivery leased, out of the window, until `release`."""
         with self._changed:
+            self._running.discard(delivery.tag)
             if self._held.pop(delivery.tag, None) is not None:
                 self._parked[delivery.tag] = delivery
             self._changed.notify_all()
@@ -198,6 +245,17 @@ class Holdings:
         self._periodic.append((job, seconds, [0.0]))
 
     def start(self) -> None:
+        if self.presence is not None:
+            # Present before the first fetch; if the broker is not reachable yet, the
+            # presence thread registers once it is.
+            try:
+                self.presence.tick()
+            except Exception:  # isolation boundary: the presence thread tries again
+                logger.warning("Could not register this process's presence", exc_info=True)
+            self._presence_thread = threading.Thread(
+                target=self._keep_present, name="celeriac-presence", daemon=True
+            )
+            self._presence_thread.start()
         self._thread = threading.Thread(target=self._keep, name="celeriac-keeper", daemon=True)
         self._thread.start()
 
@@ -205,6 +263,15 @@ class Holdings:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._presence_thread is not None:
+            self._presence_thread.join(timeout=5)
+        if self.presence is not None:
+            with self._lock:
+                holding = bool(self._held or self._parked)
+            # With messages still held (their acks could not be sent), the record stays:
+            # it falls silent and a live consumer returns them.
+            if not holding:
+                self.presence.withdraw(hand_off=self.shutdown.is_requested())
 
     def _keep(self) -> None:
         last_renew = last_sweep = time.monotonic()
@@ -229,6 +296,14 @@ class Holdings:
                         job()
             except Exception:  # isolation boundary: keep renewing whatever happens
                 logger.exception("Lease keeper hiccup; continuing")
+
+    def _keep_present(self) -> None:
+        assert self.presence is not None
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
+            try:
+                self.presence.tick()
+            except Exception:  # isolation boundary: keep heartbeating whatever happens
+                logger.exception("Presence heartbeat hiccup; continuing")
 
     def _renew(self) -> None:
         with self._lock:

@@ -30,6 +30,7 @@ CELERIAC_ONLY = {
     "task_cls",
     "beat_catch_up",
     "beat_lease_seconds",
+    "worker_lost_after",
 }
 
 
@@ -66,6 +67,24 @@ def test_celeriac_only_defaults() -> None:
     assert conf.task_max_message_size == 1024 * 1024
     assert conf.task_redelivery_limit == 3
     assert conf.result_backend_max_retry_time == 60.0
+    assert conf.worker_lost_after == 30.0
+
+
+# Under a second would be a handful of missed heartbeats (every 0.25 s).
+@pytest.mark.parametrize("value", [0, -1, 0.5, None, "30", float("inf")])
+def test_worker_lost_after_must_be_a_positive_number_of_seconds(value: Any) -> None:
+    with pytest.raises(ImproperlyConfigured, match="worker_lost_after"):
+        Settings({"worker_lost_after": value})
+
+
+def test_worker_lost_after_reaches_the_broker() -> None:
+    from celeriac import Celeriac
+
+    app = Celeriac("t", broker="memory://lost-after", worker_lost_after=timedelta(seconds=7))
+    try:
+        assert app.create_broker().lost_after == 7.0
+    finally:
+        app.close()
 
 
 def test_changing_a_list_default_does_not_change_other_settings() -> None:
@@ -277,6 +296,7 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "worker_disable_rate_limits": (1, "write True or False"),
     "worker_send_task_events": (1, "write True or False"),
     "worker_hijack_root_logger": (1, "write True or False"),
+    "worker_lost_after": (0, "number of seconds >= 1"),
     "timezone": (0, "string or None"),
     "enable_utc": ("UTC", "write True or False"),
     "include": ([1], "list of module names"),

@@ -16,16 +16,17 @@ FLAGS = (
     "supports_rate_limit",
     "supports_leases",
     "supports_recover",
+    "supports_presence",
     "delay_precision",
 )
 
 # class → its flags, in the order of FLAGS
 CAPABILITIES: dict[str, tuple[Any, ...]] = {
-    #               priority  high-first  delay  rate   leases recover precision
-    "MemoryBroker": (True,    True,       True,  True,  True,  True,   0.05),
-    "SQLiteBroker": (True,    True,       True,  True,  True,  True,   0.05),
-    "RedisBroker":  (True,    False,      True,  True,  True,  True,   0.05),
-    "AMQPBroker":   (True,    True,       True,  False, False, False,  0.15),
+    #               priority  high-first  delay  rate   leases recover presence precision
+    "MemoryBroker": (True,    True,       True,  True,  True,  True,   True,    0.05),
+    "SQLiteBroker": (True,    True,       True,  True,  True,  True,   True,    0.05),
+    "RedisBroker":  (True,    False,      True,  True,  True,  True,   True,    0.05),
+    "AMQPBroker":   (True,    True,       True,  False, False, False,  False,   0.15),
 }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from celeriac.brokers.redis.envelope import (
     read_delivery,
 )
 from celeriac.brokers.redis.keys import Keys, Plan
+from celeriac.brokers.redis.presence import Presence
 from celeriac.brokers.redis.recovery import Recovery
 from celeriac.connections.redis import (
     RETRYABLE_ERRORS,
@@ -32,15 +33,20 @@ from celeriac.connections.redis import (
     RedisClient,
     load_script,
 )
-from celeriac.exceptions import BrokerConnectionError, BrokerError, PublishError
+from celeriac.exceptions import (
+    BrokerConnectionError,
+    BrokerError,
+    ImproperlyConfigured,
+    PublishError,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Sequence
+    from collections.abc import Collection, Iterable, Mapping, Sequence
     from datetime import datetime
 
     import redis
 
-    from celeriac.brokers.base import DeadLetter, Deferral
+    from celeriac.brokers.base import ConsumerRecord, DeadLetter, Deferral
     from celeriac.protocol.message import Message
 
 __all__ = ["RedisBroker"]
@@ -75,8 +81,10 @@ class RedisBroker(Broker):
         unacked_restore_limit, unacked_restore_interval (seconds between sweeps run by an
         idle `receive`), wakeup_interval (longest idle wait between fetches),
         wake_by_tracking (wait on CLIENT TRACKING invalidations; False polls),
-        polling_interval (longest poll step when polling), broker_side_eta (keep ETA
-        messages in Redis; False pushes them at once, as kombu does), connection_retries,
+        polling_interval (longest poll step when polling), broker_side_eta ("auto", the
+        default: ETA messages wait in Redis while a celeriac consumer is alive to promote
+        them, otherwise they go to their list as kombu pushes them; True: always in
+        Redis; False: always to the list), connection_retries,
         connection_retry_backoff, connection_retry_backoff_max, and connection settings:
         socket_timeout, socket_connect_timeout, socket_keepalive, health_check_interval,
         max_connections, client_name, ssl (dict of ssl_* settings, for rediss://);
@@ -92,6 +100,7 @@ class RedisBroker(Broker):
     supports_rate_limit: ClassVar[bool] = True
     supports_leases: ClassVar[bool] = True
     supports_recover: ClassVar[bool] = True
+    supports_presence: ClassVar[bool] = True
     # Celery compat: kombu's default; peers sharing unacked_index should agree on it.
     default_visibility_timeout: ClassVar[float] = 3600.0
 
@@ -104,8 +113,18 @@ class RedisBroker(Broker):
         self._wakeup_interval = float(options.get("wakeup_interval", 2.0))
         self._poll_max = float(options.get("polling_interval", 0.1))
         # False: ETA messages go straight to their list like kombu's (their `eta` header
-        # makes the consumer wait), for fleets where no celeriac consumer promotes them.
-        self._broker_side_eta = bool(options.get("broker_side_eta", True))
+        # makes the consumer wait), for fleets where no celeriac consumer promotes them;
+        # "auto": so while no celeriac consumer is alive (see presence.py).
+        eta_mode = options.get("broker_side_eta", "auto")
+        if eta_mode not in ("auto", True, False):
+            raise ImproperlyConfigured(
+                f"broker_transport_options['broker_side_eta']={eta_mode!r} is not usable: "
+                'write "auto", True or False'
+            )
+        self._broker_side_eta = eta_mode is not False
+        self._eta_by_presence = eta_mode == "auto"
+        # A producer hands over the delayed sets once, if no celeriac consumer is alive.
+        self._handoff_checked = self.consumer_id != "producer"
         self._held_ttl = int(max(86400, 4 * self.visibility_timeout))
         # With Sentinel or replicas: how many replicas must hold a publish
         # before it returns (Redis WAIT), and for how long to wait for them.
@@ -129,6 +148,14 @@ class RedisBroker(Broker):
             restore_limit=int(options.get("unacked_restore_limit") or 1000),
         )
         self._dead_letters = DeadLetters(self._redis, keys, clock=self.clock)
+        self._presence = Presence(
+            self._redis,
+            keys,
+            self._recovery,
+            consumer_id=self.consumer_id,
+            lost_after=self.lost_after,
+            record_ttl=self._held_ttl,
+        )
         self._deferrals = Deferrals(self._redis, keys, clock=self.clock)
         self._declared: set[str] = set()
         self._cycle: list[str] = []
@@ -258,7 +285,16 @@ class RedisBroker(Broker):
                 priority=level,
             )
             due = eta.timestamp() if eta is not None and self._broker_side_eta else None
-            if due is not None and due > self.clock.time():
+            if due is not None and due > self.clock.time() and self._eta_by_presence:
+                commands.append(
+                    self._presence.publish_eta_command(
+                        queue=queue,
+                        due=due,
+                        envelope=envelope,
+                        list_key=keys.list_key(queue, level),
+                    )
+                )
+            elif due is not None and due > self.clock.time():
                 commands.append(("ZADD", keys.delayed(queue), repr(due), envelope))
                 # LT: the index keeps each queue's earliest due time.
                 commands.append(("ZADD", keys.delayed_index, "LT", repr(due), queue))
@@ -295,6 +331,8 @@ class RedisBroker(Broker):
         exchange: str = "",
         routing_key: str | None = None,
     ) -> None:
+        if not self._handoff_checked:
+            self._hand_off_once()
         if eta is None or not self._broker_side_eta:
             # The hot path: one LPUSH, as kombu does.
             level = clamp_priority(priority if priority is not None else message.priority)
@@ -360,6 +398,8 @@ class RedisBroker(Broker):
     def publish_many(self, items: Sequence[Outgoing]) -> None:
         if not items:
             return
+        if not self._handoff_checked:
+            self._hand_off_once()
 
         def send(client: redis.Redis) -> None:
             # One MULTI: all or nothing, so a retry after a lost reply is exact.
@@ -372,6 +412,17 @@ class RedisBroker(Broker):
         else:
             self._redis.run(f"publish {len(items)} messages", send, error=PublishError)
         self._published += len(items)
+
+    def _hand_off_once(self) -> None:
+        """A producer's first publish: delayed messages left behind when the last
+        celeriac consumer died go to their lists if none is alive (see presence.py)."""
+        self._handoff_checked = True
+        if not self._eta_by_presence:
+            return
+        try:
+            self._presence.hand_off()
+        except BrokerError:
+            logger.warning("Could not hand the delayed sets over; continuing", exc_info=True)
 
     # -- consuming ------------------------------------------------------------------
 
@@ -630,11 +681,38 @@ class RedisBroker(Broker):
         running: Collection[str] = (),
         discard: Collection[str] = (),
     ) -> int:
-        return self._recovery.recover(consumer_id, running, discard)
+        returned = self._recovery.recover(consumer_id, running, discard)
+        # Its messages are back: it no longer needs reaping.
+        self._presence.forget(consumer_id)
+        return returned
 
     def restore_expired(self) -> int:
         """kombu's visibility-timeout sweep: return lapsed leases, consumed next."""
         return self._recovery.restore_expired()
+
+    # -- presence -------------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        identity: Mapping[str, str | int],
+        *,
+        held: int,
+        running: Sequence[str],
+        register: bool = False,
+    ) -> bool:
+        return self._presence.heartbeat(identity, held=held, running=running, register=register)
+
+    def reap(self) -> dict[str, int]:
+        return self._presence.reap()
+
+    def consumers(self) -> list[ConsumerRecord]:
+        return self._presence.consumers()
+
+    def withdraw(self, *, hand_off: bool = False) -> None:
+        self._presence.forget(self.consumer_id)
+        if hand_off and self._eta_by_presence:
+            # The last celeriac consumer to leave hands the delayed sets to the lists.
+            self._presence.hand_off()
 
     # -- dead letters ---------------------------------------------------------------
 
@@ -689,5 +767,17 @@ class RedisBroker(Broker):
 
 def _scripts() -> dict[str, str]:
     """The broker's Lua scripts, beside this module."""
-    names = ("fetch", "restore", "extend", "replay", "unlock", "defer")
+    names = (
+        "fetch",
+        "restore",
+        "extend",
+        "replay",
+        "unlock",
+        "defer",
+        "heartbeat",
+        "claim",
+        "forget",
+        "publish_eta",
+        "handoff",
+    )
     return {name: load_script("celeriac.brokers.redis", f"{name}.lua") for name in names}

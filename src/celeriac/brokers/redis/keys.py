@@ -19,6 +19,10 @@ celeriac's own keys:
   _celeriac.dead                     hash: dead-letter id -> JSON record
   _celeriac.dead_index               zset: dead-letter id -> time it was dead-lettered
   _celeriac.rate.<key>               string: last reserved rate-limit slot
+  _celeriac.presence                 zset: consumer id -> last heartbeat (Redis TIME)
+  _celeriac.consumer.<consumer_id>   hash: its presence record (worker, host, pid, pool,
+                                     concurrency, started, heartbeat, held, running tags,
+                                     and `reaping` while a reaper returns its messages)
 
 The fetch script (`fetch.lua`) builds the priority lists and the delayed sets of the
 queues it promotes from the prefix, separator and steps it is given.
@@ -46,6 +50,8 @@ CRASHES = "_celeriac.crashes"
 LAST_FETCH_PREFIX = "_celeriac.fetch."
 DEAD = "_celeriac.dead"
 DEAD_INDEX = "_celeriac.dead_index"
+PRESENCE = "_celeriac.presence"
+CONSUMER_PREFIX = "_celeriac.consumer."
 
 # kombu's defaults, which every peer must share.
 DEFAULT_SEP = "\x06\x16"
@@ -81,6 +87,7 @@ class Keys:
         "_level_suffixes",
         "_plans",
         "_suffixes",
+        "consumer",
         "crashes",
         "dead",
         "dead_index",
@@ -90,6 +97,7 @@ class Keys:
         "last_fetch",
         "mutex",
         "prefix",
+        "presence",
         "sep",
         "steps",
         "steps_text",
@@ -120,6 +128,8 @@ class Keys:
         self.crashes = prefix + CRASHES
         self.dead = prefix + DEAD
         self.dead_index = prefix + DEAD_INDEX
+        self.presence = prefix + PRESENCE
+        self.consumer = self.consumer_of(consumer_id)
         self._plans: dict[tuple[str, ...], Plan] = {}
 
     def list_key(self, queue: str, priority: int | None) -> str:
@@ -152,6 +162,14 @@ class Keys:
     def held_of(self, consumer_id: str) -> str:
         """The hash of the leases `consumer_id` holds."""
         return self.prefix + HELD_PREFIX + consumer_id
+
+    def consumer_of(self, consumer_id: str) -> str:
+        """The presence record of `consumer_id`."""
+        return self.prefix + CONSUMER_PREFIX + consumer_id
+
+    def consumer_prefix(self) -> str:
+        """What `consumer_of(id)` puts before the id (the reap script's argument)."""
+        return self.prefix + CONSUMER_PREFIX
 
     def delayed(self, queue: str) -> str:
         """The sorted set of `queue`'s ETA messages."""

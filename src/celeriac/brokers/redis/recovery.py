@@ -186,6 +186,20 @@ class Recovery:
         restored, _ = self._restore_groups(groups, ceiling=0.0, what=f"recover {consumer_id}")
         return restored
 
+    def _running_tags(self) -> set[str]:
+        """Every tag a presence record lists as running (read only when leases lapsed)."""
+        keys = self._keys
+
+        def read(client: redis.Redis) -> Any:
+            members: Any = client.zrange(keys.presence, 0, -1)
+            with client.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.hget(keys.consumer_of(member.decode()), "running")
+                return pipe.execute()
+
+        fields = self._redis.run("read running tags", read)
+        return {tag for field in fields if field for tag in field.decode().split()}
+
     def restore_expired(self) -> int:
         """kombu's visibility-timeout sweep: return lapsed leases, consumed next."""
         keys = self._keys
@@ -212,6 +226,7 @@ class Recovery:
             entries = self._redis.run(
                 "read lapsed leases", lambda client: client.hmget(keys.unacked, tags)
             )
+            running = self._running_tags()
             tables: _Tables = {}
             groups: list[str | bytes] = []
             for tag, entry in zip(tags, entries, strict=True):
@@ -223,7 +238,11 @@ class Recovery:
                 if prepared is None:
                     logger.error("cannot restore unreadable unacked entry %s; left in place", tag)
                     continue
-                groups += [tag, "", "R", prepared[0], prepared[1], "0"]
+                # A lease lapses only when its holder stopped renewing it (dead, or
+                # stalled past the visibility timeout): the last resort counts a crash
+                # against what a presence record lists as running.
+                crashed = "1" if tag in running else "0"
+                groups += [tag, "", "R", prepared[0], prepared[1], crashed]
             restored, _ = self._restore_groups(groups, ceiling=ceiling, what="restore leases")
             if restored:
                 logger.info("restored %d message(s) whose lease lapsed", restored)

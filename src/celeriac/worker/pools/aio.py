@@ -68,7 +68,12 @@ class AsyncioPool(InProcessPool):
         broker = self.app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
         self.broker = broker
         holdings = Holdings(
-            broker, self.shutdown, window=options.concurrency * options.prefetch_multiplier
+            broker,
+            self.shutdown,
+            window=options.concurrency * options.prefetch_multiplier,
+            worker=options.hostname,
+            pool=self.name,
+            concurrency=options.concurrency,
         )
         # Acks go out with the next fetch (one round trip per batch, not per task).
         acks = AckBuffer(broker, holdings)

@@ -88,6 +88,7 @@ class InProcessPool(Pool):
                 prefetch=options.prefetch_multiplier,
                 shutdown=self.shutdown,
                 concurrency=concurrency,
+                pool=self.name,
             ).run()
             return 0
         finally:

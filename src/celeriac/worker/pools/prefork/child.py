@@ -85,6 +85,7 @@ def child_main(
             max_tasks=options.max_tasks_per_child,
             max_memory_kib=options.max_memory_per_child,
             parent_pid=parent_pid,
+            pool="prefork",
         )
         reason = consumer.run()
         if reason != "shutdown":
