@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.chaos.harness import alive_descendants, crash_count, fail_report, publish_work, settle
+from tests.chaos.harness import (
+    alive_descendants,
+    crash_count,
+    crashed_pids,
+    fail_report,
+    publish_work,
+    settle,
+    unexplained_duplicates,
+)
 from tests.helpers import wait_for
 from tests.integration.conftest import import_tasks
 
@@ -105,6 +113,17 @@ def test_a_crash_at_each_step_loses_nothing(
         )
     run_worker("-c", "2")
     report = settle(ledger, timeout=60)
-    print(f"{point} on {broker_env}: {report.summary()} crashes={crash_count(doomed, point)}")
+    crashes = crash_count(doomed, point)
+    print(f"{point} on {broker_env}: {report.summary()} crashes={crashes}")
     if report.lost or report.phantoms:
         fail_report(f"crash at {point}", report)
+    if point != "before_store":
+        # Every other point leaves either an unfinished body or a stored result behind
+        # (a redelivered copy whose result is stored is dropped): nothing runs twice.
+        if report.duplicates:
+            fail_report(f"duplicates after a crash at {point}", report)
+    else:
+        # The body finished, its result was not stored: at most one run again per crash.
+        wrong = unexplained_duplicates(ledger, report, crashed_pids(doomed, point))
+        if wrong or report.duplicate_runs > crashes:
+            fail_report(f"duplicates after a crash at {point} ({crashes} crashes): {wrong}", report)
