@@ -69,14 +69,13 @@ def test_a_killed_child_is_replaced_and_its_task_runs_elsewhere(
     [first] = wait_for(lambda: started(tasks_dir, "victim"), timeout=10)
     os.kill(first["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
-    # Replaced within a second...
+    # Replaced within a second (measured: 0.05-0.23 s after the kill)...
     wait_for(
         lambda: len(worker.children()) == 2 and first["pid"] not in worker.children(),
-        timeout=1.5,
+        timeout=1.0,
         what="a replacement child",
     )
-    # Measured: replaced 0.05-0.23 s after the kill; the docs say within a second.
-    assert time.monotonic() - killed_at < 1.5
+    assert time.monotonic() - killed_at < 1.0
     # ...and the message came back at once (the visibility timeout is 300 s).
     assert result.get(timeout=15) == "victim"
     runs = started(tasks_dir, "victim")
@@ -94,7 +93,9 @@ def test_children_exit_when_the_supervisor_is_killed(
     wait_for(lambda: started(tasks_dir, "orphaned"), timeout=10)
     worker.signal(signal.SIGKILL)
     worker.wait(timeout=5)
-    assert wait_until_gone(children, timeout=5), "a child outlived its supervisor"
+    # Each child notices within a keeper tick (0.2 s) and exits, mid-task. Measured: all
+    # gone 0.10-0.26 s after the supervisor's death; 1 s is over 3x that.
+    assert wait_until_gone(children, timeout=1.0), "a child outlived its supervisor"
     # What the children held went back to the queue: a new worker runs it. (The other
     # orphan can fetch it in the moment before it leaves too; it returns it as well.)
     run_worker("-c", "1")
