@@ -2,7 +2,9 @@
 
 `CELERIAC_CRASH_AT=<point>` (test-only, `celeriac._crashpoints`) makes every process of
 worker A that reaches the point exit there at once (`os._exit`, no cleanup). Once A has
-died there at least once, a clean worker B joins; every published id must finish.
+died there at least once, a clean worker B joins; every published id must finish. No id
+may run twice, except at before_store (the body finished, its result was not stored):
+there at most once per process that died at the point.
 
 Points, and the step of the issue each stands for:
 

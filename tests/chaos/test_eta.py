@@ -6,7 +6,8 @@
    ETA. With every process killed at once nobody returns the leases of the messages the
    children held (promoted, prefetched or running): they come back when their lease
    lapses, so the visibility timeout is set short (4 s). On RabbitMQ the server returns
-   them when the connections drop and its delay ladder holds the rest.
+   them when the connections drop and its delay ladder holds the rest. The ETA makes
+   nothing run twice: a duplicate must follow a finish in a killed process (one each).
 2. ETA longer than the visibility timeout (2 s) with no crash: 20 tasks due in 3 s, one
    worker. Zero duplicates: the ETA waits in the broker (delayed set, ETA column or delay
    ladder), not in a worker's lease that could lapse.
