@@ -12,7 +12,7 @@ from a thread that stays ahead of the worker. The RSS of every worker process
 - memory flat after warm-up (the first 20 % of the run): no process grows more than
   10 % above its RSS at the end of warm-up (plus 2 MiB of allocator noise);
 - throughput steady: the run's duration is cut in tenths and no tenth runs at less than
-  a fifth of the median tenth's rate (a stall or a slow leak, not a speed target).
+  a seventh of the median tenth's rate (a stall or a slow leak, not a speed target).
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ WARM_UP = 0.2
 GROWTH = 0.10
 NOISE = 2 * 1024 * 1024
 # A stall or a slow leak, not a speed target. Measured on the 2-core machine (small and
-# full profiles, other tests running): the slowest tenth ran at 0.6-0.9 of the median
-# tenth's rate (1.1-1.7x below it). A tenth 5x below the median (over 3x the worst
-# slowdown measured) is a stall.
-SLOW_TENTH = 1 / 5
+# full profiles, other tests running): the slowest tenth ran at 0.47-0.9 of the median
+# tenth's rate (typically 1.5x below it, at worst 2.1x). A tenth 7x below the median
+# (over 3x the worst slowdown measured) is a stall.
+SLOW_TENTH = 1 / 7
 
 
 class FinishCounter:
@@ -175,4 +175,4 @@ def test_soak_memory_flat_and_throughput_steady(
             f"process {pid} grew from {start_rss} to {peak} bytes after warm-up"
         )
     slow = [i for i, rate in enumerate(rates) if rate < median * SLOW_TENTH]
-    assert not slow, f"tenths {slow} ran below a fifth of the median rate: {rates}"
+    assert not slow, f"tenths {slow} ran below a seventh of the median rate: {rates}"
