@@ -6,6 +6,7 @@ Kept apart from `ledger.py` and `conftest.py` (which other chaos modules use as 
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
 __all__ = [
     "alive_descendants",
     "crash_count",
+    "crashed_pids",
     "fail_report",
     "publish_work",
     "settle",
+    "unexplained_duplicates",
 ]
 
 
@@ -65,6 +68,14 @@ def crash_count(worker: WorkerProcess, point: str) -> int:
     return worker.output().count(f"crash point {point}: exiting now")
 
 
+def crashed_pids(worker: WorkerProcess, point: str) -> set[int]:
+    """The pids of `worker`'s processes that died at crash point `point` (from its log)."""
+    found = re.findall(
+        rf"crash point {re.escape(point)}: exiting now \(pid (\d+)\)", worker.output()
+    )
+    return {int(pid) for pid in found}
+
+
 def alive_descendants(pids: set[int]) -> list[int]:
     """Those of `pids` still running (zombies count as gone)."""
     alive = []
@@ -75,6 +86,30 @@ def alive_descendants(pids: set[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return alive
+
+
+def unexplained_duplicates(ledger: Ledger, report: Report, dead: set[int]) -> list[str]:
+    """The duplicate runs the design does not allow, described; empty when all are allowed.
+
+    Duplicates come from one place only: a process that died after the task body finished
+    but before its result was stored. So every finish of an id but its last must have
+    been recorded by one of the `dead` pids, and each dead process can account for one
+    such finish at most (it died right after it).
+    """
+    finishes: dict[str, list[int]] = {}
+    for event in ledger.events():
+        if event["event"] == "finish" and event["id"] in report.duplicates:
+            finishes.setdefault(event["id"], []).append(event["pid"])
+    wrong = []
+    spent: dict[int, str] = {}
+    for task_id, pids in finishes.items():
+        for pid in pids[:-1]:
+            if pid not in dead:
+                wrong.append(f"{task_id} ran again after finishing in {pid}, which did not die")
+            elif pid in spent:
+                wrong.append(f"{spent[pid]} and {task_id} both ran again after finishing in {pid}")
+            spent[pid] = task_id
+    return wrong
 
 
 def fail_report(what: str, report: Report, seed: object = None) -> None:

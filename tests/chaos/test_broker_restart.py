@@ -12,10 +12,13 @@ the broker goes away mid-run:
   insert), and a second producer process is SIGKILLed mid-publish. The file must then
   pass `PRAGMA integrity_check`.
 
-For each: lost = 0 over every confirmed publish (an id is recorded only after its publish
-returned; a publish that raised is counted and reported, never silently lost), and the
-worker resumes within 15 s: the time from the server being back (or the lock holder
-dying) to the next finish record.
+For each: no publish raised (the outage is shorter than the publisher's reconnect loop),
+lost = 0 over every confirmed publish (an id is recorded only after its publish
+returned), and the worker resumes within 15 s: the time from the server being back (or
+the lock holder dying) to the next finish record. Duplicates: none on SQLite and Redis;
+on RabbitMQ only messages delivered and unacked when the connection dropped (at most the
+prefetch window) and a publish whose confirm was lost with the connection (sent again)
+run again.
 """
 
 from __future__ import annotations
@@ -204,8 +207,22 @@ def test_a_broker_restart_loses_no_confirmed_publish_and_workers_resume(
     assert report.phantoms == [], detail
     assert resume is not None, detail
     assert resume <= RESUME_BUDGET, detail
-    # A producer is told: publishes that raised are reported, and most went through.
-    assert producer.confirmed >= producer.total // 2, f"{producer.errors[:3]}"
+    # The outage (0.5-2 s) is shorter than the publisher's reconnect loop: every publish
+    # waits it out and lands; not one raises.
+    assert producer.errors == [], f"{len(producer.errors)} publishes raised: {producer.errors[:3]}"
+    assert producer.confirmed == producer.total, detail
+    if kind == "amqp":
+        # At-least-once, from two documented causes only: a message delivered but not yet
+        # acked when the connection dropped is delivered again (at most the worker's
+        # prefetch window, 2 children x 4), and a publish whose confirm was lost with the
+        # connection is sent again on the next one (the producer has one in flight).
+        runs = [e for e in ledger.events() if e["id"] in report.duplicates]
+        twice = f"runs of the duplicated ids (restart done at {back}): {runs}\n{worker.output()}"
+        assert report.duplicate_runs <= 2 * 4 + 1, twice
+        assert max(report.duplicates.values(), default=0) <= 3, twice
+    else:
+        # No worker process died and every ack was sent or retried: nothing runs twice.
+        assert report.duplicates == {}, detail
     assert worker.process.poll() is None, detail
     if kind == "sqlite":
         database = sqlite3.connect(tasks_dir / "celeriac.db")

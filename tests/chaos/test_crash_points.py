@@ -2,7 +2,9 @@
 
 `CELERIAC_CRASH_AT=<point>` (test-only, `celeriac._crashpoints`) makes every process of
 worker A that reaches the point exit there at once (`os._exit`, no cleanup). Once A has
-died there at least once, a clean worker B joins; every published id must finish.
+died there at least once, a clean worker B joins; every published id must finish. No id
+may run twice, except at before_store (the body finished, its result was not stored):
+there at most once per process that died at the point.
 
 Points, and the step of the issue each stands for:
 
@@ -32,7 +34,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.chaos.harness import alive_descendants, crash_count, fail_report, publish_work, settle
+from tests.chaos.harness import (
+    alive_descendants,
+    crash_count,
+    crashed_pids,
+    fail_report,
+    publish_work,
+    settle,
+    unexplained_duplicates,
+)
 from tests.helpers import wait_for
 from tests.integration.conftest import import_tasks
 
@@ -105,6 +115,17 @@ def test_a_crash_at_each_step_loses_nothing(
         )
     run_worker("-c", "2")
     report = settle(ledger, timeout=60)
-    print(f"{point} on {broker_env}: {report.summary()} crashes={crash_count(doomed, point)}")
+    crashes = crash_count(doomed, point)
+    print(f"{point} on {broker_env}: {report.summary()} crashes={crashes}")
     if report.lost or report.phantoms:
         fail_report(f"crash at {point}", report)
+    if point != "before_store":
+        # Every other point leaves either an unfinished body or a stored result behind
+        # (a redelivered copy whose result is stored is dropped): nothing runs twice.
+        if report.duplicates:
+            fail_report(f"duplicates after a crash at {point}", report)
+    else:
+        # The body finished, its result was not stored: at most one run again per crash.
+        wrong = unexplained_duplicates(ledger, report, crashed_pids(doomed, point))
+        if wrong or report.duplicate_runs > crashes:
+            fail_report(f"duplicates after a crash at {point} ({crashes} crashes): {wrong}", report)

@@ -7,11 +7,12 @@ Tasks are published in bulk (`app.producer_batch()`, batches of 1,000, results i
 from a thread that stays ahead of the worker. The RSS of every worker process
 (supervisor and children, psutil) is sampled every half second. Checks:
 
-- lost = 0: every published id has a finish record;
+- lost = 0: every published id has a finish record; no duplicate, no phantom (nothing
+  is killed, so nothing may run twice);
 - memory flat after warm-up (the first 20 % of the run): no process grows more than
   10 % above its RSS at the end of warm-up (plus 2 MiB of allocator noise);
 - throughput steady: the run's duration is cut in tenths and no tenth runs at less than
-  a third of the median tenth's rate (a stall or a slow leak, not a speed target).
+  a seventh of the median tenth's rate (a stall or a slow leak, not a speed target).
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ AHEAD = 20_000
 WARM_UP = 0.2
 GROWTH = 0.10
 NOISE = 2 * 1024 * 1024
-SLOW_TENTH = 1 / 3
+# A stall or a slow leak, not a speed target. Measured on the 2-core machine (small and
+# full profiles, other tests running): the slowest tenth ran at 0.47-0.9 of the median
+# tenth's rate (typically 1.5x below it, at worst 2.1x). A tenth 7x below the median
+# (over 3x the worst slowdown measured) is a stall.
+SLOW_TENTH = 1 / 7
 
 
 class FinishCounter:
@@ -139,6 +144,9 @@ def test_soak_memory_flat_and_throughput_steady(
     assert not errors, errors
     report = ledger.check()
     assert report.lost == [], f"{report.summary()} after {wall:.0f}s\n{worker.output()[-2000:]}"
+    # Nothing is killed here: not one task may run twice.
+    assert report.duplicates == {}, report.summary()
+    assert report.phantoms == [], report.summary()
 
     finishes = sorted(e["time"] for e in ledger.events())
     first, last = finishes[0], finishes[-1]
@@ -167,4 +175,4 @@ def test_soak_memory_flat_and_throughput_steady(
             f"process {pid} grew from {start_rss} to {peak} bytes after warm-up"
         )
     slow = [i for i, rate in enumerate(rates) if rate < median * SLOW_TENTH]
-    assert not slow, f"tenths {slow} ran below a third of the median rate: {rates}"
+    assert not slow, f"tenths {slow} ran below a seventh of the median rate: {rates}"

@@ -75,11 +75,11 @@ def test_eta_messages_arrive_on_time_and_never_early(broker: AMQPBroker, queue: 
     )
     got = collect(broker, queue, len(delays), timeout=10)
     assert len(got) == len(delays)
-    for arrived, delivery in got:
-        eta = from_iso(delivery.message.headers["eta"]).timestamp()
-        assert arrived >= eta, "delivered before its ETA"
-        # 100 ms resolution plus the hops; generous for a busy machine.
-        assert arrived - eta < 0.6
+    late = [arrived - from_iso(d.message.headers["eta"]).timestamp() for arrived, d in got]
+    assert min(late) >= 0, f"delivered before its ETA: {late}"
+    # 100 ms units plus the hops through the ladder: measured 0.19-0.36 s late on the
+    # 2-core machine while other tests ran; the bound is 3x the worst of those.
+    assert max(late) < 1.1, late
     order = [decode_task(d.message, accept=ACCEPT).args[0] for _, d in got]
     assert order == [4, 1, 3, 0, 2]
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.integration, pytest.mark.slow]
 
 TASKS = """
+import os
 import time
 import celery
 
@@ -40,7 +41,8 @@ app.conf.result_expires = 600
 
 @app.task(name="stockproj.when")
 def when(tag):
-    return {{"tag": tag, "ran_at": time.time()}}
+    # Who ran it: the stock worker's own process (solo pool).
+    return {{"tag": tag, "ran_at": time.time(), "pid": os.getpid()}}
 """
 
 
@@ -125,6 +127,7 @@ def test_a_stock_worker_runs_our_task_and_replies_over_rpc(
     meta = rpc.wait(call.id, timeout=30)
     assert meta.status == "SUCCESS", "".join(stock_worker.output[-20:])
     assert meta.result["tag"] == "now"
+    assert meta.result["pid"] == stock_worker.process.pid
 
 
 def test_our_eta_task_waits_on_the_broker_then_runs_on_a_stock_worker(
@@ -144,6 +147,7 @@ def test_our_eta_task_waits_on_the_broker_then_runs_on_a_stock_worker(
         broker.close()
     meta = rpc.wait(call.id, timeout=30)
     assert meta.status == "SUCCESS", "".join(stock_worker.output[-20:])
+    assert meta.result["pid"] == stock_worker.process.pid
     ran_at = meta.result["ran_at"]
     assert ran_at >= eta.timestamp()
     assert ran_at < eta.timestamp() + 3

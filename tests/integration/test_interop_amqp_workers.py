@@ -273,8 +273,13 @@ def started_keys(fleet: Fleet, prefix: str) -> list[str]:
 def test_stock_delay_and_failure_run_on_our_worker(fleet: Fleet) -> None:
     app = fleet.celery_app
     assert app.send_task("interop.add", (2, 3)).get(timeout=10) == 5
+    assert app.send_task("interop.where", ("c-delay",)).get(timeout=10)["side"] == "celeriac"
+    failed = app.send_task("interop.fail", ("from celery",))
     with pytest.raises(ValueError, match="from celery"):
-        app.send_task("interop.fail", ("from celery",)).get(timeout=10)
+        failed.get(timeout=10)
+    # The celeriac worker ran it (and logged it), not the stock one.
+    assert failed.id in fleet.ours.output(), fleet.outputs()
+    assert failed.id not in fleet.stock.output(), fleet.outputs()
 
 
 def test_stock_countdown_runs_on_our_worker_on_time(fleet: Fleet) -> None:
@@ -324,8 +329,13 @@ def test_stock_link_and_canvas_run_on_our_worker(fleet: Fleet) -> None:
 def test_our_delay_and_failure_run_on_a_stock_worker(fleet: Fleet) -> None:
     app = fleet.celeriac_app
     assert app.send_task("interop.add", (2, 3)).get(timeout=10) == 5
+    assert app.send_task("interop.where", ("o-delay",)).get(timeout=10)["side"] == "celery"
+    failed = app.send_task("interop.fail", ("from celeriac",))
     with pytest.raises(ValueError, match="from celeriac"):
-        app.send_task("interop.fail", ("from celeriac",)).get(timeout=10)
+        failed.get(timeout=10)
+    # The stock worker ran it (and logged it), not the celeriac one.
+    assert failed.id in fleet.stock.output(), fleet.outputs()
+    assert failed.id not in fleet.ours.output(), fleet.outputs()
 
 
 def test_our_countdown_runs_on_a_stock_worker_on_time(fleet: Fleet) -> None:
@@ -464,6 +474,7 @@ def test_a_stock_rpc_client_reads_what_our_worker_sends(tmp_path: Path, rpc_queu
     try:
         sig = app.signature
         assert app.send_task("interop.add", (2, 3)).get(timeout=10) == 5
+        assert app.send_task("interop.where", ("rpc",)).get(timeout=10)["side"] == "celeriac"
         assert (
             celery.chain(sig("interop.add", (1, 2)), sig("interop.mul", (10,)))().get(timeout=10)
             == 30
@@ -487,6 +498,7 @@ def test_our_rpc_client_reads_what_a_stock_worker_sends(tmp_path: Path, rpc_queu
     try:
         sig = app.signature
         assert app.send_task("interop.add", (2, 3)).get(timeout=10) == 5
+        assert app.send_task("interop.where", ("rpc",)).get(timeout=10)["side"] == "celery"
         assert chain(sig("interop.add", (1, 2)), sig("interop.mul", (10,)))().get(timeout=10) == 30
         with pytest.raises(ValueError, match="over rpc"):
             app.send_task("interop.fail", ("over rpc",)).get(timeout=10)

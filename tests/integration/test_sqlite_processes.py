@@ -270,9 +270,10 @@ def test_a_waiting_consumer_wakes_within_50_ms_of_another_process_publishing(
     url = f"sqlite:///{tmp_path / 'latency.db'}"
     out: Queue[Any] = SPAWN.Queue()
     # Short gaps keep the change watcher at its busy pace; gaps longer than QUIET_AFTER
-    # let it slow to its quiet pace before the publish.
-    gaps = [random.uniform(0.05, 0.15) for _ in range(12)] + [
-        random.uniform(QUIET_AFTER + 0.1, QUIET_AFTER + 0.3) for _ in range(4)
+    # let it slow to its quiet pace before the publish. Seeded: every run the same gaps.
+    rng = random.Random(24)
+    gaps = [rng.uniform(0.05, 0.15) for _ in range(12)] + [
+        rng.uniform(QUIET_AFTER + 0.1, QUIET_AFTER + 0.3) for _ in range(6)
     ]
     start(processes, SPAWN.Process(target=measure_wake_latency, args=(url, "q", len(gaps), out)))
     assert out.get(timeout=30) == "ready"
@@ -292,6 +293,9 @@ def test_a_waiting_consumer_wakes_within_50_ms_of_another_process_publishing(
         f"max {max(latencies) * 1000:.1f} ms"
     )
     print(report, file=sys.stderr)
+    # The 50 ms target of the SQLite broker. Measured on the 2-core machine while other
+    # tests ran: busy median 3-8 ms (10 ms polling), quiet median typically 10-13 ms, at
+    # most 17 ms (25 ms polling), max 13-52 ms; the bounds are over 3x the typical values.
     assert statistics.median(busy) < 0.05, report
     assert statistics.median(quiet) < 0.05, report
     assert max(latencies) < 1.0, report

@@ -60,6 +60,18 @@ def test_solo_pool_enforces_the_soft_time_limit(tasks: Any, run_worker: RunWorke
     assert tasks.soft.delay().get(timeout=10) == "soft limit caught"
 
 
+def test_solo_pool_raises_the_hard_time_limit_in_the_task(
+    tasks: Any, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    worker = run_worker("-P", "solo")
+    result = tasks.hard.delay()  # time_limit=1, sleeps 10 s
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=10)
+    # Raised in the task: the body stopped there, and the worker process runs the next one.
+    assert [e for e in events(tasks_dir) if e.get("key") == "hard" and e["event"] == "end"] == []
+    assert tasks.where.delay().get(timeout=10)["pid"] == worker.pid
+
+
 # Tasks that run past their limits while going back to Python (or the event loop) often,
 # which is when the threads and asyncio pools can interrupt them (docs/worker.md).
 LIMITS = """

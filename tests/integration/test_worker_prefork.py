@@ -69,13 +69,13 @@ def test_a_killed_child_is_replaced_and_its_task_runs_elsewhere(
     [first] = wait_for(lambda: started(tasks_dir, "victim"), timeout=10)
     os.kill(first["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
-    # Replaced within a second...
+    # Replaced within a second (measured: 0.05-0.23 s after the kill)...
     wait_for(
         lambda: len(worker.children()) == 2 and first["pid"] not in worker.children(),
-        timeout=1.5,
+        timeout=1.0,
         what="a replacement child",
     )
-    assert time.monotonic() - killed_at < 1.5
+    assert time.monotonic() - killed_at < 1.0
     # ...and the message came back at once (the visibility timeout is 300 s).
     assert result.get(timeout=15) == "victim"
     runs = started(tasks_dir, "victim")
@@ -93,7 +93,9 @@ def test_children_exit_when_the_supervisor_is_killed(
     wait_for(lambda: started(tasks_dir, "orphaned"), timeout=10)
     worker.signal(signal.SIGKILL)
     worker.wait(timeout=5)
-    assert wait_until_gone(children, timeout=5), "a child outlived its supervisor"
+    # Each child notices within a keeper tick (0.2 s) and exits, mid-task. Measured: all
+    # gone 0.10-0.26 s after the supervisor's death; 1 s is over 3x that.
+    assert wait_until_gone(children, timeout=1.0), "a child outlived its supervisor"
     # What the children held went back to the queue: a new worker runs it. (The other
     # orphan can fetch it in the moment before it leaves too; it returns it as well.)
     run_worker("-c", "1")
@@ -180,7 +182,8 @@ def test_hard_time_limit_kills_the_child_and_is_not_redelivered(
     with pytest.raises(TimeLimitExceeded):
         result.get(timeout=10)
     meta = tasks.app.backend.get(result.id)
-    assert meta.date_done.timestamp() - run["time"] < 2.0  # killed within 1 s of the limit
+    # Killed within 1 s of the 1 s limit (measured: recorded 1.05-1.10 s after the start).
+    assert meta.date_done.timestamp() - run["time"] < 2.0
     assert not psutil.pid_exists(run["pid"]) or psutil.Process(run["pid"]).status() == "zombie"
     wait_for(lambda: len(worker.children()) == 1, timeout=5)
     # The next task runs; the timed-out one never runs again.
@@ -196,10 +199,14 @@ def test_a_waiting_retry_does_not_hold_a_child(
     run_worker("-c", "1")
     retried = tasks.retry_later.delay()
     wait_for(lambda: started(tasks_dir, "retry_later-0"), timeout=10)
-    # The only child is free while the retry waits 3 s on the broker.
+    # The only child is free while the retry waits 3 s on the broker: another task runs
+    # before the retry does (measured: it returns 0.02-0.1 s after it was sent, the
+    # retry runs 3 s after its first try). A child held by the waiting retry would run
+    # that task only after the retry's second run.
     sent = time.monotonic()
     tasks.where.delay().get(timeout=10)
-    assert time.monotonic() - sent < 2.5
+    took = time.monotonic() - sent
+    assert not started(tasks_dir, "retry_later-1"), f"ran after the retry ({took:.2f} s)"
     assert retried.get(timeout=15) == "retried"
 
 
