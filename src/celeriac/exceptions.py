@@ -31,6 +31,9 @@ CeleriacError
 Outside the tree, because a task's own code must not catch them by accident with
 `except CeleriacError`: SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 (Celery raises billiard's classes of these names, which are plain Exceptions).
+
+Warnings: `CDeprecationWarning` (a `UserWarning`, so it is shown by default, as
+Celery's of the same name) for something that works today but has a newer spelling.
 ```
 
 `exc_module`/`exc_type` of these classes on the wire read `celery.exceptions` (see
@@ -49,6 +52,7 @@ __all__ = [
     "BackendError",
     "BrokerConnectionError",
     "BrokerError",
+    "CDeprecationWarning",
     "CeleriacError",
     "ChordError",
     "ContentDisallowed",
@@ -277,3 +281,7 @@ class TimeLimitExceeded(Exception):
 
 class WorkerLostError(Exception):
     """The process running the task died, more often than the redelivery cap allows."""
+
+
+class CDeprecationWarning(UserWarning):
+    """Works for now, but has a newer spelling (e.g. a Celery 3 upper-case setting)."""

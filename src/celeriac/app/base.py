@@ -2,9 +2,10 @@
 
 `Celeriac(main, broker=None, backend=None, include=(), **settings)` (also exported as
 `Celery`). With no broker URL anywhere (argument, settings, `CELERIAC_BROKER_URL`), the
-app uses the embedded default: the SQLite file `celeriac.db` in the current directory as
-broker and result backend. A backend left unset follows the broker (`redis://` → the
-same Redis, `sqlite://` → the same file, `amqp://` → `rpc://`).
+app uses the embedded default: the SQLite file `celeriac.db` beside the module that
+created the app, as broker and result backend (see `celeriac.app.embedded`). A backend
+left unset follows the broker (`redis://` → the same Redis, `sqlite://` → the same file,
+`amqp://` → `rpc://`).
 
 Nothing connects at import or construction; the broker and backend are made on first use
 in each process (and made again after `fork()`). Sending lives in `celeriac.app.send`
@@ -26,7 +27,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 from celeriac._imports import import_object
 from celeriac._time import utcnow
-from celeriac.app.config import Settings
+from celeriac.app.annotations import annotate
+from celeriac.app.config import Settings, old_style_settings
+from celeriac.app.embedded import app_directory, default_url, warn_if_unshared
+from celeriac.app.queues import parse_queues
 from celeriac.app.registry import TaskRegistry
 from celeriac.app.routing import Router
 from celeriac.app.send import Sender
@@ -54,8 +58,6 @@ __all__ = ["Celeriac", "current_app", "shared_task"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# The embedded default: broker and results in one SQLite file in the working directory.
-DEFAULT_URL = "sqlite:///celeriac.db"
 
 _current_app: ContextVar[Celeriac | None] = ContextVar("celeriac_current_app", default=None)
 _default_app: Celeriac | None = None
@@ -99,6 +101,9 @@ class Celeriac:
         broker: Broker URL (`redis://`, `amqp://`, `sqlite:///path.db`, `memory://`).
         backend: Result backend URL (default: follows the broker).
         include: Modules a worker imports at start (where the tasks live).
+        config_source: Settings to load now, as `config_from_object(config_source)`.
+        strict_typing: Whether tasks check their arguments when sent (each task's
+            `typing=` default).
         **settings: Any of Celery's lower-case settings.
     """
 
@@ -110,11 +115,19 @@ class Celeriac:
         include: Sequence[str] = (),
         *,
         set_as_current: bool = True,
+        config_source: Any = None,
+        strict_typing: bool = True,
         **settings: Any,
     ) -> None:
         global _default_app
         self.main = main
+        # Where the embedded default's file lives: beside the module creating the app.
+        self._default_directory = app_directory()
+        #: Celery compat: the default of `@task(typing=...)` for this app's tasks.
+        self.strict_typing = strict_typing
         self.conf = Settings(settings)
+        if config_source is not None:
+            self.config_from_object(config_source)
         if broker is not None:
             self.conf.broker_url = broker
         if backend is not None:
@@ -178,6 +191,9 @@ class Celeriac:
             for key, value in items.items():
                 if key == key.lower() and not callable(value) and not _is_module(value):
                     values[key] = value
+            # Celery compat: Celery 3's upper-case names are read too (with a warning);
+            # other upper-case names (module constants, Django settings) are not settings.
+            values.update(old_style_settings(items))
         self.conf.update(values)
         self._router = None
 
@@ -227,6 +243,9 @@ class Celeriac:
             pending, self._autodiscover = self._autodiscover, []
             for packages, related_name in pending:
                 self._import_related(packages, related_name)
+            if self.conf.task_annotations is not None:
+                for name in list(self.tasks):
+                    annotate(self.tasks[name], self.conf.task_annotations)
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -282,7 +301,11 @@ class Celeriac:
             raise ImproperlyConfigured(
                 f"{name}: soft_time_limit ({soft}) must not exceed time_limit ({hard})"
             )
+        if "typing" not in options and not self.strict_typing:
+            options["typing"] = False
         task = base(fun, app=None if shared else self, name=name, bind=bind, **options)
+        if self.conf.task_annotations is not None:
+            annotate(task, self.conf.task_annotations)
         self.tasks.register(task)
         return task
 
@@ -307,7 +330,7 @@ class Celeriac:
 
     @property
     def broker_url(self) -> str:
-        return self.conf.broker_url_resolved() or DEFAULT_URL
+        return self.conf.broker_url_resolved() or default_url(self._default_directory)
 
     @property
     def result_backend_url(self) -> str:
@@ -326,12 +349,18 @@ class Celeriac:
             options.setdefault("max_priority", self.conf.task_queue_max_priority)
         options.setdefault("heartbeat", self.conf.broker_heartbeat)
         options.setdefault("connect_timeout", self.conf.broker_connection_timeout)
+        from celeriac.app.queues import queue_transport_options
+
+        for key, value in queue_transport_options(self.conf).items():
+            options[key] = {**value, **options.get(key, {})}
         return options
 
     def create_broker(self, *, consumer_id: str | None = None) -> Broker:
         """A new broker object for this app's URL (workers make one per consumer)."""
         from celeriac.brokers import create_broker
 
+        if consumer_id is None and not self.conf.broker_url_resolved():
+            warn_if_unshared(self._default_directory)
         return create_broker(
             self.broker_url,
             transport_options=self.broker_transport_options(),
@@ -386,6 +415,7 @@ class Celeriac:
                 default_queue=conf.task_default_queue,
                 default_exchange=conf.task_default_exchange,
                 default_routing_key=conf.task_default_routing_key,
+                queues=parse_queues(conf.task_queues),
             )
         return self._router
 

@@ -67,6 +67,7 @@ class TaskOptions(TypedDict, total=False):
     retry_jitter: bool
     acks_late: bool
     acks_on_failure_or_timeout: bool
+    reject_on_worker_lost: bool | None
     time_limit: float | None
     soft_time_limit: float | None
     expires: float | datetime | None
@@ -112,6 +113,8 @@ class Task(Generic[P, R]):
     retry_jitter: bool = True
     acks_late: bool | None = None
     acks_on_failure_or_timeout: bool | None = None
+    #: None follows `task_reject_on_worker_lost`; see `resolve_redelivery_limit`.
+    reject_on_worker_lost: bool | None = None
     time_limit: float | None = None
     soft_time_limit: float | None = None
     expires: float | datetime | None = None
@@ -493,6 +496,21 @@ class Task(Generic[P, R]):
         if self.acks_late is not None:
             return self.acks_late
         return bool(self.app.conf.task_acks_late)
+
+    def resolve_redelivery_limit(self) -> int:
+        """How many times this task's worker process may die running one message before
+        it is recorded as `WorkerLostError` instead of run again.
+
+        Celery compat: `reject_on_worker_lost=False` records the failure at the first
+        death (as Celery does with `acks_late`); True or unset (None) redelivers, up to
+        `task_redelivery_limit` times.
+        """
+        reject = self.reject_on_worker_lost
+        if reject is None:
+            reject = self.app.conf.task_reject_on_worker_lost
+        if reject is False:
+            return 1
+        return int(self.app.conf.task_redelivery_limit)
 
     def resolve_ignore_result(self, header: bool | None) -> bool:
         if header:

@@ -183,7 +183,7 @@ class Admission:
             return DeadLetter(call, exc, str(exc))
 
         crashes = self._crashes(delivery, call)
-        if crashes >= self.redelivery_limit:
+        if crashes >= min(self.redelivery_limit, task.resolve_redelivery_limit()):
             error = WorkerLostError(
                 f"the worker process running {call.name}[{call.id}] died "
                 f"{crashes} times; it is not run again"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from celeriac import signals
 from celeriac._version import __version__
+from celeriac.app.queues import parse_queues
 from celeriac.exceptions import BrokerError, CeleriacError
 from celeriac.worker.pools.aio import AsyncioPool
 from celeriac.worker.pools.prefork import PreforkPool
@@ -68,8 +69,15 @@ class Worker:
         broker = self.app.create_broker(consumer_id=f"{self.options.hostname}:check")
         try:
             broker.connect()
+            specs = parse_queues(self.app.conf.task_queues)
             for queue in self.options.queues:
-                broker.declare(queue)
+                spec = specs.get(queue)
+                if spec is not None and spec.exchange:
+                    broker.declare_binding(
+                        queue, exchange=spec.exchange, routing_key=spec.routing_key
+                    )
+                else:
+                    broker.declare(queue)
             return broker.startup_warnings()
         except BrokerError as exc:
             raise WorkerStartError(
@@ -82,10 +90,13 @@ class Worker:
     def banner(self, pool: Pool) -> str:
         app, options = self.app, self.options
         tasks = "\n".join(f"  . {name}" for name in app.tasks.user_tasks()) or "  (none)"
+        broker = app.create_broker().safe_url()
+        if not app.conf.broker_url_resolved():
+            broker += "  (the default: no broker_url set)"
         return (
             f"celeriac {__version__} on {options.hostname} (pid {os.getpid()})\n"
             f"  app:          {app.main or '__main__'}\n"
-            f"  broker:       {app.create_broker().safe_url()}\n"
+            f"  broker:       {broker}\n"
             f"  results:      {_redact(app.result_backend_url)}\n"
             f"  pool:         {pool.name} (concurrency {options.concurrency})\n"
             f"  prefetch:     {options.prefetch_multiplier} per slot\n"
