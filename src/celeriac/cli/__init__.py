@@ -123,4 +123,15 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `celeriac` console script."""
     from celeriac.cli import dlq, worker  # noqa: F401 - registers the subcommands
 
-    cli.main(args=argv, prog_name="celeriac")
+    try:
+        cli.main(args=argv, prog_name="celeriac", standalone_mode=False)
+    except click.UsageError as exc:
+        # A bad option or value is a usage error: exit 64 (sysexits), not click's 2.
+        exc.show()
+        sys.exit(EX_USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)

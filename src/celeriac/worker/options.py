@@ -32,6 +32,7 @@ class WorkerOptions:
     soft_time_limit: float | None = None
     without_heartbeat: bool = False
     loglevel: str = "WARNING"
+    logfile: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -50,6 +51,7 @@ class WorkerOptions:
         soft_time_limit: float | None = None,
         without_heartbeat: bool = False,
         loglevel: str = "WARNING",
+        logfile: str | None = None,
     ) -> WorkerOptions:
         """Fill unset options from the app's settings and the machine."""
         conf = app.conf
@@ -101,6 +103,7 @@ class WorkerOptions:
             soft_time_limit=soft_time_limit,
             without_heartbeat=without_heartbeat,
             loglevel=loglevel,
+            logfile=logfile,
         )
 
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from celeriac import signals
 from celeriac._version import __version__
 from celeriac.app.queues import parse_queues
-from celeriac.exceptions import BrokerError, CeleriacError
+from celeriac.exceptions import BrokerError, CeleriacError, ImproperlyConfigured
+from celeriac.worker.logs import configure_logging
 from celeriac.worker.pools.aio import AsyncioPool
 from celeriac.worker.pools.prefork import PreforkPool
 from celeriac.worker.pools.solo import SoloPool
@@ -37,20 +38,9 @@ POOLS: dict[str, type[Pool]] = {
     "asyncio": AsyncioPool,
 }
 
-LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s %(process)d] %(message)s"
-
 
 class WorkerStartError(CeleriacError):
     """The worker cannot start (broker unreachable, bad configuration)."""
-
-
-def setup_logging(loglevel: str) -> None:
-    level = getattr(logging, loglevel.upper(), None)
-    if not isinstance(level, int):
-        raise WorkerStartError(
-            f"unknown log level {loglevel!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL"
-        )
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
 
 
 class Worker:
@@ -106,7 +96,12 @@ class Worker:
 
     def start(self) -> int:
         """Check, print the banner, run the pool; return the exit code."""
-        setup_logging(self.options.loglevel)
+        try:
+            configure_logging(
+                self.app, loglevel=self.options.loglevel, logfile=self.options.logfile
+            )
+        except OSError as exc:
+            raise ImproperlyConfigured(f"cannot open the log file: {exc}") from exc
         self.app.finalize()
         signals.worker_init.send(sender=self)
         self._apply_limits()
