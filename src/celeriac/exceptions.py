@@ -23,6 +23,7 @@ CeleriacError
 │   ├── MaxRetriesExceededError
 │   ├── TaskRevokedError
 │   ├── ChordError
+│   ├── IncompleteStream          AsyncResult.collect() met a result not ready
 │   └── RemoteTaskError           a failure whose class we would not rebuild
 ├── SecurityError
 └── WorkerError
@@ -58,6 +59,7 @@ __all__ = [
     "ContentDisallowed",
     "Ignore",
     "ImproperlyConfigured",
+    "IncompleteStream",
     "InvalidTaskError",
     "MaxRetriesExceededError",
     "MessageTooLarge",
@@ -234,6 +236,10 @@ class TaskRevokedError(TaskError):
 
 class ChordError(TaskError):
     """A header task of a chord failed, so the body cannot run."""
+
+
+class IncompleteStream(TaskError):
+    """`AsyncResult.collect()` met a result that is not ready (Celery's name)."""
 
 
 class RemoteTaskError(TaskError):

@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 from celeriac._imports import import_object
+from celeriac._proxy import AppProxy
 from celeriac._time import utcnow
 from celeriac.app.annotations import annotate
 from celeriac.app.config import Settings, old_style_settings
@@ -34,7 +35,7 @@ from celeriac.app.queues import parse_queues
 from celeriac.app.registry import TaskRegistry
 from celeriac.app.routing import Router
 from celeriac.app.send import Sender
-from celeriac.app.task import AsyncTask, Task, TaskOptions
+from celeriac.app.task import AsyncTask, Task, TaskOptions, check_custom_attributes
 from celeriac.exceptions import ImproperlyConfigured
 
 if sys.version_info >= (3, 11):
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from celeriac.brokers.base import Broker
     from celeriac.canvas import Signature
 
-__all__ = ["Celeriac", "current_app", "shared_task"]
+__all__ = ["Celeriac", "current_app", "get_current_app", "shared_task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,12 +66,17 @@ _all_apps: weakref.WeakSet[Celeriac] = weakref.WeakSet()
 _shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
 
 
-def current_app() -> Celeriac:
+def get_current_app() -> Celeriac:
     """The app in use: the one set in this context, else the last app created."""
     app = _current_app.get() or _default_app
     if app is None:
         app = Celeriac("default")
     return app
+
+
+#: Celery's `current_app` proxy: `current_app.conf`, `current_app.tasks`, and
+#: `current_app()` for the app itself.
+current_app = AppProxy(get_current_app)
 
 
 class TaskDecorator(Protocol):
@@ -287,11 +293,7 @@ class Celeriac:
             AsyncTask if _is_coroutine_function(fun) else Task
         )
         bind = bool(options.pop("bind", False))
-        unknown = [k for k in options if k not in TaskOptions.__annotations__]
-        if unknown:
-            raise ImproperlyConfigured(
-                f"@task got unknown option(s) {', '.join(sorted(unknown))} for {name}"
-            )
+        check_custom_attributes(name, options)
         if options.get("rate_limit") is not None:
             from celeriac.app.ratelimit import parse_rate
 
@@ -304,6 +306,21 @@ class Celeriac:
         if "typing" not in options and not self.strict_typing:
             options["typing"] = False
         task = base(fun, app=None if shared else self, name=name, bind=bind, **options)
+        if self.conf.task_annotations is not None:
+            annotate(task, self.conf.task_annotations)
+        self.tasks.register(task)
+        return task
+
+    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]]) -> Task[Any, Any]:
+        """Register a class-based task (an instance, or a class to instantiate).
+
+        Celery compat: `app.register_task(MyTask())` for `class MyTask(app.Task)` with a
+        `run` method; the task is bound to this app when it has none.
+        """
+        if isinstance(task, type):
+            task = task()
+        if task._app is None:
+            task._app = self
         if self.conf.task_annotations is not None:
             annotate(task, self.conf.task_annotations)
         self.tasks.register(task)
@@ -511,6 +528,17 @@ class Celeriac:
         Accepts the options of `Task.apply_async`.
         """
         return self.sender.send_task(name, args, kwargs, _task, options)
+
+    # Last in the class: inside the class body, this property shadows the `Task` class
+    # for annotations that come after it.
+    @property
+    def Task(self) -> type[Task[Any, Any]]:
+        """A `Task` base class bound to this app, for class-based tasks."""
+        cls = self.__dict__.get("_task_class")
+        if cls is None:
+            cls = type("Task", (Task,), {"_bound_app": self, "__module__": Task.__module__})
+            self.__dict__["_task_class"] = cls
+        return cls
 
 
 def _is_module(value: Any) -> bool:
