@@ -41,7 +41,11 @@ def _settings() -> list[str]:
         "|---|---|---|",
     ]
     for name, old in sorted(celery_settings.OLD_NAMES.items()):
-        if name in DEFAULTS:
+        if name in celery_settings.FIXED:
+            accepted, advice = celery_settings.FIXED[name]
+            values = " or ".join(f"`{v!r}`" for v in accepted)
+            status = f"only {values}: {advice}"
+        elif name in DEFAULTS:
             status = "honoured"
         else:
             advice = celery_settings.UNSUPPORTED[name]

@@ -8,7 +8,9 @@ is noticed):
 - `UNSUPPORTED`: the settings celeriac does not honour, each with what to do instead.
   Setting one is refused (`ImproperlyConfigured`), unless the value asks for what
   celeriac does anyway (`ACCEPTED_VALUES`).
-- The honoured settings are `celeriac.app.config.DEFAULTS`.
+- `FIXED`: settings kept readable at the one value celeriac follows (another value is
+  refused).
+- The honoured settings are the rest of `celeriac.app.config.DEFAULTS`.
 
 `docs/migrating-from-celery.md` is generated from these tables (`scripts/gen_migrating.py`,
 checked by a test).
@@ -22,6 +24,7 @@ from typing import Any
 __all__ = [
     "ACCEPTED_VALUES",
     "APP_ARGUMENTS",
+    "FIXED",
     "CELERY_PREFIXES",
     "OLD_NAMES",
     "UNSUPPORTED",
@@ -346,7 +349,8 @@ UNSUPPORTED: dict[str, str] = {
         "celeriac counts chord parts in the backend and never joins; remove the setting"
     ),
     "result_chord_retry_interval": (
-        "celeriac counts chord parts in the backend and never polls; remove the setting"
+        "celeriac counts chord parts in the backend (a stock Celery producer's "
+        "celery.chord_unlock is retried every second); remove the setting"
     ),
     "result_compression": "results are stored uncompressed; remove the setting",
     "result_exchange": "the rpc:// backend replies to the caller's queue; remove the setting",
@@ -444,6 +448,24 @@ for _prefix in (
     for _name in OLD_NAMES:
         if _name.startswith(_prefix):
             UNSUPPORTED.setdefault(_name, _BACKEND)
+
+# Settings celeriac keeps readable (`app.conf.enable_utc`) at the one value it follows:
+# another value is refused with the advice. name -> (accepted values, advice).
+FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "broker_connection_retry": (
+        (True,),
+        "celeriac always reconnects after a lost connection, within the time its broker "
+        "allows (docs/redis.md, docs/rabbitmq.md)",
+    ),
+    "broker_connection_max_retries": (
+        (100,),
+        "celeriac bounds reconnection by time, not tries: set the broker's transport "
+        "options (Redis connection_retry_backoff_max, RabbitMQ publish_retry_timeout)",
+    ),
+    "worker_send_task_events": ((False,), _NO_EVENTS),
+    "enable_utc": ((True,), "celeriac keeps every time in UTC; remove the setting"),
+    "beat_schedule": (({},), _NO_BEAT),
+}
 
 # Values that ask for what celeriac does anyway: accepted without complaint.
 ACCEPTED_VALUES: dict[str, tuple[Any, ...]] = {

@@ -403,7 +403,16 @@ class Settings:
         if name not in DEFAULTS:
             check_unknown(name, value)
         validator = _VALIDATORS.get(name)
-        self._values[name] = validator(name, value) if validator else value
+        if validator is not None:
+            value = validator(name, value)
+        if name in celery_settings.FIXED:
+            accepted, advice = celery_settings.FIXED[name]
+            if value not in accepted:
+                raise ImproperlyConfigured(
+                    f"setting {name}={value!r} is not honoured by celeriac (only "
+                    f"{' or '.join(repr(v) for v in accepted)}): {advice}"
+                )
+        self._values[name] = value
         object.__setattr__(self, "version", self.version + 1)
 
     def __contains__(self, name: object) -> bool:

@@ -150,3 +150,31 @@ def test_strict_typing_false_makes_tasks_skip_the_argument_check() -> None:
         return x + y
 
     assert add2.typing is True
+
+
+# A well-formed value other than the one celeriac follows, per fixed setting.
+OTHER_VALUES: dict[str, Any] = {
+    "broker_connection_retry": False,
+    "broker_connection_max_retries": None,
+    "worker_send_task_events": True,
+    "enable_utc": False,
+    "beat_schedule": {"every-minute": {"task": "tasks.add", "schedule": 60.0}},
+}
+
+
+def test_every_fixed_setting_has_another_value_case() -> None:
+    assert set(OTHER_VALUES) == set(celery_settings.FIXED)
+
+
+@pytest.mark.parametrize("name", sorted(celery_settings.FIXED))
+def test_a_setting_kept_at_its_one_value_refuses_another(name: str) -> None:
+    accepted, advice = celery_settings.FIXED[name]
+    assert Settings({name: accepted[0]})[name] == accepted[0]
+    with pytest.raises(ImproperlyConfigured, match=f"setting {name}=.* is not honoured") as info:
+        Settings({name: OTHER_VALUES[name]})
+    assert advice in str(info.value)
+
+
+def test_fixed_settings_default_to_their_accepted_value() -> None:
+    for name, (accepted, _) in celery_settings.FIXED.items():
+        assert DEFAULTS[name] in accepted
