@@ -42,8 +42,8 @@ def _settings() -> list[str]:
     ]
     for name, old in sorted(celery_settings.OLD_NAMES.items()):
         if name in celery_settings.FIXED:
-            accepted, advice = celery_settings.FIXED[name]
-            values = " or ".join(f"`{v!r}`" for v in accepted)
+            fixed, advice = celery_settings.FIXED[name]
+            values = " or ".join(f"`{v!r}`" for v in fixed)
             status = f"only {values}: {advice}"
         elif name in DEFAULTS:
             status = "honoured"

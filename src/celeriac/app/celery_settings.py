@@ -24,8 +24,8 @@ from typing import Any
 __all__ = [
     "ACCEPTED_VALUES",
     "APP_ARGUMENTS",
-    "FIXED",
     "CELERY_PREFIXES",
+    "FIXED",
     "OLD_NAMES",
     "UNSUPPORTED",
     "closest_setting",
