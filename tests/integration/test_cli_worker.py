@@ -216,3 +216,23 @@ def test_an_unknown_pool_exits_with_the_usage_code(app_dir: Path) -> None:
     done = celeriac(app_dir, "-A", "tasks", "worker", "-P", "nosuch")
     assert "'nosuch' is not one of" in done.stderr
     assert done.returncode == EX_USAGE
+
+
+def test_a_refused_setting_exits_78_naming_it_and_the_line(tmp_path: Path) -> None:
+    directory = tmp_path / "refused"
+    directory.mkdir()
+    write_tasks(
+        directory,
+        """
+        from celeriac import Celeriac
+
+        app = Celeriac("tasks", broker="memory://")
+        app.conf.update(task_acks_laet=True)
+        """,
+    )
+    done = celeriac(directory, "-A", "tasks", "worker", "-P", "solo")
+    assert done.returncode == EX_CONFIG, done.stderr
+    assert done.stderr_lines() == [
+        "Error: unknown setting 'task_acks_laet': did you mean 'task_acks_late'? "
+        f"(while importing 'tasks', at {directory / 'tasks.py'}:5)"
+    ]

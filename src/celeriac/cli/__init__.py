@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from celeriac._version import __version__
+from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
@@ -57,6 +58,9 @@ def load_app(spec: str) -> Celeriac:
                 EX_USAGE,
             )
         fail(_import_failure(module_name, exc), EX_SOFTWARE)
+    except ImproperlyConfigured as exc:
+        # A setting refused while the module configured its app: a configuration error.
+        fail(f"{exc} (while importing {module_name!r}{_where(exc)})", EX_CONFIG)
     except Exception as exc:  # isolation boundary: the user's module failed to import
         fail(_import_failure(module_name, exc), EX_SOFTWARE)
     if attribute:
@@ -87,6 +91,15 @@ def _import_failure(module_name: str, exc: BaseException) -> str:
         last = frames[-1]
         where = f" ({last.filename}:{last.lineno})"
     return f"importing {module_name!r} failed: {type(exc).__name__}: {exc}{where}"
+
+
+def _where(exc: BaseException) -> str:
+    """`, at FILE:LINE` of the last frame outside celeriac (the user's line)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(package)
+    ]
+    return f", at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 class AppContext:
