@@ -6,7 +6,7 @@ that queue's exchange."""
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import amqp
 import pytest
@@ -107,3 +107,48 @@ def test_a_worker_declares_and_consumes_kombu_style_queues(
     assert encoded == ["clip", names["exchange"], "media.video"]
     assert tasks.add.apply_async((2, 3), queue=names["plain"]).get(timeout=20) == 5
     tasks.app.close()
+
+
+def test_stock_celery_declares_the_same_queues_and_its_messages_reach_the_worker(
+    names: dict[str, str], tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    import celery
+    import kombu.entity
+
+    # kombu is untyped: its classes are used as plain callables here.
+    Queue: Any = kombu.entity.Queue
+    Exchange: Any = kombu.entity.Exchange
+
+    broker = require_rabbitmq()
+    backend = require_redis()
+    prefix = f"{names['plain']}:"
+    write_tasks(tasks_dir, SOURCE.format(broker=broker, backend=backend, prefix=prefix, **names))
+    tasks = import_tasks(tasks_dir)
+    run_worker("-P", "solo")
+
+    stock = celery.Celery("stock", broker=broker, backend=backend)
+    stock.conf.update(
+        task_queues=[
+            Queue(names["plain"]),
+            Queue(
+                names["videos"], Exchange(names["exchange"], type="topic"), routing_key="media.#"
+            ),
+        ],
+        result_backend_transport_options={"global_keyprefix": prefix},
+        broker_connection_retry_on_startup=True,
+    )
+    try:
+        with stock.connection_for_write() as connection:
+            channel = connection.default_channel
+            # What celeriac declared is what kombu declares: a different exchange type
+            # or queue argument would make RabbitMQ refuse these (406) and close the channel.
+            for queue in stock.amqp.queues.values():
+                queue(channel).declare()
+        sent = stock.send_task(
+            "tasks.encode", ("stock",), queue=names["videos"], routing_key="media.video"
+        )
+        encoded = tasks.app.AsyncResult(sent.id).get(timeout=20)
+        assert encoded == ["stock", names["exchange"], "media.video"]
+    finally:
+        stock.close()
+        tasks.app.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
@@ -397,7 +398,7 @@ class Settings:
                 f"setting {name} is Celery 3's name for {new}: it is read as {new}; "
                 f"rename it to {new}",
                 CDeprecationWarning,
-                stacklevel=3,
+                stacklevel=_user_stacklevel(),
             )
             name = new
         if name not in DEFAULTS:
@@ -509,6 +510,7 @@ def old_style_settings(items: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         ImproperlyConfigured: old and new names are mixed.
     """
+    _check_celery_looking(items)
     old = [k for k in items if celery_settings.new_name_of(k) is not None]
     if not old:
         return {}
@@ -524,6 +526,45 @@ def old_style_settings(items: Mapping[str, Any]) -> dict[str, Any]:
             "ones; rename these:\n" + "\n".join(f"  {k} -> {renames[k]}" for k in left)
         )
     return {k: items[k] for k in old} if len(old) > len(new) else {}
+
+
+# The prefixes of Celery 3's upper-case setting names.
+_OLD_PREFIXES = ("CELERY_", "CELERYD_", "CELERYBEAT_", "BROKER_")
+
+
+def _check_celery_looking(items: Mapping[str, Any]) -> None:
+    """Refuse upper-case names that look like Celery settings but are none (Celery
+    would drop them silently).
+
+    Raises:
+        ImproperlyConfigured: a namespaced name read without `namespace="CELERY"`, or a
+            misspelt Celery 3 name.
+    """
+    old_names = frozenset(celery_settings.OLD_NAMES.values())
+    for key in items:
+        if not key.startswith(_OLD_PREFIXES) or key in old_names or key != key.upper():
+            continue
+        if key.startswith("CELERY_") and key[len("CELERY_") :].lower() in KNOWN_NAMES:
+            raise ImproperlyConfigured(
+                f"setting {key} is a namespaced name: load it with "
+                f"config_from_object(..., namespace='CELERY'), or write "
+                f"{key[len('CELERY_') :].lower()}"
+            )
+        close = celery_settings.closest_setting(key, old_names)
+        hint = f": did you mean {close!r}?" if close else ": no Celery setting has this name"
+        raise ImproperlyConfigured(f"unknown setting {key!r}{hint}")
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` (for a warning raised by the caller) of the first frame outside
+    celeriac: the user's line that set the setting."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _from_environment(name: str) -> str | None:

@@ -178,3 +178,23 @@ def test_a_setting_kept_at_its_one_value_refuses_another(name: str) -> None:
 def test_fixed_settings_default_to_their_accepted_value() -> None:
     for name, (accepted, _) in celery_settings.FIXED.items():
         assert DEFAULTS[name] in accepted
+
+
+def test_the_deprecation_warning_points_at_the_line_that_set_the_old_name() -> None:
+    app = Celeriac("t", set_as_current=False)
+    with pytest.warns(CDeprecationWarning) as caught:
+        app.config_from_object({"BROKER_URL": "redis://127.0.0.1:6379/3"})
+    assert caught[0].filename == __file__
+
+
+def test_a_namespaced_name_read_without_the_namespace_is_refused() -> None:
+    # Celery drops CELERY_BROKER_URL here silently, and the app falls back to a default.
+    app = Celeriac("t", set_as_current=False)
+    with pytest.raises(ImproperlyConfigured, match="namespace='CELERY'"):
+        app.config_from_object({"CELERY_BROKER_URL": "redis://127.0.0.1:6379/3"})
+
+
+def test_a_misspelt_celery_3_name_gets_did_you_mean() -> None:
+    app = Celeriac("t", set_as_current=False)
+    with pytest.raises(ImproperlyConfigured, match="did you mean 'CELERY_ACKS_LATE'"):
+        app.config_from_object({"CELERY_ACKS_LAET": True})
