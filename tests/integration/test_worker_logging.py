@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from celeriac.cli import EX_USAGE
+from celeriac.cli import EX_CONFIG, EX_USAGE
 from tests.helpers import wait_for
 from tests.integration.conftest import import_tasks, write_tasks
 
@@ -138,3 +138,14 @@ def test_a_bad_log_level_is_a_usage_error(tasks_dir: Path, run_worker: RunWorker
     output = worker.output()
     assert "Usage: celeriac worker" in output
     assert "unknown log level 'verbose'" in output
+
+
+def test_a_logfile_that_cannot_be_opened_is_a_configuration_error(
+    tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    project(tasks_dir)
+    missing = tasks_dir / "no-such-dir" / "worker.log"
+    worker = run_worker("-P", "solo", "--logfile", str(missing), wait=False)
+    assert worker.wait(timeout=60) == EX_CONFIG
+    assert "Error: cannot open the log file: " in worker.output()
+    assert str(missing) in worker.output()
