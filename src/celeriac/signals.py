@@ -17,7 +17,8 @@ Receivers get `sender` and the named arguments Celery sends (and should accept
 `weak=False` (a lambda or closure nothing else keeps is dropped), and `dispatch_uid=`
 connects a receiver once however often its module is imported. A receiver that raises
 is logged and the others still run; only the control-flow exceptions of a task (`Retry`,
-`Ignore`, `Reject`) pass through, as in Celery. A signal nobody connected to costs one attribute check.
+`Ignore`, `Reject`) pass through, as in Celery. A signal nobody connected to costs one
+attribute check.
 """
 
 from __future__ import annotations
