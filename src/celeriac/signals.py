@@ -75,7 +75,10 @@ class Signal:
 
     @property
     def receivers(self) -> list[tuple[Callable[..., Any], Any]]:
-        """The live receivers, as `(receiver, sender)` pairs."""
+        """The live receivers, as `(receiver, sender)` pairs (empty and cheap when
+        nothing is connected: the worker checks it before building a signal's arguments)."""
+        if not self._entries:
+            return []
         live = []
         for _, held, sender in self._entries:
             receiver = _resolve(held)
