@@ -9,6 +9,7 @@ import pytest
 from celeriac import Celeriac, signals
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.signals import Signal
+from tests.helpers import wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import StartWorker
@@ -50,6 +51,8 @@ def test_a_task_run_sends_prerun_success_and_postrun(
     start_worker()
     result = add.delay(2, 3)
     assert result.get(timeout=5) == 5
+    # The result is stored before task_postrun is sent: wait for the worker to send it.
+    wait_for(lambda: len(calls) >= 4, timeout=5, what="task_postrun")
     names = [name for name, _ in calls]
     assert names == ["task_received", "task_prerun", "task_success", "task_postrun"]
     prerun = calls[1][1]
