@@ -13,10 +13,12 @@ add.delay(2, 2).get(timeout=10)  # 4, once `celeriac -A tasks worker` runs
 ```
 """
 
+from celeriac._proxy import TaskProxy as _TaskProxy
 from celeriac._version import __version__ as __version__
 from celeriac.app.base import Celeriac as Celeriac
 from celeriac.app.base import current_app as current_app
 from celeriac.app.base import shared_task as shared_task
+from celeriac.app.context import current_task as _current_task_function
 from celeriac.app.task import AsyncTask as AsyncTask
 from celeriac.app.task import Task as Task
 from celeriac.canvas import Signature as Signature
@@ -36,6 +38,9 @@ from celeriac.result import ResultSet as ResultSet
 # Celery compat: `from celery import Celery` becomes `from celeriac import Celery`.
 Celery = Celeriac
 
+#: Celery's `current_task` proxy: the running task (falsy outside one).
+current_task = _TaskProxy(_current_task_function)
+
 __all__ = [
     "AsyncResult",
     "AsyncTask",
@@ -51,6 +56,7 @@ __all__ = [
     "chord",
     "chunks",
     "current_app",
+    "current_task",
     "group",
     "maybe_signature",
     "shared_task",

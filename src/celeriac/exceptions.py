@@ -23,6 +23,7 @@ CeleriacError
 │   ├── MaxRetriesExceededError
 │   ├── TaskRevokedError
 │   ├── ChordError
+│   ├── IncompleteStream          AsyncResult.collect() met a result not ready
 │   └── RemoteTaskError           a failure whose class we would not rebuild
 ├── SecurityError
 └── WorkerError
@@ -31,6 +32,9 @@ CeleriacError
 Outside the tree, because a task's own code must not catch them by accident with
 `except CeleriacError`: SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 (Celery raises billiard's classes of these names, which are plain Exceptions).
+
+Warnings: `CDeprecationWarning` (a `UserWarning`, so it is shown by default, as
+Celery's of the same name) for something that works today but has a newer spelling.
 ```
 
 `exc_module`/`exc_type` of these classes on the wire read `celery.exceptions` (see
@@ -49,11 +53,13 @@ __all__ = [
     "BackendError",
     "BrokerConnectionError",
     "BrokerError",
+    "CDeprecationWarning",
     "CeleriacError",
     "ChordError",
     "ContentDisallowed",
     "Ignore",
     "ImproperlyConfigured",
+    "IncompleteStream",
     "InvalidTaskError",
     "MaxRetriesExceededError",
     "MessageTooLarge",
@@ -232,6 +238,10 @@ class ChordError(TaskError):
     """A header task of a chord failed, so the body cannot run."""
 
 
+class IncompleteStream(TaskError):
+    """`AsyncResult.collect()` met a result that is not ready (Celery's name)."""
+
+
 class RemoteTaskError(TaskError):
     """A task failed with an exception class this process will not rebuild.
 
@@ -277,3 +287,7 @@ class TimeLimitExceeded(Exception):
 
 class WorkerLostError(Exception):
     """The process running the task died, more often than the redelivery cap allows."""
+
+
+class CDeprecationWarning(UserWarning):
+    """Works for now, but has a newer spelling (e.g. a Celery 3 upper-case setting)."""

@@ -10,34 +10,83 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import threading
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from celeriac import states
-from celeriac.exceptions import BackendError, ImproperlyConfigured
+from celeriac.exceptions import (
+    BackendError,
+    ImproperlyConfigured,
+    IncompleteStream,
+    ResultTimeout,
+)
 from celeriac.protocol.errors import decode_exception
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from datetime import datetime
 
     from celeriac.app.base import Celeriac
     from celeriac.backends.base import ResultBackend, ResultMeta
 
-__all__ = ["AsyncResult", "EagerResult", "GroupResult", "ResultSet", "result_from_tuple"]
+__all__ = [
+    "AsyncResult",
+    "EagerResult",
+    "GroupResult",
+    "ResultSet",
+    "allow_join_result",
+    "denied_join_result",
+    "result_from_tuple",
+]
+
+logger = logging.getLogger(__name__)
 
 R_co = TypeVar("R_co", covariant=True)
 T = TypeVar("T")
 
 
+# Set by `allow_join_result()`: waiting inside a task is allowed in this context.
+_join_allowed: ContextVar[bool] = ContextVar("celeriac_join_allowed", default=False)
+
+
+@contextlib.contextmanager
+def allow_join_result() -> Iterator[None]:
+    """Allow `result.get()` inside a task, for the block (Celery's `allow_join_result`).
+
+    Waiting in a task for another task can deadlock a worker whose slots are all busy
+    waiting: prefer a chain or a chord.
+    """
+    token = _join_allowed.set(True)
+    try:
+        yield
+    finally:
+        _join_allowed.reset(token)
+
+
+@contextlib.contextmanager
+def denied_join_result() -> Iterator[None]:
+    """Refuse `result.get()` inside a task again, for the block (Celery's name)."""
+    token = _join_allowed.set(False)
+    try:
+        yield
+    finally:
+        _join_allowed.reset(token)
+
+
 def _assert_will_not_block() -> None:
     from celeriac.app.context import current_request
 
+    if _join_allowed.get():
+        return
     request = current_request()
     if request is not None and not request.is_eager and not request.called_directly:
         raise RuntimeError(
             "never call result.get() within a task: it can deadlock the worker; "
-            "use a chain or a chord, or pass disable_sync_subtasks=False if you must"
+            "use a chain or a chord, or wrap the call in `with allow_join_result():` "
+            "(or pass disable_sync_subtasks=False) if you must"
         )
 
 
@@ -171,32 +220,52 @@ class AsyncResult(Generic[R_co]):
         interval: float = 0.5,
         disable_sync_subtasks: bool = True,
         follow_parents: bool = True,
+        callback: Callable[[str, Any], Any] | None = None,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
+        on_interval: Callable[[], Any] | None = None,
+        no_ack: bool = True,
     ) -> R_co:
         """Wait for the task and return its value.
 
         Args:
             timeout: Seconds to wait; None waits forever.
             propagate: Re-raise the task's exception when it failed or was revoked.
-            interval: Accepted for Celery compatibility; waiting is notified, not polled.
+            interval: With `on_message`/`on_interval`, seconds between two looks at the
+                task's state; otherwise waiting is notified, not polled.
             disable_sync_subtasks: Refuse to wait from inside a running task.
             follow_parents: In a chain, raise the first failed parent's exception.
+            callback: Called as `callback(task_id, value)` once the value is known (not
+                when the failure is raised), as in Celery.
+            on_message: Called with each state the task is seen in while waiting (a
+                dict with `task_id`, `status`, `result`, ...: `update_state` progress
+                too), the final one included.
+            on_interval: Called after each `interval` spent waiting.
+            no_ack: Accepted for Celery compatibility (results are not messages here).
 
         Raises:
             ResultTimeout: not ready within `timeout` (Celery's `TimeoutError`).
             Exception: the task's own exception, when `propagate`.
         """
-        del interval
+        del no_ack
         if disable_sync_subtasks:
             _assert_will_not_block()
         if follow_parents and propagate:
             self._raise_failed_parent()
         meta = self._cache
         if meta is None:
-            meta = self.backend.wait(self.id, timeout=timeout)
+            if on_message is not None or on_interval is not None:
+                meta = self._watch(timeout, interval, on_message, on_interval)
+            else:
+                meta = self.backend.wait(self.id, timeout=timeout)
             self._cache = meta
+        elif on_message is not None:
+            on_message(meta.to_dict())
         if propagate and meta.status in states.PROPAGATE_STATES:
             raise _exception_of(meta)
-        return cast("R_co", _value_of(meta))
+        value = cast("R_co", _value_of(meta))
+        if callback is not None:
+            callback(self.id, value)
+        return value
 
     wait = get
 
@@ -222,6 +291,100 @@ class AsyncResult(Generic[R_co]):
             raise _exception_of(meta)
         return cast("R_co", _value_of(meta))
 
+    def _watch(
+        self,
+        timeout: float | None,
+        interval: float,
+        on_message: Callable[[dict[str, Any]], Any] | None,
+        on_interval: Callable[[], Any] | None,
+    ) -> ResultMeta:
+        """Wait as `get` does, reporting each state seen (each step waits on the backend's
+        notification for up to `interval`, so the final state is seen at once)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        step = max(interval, 0.01)
+        seen: tuple[Any, ...] | None = None
+        while True:
+            meta = self.backend.get(self.id)
+            if meta is not None and on_message is not None:
+                mark = (meta.status, repr(meta.result))
+                if mark != seen:
+                    seen = mark
+                    on_message(meta.to_dict())
+            if meta is not None and meta.is_ready:
+                return meta
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ResultTimeout(f"task {self.id} not ready after {timeout} s")
+            try:
+                self.backend.wait(
+                    self.id, timeout=step if remaining is None else min(step, remaining)
+                )
+            except ResultTimeout:
+                if on_interval is not None:
+                    on_interval()
+
+    def collect(
+        self, intermediate: bool = False, **kwargs: Any
+    ) -> Iterator[tuple[AsyncResult[Any] | ResultSet, Any]]:
+        """Yield `(result, value)` for this result and then its children (the tasks it
+        sent), breadth first, as Celery's `collect`; `kwargs` go to each `get()`.
+
+        Raises:
+            IncompleteStream: a result is not ready yet when its children are wanted
+                (unless `intermediate`, which then skips them).
+        """
+        for node in self._iterdeps(intermediate=intermediate):
+            yield node, node.get(**kwargs)
+
+    def _iterdeps(self, *, intermediate: bool) -> Iterator[AsyncResult[Any] | ResultSet]:
+        pending: list[AsyncResult[Any] | ResultSet] = [self]
+        while pending:
+            node = pending.pop(0)
+            yield node
+            if node.ready():
+                pending.extend(node.children if isinstance(node, AsyncResult) else node.results)
+            elif not intermediate:
+                raise IncompleteStream(f"{node!r} is not ready; its children are unknown")
+
+    def then(
+        self,
+        callback: Callable[[AsyncResult[Any]], Any],
+        on_error: Callable[[BaseException], Any] | None = None,
+        weak: bool = False,
+    ) -> threading.Thread | None:
+        """Call `callback(result)` once the task is done (Celery's `then`).
+
+        Celery calls it when its result consumer drains the message; here a daemon
+        thread of this process waits for the result and calls it (at once, in this
+        thread, when the result is already there). An exception from `callback` goes to
+        `on_error`, else it is logged.
+
+        Returns:
+            The waiting thread (None when the callback already ran).
+
+        Raises:
+            ImproperlyConfigured: `weak=True` (not supported).
+        """
+        if weak:
+            raise ImproperlyConfigured("AsyncResult.then(weak=True) is not supported")
+
+        def deliver() -> None:
+            try:
+                self.backend.wait(self.id)
+                callback(self)
+            except Exception as exc:  # isolation boundary: a user callback
+                if on_error is None:
+                    logger.exception("AsyncResult.then callback for %s raised", self.id)
+                else:
+                    on_error(exc)
+
+        if self.ready():
+            deliver()
+            return None
+        thread = threading.Thread(target=deliver, name=f"then-{self.id}", daemon=True)
+        thread.start()
+        return thread
+
     def _raise_failed_parent(self) -> None:
         node = self.parent
         while node is not None:
@@ -241,9 +404,22 @@ class AsyncResult(Generic[R_co]):
         self._cache = None
         self.backend.forget(self.id)
 
-    def revoke(self, *, terminate: bool = False) -> None:
-        """Revoke the task: it is skipped if it has not started, and reads as REVOKED."""
-        self.app.control.revoke(self.id, terminate=terminate)
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Revoke the task: it is skipped if it has not started, and reads as REVOKED.
+
+        `terminate=True` also stops it if it runs on a prefork child; `signal` may name
+        SIGKILL (what celeriac sends); `connection`, `wait` and `timeout` are accepted for
+        Celery compatibility (revocation is stored, not broadcast).
+        """
+        del connection, timeout
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal, wait=wait)
 
     def as_tuple(self) -> list[Any]:
         """Celery's compact form `[[id, parent_tuple], None]`."""
@@ -432,9 +608,19 @@ class ResultSet:
 
     aget = ajoin
 
-    def revoke(self, *, terminate: bool = False) -> None:
-        """Revoke every member."""
-        self.app.control.revoke([r.id for r in self._leaves()], terminate=terminate)
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Revoke every member (the arguments are `AsyncResult.revoke`'s)."""
+        del connection, timeout
+        self.app.control.revoke(
+            [r.id for r in self._leaves()], terminate=terminate, signal=signal, wait=wait
+        )
 
     def forget(self) -> None:
         for result in self._leaves():
@@ -539,12 +725,21 @@ class EagerResult(AsyncResult[R_co]):
         interval: float = 0.5,
         disable_sync_subtasks: bool = True,
         follow_parents: bool = True,
+        callback: Callable[[str, Any], Any] | None = None,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
+        on_interval: Callable[[], Any] | None = None,
+        no_ack: bool = True,
     ) -> R_co:
+        if on_message is not None:
+            on_message({"task_id": self.id, "status": self._state, "result": self._value})
         if propagate and self._state in states.PROPAGATE_STATES:
             if isinstance(self._value, BaseException):
                 raise self._value
             raise decode_exception(self._value)
-        return cast("R_co", self._value)
+        value = cast("R_co", self._value)
+        if callback is not None:
+            callback(self.id, value)
+        return value
 
     wait = get
 

@@ -13,24 +13,32 @@ def report(sender=None, task_id=None, exception=None, **kwargs):
 ```
 
 Receivers get `sender` and the named arguments Celery sends (and should accept
-`**kwargs`). A receiver that raises is logged and the others still run; only the
-control-flow exceptions of a task (`Retry`, `Ignore`, `Reject`) pass through, as in
-Celery. A signal nobody connected to costs one attribute check.
+`**kwargs`). As in Celery, a receiver is held by a weak reference unless connected with
+`weak=False` (a lambda or closure nothing else keeps is dropped), and `dispatch_uid=`
+connects a receiver once however often its module is imported. A receiver that raises
+is logged and the others still run; only the control-flow exceptions of a task (`Retry`,
+`Ignore`, `Reject`) pass through, as in Celery. A signal nobody connected to costs one
+attribute check.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar, overload
 
 from celeriac.exceptions import TaskPredicate
 
 __all__ = [
     "Signal",
+    "after_setup_logger",
+    "after_setup_task_logger",
     "after_task_publish",
     "before_task_publish",
+    "setup_logging",
     "task_failure",
     "task_postrun",
     "task_prerun",
@@ -57,45 +65,122 @@ class Signal:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.receivers: list[tuple[Callable[..., Any], Any]] = []
+        # (lookup key, receiver or weak reference to it, sender): replaced, never mutated,
+        # so `send` iterates a snapshot without a lock.
+        self._entries: list[tuple[Hashable, Callable[..., Any] | _Ref, Any]] = []
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Signal: {self.name}>"
 
-    @overload
-    def connect(self, receiver: F, *, sender: Any = None) -> F: ...
+    @property
+    def receivers(self) -> list[tuple[Callable[..., Any], Any]]:
+        """The live receivers, as `(receiver, sender)` pairs (empty and cheap when
+        nothing is connected: the worker checks it before building a signal's arguments)."""
+        if not self._entries:
+            return []
+        live = []
+        for _, held, sender in self._entries:
+            receiver = _resolve(held)
+            if receiver is not None:
+                live.append((receiver, sender))
+        return live
 
     @overload
-    def connect(self, receiver: None = None, *, sender: Any = None) -> Callable[[F], F]: ...
+    def connect(
+        self,
+        receiver: F,
+        *,
+        sender: Any = None,
+        weak: bool = True,
+        dispatch_uid: Hashable | None = None,
+        retry: bool = False,
+    ) -> F: ...
 
-    def connect(self, receiver: F | None = None, *, sender: Any = None) -> Any:
+    @overload
+    def connect(
+        self,
+        receiver: None = None,
+        *,
+        sender: Any = None,
+        weak: bool = True,
+        dispatch_uid: Hashable | None = None,
+        retry: bool = False,
+    ) -> Callable[[F], F]: ...
+
+    def connect(
+        self,
+        receiver: F | None = None,
+        *,
+        sender: Any = None,
+        weak: bool = True,
+        dispatch_uid: Hashable | None = None,
+        retry: bool = False,
+    ) -> Any:
         """Connect `receiver` (usable bare or as `@signal.connect(sender=...)`).
 
         Args:
             receiver: The callable; called as `receiver(sender=..., signal=..., **named)`.
             sender: Only call it when sent by this sender (a task name or object).
+            weak: Celery compat: hold the receiver by a weak reference, so a receiver
+                nothing else keeps alive (a lambda, a closure) is dropped when it is
+                garbage collected. Pass `weak=False` to keep it.
+            dispatch_uid: A key for this receiver: connecting again with the same key
+                (and sender) does nothing, so a module imported twice connects once.
+            retry: Celery's retrying receivers are not supported (refused).
+
+        Raises:
+            ImproperlyConfigured: `retry=True`.
         """
+        if retry:
+            from celeriac.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f"{self.name}.connect(retry=True) is not supported: retry inside the receiver"
+            )
 
         def register(function: F) -> F:
+            key = _lookup_key(function, sender, dispatch_uid)
+            held: Callable[..., Any] | _Ref = _weak(function, self._forget) if weak else function
             with self._lock:
-                if (function, sender) not in self.receivers:
-                    self.receivers = [*self.receivers, (function, sender)]
+                if not any(entry[0] == key for entry in self._entries):
+                    self._entries = [*self._entries, (key, held, sender)]
             return function
 
         if receiver is not None:
             return register(receiver)
         return register
 
-    def disconnect(self, receiver: Callable[..., Any], *, sender: Any = None) -> None:
+    def disconnect(
+        self,
+        receiver: Callable[..., Any] | None = None,
+        *,
+        sender: Any = None,
+        dispatch_uid: Hashable | None = None,
+    ) -> bool:
+        """Disconnect a receiver (by itself, or by its `dispatch_uid`); True if it was
+        connected."""
+        if receiver is None and dispatch_uid is None:
+            raise TypeError("disconnect() needs the receiver or its dispatch_uid")
+        key = _lookup_key(receiver, sender, dispatch_uid)
         with self._lock:
-            self.receivers = [r for r in self.receivers if r != (receiver, sender)]
+            before = len(self._entries)
+            self._entries = [e for e in self._entries if e[0] != key]
+            return len(self._entries) != before
+
+    def _forget(self, reference: _Ref) -> None:
+        # Called by the garbage collector when a weakly held receiver dies.
+        with self._lock:
+            self._entries = [e for e in self._entries if e[1] is not reference]
 
     def send(self, sender: Any = None, **named: Any) -> list[tuple[Callable[..., Any], Any]]:
         """Call every receiver; return `(receiver, response)` pairs (errors logged)."""
         responses: list[tuple[Callable[..., Any], Any]] = []
-        for receiver, only_from in self.receivers:
+        for _, held, only_from in self._entries:
             if only_from is not None and not _matches(only_from, sender):
+                continue
+            receiver = _resolve(held)
+            if receiver is None:
                 continue
             try:
                 response = receiver(sender=sender, signal=self, **named)
@@ -106,6 +191,44 @@ class Signal:
                 response = exc
             responses.append((receiver, response))
         return responses
+
+
+_Ref = weakref.ref[Any] | weakref.WeakMethod[Any]
+
+
+def _weak(function: Callable[..., Any], forget: Callable[[_Ref], None]) -> _Ref:
+    if inspect.ismethod(function):
+        return weakref.WeakMethod(function, forget)
+    return weakref.ref(function, forget)
+
+
+def _resolve(held: Callable[..., Any] | _Ref) -> Callable[..., Any] | None:
+    if isinstance(held, weakref.ref):
+        target: Callable[..., Any] | None = held()
+        return target
+    return held
+
+
+def _lookup_key(
+    receiver: Callable[..., Any] | None, sender: Any, dispatch_uid: Hashable | None
+) -> Hashable:
+    # Celery compat: a receiver is known by its dispatch_uid, else by its identity (a
+    # bound method by its object and function), together with the sender.
+    if dispatch_uid is not None:
+        who: Hashable = ("uid", dispatch_uid)
+    elif inspect.ismethod(receiver):
+        who = (id(receiver.__self__), id(receiver.__func__))
+    else:
+        who = id(receiver)
+    return (who, _sender_key(sender))
+
+
+def _sender_key(sender: Any) -> Hashable:
+    try:
+        hash(sender)
+    except TypeError:
+        return id(sender)
+    return sender  # type: ignore[no-any-return]
 
 
 def _matches(expected: Any, sender: Any) -> bool:
@@ -135,3 +258,10 @@ worker_ready = Signal("worker_ready")
 worker_shutdown = Signal("worker_shutdown")
 worker_process_init = Signal("worker_process_init")
 worker_process_shutdown = Signal("worker_process_shutdown")
+
+# Logging set-up in a worker: with a `setup_logging` receiver connected, the worker
+# configures no logging at all (the receiver does); otherwise it configures the root and
+# task loggers and then sends the two `after_` signals with each logger.
+setup_logging = Signal("setup_logging")
+after_setup_logger = Signal("after_setup_logger")
+after_setup_task_logger = Signal("after_setup_task_logger")

@@ -206,28 +206,33 @@ def test_worker_exits_78_when_the_sqlite_directory_does_not_exist(
 # -- option values the docs classify as usage or configuration ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "docs/worker.md reserves 69 for 'broker unreachable', but an unknown --loglevel "
-        "raises WorkerStartError in setup_logging and exits 69 (expected 64 usage or "
-        "78 configuration)"
-    ),
-)
 def test_an_unknown_log_level_is_not_reported_as_an_unreachable_broker(app_dir: Path) -> None:
     done = celeriac(app_dir, "-A", "tasks", "worker", "-P", "solo", "-l", "loud")
     assert "unknown log level 'loud'" in done.stderr
     assert done.returncode in (EX_USAGE, EX_CONFIG)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "docs/worker.md gives 64 for usage errors, but an option value click rejects "
-        "(here -P nosuch) exits with click's own usage code 2 and a three-line message"
-    ),
-)
 def test_an_unknown_pool_exits_with_the_usage_code(app_dir: Path) -> None:
     done = celeriac(app_dir, "-A", "tasks", "worker", "-P", "nosuch")
     assert "'nosuch' is not one of" in done.stderr
     assert done.returncode == EX_USAGE
+
+
+def test_a_refused_setting_exits_78_naming_it_and_the_line(tmp_path: Path) -> None:
+    directory = tmp_path / "refused"
+    directory.mkdir()
+    write_tasks(
+        directory,
+        """
+        from celeriac import Celeriac
+
+        app = Celeriac("tasks", broker="memory://")
+        app.conf.update(task_acks_laet=True)
+        """,
+    )
+    done = celeriac(directory, "-A", "tasks", "worker", "-P", "solo")
+    assert done.returncode == EX_CONFIG, done.stderr
+    assert done.stderr_lines() == [
+        "Error: unknown setting 'task_acks_laet': did you mean 'task_acks_late'? "
+        f"(while importing 'tasks', at {directory / 'tasks.py'}:5)"
+    ]

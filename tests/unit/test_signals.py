@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from celeriac import Celeriac, signals
+from celeriac.exceptions import ImproperlyConfigured
 from celeriac.signals import Signal
+from tests.helpers import wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import StartWorker
@@ -49,6 +51,8 @@ def test_a_task_run_sends_prerun_success_and_postrun(
     start_worker()
     result = add.delay(2, 3)
     assert result.get(timeout=5) == 5
+    # The result is stored before task_postrun is sent: wait for the worker to send it.
+    wait_for(lambda: len(calls) >= 4, timeout=5, what="task_postrun")
     names = [name for name, _ in calls]
     assert names == ["task_received", "task_prerun", "task_success", "task_postrun"]
     prerun = calls[1][1]
@@ -124,3 +128,64 @@ def test_a_receiver_can_listen_to_one_sender_only() -> None:
     signal.send(sender="tasks.other")
     signal.send(sender="tasks.add")
     assert seen == ["tasks.add"]
+
+
+# -- Celery's connect options -------------------------------------------------------------
+
+
+def test_a_receiver_is_held_weakly_by_default_as_in_celery() -> None:
+    import gc
+
+    from celery.utils.dispatch import Signal as CelerySignal
+
+    def check(signal: Any) -> None:
+        calls: list[str] = []
+        signal.connect(lambda **kwargs: calls.append("weak"))
+        signal.connect(lambda **kwargs: calls.append("strong"), weak=False)
+        gc.collect()
+        signal.send(sender=None)
+        assert calls == ["strong"], signal
+
+    check(Signal("weak"))
+    check(CelerySignal(name="weak"))
+
+
+def test_dispatch_uid_connects_a_receiver_once() -> None:
+    signal = Signal("uid")
+    calls: list[int] = []
+
+    def first(**kwargs: Any) -> None:
+        calls.append(1)
+
+    def second(**kwargs: Any) -> None:
+        calls.append(2)
+
+    signal.connect(first, dispatch_uid="only-once")
+    signal.connect(second, dispatch_uid="only-once")  # same uid: ignored, as in Celery
+    signal.send(sender=None)
+    assert calls == [1]
+    assert signal.disconnect(dispatch_uid="only-once")
+    signal.send(sender=None)
+    assert calls == [1]
+
+
+def test_a_bound_method_receiver_is_known_by_its_object() -> None:
+    signal = Signal("method")
+
+    class Listener:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def on(self, **kwargs: Any) -> None:
+            self.calls += 1
+
+    listener = Listener()
+    signal.connect(listener.on)
+    signal.connect(listener.on)
+    signal.send(sender=None)
+    assert listener.calls == 1
+
+
+def test_retrying_receivers_are_refused() -> None:
+    with pytest.raises(ImproperlyConfigured, match="retry=True"):
+        Signal("retry").connect(lambda **kwargs: None, retry=True)

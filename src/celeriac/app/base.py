@@ -2,9 +2,10 @@
 
 `Celeriac(main, broker=None, backend=None, include=(), **settings)` (also exported as
 `Celery`). With no broker URL anywhere (argument, settings, `CELERIAC_BROKER_URL`), the
-app uses the embedded default: the SQLite file `celeriac.db` in the current directory as
-broker and result backend. A backend left unset follows the broker (`redis://` → the
-same Redis, `sqlite://` → the same file, `amqp://` → `rpc://`).
+app uses the embedded default: the SQLite file `celeriac.db` beside the module that
+created the app, as broker and result backend (see `celeriac.app.embedded`). A backend
+left unset follows the broker (`redis://` → the same Redis, `sqlite://` → the same file,
+`amqp://` → `rpc://`).
 
 Nothing connects at import or construction; the broker and backend are made on first use
 in each process (and made again after `fork()`). Sending lives in `celeriac.app.send`
@@ -26,12 +27,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 from celeriac._imports import import_object
+from celeriac._proxy import AppProxy
 from celeriac._time import UTC, utcnow
-from celeriac.app.config import Settings
+from celeriac.app.annotations import annotate
+from celeriac.app.config import Settings, old_style_settings
+from celeriac.app.embedded import app_directory, default_url, warn_if_unshared
+from celeriac.app.queues import parse_queues
 from celeriac.app.registry import TaskRegistry
 from celeriac.app.routing import Router
 from celeriac.app.send import Sender
-from celeriac.app.task import AsyncTask, Task, TaskOptions
+from celeriac.app.task import AsyncTask, Task, TaskOptions, check_custom_attributes
 from celeriac.exceptions import ImproperlyConfigured
 
 if sys.version_info >= (3, 11):
@@ -52,13 +57,11 @@ if TYPE_CHECKING:
     from celeriac.canvas import Signature
     from celeriac.contrib.django.fixup import DjangoFixup
 
-__all__ = ["Celeriac", "current_app", "shared_task"]
+__all__ = ["Celeriac", "current_app", "get_current_app", "shared_task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# The embedded default: broker and results in one SQLite file in the working directory.
-DEFAULT_URL = "sqlite:///celeriac.db"
 
 _current_app: ContextVar[Celeriac | None] = ContextVar("celeriac_current_app", default=None)
 _default_app: Celeriac | None = None
@@ -66,12 +69,17 @@ _all_apps: weakref.WeakSet[Celeriac] = weakref.WeakSet()
 _shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
 
 
-def current_app() -> Celeriac:
+def get_current_app() -> Celeriac:
     """The app in use: the one set in this context, else the last app created."""
     app = _current_app.get() or _default_app
     if app is None:
         app = Celeriac("default")
     return app
+
+
+#: Celery's `current_app` proxy: `current_app.conf`, `current_app.tasks`, and
+#: `current_app()` for the app itself.
+current_app = AppProxy(get_current_app)
 
 
 class TaskDecorator(Protocol):
@@ -102,6 +110,9 @@ class Celeriac:
         broker: Broker URL (`redis://`, `amqp://`, `sqlite:///path.db`, `memory://`).
         backend: Result backend URL (default: follows the broker).
         include: Modules a worker imports at start (where the tasks live).
+        config_source: Settings to load now, as `config_from_object(config_source)`.
+        strict_typing: Whether tasks check their arguments when sent (each task's
+            `typing=` default).
         **settings: Any of Celery's lower-case settings.
     """
 
@@ -113,11 +124,19 @@ class Celeriac:
         include: Sequence[str] = (),
         *,
         set_as_current: bool = True,
+        config_source: Any = None,
+        strict_typing: bool = True,
         **settings: Any,
     ) -> None:
         global _default_app
         self.main = main
+        # Where the embedded default's file lives: beside the module creating the app.
+        self._default_directory = app_directory()
+        #: Celery compat: the default of `@task(typing=...)` for this app's tasks.
+        self.strict_typing = strict_typing
         self.conf = Settings(settings)
+        if config_source is not None:
+            self.config_from_object(config_source)
         if broker is not None:
             self.conf.broker_url = broker
         if backend is not None:
@@ -191,6 +210,9 @@ class Celeriac:
             for key, value in items.items():
                 if key == key.lower() and not callable(value) and not _is_module(value):
                     values[key] = value
+            # Celery compat: Celery 3's upper-case names are read too (with a warning);
+            # other upper-case names (module constants, Django settings) are not settings.
+            values.update(old_style_settings(items))
         self.conf.update(values)
         self._router = None
 
@@ -270,6 +292,9 @@ class Celeriac:
             pending, self._autodiscover = self._autodiscover, []
             for packages, related_name in pending:
                 self._import_related(self._discovery_packages(packages), related_name)
+            if self.conf.task_annotations is not None:
+                for name in list(self.tasks):
+                    annotate(self.tasks[name], self.conf.task_annotations)
         self.on_after_finalize.send(sender=self)
 
     def add_periodic_task(
@@ -339,11 +364,7 @@ class Celeriac:
             is_async=_is_coroutine_function(fun)
         )
         bind = bool(options.pop("bind", False))
-        unknown = [k for k in options if k not in TaskOptions.__annotations__]
-        if unknown:
-            raise ImproperlyConfigured(
-                f"@task got unknown option(s) {', '.join(sorted(unknown))} for {name}"
-            )
+        check_custom_attributes(name, options)
         if options.get("rate_limit") is not None:
             from celeriac.app.ratelimit import parse_rate
 
@@ -353,7 +374,26 @@ class Celeriac:
             raise ImproperlyConfigured(
                 f"{name}: soft_time_limit ({soft}) must not exceed time_limit ({hard})"
             )
+        if "typing" not in options and not self.strict_typing:
+            options["typing"] = False
         task = base(fun, app=None if shared else self, name=name, bind=bind, **options)
+        if self.conf.task_annotations is not None:
+            annotate(task, self.conf.task_annotations)
+        self.tasks.register(task)
+        return task
+
+    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]]) -> Task[Any, Any]:
+        """Register a class-based task (an instance, or a class to instantiate).
+
+        Celery compat: `app.register_task(MyTask())` for `class MyTask(app.Task)` with a
+        `run` method; the task is bound to this app when it has none.
+        """
+        if isinstance(task, type):
+            task = task()
+        if task._app is None:
+            task._app = self
+        if self.conf.task_annotations is not None:
+            annotate(task, self.conf.task_annotations)
         self.tasks.register(task)
         return task
 
@@ -393,7 +433,7 @@ class Celeriac:
 
     @property
     def broker_url(self) -> str:
-        return self.conf.broker_url_resolved() or DEFAULT_URL
+        return self.conf.broker_url_resolved() or default_url(self._default_directory)
 
     @property
     def result_backend_url(self) -> str:
@@ -416,6 +456,10 @@ class Celeriac:
             options.setdefault("ssl", self.conf.broker_use_ssl)
         self._add_queue_types(options)
         options.setdefault("worker_lost_after", self.conf.worker_lost_after)
+        from celeriac.app.queues import queue_transport_options
+
+        for key, value in queue_transport_options(self.conf).items():
+            options[key] = {**value, **options.get(key, {})}
         return options
 
     def _add_queue_types(self, options: dict[str, Any]) -> None:
@@ -440,6 +484,8 @@ class Celeriac:
         """A new broker object for this app's URL (workers make one per consumer)."""
         from celeriac.brokers import create_broker
 
+        if consumer_id is None and not self.conf.broker_url_resolved():
+            warn_if_unshared(self._default_directory)
         return create_broker(
             self.broker_url,
             transport_options=self.broker_transport_options(),
@@ -501,6 +547,7 @@ class Celeriac:
                 default_queue=conf.task_default_queue,
                 default_exchange=conf.task_default_exchange,
                 default_routing_key=conf.task_default_routing_key,
+                queues=parse_queues(conf.task_queues),
             )
         return self._router
 
@@ -642,6 +689,18 @@ class Celeriac:
         Accepts the options of `Task.apply_async`.
         """
         return self.sender.send_task(name, args, kwargs, _task, options)
+
+    # Last in the class: inside the class body, this property shadows the `Task` class
+    # for annotations that come after it.
+    @property
+    def Task(self) -> type[Task[Any, Any]]:
+        """A `Task` base class bound to this app, for class-based tasks."""
+        cls = self.__dict__.get("_task_class")
+        if cls is None:
+            base = self._task_class(is_async=False)  # `task_cls` when set, as Celery's
+            cls = type("Task", (base,), {"_bound_app": self, "__module__": base.__module__})
+            self.__dict__["_task_class"] = cls
+        return cls
 
 
 # What `autodiscover_tasks` takes: packages, a callable giving them, or None (Django's apps).

@@ -2,9 +2,16 @@
 
 `app.conf` is a `Settings`: attribute and item access (`conf.task_serializer`,
 `conf["task_serializer"]`), `update()`, and `config_from_object()` on the app feed it.
-Unknown lower-case names are kept (users put their own settings there, as with Celery);
-a known name with a value that cannot work raises `ImproperlyConfigured` saying what to
-write instead.
+A known name with a value that cannot work raises `ImproperlyConfigured` saying what to
+write instead. Names that are not honoured never pass silently:
+
+- Celery 3's upper-case names (`BROKER_URL`) are read under their new name with a
+  `CDeprecationWarning` naming it;
+- a Celery setting celeriac does not honour is refused with what to do instead
+  (`celeriac.app.celery_settings.UNSUPPORTED`);
+- an unknown name close to a known one, or starting like a Celery setting (`task_`,
+  `worker_`, ...), is refused with "did you mean". Other names are kept (users put their
+  own settings there, as with Celery).
 
 Where celeriac's default differs from Celery's it is on purpose and marked
 `# celeriac:` (e.g. `task_acks_late` is on: a task whose worker dies runs again).
@@ -15,11 +22,14 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
-from celeriac.exceptions import ImproperlyConfigured
+from celeriac.app import celery_settings
+from celeriac.exceptions import CDeprecationWarning, ImproperlyConfigured
 
 __all__ = ["DEFAULTS", "Settings", "new_setting_name"]
 
@@ -65,9 +75,15 @@ DEFAULTS: dict[str, Any] = {
     "task_default_queue_type": "classic",
     "task_create_missing_queue_type": "classic",
     "task_inherit_parent_priority": False,
+    # Kombu-style Queue objects (duck-typed); see celeriac.app.queues.
+    "task_queues": None,
+    "task_annotations": None,
     # execution
     "task_acks_late": True,  # celeriac: Celery's default is False
     "task_acks_on_failure_or_timeout": True,
+    # None and True: a task whose worker process died runs again (up to
+    # task_redelivery_limit times); False: it is recorded as WorkerLostError at once.
+    "task_reject_on_worker_lost": None,
     "task_time_limit": None,
     "task_soft_time_limit": None,
     "task_ignore_result": False,
@@ -341,12 +357,25 @@ def _schedule_name(name: str, value: Any) -> str:
     return value
 
 
-def _not_needed(name: str, value: Any) -> Any:
-    if value in (None, 0):
-        return value
-    raise _fail(
-        name, value, "celeriac beat writes every run to its store at once; remove this setting"
-    )
+def _task_queues(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    from celeriac.app.queues import parse_queues
+
+    parse_queues(value)  # raises if unusable
+    return value
+
+
+def _annotations(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    from celeriac.app.annotations import parse_annotations
+
+    try:
+        parse_annotations(value)
+    except ImproperlyConfigured as exc:
+        raise _fail(name, value, str(exc)) from exc
+    return value
 
 
 _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
@@ -378,6 +407,9 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "task_default_queue_type": _queue_type,
     "task_create_missing_queue_type": _queue_type,
     "task_inherit_parent_priority": _bool,
+    "task_queues": _task_queues,
+    "task_annotations": _annotations,
+    "task_reject_on_worker_lost": lambda n, v: None if v is None else _bool(n, v),
     "task_acks_late": _bool,
     "task_acks_on_failure_or_timeout": _bool,
     "task_time_limit": _optional_seconds,
@@ -414,8 +446,6 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "beat_cron_starting_deadline": _optional_seconds,
     "beat_catch_up": _bool,
     "beat_lease_seconds": _positive_seconds,
-    "beat_sync_every": _not_needed,
-    "beat_max_sync_every": _not_needed,
     "security_key": _optional_str,
     "security_key_password": _optional_secret,
     "security_certificate": _optional_str,
@@ -473,12 +503,32 @@ class Settings:
         if not isinstance(name, str) or not name:
             raise ImproperlyConfigured(f"setting names are non-empty strings, got {name!r}")
         if name != name.lower():
-            raise ImproperlyConfigured(
-                f"setting names are lower case (Celery 4+ style): write {new_setting_name(name)!r} "
-                f"instead of {name!r}"
+            new = celery_settings.new_name_of(name)
+            if new is None:
+                raise ImproperlyConfigured(
+                    f"setting names are lower case (Celery 4+ style): write "
+                    f"{new_setting_name(name)!r} instead of {name!r}"
+                )
+            warnings.warn(
+                f"setting {name} is Celery 3's name for {new}: it is read as {new}; "
+                f"rename it to {new}",
+                CDeprecationWarning,
+                stacklevel=_user_stacklevel(),
             )
+            name = new
+        if name not in DEFAULTS:
+            check_unknown(name, value)
         validator = _VALIDATORS.get(name)
-        self._values[name] = validator(name, value) if validator else value
+        if validator is not None:
+            value = validator(name, value)
+        if name in celery_settings.FIXED:
+            accepted, advice = celery_settings.FIXED[name]
+            if value not in accepted:
+                raise ImproperlyConfigured(
+                    f"setting {name}={value!r} is not honoured by celeriac (only "
+                    f"{' or '.join(repr(v) for v in accepted)}): {advice}"
+                )
+        self._values[name] = value
         object.__setattr__(self, "version", self.version + 1)
 
     def __contains__(self, name: object) -> bool:
@@ -524,39 +574,110 @@ class Settings:
         return "\n".join(lines)
 
 
-# Celery 3 upper-case names whose new name does not follow the prefix rules below.
-_OLD_NAMES_IRREGULAR = {
-    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
-    "CELERY_MESSAGE_COMPRESSION": "task_compression",
-    "CELERY_EAGER_PROPAGATES_EXCEPTIONS": "task_eager_propagates",
-    "CELERY_SEND_EVENTS": "worker_send_task_events",
-}
-# Old prefix → candidate new prefixes, tried in order.
-_OLD_PREFIXES = (
-    ("CELERYD_", ("worker_", "")),
-    ("CELERYBEAT_", ("beat_",)),
-    ("CELERY_", ("", "task_", "result_", "worker_")),
-    ("BROKER_", ("broker_",)),
-)
-
-
 def new_setting_name(name: str) -> str:
     """The lower-case setting that an upper-case (Celery 3 style) `name` became.
 
-    Falls back to `name.lower()` when no known setting matches.
+    Falls back to `name.lower()` when no Celery setting had that name.
     """
-    if name in _OLD_NAMES_IRREGULAR:
-        return _OLD_NAMES_IRREGULAR[name]
-    lower = name.lower()
-    if lower in DEFAULTS:
-        return lower
-    for prefix, replacements in _OLD_PREFIXES:
-        if name.startswith(prefix):
-            rest = name[len(prefix) :].lower()
-            for replacement in replacements:
-                if replacement + rest in DEFAULTS:
-                    return replacement + rest
-    return lower
+    return celery_settings.new_name_of(name) or name.lower()
+
+
+# Every name a setting can have: honoured, refused, or an app argument.
+KNOWN_NAMES = frozenset(DEFAULTS) | frozenset(celery_settings.OLD_NAMES)
+
+
+def check_unknown(name: str, value: Any) -> None:
+    """Refuse `name` (not a setting celeriac honours) unless it is the user's own.
+
+    Raises:
+        ImproperlyConfigured: a Celery setting celeriac does not honour, or a likely
+            misspelling of a setting.
+    """
+    if name in celery_settings.APP_ARGUMENTS:
+        return
+    advice = celery_settings.UNSUPPORTED.get(name)
+    if advice is not None:
+        if value in celery_settings.ACCEPTED_VALUES.get(name, ()):
+            return
+        raise ImproperlyConfigured(
+            f"setting {name} is a Celery setting that celeriac does not honour: {advice}"
+        )
+    close = celery_settings.closest_setting(name, KNOWN_NAMES)
+    if close is not None:
+        raise ImproperlyConfigured(f"unknown setting {name!r}: did you mean {close!r}?")
+    if name.startswith(celery_settings.CELERY_PREFIXES):
+        raise ImproperlyConfigured(
+            f"unknown setting {name!r}: no Celery or celeriac setting has this name "
+            f"(see docs/configuration.md); a setting of your own must not start with "
+            f"{', '.join(celery_settings.CELERY_PREFIXES)}"
+        )
+
+
+def old_style_settings(items: Mapping[str, Any]) -> dict[str, Any]:
+    """The Celery 3 upper-case settings among `items` to read, by their old names.
+
+    Celery compat (5.7 `detect_settings`): the style most names use wins; a name of the
+    other style is an error unless the same setting is given in the winning style too
+    (then it is ignored). The error lists what to rename.
+
+    Raises:
+        ImproperlyConfigured: old and new names are mixed.
+    """
+    _check_celery_looking(items)
+    old = [k for k in items if celery_settings.new_name_of(k) is not None]
+    if not old:
+        return {}
+    new = [k for k in items if k in celery_settings.OLD_NAMES]
+    if len(old) > len(new):
+        renames = {k: celery_settings.OLD_NAMES[k] for k in new}
+    else:
+        renames = {k: celery_settings.new_name_of(k) or k for k in old}
+    left = sorted(k for k, twin in renames.items() if twin not in items)
+    if left:
+        raise ImproperlyConfigured(
+            "the configuration mixes Celery 3 upper-case setting names with lower-case "
+            "ones; rename these:\n" + "\n".join(f"  {k} -> {renames[k]}" for k in left)
+        )
+    return {k: items[k] for k in old} if len(old) > len(new) else {}
+
+
+# The prefixes of Celery 3's upper-case setting names.
+_OLD_PREFIXES = ("CELERY_", "CELERYD_", "CELERYBEAT_", "BROKER_")
+
+
+def _check_celery_looking(items: Mapping[str, Any]) -> None:
+    """Refuse upper-case names that look like Celery settings but are none (Celery
+    would drop them silently).
+
+    Raises:
+        ImproperlyConfigured: a namespaced name read without `namespace="CELERY"`, or a
+            misspelt Celery 3 name.
+    """
+    old_names = frozenset(celery_settings.OLD_NAMES.values())
+    for key in items:
+        if not key.startswith(_OLD_PREFIXES) or key in old_names or key != key.upper():
+            continue
+        if key.startswith("CELERY_") and key[len("CELERY_") :].lower() in KNOWN_NAMES:
+            raise ImproperlyConfigured(
+                f"setting {key} is a namespaced name: load it with "
+                f"config_from_object(..., namespace='CELERY'), or write "
+                f"{key[len('CELERY_') :].lower()}"
+            )
+        close = celery_settings.closest_setting(key, old_names)
+        hint = f": did you mean {close!r}?" if close else ": no Celery setting has this name"
+        raise ImproperlyConfigured(f"unknown setting {key!r}{hint}")
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` (for a warning raised by the caller) of the first frame outside
+    celeriac: the user's line that set the setting."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _from_environment(name: str) -> str | None:

@@ -17,10 +17,13 @@ import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from celeriac._imports import import_object
 from celeriac.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from celeriac.app.queues import QueueSpec
 
 __all__ = ["Route", "Router"]
 
@@ -60,8 +63,11 @@ class Router:
         default_queue: str,
         default_exchange: str | None = None,
         default_routing_key: str | None = None,
+        queues: Mapping[str, QueueSpec] | None = None,
     ) -> None:
         self.default_queue = default_queue
+        # `task_queues`: a call routed to one of these goes to its exchange and key.
+        self.queues = dict(queues or {})
         self.default_exchange = default_exchange
         self.default_routing_key = default_routing_key
         self._routers = self._compile(routes)
@@ -115,11 +121,17 @@ class Router:
         queue = options.get("queue") or chosen.get("queue") or self.default_queue
         if not isinstance(queue, str):
             queue = getattr(queue, "name", None) or str(queue)
+        spec = self.queues.get(queue)
         exchange = options.get("exchange") or chosen.get("exchange") or ""
         if not isinstance(exchange, str):
             exchange = getattr(exchange, "name", "") or ""
         routing_key = options.get("routing_key") or chosen.get("routing_key")
-        exchange_type = options.get("exchange_type") or chosen.get("exchange_type") or "direct"
+        exchange_type = options.get("exchange_type") or chosen.get("exchange_type")
+        if spec is not None and spec.exchange and not exchange:
+            # Celery compat: a queue from task_queues brings its exchange and key.
+            exchange, exchange_type = spec.exchange, spec.exchange_type
+            routing_key = routing_key or spec.routing_key
+        exchange_type = exchange_type or "direct"
         if exchange_type == "direct":
             if not exchange or not routing_key:
                 exchange, routing_key = "", queue

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import random
 import sys
+import types
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypedDict, TypeVar
 
 from celeriac import states
@@ -68,6 +69,7 @@ class TaskOptions(TypedDict, total=False):
     retry_jitter: bool
     acks_late: bool
     acks_on_failure_or_timeout: bool
+    reject_on_worker_lost: bool | None
     time_limit: float | None
     soft_time_limit: float | None
     expires: float | datetime | None
@@ -81,6 +83,40 @@ class TaskOptions(TypedDict, total=False):
     throws: tuple[type[BaseException], ...]
     trail: bool
     send_events: bool
+    pydantic: bool
+    pydantic_strict: bool
+    pydantic_context: dict[str, Any] | None
+    pydantic_dump_kwargs: dict[str, Any] | None
+
+
+def check_custom_attributes(name: str, options: Mapping[str, Any]) -> None:
+    """Options of `@task(...)` that are not Celery's become task attributes (as in
+    Celery), unless they look like a misspelt option.
+
+    Raises:
+        ImproperlyConfigured: an option close to a known one (e.g. `max_retires`).
+    """
+    import difflib
+
+    known = sorted(TaskOptions.__annotations__)
+    for key in options:
+        if key in TaskOptions.__annotations__:
+            continue
+        if key.startswith("_"):
+            raise ImproperlyConfigured(
+                f"@task option {key!r} for {name}: names must not start with _"
+            )
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if close:
+            raise ImproperlyConfigured(
+                f"@task got unknown option {key!r} for {name}: did you mean {close[0]!r}? "
+                "(a custom attribute needs a name that is not close to a task option)"
+            )
+
+
+def _class_task_name(cls: type[Any]) -> str:
+    # Celery compat: a class-based task without a name is `<module>.<ClassName>`.
+    return f"{cls.__module__}.{cls.__name__}"
 
 
 def backoff_countdown(factor: float, retries: int, maximum: float, *, full_jitter: bool) -> float:
@@ -113,6 +149,8 @@ class Task(Generic[P, R]):
     retry_jitter: bool = True
     acks_late: bool | None = None
     acks_on_failure_or_timeout: bool | None = None
+    #: None follows `task_reject_on_worker_lost`; see `resolve_redelivery_limit`.
+    reject_on_worker_lost: bool | None = None
     time_limit: float | None = None
     soft_time_limit: float | None = None
     expires: float | datetime | None = None
@@ -126,22 +164,48 @@ class Task(Generic[P, R]):
     throws: tuple[type[BaseException], ...] = ()
     trail: bool = True
     send_events: bool = True
+    #: Celery compat (5.5+): validate arguments annotated with pydantic models (and dump
+    #: a returned model) — see `celeriac.app.pydantic`.
+    pydantic: bool = False
+    pydantic_strict: bool = False
+    pydantic_context: dict[str, Any] | None = None
+    pydantic_dump_kwargs: dict[str, Any] | None = None
+    #: The app of instances of a class made by `app.Task` (class-based tasks).
+    _bound_app: ClassVar[Celeriac | None] = None
 
     def __init__(
         self,
-        fun: Callable[..., Any],
+        fun: Callable[..., Any] | None = None,
         *,
-        app: Celeriac | None,
-        name: str,
+        app: Celeriac | None = None,
+        name: str | None = None,
         bind: bool = False,
         **options: Any,
     ) -> None:
-        self._fun = fun
-        self._app = app
+        if fun is None:
+            # A class-based task (Celery's `class MyTask(app.Task): def run(self, ...)`):
+            # its own `run` is the body; the instance's `run` stays the wrapper that
+            # applies autoretry.
+            if type(self).run is Task.run:
+                raise TypeError(f"{type(self).__name__} needs a run() method or a function")
+            fun = self.run
+            self.run = types.MethodType(Task.run, self)  # type: ignore[method-assign]
+            name = name or getattr(type(self), "name", None) or _class_task_name(type(self))
+        if name is None:
+            raise TypeError("a task needs a name")
+        self._app = app if app is not None else self._bound_app
         self.name = name
         self.bind = bind
         for key, value in options.items():
             setattr(self, key, value)
+        if self.pydantic:
+            from celeriac.app.pydantic_args import PydanticCall
+
+            self._pydantic: PydanticCall | None = PydanticCall(self, fun)
+            fun = self._pydantic.wrap(fun)
+        else:
+            self._pydantic = None
+        self._fun = fun
         self.is_async = inspect.iscoroutinefunction(fun)
         self.__doc__ = fun.__doc__
         self.__name__ = getattr(fun, "__name__", name)
@@ -279,6 +343,9 @@ class Task(Generic[P, R]):
         kwargs = dict(kwargs or {})
         if self.typing:
             self.check_arguments(args, kwargs)
+        if self._pydantic is not None and (serializer or self.serializer) != "pickle":
+            # Celery compat: models the task rebuilds equal are sent as plain dicts.
+            args, kwargs = self._pydantic.dump_arguments(args, kwargs)
         given = {
             "countdown": countdown,
             "eta": eta,
@@ -477,6 +544,51 @@ class Task(Generic[P, R]):
             raise retry
         return retry
 
+    def replace(self, sig: Signature[Any]) -> Any:
+        """Replace this run with `sig`, which takes over its id, callbacks, errbacks, group
+        and chord place and the rest of its chain (Celery's `Task.replace`).
+
+        Use as `return self.replace(sig)`. In a worker the replacement is sent and this run
+        ends with `Ignore` (no result is stored for it: the replacement stores one under
+        the same id); run eagerly, the replacement runs here and its value is returned.
+
+        Raises:
+            Ignore: always, in a worker, once the replacement is sent.
+            ImproperlyConfigured: `sig` is part of a chord, or an empty chain.
+        """
+        from celeriac.canvas import _chain, group, signature
+
+        request = self.request
+        if "chord" in sig.options:
+            raise ImproperlyConfigured("a signature replacing a task must not be part of a chord")
+        if isinstance(sig, _chain) and not sig.tasks:
+            raise ImproperlyConfigured("cannot replace a task with an empty chain")
+        app = self.app
+        if isinstance(sig, group):
+            # Celery compat: a group's results are gathered into one list.
+            sig = sig | app.tasks["celery.accumulate"].s(index=0)
+        for callback in request.callbacks or []:
+            sig.link(signature(callback, app=app))
+        for errback in request.errbacks or []:
+            sig.link_error(signature(errback, app=app))
+        nesting = request.replaced_task_nesting + 1
+        if request.id is not None:
+            sig.freeze(
+                request.id,
+                group_id=request.group,
+                group_index=request.group_index,
+                root_id=request.root_id,
+            )
+        if request.chord:
+            sig.set(chord=dict(request.chord))
+        sig.set(replaced_task_nesting=nesting)
+        for step in reversed(request.chain or []):
+            sig = sig | signature(step, app=app).set(replaced_task_nesting=nesting)
+        if request.is_eager or request.called_directly:
+            return sig.apply().get()
+        sig.apply_async()
+        raise Ignore("replaced by a new task")
+
     def update_state(
         self,
         task_id: str | None = None,
@@ -546,6 +658,21 @@ class Task(Generic[P, R]):
         if self.acks_late is not None:
             return self.acks_late
         return bool(self.app.conf.task_acks_late)
+
+    def resolve_redelivery_limit(self) -> int:
+        """How many times this task's worker process may die running one message before
+        it is recorded as `WorkerLostError` instead of run again.
+
+        Celery compat: `reject_on_worker_lost=False` records the failure at the first
+        death (as Celery does with `acks_late`); True or unset (None) redelivers, up to
+        `task_redelivery_limit` times.
+        """
+        reject = self.reject_on_worker_lost
+        if reject is None:
+            reject = self.app.conf.task_reject_on_worker_lost
+        if reject is False:
+            return 1
+        return int(self.app.conf.task_redelivery_limit)
 
     def resolve_ignore_result(self, header: bool | None) -> bool:
         if header:

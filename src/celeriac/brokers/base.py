@@ -280,6 +280,11 @@ class Broker(ABC):
     def declare(self, queue: str) -> None:
         """Make sure `queue` exists (idempotent)."""
 
+    def declare_binding(self, queue: str, *, exchange: str, routing_key: str) -> None:
+        """Make sure `queue` exists and receives what `exchange` routes with
+        `routing_key` (brokers that route by queue name only declare the queue)."""
+        self.declare(queue)
+
     @abstractmethod
     def publish(
         self,

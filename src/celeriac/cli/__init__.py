@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from celeriac._version import __version__
+from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
@@ -57,6 +58,9 @@ def load_app(spec: str) -> Celeriac:
                 EX_USAGE,
             )
         fail(_import_failure(module_name, exc), EX_SOFTWARE)
+    except ImproperlyConfigured as exc:
+        # A setting refused while the module configured its app: a configuration error.
+        fail(f"{exc} (while importing {module_name!r}{_where(exc)})", EX_CONFIG)
     except Exception as exc:  # isolation boundary: the user's module failed to import
         fail(_import_failure(module_name, exc), EX_SOFTWARE)
     if attribute:
@@ -89,6 +93,15 @@ def _import_failure(module_name: str, exc: BaseException) -> str:
     return f"importing {module_name!r} failed: {type(exc).__name__}: {exc}{where}"
 
 
+def _where(exc: BaseException) -> str:
+    """`, at FILE:LINE` of the last frame outside celeriac (the user's line)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(package)
+    ]
+    return f", at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
 class AppContext:
     def __init__(self, spec: str | None) -> None:
         self.spec = spec
@@ -119,8 +132,26 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
     ctx.obj = AppContext(app_spec)
 
 
+def load_commands() -> click.Group:
+    """The `celeriac` group with every subcommand registered (importing a command's
+    module registers it)."""
+    from celeriac.cli import beat, dlq, status, worker  # noqa: F401
+
+    return cli
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `celeriac` console script."""
-    from celeriac.cli import beat, dlq, status, worker  # noqa: F401 - registers the subcommands
-
-    cli.main(args=argv, prog_name="celeriac")
+    load_commands()
+    try:
+        cli.main(args=argv, prog_name="celeriac", standalone_mode=False)
+    except click.UsageError as exc:
+        # A bad option or value is a usage error: exit 64 (sysexits), not click's 2.
+        exc.show()
+        sys.exit(EX_USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)

@@ -13,13 +13,30 @@ from celeriac.exceptions import ImproperlyConfigured
 __all__ = ["worker"]
 
 
+def _check_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from celeriac.worker.logs import parse_level
+
+    try:
+        parse_level(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
 @cli.command()
 @click.option(
     "-l",
     "--loglevel",
     default="WARNING",
     show_default=True,
-    help="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    callback=_check_level,
+    help="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).",
+)
+@click.option(
+    "-f",
+    "--logfile",
+    default=None,
+    help="Write the log to this file instead of stderr.",
 )
 @click.option(
     "-c",

@@ -182,7 +182,10 @@ class Admission:
             return DeadLetter(call, exc, str(exc))
 
         crashes = self._crashes(delivery, call)
-        if crashes >= self.redelivery_limit:
+        # The task's own limit is read only for a message whose process died (rare).
+        if crashes >= self.redelivery_limit or (
+            crashes and crashes >= task.resolve_redelivery_limit()
+        ):
             error = WorkerLostError(
                 f"the worker process running {call.name}[{call.id}] died "
                 f"{crashes} times; it is not run again"

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
+from celeriac.app.queues import parse_queues
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class WorkerOptions:
     soft_time_limit: float | None = None
     without_heartbeat: bool = False
     loglevel: str = "WARNING"
+    logfile: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -49,6 +51,7 @@ class WorkerOptions:
         soft_time_limit: float | None = None,
         without_heartbeat: bool = False,
         loglevel: str = "WARNING",
+        logfile: str | None = None,
     ) -> WorkerOptions:
         """Fill unset options from the app's settings and the machine."""
         conf = app.conf
@@ -65,7 +68,16 @@ class WorkerOptions:
             raise ImproperlyConfigured(f"concurrency must be at least 1, got {concurrency}")
         if isinstance(queues, str):
             queues = tuple(q.strip() for q in queues.split(",") if q.strip())
-        queue_names = tuple(queues or ()) or (conf.task_default_queue,)
+        listed = tuple(parse_queues(conf.task_queues))
+        # Celery compat: without -Q, a worker consumes every queue of task_queues.
+        queue_names = tuple(queues or ()) or listed or (conf.task_default_queue,)
+        if listed and not conf.task_create_missing_queues:
+            missing = [q for q in queue_names if q not in listed]
+            if missing:
+                raise ImproperlyConfigured(
+                    f"queue(s) {', '.join(missing)} not in task_queues, and "
+                    "task_create_missing_queues is False: add them to task_queues"
+                )
         multiplier = prefetch_multiplier
         if multiplier is None:
             multiplier = conf.worker_prefetch_multiplier
@@ -91,6 +103,7 @@ class WorkerOptions:
             soft_time_limit=soft_time_limit,
             without_heartbeat=without_heartbeat,
             loglevel=loglevel,
+            logfile=logfile,
         )
 
 

@@ -25,6 +25,7 @@ from celeriac._crashpoints import crash_point
 from celeriac.app.context import pop_context, push_context
 from celeriac.backends.base import ResultMeta
 from celeriac.brokers.base import INVALID_ENVELOPE
+from celeriac.einfo import ExceptionInfo
 from celeriac.exceptions import (
     NotRegistered,
     Reject,
@@ -73,6 +74,14 @@ class Outcome:
     exc: BaseException | None = None
     traceback: str | None = None
     runtime: float = 0.0
+
+    def einfo(self, exc: BaseException | None = None) -> ExceptionInfo | None:
+        """The `einfo` hooks and signals get (Celery's `ExceptionInfo`), for `exc` (default
+        the outcome's exception); None on success."""
+        exc = exc if exc is not None else self.exc
+        if exc is None:
+            return None
+        return ExceptionInfo.from_exception(exc, traceback=self.traceback)
 
 
 @dataclass
@@ -155,7 +164,7 @@ class Settler:
                 call.id,
                 call.args,
                 call.kwargs,
-                outcome.traceback,
+                outcome.einfo(),
             )
         finally:
             pop_context(token)
@@ -238,7 +247,10 @@ class Settler:
         cause = retry.exc if retry.exc is not None else retry
         if signals.task_retry.receivers:
             signals.task_retry.send(
-                sender=request.task, request=request.context, reason=retry, einfo=outcome.traceback
+                sender=request.task,
+                request=request.context,
+                reason=retry,
+                einfo=outcome.einfo(cause),
             )
         logger.info("Task %s[%s] retry: %s", call.name, call.id, retry)
         if not request.ignore_result:
@@ -247,7 +259,7 @@ class Settler:
             )
             self._write(request, "RETRY", lambda: self._store_for(request, meta), None)
         self._call_hook(
-            request.task.on_retry, cause, call.id, call.args, call.kwargs, outcome.traceback
+            request.task.on_retry, cause, call.id, call.args, call.kwargs, outcome.einfo(cause)
         )
 
     def _rejected(self, request: Request, outcome: Outcome) -> None:
@@ -283,7 +295,7 @@ class Settler:
                 args=call.args,
                 kwargs=call.kwargs,
                 traceback=outcome.traceback,
-                einfo=outcome.traceback,
+                einfo=outcome.einfo(),
             )
         expected = bool(task.throws) and isinstance(exc, task.throws)
         if expected:
@@ -309,7 +321,7 @@ class Settler:
             self.workflow.propagate_failure(call, context, exc, outcome.traceback)
 
         self._write(request, "FAILURE", write, None)
-        self._call_hook(task.on_failure, exc, call.id, call.args, call.kwargs, outcome.traceback)
+        self._call_hook(task.on_failure, exc, call.id, call.args, call.kwargs, outcome.einfo())
 
     @staticmethod
     def _call_hook(hook: Callable[..., Any], *args: Any) -> None:

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 from celeriac import signals
 from celeriac._version import __version__
-from celeriac.exceptions import BrokerError, CeleriacError
+from celeriac.app.queues import parse_queues
+from celeriac.exceptions import BrokerError, CeleriacError, ImproperlyConfigured
+from celeriac.worker.logs import configure_logging
 from celeriac.worker.pools.aio import AsyncioPool
 from celeriac.worker.pools.prefork import PreforkPool
 from celeriac.worker.pools.solo import SoloPool
@@ -37,20 +39,9 @@ POOLS: dict[str, type[Pool]] = {
     "asyncio": AsyncioPool,
 }
 
-LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s %(process)d] %(message)s"
-
 
 class WorkerStartError(CeleriacError):
     """The worker cannot start (broker unreachable, bad configuration)."""
-
-
-def setup_logging(loglevel: str) -> None:
-    level = getattr(logging, loglevel.upper(), None)
-    if not isinstance(level, int):
-        raise WorkerStartError(
-            f"unknown log level {loglevel!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL"
-        )
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
 
 
 class Worker:
@@ -70,8 +61,15 @@ class Worker:
         broker = self.app.create_broker(consumer_id=f"{self.options.hostname}:check")
         try:
             broker.connect()
+            specs = parse_queues(self.app.conf.task_queues)
             for queue in self.options.queues:
-                broker.declare(queue)
+                spec = specs.get(queue)
+                if spec is not None and spec.exchange:
+                    broker.declare_binding(
+                        queue, exchange=spec.exchange, routing_key=spec.routing_key
+                    )
+                else:
+                    broker.declare(queue)
             return broker.startup_warnings()
         except BrokerError as exc:
             raise WorkerStartError(
@@ -84,10 +82,13 @@ class Worker:
     def banner(self, pool: Pool) -> str:
         app, options = self.app, self.options
         tasks = "\n".join(f"  . {name}" for name in app.tasks.user_tasks()) or "  (none)"
+        broker = app.create_broker().safe_url()
+        if not app.conf.broker_url_resolved():
+            broker += "  (the default: no broker_url set)"
         return (
             f"celeriac {__version__} on {options.hostname} (pid {os.getpid()})\n"
             f"  app:          {app.main or '__main__'}\n"
-            f"  broker:       {app.create_broker().safe_url()}\n"
+            f"  broker:       {broker}\n"
             f"  results:      {_redact(app.result_backend_url)}\n"
             f"  pool:         {pool.name} (concurrency {options.concurrency})\n"
             f"  prefetch:     {options.prefetch_multiplier} per slot\n"
@@ -97,7 +98,12 @@ class Worker:
 
     def start(self) -> int:
         """Check, print the banner, run the pool; return the exit code."""
-        setup_logging(self.options.loglevel)
+        try:
+            configure_logging(
+                self.app, loglevel=self.options.loglevel, logfile=self.options.logfile
+            )
+        except OSError as exc:
+            raise ImproperlyConfigured(f"cannot open the log file: {exc}") from exc
         self.app.finalize()
         signals.worker_init.send(sender=self)
         self._check_signing()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import sys
 import textwrap
 import uuid
@@ -31,8 +32,11 @@ def test_no_broker_url_means_the_embedded_sqlite_file(monkeypatch: pytest.Monkey
     ):
         monkeypatch.delenv(variable, raising=False)
     app = Celeriac("t")
-    assert app.broker_url == "sqlite:///celeriac.db"
-    assert app.result_backend_url == "sqlite:///celeriac.db"
+    # Beside the module that created the app (this file), as an absolute path.
+    expected = f"sqlite:///{pathlib.Path(__file__).resolve().parent / 'celeriac.db'}"
+    assert app.broker_url == expected
+    assert app.broker_url.startswith("sqlite:////")
+    assert app.result_backend_url == expected
 
 
 @pytest.mark.parametrize(

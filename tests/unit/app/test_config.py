@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from celery.app import defaults as celery_defaults
 
-from celeriac.app import config
+from celeriac.app import celery_settings, config
 from celeriac.app.config import DEFAULTS, Settings, new_setting_name
-from celeriac.exceptions import ImproperlyConfigured
+from celeriac.exceptions import CDeprecationWarning, ImproperlyConfigured
 
 # celeriac's documented differences from Celery's defaults.
 CELERIAC_DIFFERENCES = {
@@ -206,22 +206,32 @@ def test_settings_survive_copy_and_pickle() -> None:
 # -- names ---------------------------------------------------------------------------------
 
 
-def test_upper_case_name_is_refused_with_the_new_name() -> None:
+def test_an_upper_case_name_that_celery_never_had_is_refused_with_a_hint() -> None:
     with pytest.raises(
         ImproperlyConfigured,
-        match=r"lower case .*write 'result_backend' instead of 'CELERY_RESULT_BACKEND'",
+        match=r"lower case .*write 'task_default_queue' instead of 'Task_Default_Queue'",
     ):
-        Settings({"CELERY_RESULT_BACKEND": "redis://127.0.0.1"})
+        Settings({"Task_Default_Queue": "q"})
 
 
 @pytest.mark.parametrize(
     ("old", "new"),
     sorted((old, new) for old, new in celery_defaults._TO_NEW_KEY.items() if new in DEFAULTS),
 )
-def test_upper_case_hint_names_the_setting_celery_renamed_it_to(old: str, new: str) -> None:
+def test_a_celery_3_name_is_read_as_the_new_name_with_a_warning(old: str, new: str) -> None:
     assert new_setting_name(old) == new
-    with pytest.raises(ImproperlyConfigured, match=f"write '{new}' instead of '{old}'"):
-        Settings()[old] = None
+    conf = Settings()
+    value = copy.deepcopy(DEFAULTS[new])
+    with pytest.warns(CDeprecationWarning, match=f"setting {old} is Celery 3's name for {new}"):
+        conf[old] = value
+    assert conf[new] == value
+    assert old not in conf
+
+
+def test_every_celery_setting_has_its_celery_3_name() -> None:
+    assert {
+        new: old for old, new in celery_defaults._TO_NEW_KEY.items()
+    } == celery_settings.OLD_NAMES
 
 
 def test_upper_case_hint_falls_back_to_lower_case() -> None:
@@ -273,6 +283,9 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "task_routes": (5, "write a dict"),
     "task_create_missing_queues": (None, "write True or False"),
     "task_inherit_parent_priority": ("false", "write True or False"),
+    "task_queues": ("celery", "write a list of kombu.Queue(...) objects"),
+    "task_annotations": (5, "write a dict keyed by task name"),
+    "task_reject_on_worker_lost": ("yes", "write True or False"),
     "task_acks_late": (0, "write True or False"),
     "task_acks_on_failure_or_timeout": ("", "write True or False"),
     "task_time_limit": (float("inf"), "number of seconds"),
@@ -309,8 +322,6 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "beat_cron_starting_deadline": ("1h", "number of seconds"),
     "beat_catch_up": ("yes", "write True or False"),
     "beat_lease_seconds": (0, "seconds > 0"),
-    "beat_sync_every": (10, "remove this setting"),
-    "beat_max_sync_every": (10, "remove this setting"),
 }
 
 

@@ -124,3 +124,36 @@ def test_a_redelivered_copy_of_a_finished_task_is_dropped(
     verdict = admission.check(delivery(encode_task(call), redelivered=True))
     assert isinstance(verdict, Finished)
     assert verdict.meta.status == states.SUCCESS
+
+
+def test_reject_on_worker_lost_false_records_the_first_death(app: Celeriac) -> None:
+    # Celery compat: without reject_on_worker_lost, a task whose process died fails
+    # with WorkerLostError instead of running again.
+    @app.task(name="tests.fragile", reject_on_worker_lost=False)
+    def fragile() -> None: ...
+
+    admission = Admission(app, Revocations(app.backend), broker_counts_crashes=True)
+    call = TaskCall(name="tests.fragile", id=str(uuid.uuid4()))
+    assert isinstance(admission.check(delivery(encode_task(call))), Run)
+    verdict = admission.check(delivery(encode_task(call), redelivered=True, crashes=1))
+    assert isinstance(verdict, DeadLetter)
+    assert isinstance(verdict.exc, WorkerLostError)
+
+
+def test_reject_on_worker_lost_true_runs_the_task_again(app: Celeriac) -> None:
+    @app.task(name="tests.sturdy", reject_on_worker_lost=True)
+    def sturdy() -> None: ...
+
+    admission = Admission(app, Revocations(app.backend), broker_counts_crashes=True)
+    call = TaskCall(name="tests.sturdy", id=str(uuid.uuid4()))
+    verdict = admission.check(delivery(encode_task(call), redelivered=True, crashes=1))
+    assert isinstance(verdict, Run)
+
+
+def test_the_task_reject_on_worker_lost_setting_is_the_default(
+    app: Celeriac, admission: Admission
+) -> None:
+    app.conf.task_reject_on_worker_lost = False
+    verdict = admission.check(delivery(encode_task(add_call()), redelivered=True, crashes=1))
+    assert isinstance(verdict, DeadLetter)
+    assert isinstance(verdict.exc, WorkerLostError)

@@ -81,6 +81,8 @@ class AMQPBroker(Broker):
             `task_queue_max_priority`; default none).
         queue_arguments: `{queue: {argument: value}}`, e.g. per-queue
             `{"x-max-priority": 10}` (Celery's `Queue(queue_arguments=...)`).
+        exchange_types: `{exchange: "direct" | "topic" | "fanout"}`, the type a named
+            exchange is declared with (set from `task_queues`; default direct).
         dead_letter_queue: name of the dead-letter queue.
         delay_prefix: name prefix of the delay ladder (default `celeriac.delay`).
         delay_threshold: ETAs closer than this many seconds are published at once with
@@ -142,6 +144,7 @@ class AMQPBroker(Broker):
         self._layout = EntityLayout(
             max_priority=max_priority,
             queue_arguments=queue_arguments,
+            exchange_types=dict(opts.get("exchange_types") or {}),
             dead_letter_queue=str(opts.get("dead_letter_queue") or DEFAULT_DEAD_LETTER_QUEUE),
             delay=self._delay,
             queue_type=str(opts.get("queue_type") or "classic"),
@@ -214,6 +217,15 @@ class AMQPBroker(Broker):
         self._publisher.run(
             lambda link: self._layout.ensure(link, need), what=f"declare queue {queue!r}"
         )
+
+    def declare_binding(self, queue: str, *, exchange: str, routing_key: str) -> None:
+        needs = (self._layout.queue(queue), self._layout.bind(exchange, queue, routing_key))
+
+        def declare(link: Link) -> None:
+            for need in needs:
+                self._layout.ensure(link, need)
+
+        self._publisher.run(declare, what=f"bind queue {queue!r} to exchange {exchange!r}")
 
     # -- publishing ----------------------------------------------------------------------
 

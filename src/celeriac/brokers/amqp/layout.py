@@ -48,6 +48,7 @@ class EntityLayout:
         max_priority: `x-max-priority` for every task queue (Celery's
             `task_queue_max_priority`), unless `queue_arguments` sets one.
         queue_arguments: Extra AMQP arguments per queue name.
+        exchange_types: The type of each named exchange to declare (default direct).
         dead_letter_queue: Name of the dead-letter queue.
         delay: The delay ladder's names.
         queue_type: "classic", or "quorum" to declare every task queue as a quorum
@@ -68,12 +69,14 @@ class EntityLayout:
         delay: DelayLayout,
         queue_type: str = "classic",
         delivery_limit: int | None = DEFAULT_DELIVERY_LIMIT,
+        exchange_types: Mapping[str, str] | None = None,
     ) -> None:
         if queue_type not in ("classic", "quorum"):
             raise ImproperlyConfigured(f"queue_type={queue_type!r}: use 'classic' or 'quorum'")
         self.queue_type = queue_type
         self.delivery_limit = delivery_limit
         self.max_priority = max_priority
+        self._exchange_types = dict(exchange_types or {})
         self._queue_arguments = {name: dict(args) for name, args in queue_arguments.items()}
         self.dead_letter_queue = dead_letter_queue
         self.delay = delay
@@ -187,16 +190,21 @@ class EntityLayout:
 
     def _bind_exchange(self, link: Link, exchange: str, queue: str, routing_key: str) -> None:
         # A named exchange that exists keeps its type; a missing one is created as
-        # Celery would (a durable direct exchange).
+        # Celery would (a durable exchange, direct unless task_queues says otherwise).
         check_name(exchange, "exchange")
+        kind = self._exchange_types.get(exchange, "direct")
         admin = link.admin()
         try:
-            admin.exchange_declare(exchange, "direct", passive=True)
+            admin.exchange_declare(exchange, kind, passive=True)
         except Exception as exc:
             if not is_channel_error(exc):
                 raise
             link.reset_admin()
-            link.channel.exchange_declare(exchange, "direct", durable=True, auto_delete=False)
+            try:
+                link.channel.exchange_declare(exchange, kind, durable=True, auto_delete=False)
+            except Exception as declare_exc:
+                raise_inequivalent(declare_exc, "exchange", exchange)
+                raise
         link.channel.queue_bind(queue, exchange=exchange, routing_key=routing_key)
 
     def _declare_ladder_exchanges(self, channel: amqp.Channel) -> None:
