@@ -32,6 +32,7 @@ from celeriac.connections.redis import (
     RedisClient,
     load_script,
 )
+from celeriac.connections.redis_clock import ServerClock, read_server_time
 from celeriac.exceptions import BrokerConnectionError, BrokerError, PublishError
 
 if TYPE_CHECKING:
@@ -120,6 +121,11 @@ class RedisBroker(Broker):
             error=BrokerError,
             unreachable=BrokerConnectionError,
         )
+        if kwargs.get("clock") is None:
+            # Lease scores and due times are shared: stamp them with the server's clock.
+            self.clock = ServerClock(
+                lambda: self._redis.run("read the server time", read_server_time)
+            )
         self._recovery = Recovery(
             self._redis,
             keys,
