@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from celeriac._time import Clock, SystemClock
 from celeriac._urls import redact_url
+from celeriac.brokers.dead_letter_limits import DeadLetterLimits
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping, Sequence
@@ -142,6 +143,9 @@ class DeadLetter:
     reason: str
     message: Message
     failed_at: datetime
+    #: The body's full size in bytes when the store kept only a prefix of it
+    #: (`dead_letter_body_max`); None when the body is whole.
+    body_size: int | None = None
 
 
 @final
@@ -204,6 +208,7 @@ class Broker(ABC):
         self.visibility_timeout = (
             float(timeout) if timeout is not None else self.default_visibility_timeout
         )
+        self.dead_letter_limits = DeadLetterLimits.from_options(self.transport_options)
         self._published = 0
         self._received = 0
         self._acked = 0

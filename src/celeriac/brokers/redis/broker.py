@@ -134,7 +134,9 @@ class RedisBroker(Broker):
             mutex_expire=float(options.get("unacked_mutex_expire", 300)),
             restore_limit=int(options.get("unacked_restore_limit") or 1000),
         )
-        self._dead_letters = DeadLetters(self._redis, keys, clock=self.clock)
+        self._dead_letters = DeadLetters(
+            self._redis, keys, clock=self.clock, limits=self.dead_letter_limits
+        )
         self._deferrals = Deferrals(self._redis, keys, clock=self.clock)
         self._declared: set[str] = set()
         self._cycle: list[str] = []
