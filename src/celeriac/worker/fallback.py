@@ -6,7 +6,9 @@ mid-call). The delivery goes back to its queue so that nothing is lost, but at m
 `LIMIT` times per message in this process: a message that keeps failing would otherwise
 be fetched again at once, forever, with a traceback each time. Past the limit it is
 dead-lettered with the last error as its reason. The traceback is logged for the first
-failure of a message; later ones get one line each.
+failure of a message; later ones get one line each. A `BrokerConnectionError` (the
+broker unreachable, locked or out of disk) is the broker's fault, not the message's:
+not counted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from celeriac.exceptions import BrokerConnectionError
 from celeriac.worker.admit import describe_error
 
 if TYPE_CHECKING:
@@ -56,9 +59,18 @@ class FallbackRequeues:
     def failed(self, delivery: Delivery, exc: BaseException) -> None:
         """`delivery`'s handling raised `exc`: requeue it, or dead-letter it past the cap.
         Never raises."""
+        reason = describe_error(exc)
+        if isinstance(exc, BrokerConnectionError):
+            # The broker, not the message (unreachable, locked, disk full): not counted.
+            logger.warning(
+                "Delivery %s could not be handled, the broker is unavailable: %s",
+                delivery.tag,
+                reason,
+            )
+            self._requeue(delivery)
+            return
         key = message_key(delivery)
         count = self._counts.pop(key, 0) + 1
-        reason = describe_error(exc)
         if count > self.limit:
             logger.error(
                 "Delivery %s (%s) failed %d times; moved to dead letters: %s",
@@ -96,6 +108,9 @@ class FallbackRequeues:
         self._counts[key] = count
         while len(self._counts) > REMEMBERED:
             self._counts.popitem(last=False)
+        self._requeue(delivery)
+
+    def _requeue(self, delivery: Delivery) -> None:
         try:
             self.broker.reject(delivery, requeue=True)
             self.requeued += 1

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from celeriac.brokers.memory import MemoryBroker
+from celeriac.exceptions import BrokerConnectionError
 from celeriac.protocol.codec import TaskCall, encode_task
 from celeriac.worker.fallback import LIMIT, FallbackRequeues, message_key
 
@@ -59,3 +60,13 @@ def test_a_message_without_a_task_id_is_known_by_its_body(broker: MemoryBroker) 
     (second,) = broker.receive(["q"], limit=1, timeout=1.0)
     assert message_key(first) == message_key(second)
     assert message_key(first).startswith("body:")
+
+
+def test_an_unavailable_broker_is_not_counted_against_the_message(broker: MemoryBroker) -> None:
+    broker.publish(encode_task(TaskCall(name="t.x", id="full-1")), queue="q")
+    fallback = FallbackRequeues(broker, limit=1)
+    for _ in range(3):
+        (delivery,) = broker.receive(["q"], limit=1, timeout=1.0)
+        fallback.failed(delivery, BrokerConnectionError("SQLite broker x.db is full"))
+    assert fallback.requeued == 3
+    assert broker.list_dead_letters() == []
