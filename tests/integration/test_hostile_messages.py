@@ -109,6 +109,10 @@ def test_each_hostile_message_is_dead_lettered_once_and_work_goes_on(
         assert reasons["deep-args"].startswith(("InvalidTaskError", "RecursionError"))
         assert "nested more than" in reasons["deep-headers"]
         assert reasons["fat-headers"].startswith("MessageTooLarge: message headers")
+        # Kept as metadata: the 1 MiB header value is dropped, and named.
+        (fat,) = [one for one in found if one.message.headers.get("id") == "fat-headers"]
+        assert fat.message.headers["x-celeriac-dropped-headers"] == ["x"]
+        assert fat.message.headers["task"] == "tasks.where"
         assert reasons["envelope"].startswith("invalid envelope")
 
         # Still running other tasks, after all of them.

@@ -27,10 +27,13 @@ __all__ = [
     "DEFAULT_BODY_MAX",
     "DEFAULT_MAX",
     "DEFAULT_TTL",
+    "DROPPED_HEADERS",
     "DeadLetterLimits",
     "trimmed_note",
 ]
 
+#: Header naming the header values a dead letter lost (headers too large to keep).
+DROPPED_HEADERS = "x-celeriac-dropped-headers"
 DEFAULT_TTL = 14 * 24 * 3600.0
 DEFAULT_MAX = 100_000
 DEFAULT_BODY_MAX = 64 * 1024
@@ -81,8 +84,12 @@ def _positive(name: str, value: Any, kind: type[float] | type[int]) -> float:
     return float(number)
 
 
-def trimmed_note(kept: int, size: int | None) -> str:
-    """What `celeriac dlq` prints about a trimmed body ("" when it is whole)."""
-    if size is None:
-        return ""
-    return f"body trimmed: kept {kept} of {size} bytes"
+def trimmed_note(kept: int, size: int | None, headers: Mapping[str, Any] | None = None) -> str:
+    """What `celeriac dlq` prints about a trimmed dead letter ("" when it is whole)."""
+    notes = []
+    if size is not None:
+        notes.append(f"body trimmed: kept {kept} of {size} bytes")
+    dropped = (headers or {}).get(DROPPED_HEADERS)
+    if dropped:
+        notes.append(f"headers dropped: {', '.join(map(str, dropped))}")
+    return "; ".join(notes)

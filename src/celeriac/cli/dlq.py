@@ -30,7 +30,7 @@ def list_(ctx: AppContext, limit: int) -> None:
         return
     for letter in letters:
         headers = letter.message.headers
-        note = trimmed_note(len(letter.message.body), letter.body_size)
+        note = trimmed_note(len(letter.message.body), letter.body_size, headers)
         click.echo(
             f"{letter.id}  {letter.failed_at:%Y-%m-%d %H:%M:%S}  {letter.queue}  "
             f"{headers.get('task')}[{headers.get('id')}]  {letter.reason}"
@@ -46,6 +46,7 @@ def show(ctx: AppContext, dead_letter_id: str) -> None:
     for letter in ctx.app.broker.list_dead_letters(limit=100_000):
         if letter.id == dead_letter_id:
             message = letter.message
+            note = trimmed_note(len(message.body), letter.body_size, message.headers)
             try:
                 body: object = message.body.decode("utf-8")
             except UnicodeDecodeError:
@@ -63,7 +64,7 @@ def show(ctx: AppContext, dead_letter_id: str) -> None:
                         "properties": message.properties,
                         "body": body,
                         "body_size": letter.body_size or len(message.body),
-                        "trimmed": trimmed_note(len(message.body), letter.body_size) or None,
+                        "trimmed": note or None,
                     },
                     indent=2,
                     default=str,

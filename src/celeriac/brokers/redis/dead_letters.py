@@ -12,12 +12,15 @@ import base64
 import json
 import logging
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, final
 
+import orjson
+
 from celeriac._time import UTC
 from celeriac.brokers.base import DeadLetter, clamp_priority
-from celeriac.brokers.dead_letter_limits import DeadLetterLimits
+from celeriac.brokers.dead_letter_limits import DROPPED_HEADERS, DeadLetterLimits
 from celeriac.brokers.redis.envelope import (
     Handle,
     encode_envelope,
@@ -39,9 +42,26 @@ __all__ = ["DeadLetters"]
 
 logger = logging.getLogger(__name__)
 
-# Room for the headers beside a kept body prefix; an envelope whose headers are larger
-# (refused by the worker for that) is kept as a prefix of its raw bytes.
+# Room for the headers beside a kept body prefix. Past it (headers the worker refused
+# as too large), header values over HEADER_VALUE_MAX bytes are dropped and named under
+# DROPPED_HEADERS.
 HEADER_ALLOWANCE = 64 * 1024
+HEADER_VALUE_MAX = 1024
+
+
+def _small_headers(headers: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for name, value in headers.items():
+        try:
+            small = len(orjson.dumps(value)) <= HEADER_VALUE_MAX
+        except TypeError:
+            small = False
+        if small:
+            kept[name] = value
+        else:
+            dropped.append(str(name))
+    return kept, dropped
 
 
 @final
@@ -105,28 +125,35 @@ class DeadLetters:
         self._prune(failed_at)
 
     def _trimmed(self, delivery: Delivery, raw: bytes) -> tuple[bytes, int | None]:
-        """The envelope to keep, and the body's full size when only a prefix is kept."""
+        """The envelope to keep, and the body's full size when only a prefix is kept.
+
+        A body over the limit is cut to it; headers larger than `HEADER_ALLOWANCE` in
+        all lose their values over `HEADER_VALUE_MAX` (their names are listed under
+        `DROPPED_HEADERS`, so the task name and id survive)."""
         limits = self._limits
-        if len(raw) <= limits.body_max:
+        original = delivery.message
+        if len(original.body) <= limits.body_max and len(raw) <= (
+            limits.body_max + HEADER_ALLOWANCE
+        ):
             return raw, None
-        message, size = limits.trim(delivery.message)
-        if size is None and len(raw) <= limits.body_max + HEADER_ALLOWANCE:
-            return raw, None  # a small body under somewhat large headers: kept whole
-        if size is not None:
-            try:
-                envelope = encode_envelope(
-                    message,
-                    exchange=delivery.exchange,
-                    routing_key=delivery.routing_key,
-                    priority=clamp_priority(message.priority),
-                    tag=delivery.tag,
-                )
-            except PublishError:
-                envelope = b""
-            if envelope and len(envelope) <= limits.body_max + HEADER_ALLOWANCE:
-                return envelope, size
-        # Headers too large (or not encodable): keep a prefix of the raw envelope.
-        return raw[: limits.body_max], len(raw)
+        message, size = limits.trim(original)
+        if len(raw) - len(original.body) > HEADER_ALLOWANCE:
+            kept, dropped = _small_headers(message.headers)
+            if dropped:
+                kept[DROPPED_HEADERS] = dropped
+            message = replace(message, headers=kept)
+        try:
+            envelope = encode_envelope(
+                message,
+                exchange=delivery.exchange,
+                routing_key=delivery.routing_key,
+                priority=clamp_priority(message.priority),
+                tag=delivery.tag,
+            )
+        except PublishError:
+            # Headers no envelope can carry: keep a prefix of the raw bytes.
+            return raw[: limits.body_max], len(raw)
+        return envelope, size
 
     def _prune(self, now: float) -> None:
         """Drop dead letters past `dead_letter_ttl` and past `dead_letter_max`."""
@@ -209,6 +236,11 @@ class DeadLetters:
         letter = self._dead_letter_of(dead_letter_id, data)
         if letter is None:
             return False
+        if DROPPED_HEADERS in letter.message.headers:
+            raise BrokerError(
+                f"dead letter {dead_letter_id} cannot be replayed: its headers "
+                f"{', '.join(map(str, letter.message.headers[DROPPED_HEADERS]))} were dropped"
+            )
         if letter.body_size is not None:
             raise BrokerError(
                 f"dead letter {dead_letter_id} cannot be replayed: only the first "
