@@ -12,6 +12,7 @@ import pytest
 
 from celeriac._time import FakeClock, utcnow
 from celeriac.brokers.base import Broker, Delivery, Outgoing
+from celeriac.exceptions import BrokerError
 from celeriac.protocol.codec import TaskCall, decode_task, encode_task
 from tests.helpers import capability_skip, unique, wait_for
 
@@ -352,3 +353,61 @@ def test_rate_slots_are_spaced_by_the_interval(broker_factory: BrokerFactory) ->
     assert slots[1] - slots[0] == pytest.approx(2.0, abs=0.05)
     assert slots[2] - slots[1] == pytest.approx(2.0, abs=0.05)
     assert abs(slots[0] - time.time()) < 1.0
+
+
+# -- dead-letter limits (transport options dead_letter_ttl / _max / _body_max) ---------
+
+
+def dead_letter_all(broker: Broker, queue: str, messages: list[Message]) -> None:
+    broker.declare(queue)
+    for message in messages:
+        broker.publish(message, queue=queue)
+    for delivery in sorted(
+        receive_all(broker, queue, len(messages)), key=lambda d: arg_of(d.message)
+    ):
+        broker.dead_letter(delivery, reason=f"bad {arg_of(delivery.message)}")
+
+
+def test_dead_letters_past_the_cap_drop_the_oldest(broker_factory: BrokerFactory) -> None:
+    broker = broker_factory(dead_letter_max=3)
+    dead_letter_all(broker, unique("q"), [make_message(n) for n in range(5)])
+    letters = wait_for(lambda: broker.list_dead_letters(limit=10), timeout=5)
+    assert sorted(letter.reason for letter in letters) == ["bad 2", "bad 3", "bad 4"]
+
+
+def test_dead_letters_past_their_ttl_are_dropped(broker_factory: BrokerFactory) -> None:
+    clock = FakeClock(time.time())
+    broker = broker_factory(dead_letter_ttl=0.5, clock=clock)
+    queue = unique("q")
+    dead_letter_all(broker, queue, [make_message(0)])
+    clock.advance(1)
+    if type(broker).__name__ == "AMQPBroker":
+        # RabbitMQ expires them itself (a per-message TTL), on its own clock.
+        wait_for(lambda: broker.list_dead_letters() == [], timeout=10, what="expiry")
+        return
+    dead_letter_all(broker, queue, [make_message(1)])
+    assert [letter.reason for letter in broker.list_dead_letters()] == ["bad 1"]
+
+
+def test_a_large_body_is_kept_as_a_prefix_and_not_replayed(
+    broker_factory: BrokerFactory,
+) -> None:
+    broker = broker_factory(dead_letter_body_max=1000)
+    message = make_message("x" * 5000)  # type: ignore[arg-type]
+    dead_letter_all(broker, unique("q"), [message])
+    [letter] = wait_for(lambda: broker.list_dead_letters(), timeout=5)
+    assert letter.body_size == len(message.body)
+    assert letter.message.body == message.body[:1000]
+    assert letter.message.headers["id"] == message.headers["id"]
+    with pytest.raises(BrokerError, match="only the first 1000 of its"):
+        broker.replay_dead_letter(letter.id)
+    assert [one.id for one in broker.list_dead_letters()] == [letter.id]
+
+
+def test_a_small_body_is_kept_whole(broker_factory: BrokerFactory) -> None:
+    broker = broker_factory()
+    message = make_message(1)
+    dead_letter_all(broker, unique("q"), [message])
+    [letter] = wait_for(lambda: broker.list_dead_letters(), timeout=5)
+    assert letter.body_size is None
+    assert letter.message.body == message.body

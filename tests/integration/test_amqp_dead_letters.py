@@ -75,8 +75,8 @@ def test_a_dead_letter_carries_reason_origin_and_time_in_headers(
     )
     assert headers["id"] == delivery.message.task_id
     assert raw.properties["delivery_mode"] == 2
-    # A TTL would silently drop a dead letter; it is not carried over.
-    assert "expiration" not in raw.properties
+    # The original's TTL is not carried over; the store's (dead_letter_ttl) is set.
+    assert raw.properties["expiration"] == str(14 * 24 * 3600 * 1000)
     # The original was acked: nothing comes back to the work queue.
     assert broker.receive([queue], limit=1, timeout=0.3) == []
 

@@ -190,3 +190,46 @@ def test_dlq_purge_yes_deletes_every_dead_letter(dead: DeadLetters) -> None:
     assert dead.letters() == {}
     listed = celeriac(dead.directory, "dlq", "list")
     assert listed.stdout.strip() == "no dead letters"
+
+
+TRIMMING_APP = """
+from pathlib import Path
+
+from celeriac import Celeriac
+
+HERE = Path(__file__).resolve().parent
+app = Celeriac(
+    "tasks",
+    broker=f"sqlite:///{HERE / 'celeriac.db'}",
+    broker_transport_options={"dead_letter_body_max": 100},
+)
+"""
+
+
+def test_dlq_list_and_show_say_what_was_trimmed(tasks_dir: Path) -> None:
+    write_tasks(tasks_dir, TRIMMING_APP)
+    tasks = import_tasks(tasks_dir)
+    broker = tasks.app.broker
+    try:
+        broker.declare("celery")
+        sent = tasks.app.send_task(UNKNOWN_TASK, args=("x" * 1000,))
+        [delivery] = broker.receive(["celery"], limit=1, timeout=5.0)
+        full = len(delivery.message.body)
+        broker.dead_letter(delivery, reason="too big to keep")
+        [letter] = broker.list_dead_letters()
+    finally:
+        tasks.app.close()
+
+    listed = celeriac(tasks_dir, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert f"{UNKNOWN_TASK}[{sent.id}]  too big to keep" in listed.stdout
+    assert f"(body trimmed: kept 100 of {full} bytes)" in listed.stdout
+
+    shown = json.loads(celeriac(tasks_dir, "dlq", "show", letter.id).stdout)
+    assert shown["body_size"] == full
+    assert shown["trimmed"] == f"body trimmed: kept 100 of {full} bytes"
+    assert len(shown["body"]) == 100
+
+    replayed = celeriac(tasks_dir, "dlq", "replay", letter.id)
+    assert replayed.returncode == EX_USAGE
+    assert "cannot be replayed: only the first 100 of its" in replayed.stderr

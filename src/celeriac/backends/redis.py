@@ -41,6 +41,7 @@ from celeriac.connections.redis import (
     load_script,
     new_connection,
 )
+from celeriac.connections.redis_clock import ServerClock, read_server_time
 from celeriac.connections.redis_packing import pack_commands
 from celeriac.exceptions import BackendError, ResultLost, ResultTimeout
 
@@ -118,6 +119,11 @@ class RedisBackend(ResultBackend):
         self._redis = RedisClient(
             url, options, scripts=_compose, error=BackendError, unreachable=BackendError
         )
+        if kwargs.get("clock") is None:
+            # Revocation times are shared: stamp them with the server's clock.
+            self.clock = ServerClock(
+                lambda: self._redis.run("read the server time", read_server_time)
+            )
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._async_waiter: AsyncKeyWaiter | None = None

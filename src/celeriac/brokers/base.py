@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from celeriac._time import Clock, SystemClock
 from celeriac._urls import redact_url
+from celeriac.brokers.dead_letter_limits import DeadLetterLimits
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping, Sequence
@@ -152,6 +153,9 @@ class DeadLetter:
     reason: str
     message: Message
     failed_at: datetime
+    #: The body's full size in bytes when the store kept only a prefix of it
+    #: (`dead_letter_body_max`); None when the body is whole.
+    body_size: int | None = None
 
 
 @final
@@ -251,6 +255,7 @@ class Broker(ABC):
         # The app passes its `worker_lost_after` setting down with the transport options.
         lost_after = self.transport_options.get("worker_lost_after")
         self.lost_after = float(lost_after) if lost_after is not None else DEFAULT_WORKER_LOST_AFTER
+        self.dead_letter_limits = DeadLetterLimits.from_options(self.transport_options)
         self._published = 0
         self._received = 0
         self._acked = 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac._time import UTC
 from celeriac.brokers.base import Broker, ConsumerRecord, DeadLetter, Delivery, clamp_priority
+from celeriac.exceptions import BrokerError
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping, Sequence
@@ -317,13 +318,23 @@ class MemoryBroker(Broker):
         with store.lock:
             store.leased.pop(delivery.tag, None)
             dead_id = uuid.uuid4().hex
+            now = self.clock.time()
+            limits = self.dead_letter_limits
+            message, body_size = limits.trim(delivery.message)
             store.dead[dead_id] = DeadLetter(
                 id=dead_id,
                 queue=delivery.queue,
                 reason=reason,
-                message=delivery.message,
-                failed_at=datetime.fromtimestamp(self.clock.time(), UTC),
+                message=message,
+                failed_at=datetime.fromtimestamp(now, UTC),
+                body_size=body_size,
             )
+            cutoff = limits.cutoff(now)
+            for old_id, letter in list(store.dead.items()):
+                if cutoff is not None and letter.failed_at.timestamp() < cutoff:
+                    del store.dead[old_id]
+            while limits.max_count is not None and len(store.dead) > limits.max_count:
+                del store.dead[next(iter(store.dead))]
             self._dead_lettered += 1
 
     def list_dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
@@ -332,7 +343,13 @@ class MemoryBroker(Broker):
 
     def replay_dead_letter(self, dead_letter_id: str) -> bool:
         with self._store.lock:
-            dead = self._store.dead.pop(dead_letter_id, None)
+            dead = self._store.dead.get(dead_letter_id)
+            if dead is not None and dead.body_size is not None:
+                raise BrokerError(
+                    f"dead letter {dead_letter_id} cannot be replayed: only the first "
+                    f"{len(dead.message.body)} of its {dead.body_size} bytes were kept"
+                )
+            self._store.dead.pop(dead_letter_id, None)
         if dead is None:
             return False
         self.publish(dead.message, queue=dead.queue)

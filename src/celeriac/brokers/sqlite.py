@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -32,10 +33,14 @@ from celeriac.brokers.base import (
 )
 from celeriac.brokers.sqlite_rows import (
     ACK,
+    BODY_SIZE_KEY,
+    CAP_DEAD,
     CONSUMERS,
     COUNT_CRASH,
     COUNT_CRASH_OF,
+    DEAD_BODY_SIZE,
     DEAD_LETTER,
+    EXPIRE_DEAD,
     EXTEND,
     FORGET,
     HEARTBEAT,
@@ -51,6 +56,7 @@ from celeriac.brokers.sqlite_rows import (
     SCHEMA,
     SILENT,
     SIZE,
+    TRIM_DEAD,
     dump_json,
     lease_statement,
     parse_tag,
@@ -432,11 +438,18 @@ class SQLiteBroker(Broker):
         key = row_key(delivery)
         with self._db.transaction() as connection:
             # Copied row for row, so the stored message is byte for byte what was sent.
-            moved = connection.execute(
-                DEAD_LETTER, (uuid.uuid4().hex, reason, self.clock.time(), *key)
-            ).rowcount
+            dead_id = uuid.uuid4().hex
+            now = self.clock.time()
+            moved = connection.execute(DEAD_LETTER, (dead_id, reason, now, *key)).rowcount
             if moved:
                 connection.execute(ACK, key)
+                limits = self.dead_letter_limits
+                connection.execute(TRIM_DEAD, (limits.body_max, dead_id))
+                cutoff = limits.cutoff(now)
+                if cutoff is not None:
+                    connection.execute(EXPIRE_DEAD, (cutoff,))
+                if limits.max_count is not None:
+                    connection.execute(CAP_DEAD, (limits.max_count,))
         if not moved:
             logger.warning(
                 "not dead-lettering message %s (%s): its lease %s is no longer held",
@@ -455,8 +468,11 @@ class SQLiteBroker(Broker):
                 id=dead_id,
                 queue=queue,
                 reason=reason,
-                message=row_message(content_type, content_encoding, headers, properties, body),
+                message=_without_size(
+                    row_message(content_type, content_encoding, headers, properties, body)
+                ),
                 failed_at=datetime.fromtimestamp(failed_at, UTC),
+                body_size=int(body_size) if body_size is not None else None,
             )
             for (
                 dead_id,
@@ -468,11 +484,18 @@ class SQLiteBroker(Broker):
                 headers,
                 properties,
                 body,
+                body_size,
             ) in rows
         ]
 
     def replay_dead_letter(self, dead_letter_id: str) -> bool:
         with self._db.transaction() as connection:
+            row = connection.execute(DEAD_BODY_SIZE, (dead_letter_id,)).fetchone()
+            if row is not None and row[0] is not None:
+                raise BrokerError(
+                    f"dead letter {dead_letter_id} cannot be replayed: only the first "
+                    f"{row[1]} of its {row[0]} bytes were kept"
+                )
             if not connection.execute(REPLAY_DEAD, (dead_letter_id,)).rowcount:
                 return False
             connection.execute("DELETE FROM dead_letter WHERE id = ?", (dead_letter_id,))
@@ -507,3 +530,11 @@ class SQLiteBroker(Broker):
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
         return reserve_rate_slot(self._db, key, now=self.clock.time(), interval=interval)
+
+
+def _without_size(message: Message) -> Message:
+    """A dead letter's message without the body-size mark the store added."""
+    if BODY_SIZE_KEY not in message.properties:
+        return message
+    properties = {k: v for k, v in message.properties.items() if k != BODY_SIZE_KEY}
+    return replace(message, properties=properties)

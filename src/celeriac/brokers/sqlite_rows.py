@@ -182,9 +182,31 @@ DEAD_LETTER: Final = (
     "content_type, content_encoding, headers, properties, body "
     "FROM message WHERE id = ? AND deliveries = ?"
 )
+# A dead letter whose body was cut to `dead_letter_body_max` records the full size in
+# its properties under this key (no schema change for existing files).
+BODY_SIZE_KEY: Final = "celeriac_body_size"
+_BODY_SIZE: Final = (
+    "CASE WHEN json_valid(CAST(properties AS TEXT)) THEN "
+    f"json_extract(CAST(properties AS TEXT), '$.{BODY_SIZE_KEY}') END"
+)
 LIST_DEAD: Final = (
     "SELECT id, queue, reason, failed_at, content_type, content_encoding, headers, "
-    "properties, body FROM dead_letter ORDER BY failed_at, rowid LIMIT ?"
+    f"properties, body, {_BODY_SIZE} FROM dead_letter ORDER BY failed_at, rowid LIMIT ?"
+)
+DEAD_BODY_SIZE: Final = f"SELECT {_BODY_SIZE}, length(body) FROM dead_letter WHERE id = ?"
+# Parameters: the body limit, the dead letter's id, the body limit. SET expressions see
+# the row before the update, so length(body) is the full size.
+TRIM_DEAD: Final = (
+    "UPDATE dead_letter SET body = substr(body, 1, ?1), properties = CASE "
+    "WHEN json_valid(CAST(properties AS TEXT)) THEN "
+    f"json_set(CAST(properties AS TEXT), '$.{BODY_SIZE_KEY}', length(body)) "
+    f"ELSE json_object('{BODY_SIZE_KEY}', length(body)) END "
+    "WHERE id = ?2 AND length(body) > ?1"
+)
+EXPIRE_DEAD: Final = "DELETE FROM dead_letter WHERE failed_at < ?"
+CAP_DEAD: Final = (
+    "DELETE FROM dead_letter WHERE id IN (SELECT id FROM dead_letter "
+    "ORDER BY failed_at DESC, rowid DESC LIMIT -1 OFFSET ?)"
 )
 REPLAY_DEAD: Final = (
     "INSERT INTO message (queue, priority, due, exchange, routing_key, content_type, "

@@ -6,7 +6,9 @@ import json
 
 import click
 
+from celeriac.brokers.dead_letter_limits import trimmed_note
 from celeriac.cli import EX_USAGE, AppContext, cli, fail
+from celeriac.exceptions import BrokerError
 
 __all__ = ["dlq"]
 
@@ -28,9 +30,11 @@ def list_(ctx: AppContext, limit: int) -> None:
         return
     for letter in letters:
         headers = letter.message.headers
+        note = trimmed_note(len(letter.message.body), letter.body_size, headers)
         click.echo(
             f"{letter.id}  {letter.failed_at:%Y-%m-%d %H:%M:%S}  {letter.queue}  "
             f"{headers.get('task')}[{headers.get('id')}]  {letter.reason}"
+            + (f"  ({note})" if note else "")
         )
 
 
@@ -42,6 +46,7 @@ def show(ctx: AppContext, dead_letter_id: str) -> None:
     for letter in ctx.app.broker.list_dead_letters(limit=100_000):
         if letter.id == dead_letter_id:
             message = letter.message
+            note = trimmed_note(len(message.body), letter.body_size, message.headers)
             try:
                 body: object = message.body.decode("utf-8")
             except UnicodeDecodeError:
@@ -58,6 +63,8 @@ def show(ctx: AppContext, dead_letter_id: str) -> None:
                         "headers": message.headers,
                         "properties": message.properties,
                         "body": body,
+                        "body_size": letter.body_size or len(message.body),
+                        "trimmed": note or None,
                     },
                     indent=2,
                     default=str,
@@ -79,8 +86,17 @@ def replay(ctx: AppContext, dead_letter_ids: tuple[str, ...], replay_all: bool) 
         ids = [letter.id for letter in broker.list_dead_letters(limit=1_000_000)]
     if not ids:
         fail("name the dead letters to replay, or pass --all", EX_USAGE)
-    missing = [one for one in ids if not broker.replay_dead_letter(one)]
-    click.echo(f"replayed {len(ids) - len(missing)}")
+    missing: list[str] = []
+    refused: list[str] = []
+    for one in ids:
+        try:
+            if not broker.replay_dead_letter(one):
+                missing.append(one)
+        except BrokerError as exc:  # a trimmed dead letter: say why, go on with the rest
+            refused.append(str(exc))
+    click.echo(f"replayed {len(ids) - len(missing) - len(refused)}")
+    if refused:
+        fail("; ".join(refused), EX_USAGE)
     if missing:
         fail(f"no dead letter(s): {', '.join(missing)}", EX_USAGE)
 

@@ -183,6 +183,17 @@ def create_private_file(path: Path) -> None:
     os.close(descriptor)
 
 
+# The result code of a full disk (sqlite3.SQLITE_FULL, not in every typeshed).
+SQLITE_FULL: Final = 13
+
+
+def is_full_error(exc: sqlite3.Error) -> bool:
+    """True for SQLITE_FULL: the disk (or the file's page limit) is full."""
+    if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+        return True
+    return "database or disk is full" in str(exc).lower()
+
+
 def is_locked_error(exc: sqlite3.Error) -> bool:
     """True for SQLITE_BUSY/SQLITE_LOCKED: another process held the lock too long."""
     text = str(exc).lower()
@@ -375,7 +386,8 @@ class Database:
         synchronous: `normal` (durable across process crashes; the default) or `full`
             (also across power loss, one fsync per commit).
         error: Exception class for failed operations.
-        locked_error: Exception class when the lock stayed taken past `busy_timeout`.
+        locked_error: Exception class when the lock stayed taken past `busy_timeout`, or
+            the disk is full (both pass; the SQLite broker waits them out).
         what: How error messages name this database ("SQLite broker").
     """
 
@@ -518,6 +530,13 @@ class Database:
                 f"{self.what} {self.path} stayed locked by another process for more than "
                 f"busy_timeout={self.busy_timeout:g} s ({exc}); retry, or raise "
                 "busy_timeout in the transport options"
+            )
+        if is_full_error(exc):
+            # Like a lock held too long, a passing condition: callers that wait out an
+            # unreachable server (a worker's consumer loop) wait this out too.
+            return self.locked_error(
+                f"{self.what} {self.path} is full ({exc}): free disk space; work resumes "
+                "once writes succeed again"
             )
         return self.error(f"{self.what} {self.path} failed: {type(exc).__name__}: {exc}")
 

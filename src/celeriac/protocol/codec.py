@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from celeriac._time import UTC, from_iso, to_iso
 from celeriac.exceptions import InvalidTaskError, MessageTooLarge
 from celeriac.protocol.message import Message
@@ -241,10 +243,16 @@ def _number(value: Any, what: str) -> float | None:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
+        or (isinstance(value, int) and value.bit_length() > MAX_SECONDS_BITS)
         or not math.isfinite(value)
         or value < 0
     ):
-        raise InvalidTaskError(f"{what} must be a number of seconds >= 0, got {value!r}")
+        shown = (
+            f"an integer of {value.bit_length()} bits"
+            if isinstance(value, int) and value.bit_length() > 64
+            else repr(value)
+        )
+        raise InvalidTaskError(f"{what} must be a number of seconds >= 0, got {shown}")
     return float(value)
 
 
@@ -267,6 +275,41 @@ def _count(headers: dict[str, Any], key: str) -> int:
 def _text_or_none(value: Any) -> str | None:
     # For headers that only feed logs and monitors: a wrong type is dropped, not fatal.
     return value if isinstance(value, str) else None
+
+
+# An integer number of seconds with more bits than this does not fit in a float.
+MAX_SECONDS_BITS = 1000
+# Deepest nesting of header values measured (a deeper header is refused).
+MAX_HEADER_DEPTH = 100
+
+
+def _check_headers(headers: dict[str, Any], max_size: int) -> None:
+    """Refuse headers larger than `max_size` (as JSON, roughly) or nested too deep."""
+    try:
+        size = len(orjson.dumps(headers, default=repr))
+    except TypeError:
+        # Integers past 64 bits, nesting orjson will not follow: measure by hand.
+        size = _size_of(headers, MAX_HEADER_DEPTH)
+    if size > max_size:
+        raise MessageTooLarge(
+            f"message headers are about {size} bytes, over task_max_message_size ({max_size})"
+        )
+
+
+def _size_of(value: Any, depth: int) -> int:
+    if depth <= 0:
+        raise InvalidTaskError(f"message headers are nested more than {MAX_HEADER_DEPTH} deep")
+    if isinstance(value, dict):
+        return 2 + sum(
+            _size_of(key, depth - 1) + _size_of(item, depth - 1) + 2 for key, item in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return 2 + sum(_size_of(item, depth - 1) + 1 for item in value)
+    if isinstance(value, str | bytes):
+        return len(value) + 2
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 2
+    return 16
 
 
 def _decode_body(message: Message, *, accept: frozenset[str], max_size: int | None) -> Any:
@@ -304,16 +347,18 @@ def decode_task(
     Args:
         message: The received message.
         accept: MIME types the body may have (`accept_content`).
-        max_size: Largest body in bytes, before and after decompression.
+        max_size: Largest body in bytes, before and after decompression; the headers too.
         now: When given, ETAs and expiry times absurdly far from it are refused.
 
     Raises:
         ContentDisallowed: the content type is not accepted.
-        MessageTooLarge: the body is over `max_size`.
+        MessageTooLarge: the body or the headers are over `max_size`.
         SerializationError: the body does not decode.
         InvalidTaskError: the message is not a valid task message.
     """
     headers = message.headers if isinstance(message.headers, dict) else {}
+    if max_size is not None:
+        _check_headers(headers, max_size)
     payload = _decode_body(message, accept=accept, max_size=max_size)
 
     if isinstance(payload, dict) and not _V1_KEYS.isdisjoint(payload):

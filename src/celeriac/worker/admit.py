@@ -60,12 +60,27 @@ __all__ = [
     "Undecodable",
     "Verdict",
     "context_for",
+    "describe_error",
 ]
 
 logger = logging.getLogger("celeriac.worker")
 
 # A message due within this many seconds is held here instead of going back to the broker.
 HOLD_SECONDS = 0.05
+# Longest reason kept for a refused message (the log line and the dead letter).
+REASON_CHARS = 1000
+
+
+def describe_error(exc: BaseException, *, with_type: bool = True) -> str:
+    """`Type: message` of `exc`, cut to `REASON_CHARS`; never raises (a message built
+    from hostile input may itself fail to format)."""
+    try:
+        text = str(exc)
+    except Exception as failure:  # isolation boundary: formatting hostile input
+        text = f"<message not printable: {type(failure).__name__}>"
+    if len(text) > REASON_CHARS:
+        text = text[:REASON_CHARS] + f"... ({len(text) - REASON_CHARS} more characters)"
+    return f"{type(exc).__name__}: {text}" if with_type else text
 
 
 @dataclass(slots=True)
@@ -158,7 +173,18 @@ class Admission:
 
     def check(self, delivery: Delivery) -> Verdict:
         """The verdict on `delivery`. A message due within `HOLD_SECONDS` is waited for
-        here and runs."""
+        here and runs.
+
+        Never raises for what a message holds: any error while reading or checking it
+        (a decoder bug, a number too large for a float, nesting too deep to format) is
+        an `Undecodable` verdict, so the message is dead-lettered with the reason
+        instead of coming back forever."""
+        try:
+            return self._check(delivery)
+        except Exception as exc:  # isolation boundary: bad input must not loop
+            return Undecodable(exc)
+
+    def _check(self, delivery: Delivery) -> Verdict:
         now = self.app.now()
         try:
             call = decode_task(
@@ -179,7 +205,7 @@ class Admission:
         try:
             task.check_arguments(call.args, call.kwargs)
         except TypeError as exc:
-            return DeadLetter(call, exc, str(exc))
+            return DeadLetter(call, exc, describe_error(exc, with_type=False))
 
         crashes = self._crashes(delivery, call)
         # The task's own limit is read only for a message whose process died (rare).

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from celeriac._crashpoints import crash_point
 from celeriac.exceptions import BrokerConnectionError
 from celeriac.worker.execute import Executor
+from celeriac.worker.fallback import FallbackRequeues
 from celeriac.worker.holdings import AckBuffer, Holdings
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ class Consumer:
             run_async=run_async,
             local_crashes=local_crashes,
         )
+        self.fallback = FallbackRequeues(broker)
         self.holdings.every(REVOCATION_REFRESH, self.executor.revocations.refresh)
         self._pool: ThreadPoolExecutor | None = None
         self._broker_lost = False
@@ -183,18 +185,8 @@ class Consumer:
     def _run_one(self, delivery: Delivery) -> None:
         try:
             self.executor.handle(delivery)
-        except Exception:  # isolation boundary: never let one delivery stop the loop
-            logger.exception(
-                "Delivery %s could not be handled; returning it to the queue", delivery.tag
-            )
-            try:
-                self.broker.reject(delivery, requeue=True)
-            except Exception:
-                logger.exception(
-                    "Delivery %s could not be returned either; its lease will "
-                    "lapse and it will come back",
-                    delivery.tag,
-                )
+        except Exception as exc:  # isolation boundary: never let one delivery stop the loop
+            self.fallback.failed(delivery, exc)
         finally:
             self._handled += 1
             self.acks.settle(delivery)

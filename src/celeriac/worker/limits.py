@@ -1,8 +1,8 @@
 """Time limits around one task run, per kind of pool.
 
 - Prefork child: the soft limit is a `SIGALRM` raising `SoftTimeLimitExceeded` in the
-  task; the hard limit is a deadline in the slot table, enforced by the supervisor, which
-  kills the child.
+  task; the hard limit is a deadline in the slot table (monotonic seconds), enforced by
+  the supervisor, which kills the child.
 - Solo: `SIGALRM` raises `SoftTimeLimitExceeded`, then `TimeLimitExceeded` at the hard
   limit (the process cannot be killed from outside without killing the worker).
 - Threads: a timer raises the exception asynchronously in the task's thread; it lands
@@ -60,7 +60,9 @@ class SlotTimeLimits:
         self.index = index
 
     def arm(self, request: Request) -> None:
-        now = time.time()
+        # Monotonic (CLOCK_MONOTONIC, shared by every process of the host): a step of
+        # the wall clock neither kills a task early nor lets one run past its limit.
+        now = time.monotonic()
         deadline = now + request.time_limit if request.time_limit else None
         self.slots.start(
             self.index,

@@ -94,12 +94,21 @@ class RateGate:
 
     def _start_on_slot(self, slot: float) -> bool:
         """Wait for `slot` if it is close; False if it is too far off, or already gone."""
-        wait = slot - time.time()
+        wait = slot - self._now()
         if wait < -DUE_TOLERANCE or wait > self._hold_limit:
             return False
         if wait > 0:
             time.sleep(wait)
         return True
+
+    def _now(self) -> float:
+        """Now on the clock that stamped the slots (a shared store's is its server's)."""
+        if self.broker.supports_rate_limit:
+            return self.broker.clock.time()
+        backend = self.app.backend
+        if backend.supports_rate_limit:
+            return backend.clock.time()
+        return time.time()
 
     def _reserve_slot(self, name: str, interval: float) -> float:
         key = f"rate:{name}"

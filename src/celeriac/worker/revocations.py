@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -35,9 +34,12 @@ class Revocations:
         self.backend = backend
         self._ids: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
-        # Start with everything still remembered: a task revoked before this process
-        # started must not run here either.
-        self._cursor = time.time() - REVOCATION_TTL
+        # Start with everything the backend still remembers (it keeps `REVOCATION_TTL`):
+        # a task revoked before this process started must not run here either. The
+        # cursor and every age below are in the backend's times, never this host's
+        # clock, so a host whose clock is off (or stepped) neither misses nor forgets.
+        self._cursor = 0.0
+        self._newest = 0.0
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._ids
@@ -55,7 +57,8 @@ class Revocations:
             logger.warning("Cannot read revocations now; trying again soon", exc_info=True)
             return []
         fresh = [r for r in found if r.task_id not in self._ids]
-        horizon = time.time() - REVOCATION_TTL
+        self._newest = max([self._newest, cursor, *(r.at for r in found)])
+        horizon = self._newest - REVOCATION_TTL
         with self._lock:
             for revocation in fresh:
                 self._ids[revocation.task_id] = revocation.at

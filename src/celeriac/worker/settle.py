@@ -43,6 +43,7 @@ from celeriac.worker.admit import (
     Revoked,
     Undecodable,
     context_for,
+    describe_error,
 )
 from celeriac.worker.spool import ResultSpool
 from celeriac.worker.workflow import Workflow
@@ -370,7 +371,7 @@ class Settler:
                 "bad base64 or a corrupt row)"
             )
         else:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = describe_error(exc)
         logger.error("Task %s[%s] rejected, moved to dead letters: %s", name, task_id, reason)
         self.broker.dead_letter(delivery, reason=reason)
         self.stats.dead_lettered += 1

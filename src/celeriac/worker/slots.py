@@ -16,7 +16,7 @@ from typing import final
 
 __all__ = ["RunningTask", "SlotTable"]
 
-# seq, started (epoch s), deadline (epoch s or 0), tag, task id, task name
+# seq, started, deadline (or 0), tag, task id, task name; times are time.monotonic()
 _FORMAT = "<Qdd128s256s256s"
 _SIZE = struct.calcsize(_FORMAT)
 

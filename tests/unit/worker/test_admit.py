@@ -157,3 +157,67 @@ def test_the_task_reject_on_worker_lost_setting_is_the_default(
     verdict = admission.check(delivery(encode_task(add_call()), redelivered=True, crashes=1))
     assert isinstance(verdict, DeadLetter)
     assert isinstance(verdict.exc, WorkerLostError)
+
+
+# -- hostile input: every failure is a verdict, never an exception --------------------
+
+
+def json_message(headers: dict[str, Any], body: bytes) -> Message:
+    return Message(
+        headers=headers, body=body, content_type="application/json", content_encoding="utf-8"
+    )
+
+
+def test_a_timelimit_too_large_for_a_float_is_undecodable(admission: Admission) -> None:
+    headers = {"task": "tests.add", "id": "big", "timelimit": [10**400, None]}
+    verdict = admission.check(delivery(json_message(headers, b"[[1, 2], {}, {}]")))
+    assert isinstance(verdict, Undecodable)
+    assert "time limit must be a number of seconds" in str(verdict.exc)
+
+
+def test_headers_nested_too_deep_are_undecodable(admission: Admission) -> None:
+    nested: list[Any] = []
+    for _ in range(1000):
+        nested = [nested]
+    headers = {"task": "tests.add", "id": "deep", "x-deep": nested}
+    verdict = admission.check(delivery(json_message(headers, b"[[1, 2], {}, {}]")))
+    assert isinstance(verdict, Undecodable)
+    assert "nested more than" in str(verdict.exc)
+
+
+def test_headers_over_the_size_limit_are_undecodable(app: Celeriac) -> None:
+    app.conf.task_max_message_size = 1000
+    app.task(name="tests.add")(lambda x, y: x + y)
+    admission = Admission(app, Revocations(app.backend), broker_counts_crashes=True)
+    headers = {"task": "tests.add", "id": "fat", "x-fat": "a" * 2000}
+    verdict = admission.check(delivery(json_message(headers, b"[[1, 2], {}, {}]")))
+    assert isinstance(verdict, Undecodable)
+    assert type(verdict.exc).__name__ == "MessageTooLarge"
+    assert "headers" in str(verdict.exc)
+
+
+def test_an_unexpected_error_while_checking_is_a_verdict(app: Celeriac) -> None:
+    class Exploding(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    app.task(name="tests.add")(lambda x, y: x + y)
+    admission = Admission(app, Revocations(app.backend), broker_counts_crashes=True)
+    verdict = admission.check(delivery(json_message(Exploding(), b"[[1, 2], {}, {}]")))
+    assert isinstance(verdict, Undecodable)
+    assert isinstance(verdict.exc, RecursionError)
+
+
+def test_describe_error_cuts_long_messages_and_survives_broken_ones() -> None:
+    from celeriac.worker.admit import REASON_CHARS, describe_error
+
+    long = describe_error(ValueError("x" * 5000))
+    assert long.startswith("ValueError: xxx")
+    assert long.endswith("(4000 more characters)")
+    assert len(long) < REASON_CHARS + 100
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RecursionError("too deep")
+
+    assert describe_error(Unprintable()) == ("Unprintable: <message not printable: RecursionError>")

@@ -395,7 +395,9 @@ class AMQPBroker(Broker):
         item = Outbound(
             exchange="",
             routing_key=self.dead_letter_queue,
-            message=dead_letter_copy(delivery, reason=reason, now=self.clock.time()),
+            message=dead_letter_copy(
+                delivery, reason=reason, now=self.clock.time(), limits=self.dead_letter_limits
+            ),
             mandatory=True,
             needs=(self._layout.DEAD_LETTERS,),
             label=message.task_id or "",
@@ -409,6 +411,38 @@ class AMQPBroker(Broker):
             delivery.queue,
             reason,
         )
+        self._cap_dead_letters()
+
+    def _cap_dead_letters(self) -> None:
+        """Drop the oldest dead letters past `dead_letter_max`.
+
+        Done here rather than with `x-max-length`: a queue's arguments cannot change
+        once it exists (RabbitMQ refuses the declaration), and existing deployments
+        have the dead-letter queue without one.
+        """
+        cap = self.dead_letter_limits.max_count
+        if cap is None:
+            return
+
+        def op(link: Link) -> int:
+            self._layout.ensure(link, self._layout.DEAD_LETTERS)
+            admin = link.admin()
+            _, count, _ = admin.queue_declare(self.dead_letter_queue, passive=True)
+            dropped = 0
+            for _ in range(max(0, count - cap)):
+                message = admin.basic_get(self.dead_letter_queue, no_ack=True)
+                if message is None:
+                    break
+                dropped += 1
+            return dropped
+
+        try:
+            dropped = self._publisher.run(op, what="cap the dead letters")
+        except Exception as exc:  # isolation boundary: the next dead letter tries again
+            logger.warning("cannot cap the dead letters now: %s", exc)
+            return
+        if dropped:
+            logger.info("dropped the %d oldest dead letter(s) past dead_letter_max", dropped)
 
     def list_dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         """The oldest `limit` dead letters, left in place.
@@ -441,6 +475,11 @@ class AMQPBroker(Broker):
                     return False
                 found = hits[-1]
                 dead = read_dead_letter(found)
+                if dead.body_size is not None:
+                    raise BrokerError(
+                        f"dead letter {dead_letter_id} cannot be replayed: only the first "
+                        f"{len(dead.message.body)} of its {dead.body_size} bytes were kept"
+                    )
                 item = self._outbound(dead.message, dead.queue, None, None, "", None)
                 for need in item.needs:
                     self._layout.ensure(link, need)

@@ -23,6 +23,7 @@ import amqp
 
 from celeriac._time import UTC, from_iso, to_iso
 from celeriac.brokers.base import DeadLetter
+from celeriac.brokers.dead_letter_limits import DeadLetterLimits
 from celeriac.exceptions import SerializationError
 from celeriac.protocol.message import Message
 
@@ -72,7 +73,8 @@ DL_QUEUE = "celeriac-dead-letter-queue"
 DL_TIME = "celeriac-dead-letter-time"
 DL_EXCHANGE = "celeriac-dead-letter-exchange"
 DL_ROUTING_KEY = "celeriac-dead-letter-routing-key"
-DL_HEADERS = (DL_ID, DL_REASON, DL_QUEUE, DL_TIME, DL_EXCHANGE, DL_ROUTING_KEY)
+DL_BODY_SIZE = "celeriac-dead-letter-body-size"
+DL_HEADERS = (DL_ID, DL_REASON, DL_QUEUE, DL_TIME, DL_EXCHANGE, DL_ROUTING_KEY, DL_BODY_SIZE)
 # Field-table integers are signed 64-bit at most.
 _INT64 = 2**63
 
@@ -166,10 +168,21 @@ def _check_value(value: Any, where: str) -> None:
     )
 
 
-def dead_letter_copy(delivery: Delivery, *, reason: str, now: float) -> amqp.Message:
-    """The dead-letter queue's copy of `delivery`, marked with why and where from."""
-    message = delivery.message
+def dead_letter_copy(
+    delivery: Delivery,
+    *,
+    reason: str,
+    now: float,
+    limits: DeadLetterLimits | None = None,
+) -> amqp.Message:
+    """The dead-letter queue's copy of `delivery`, marked with why and where from; its
+    body cut to `limits.body_max` and expiring after `limits.ttl` (a per-message TTL:
+    the queue's arguments stay as existing deployments declared them)."""
+    limits = limits or DeadLetterLimits()
+    message, body_size = limits.trim(delivery.message)
     headers = dict(message.headers)
+    if body_size is not None:
+        headers[DL_BODY_SIZE] = body_size
     headers.update(
         {
             DL_ID: uuid.uuid4().hex,
@@ -181,8 +194,10 @@ def dead_letter_copy(delivery: Delivery, *, reason: str, now: float) -> amqp.Mes
         }
     )
     properties = basic_properties(message)
-    # A TTL would silently drop the dead letter.
+    # The original's TTL would drop the dead letter at once; ours is the store's.
     properties.pop("expiration", None)
+    if limits.ttl is not None:
+        properties["expiration"] = str(int(limits.ttl * 1000))
     properties["delivery_mode"] = 2
     return to_amqp(message, properties, headers=headers)
 
@@ -202,6 +217,7 @@ def read_dead_letter(message: amqp.Message) -> DeadLetter:
     when = headers.pop(DL_TIME, None)
     headers.pop(DL_EXCHANGE, None)
     headers.pop(DL_ROUTING_KEY, None)
+    body_size = headers.pop(DL_BODY_SIZE, None)
     body = message.body if isinstance(message.body, bytes) else bytes(message.body)
     if not isinstance(dead_id, str):
         # Not ours (someone else's message in the queue): a stable id from its content.
@@ -222,4 +238,5 @@ def read_dead_letter(message: amqp.Message) -> DeadLetter:
             content_encoding=props.get("content_encoding") or "binary",
         ),
         failed_at=failed_at or datetime.fromtimestamp(0, UTC),
+        body_size=body_size if isinstance(body_size, int) else None,
     )

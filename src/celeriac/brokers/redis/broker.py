@@ -33,6 +33,7 @@ from celeriac.connections.redis import (
     RedisClient,
     load_script,
 )
+from celeriac.connections.redis_clock import ServerClock, read_server_time
 from celeriac.exceptions import (
     BrokerConnectionError,
     BrokerError,
@@ -139,6 +140,11 @@ class RedisBroker(Broker):
             error=BrokerError,
             unreachable=BrokerConnectionError,
         )
+        if kwargs.get("clock") is None:
+            # Lease scores and due times are shared: stamp them with the server's clock.
+            self.clock = ServerClock(
+                lambda: self._redis.run("read the server time", read_server_time)
+            )
         self._recovery = Recovery(
             self._redis,
             keys,
@@ -147,7 +153,9 @@ class RedisBroker(Broker):
             mutex_expire=float(options.get("unacked_mutex_expire", 300)),
             restore_limit=int(options.get("unacked_restore_limit") or 1000),
         )
-        self._dead_letters = DeadLetters(self._redis, keys, clock=self.clock)
+        self._dead_letters = DeadLetters(
+            self._redis, keys, clock=self.clock, limits=self.dead_letter_limits
+        )
         self._presence = Presence(
             self._redis,
             keys,

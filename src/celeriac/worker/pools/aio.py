@@ -28,6 +28,7 @@ from celeriac.worker.consumer import (
     consumer_id_for,
 )
 from celeriac.worker.execute import Executor
+from celeriac.worker.fallback import FallbackRequeues
 from celeriac.worker.holdings import AckBuffer, Holdings
 from celeriac.worker.limits import ThreadTimeLimits
 from celeriac.worker.pools.base import InProcessPool
@@ -95,6 +96,8 @@ class AsyncioPool(InProcessPool):
         # Prepare and finish of many tasks share a thread hand-off (see batched.py).
         batched = BatchedCalls(loop, io)
 
+        fallback = FallbackRequeues(broker)
+
         async def handle(delivery: Delivery) -> None:
             try:
                 async with slots:
@@ -108,12 +111,8 @@ class AsyncioPool(InProcessPool):
                     else:
                         outcome = await blocking(executor.run, request)
                     await batched.call(executor.settle.finish, request, outcome)
-            except Exception:  # isolation boundary: one delivery must not stop the loop
-                logger.exception("Delivery %s could not be handled; returning it", delivery.tag)
-                try:
-                    await blocking(broker.reject, delivery, True)
-                except Exception:
-                    logger.exception("Delivery %s could not be returned either", delivery.tag)
+            except Exception as exc:  # isolation boundary: one delivery must not stop the loop
+                await blocking(fallback.failed, delivery, exc)
             finally:
                 acks.settle(delivery)
 

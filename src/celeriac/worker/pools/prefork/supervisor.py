@@ -269,7 +269,7 @@ class Supervisor:
             logger.exception("Could not record the time limit failure of %s", running.task_id)
 
     def _check_deadlines(self) -> None:
-        now = time.time()
+        now = time.monotonic()  # the slots' deadlines are monotonic (see limits.py)
         for index, child in self.children.items():
             if child.timed_out is not None:
                 continue
