@@ -54,6 +54,13 @@ __all__ = ["worker"]
 @click.option(
     "--without-heartbeat", is_flag=True, default=False, help="Do not send worker heartbeats."
 )
+@click.option(
+    "-E",
+    "--task-events",
+    is_flag=True,
+    default=False,
+    help="Send task events (for Flower and `celeriac events`).",
+)
 @click.pass_obj
 def worker(ctx: AppContext, /, **params: Any) -> None:
     """Start a worker: a supervisor and one child process per CPU by default."""
@@ -61,6 +68,8 @@ def worker(ctx: AppContext, /, **params: Any) -> None:
     from celeriac.worker.startup import Worker, WorkerStartError
 
     app = ctx.app
+    if params.pop("task_events"):
+        app.conf.worker_send_task_events = True
     try:
         # The options above, by name: `resolve` fills what is unset from the settings.
         options = WorkerOptions.resolve(app, **params)

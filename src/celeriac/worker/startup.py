@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from celeriac import signals
 from celeriac._version import __version__
 from celeriac.exceptions import BrokerError, CeleriacError
+from celeriac.worker.control import start_remote
 from celeriac.worker.pools.aio import AsyncioPool
 from celeriac.worker.pools.prefork import PreforkPool
 from celeriac.worker.pools.solo import SoloPool
@@ -113,11 +114,14 @@ class Worker:
                 "on the threads pool, time limits interrupt a task only when it "
                 "runs Python code (not while blocked in C code)"
             )
+        remote = start_remote(self.app, self.options, pool)
         logger.info("celeriac worker %s ready", self.options.hostname)
         signals.worker_ready.send(sender=self)
         try:
             return pool.run()
         finally:
+            if remote is not None:
+                remote.stop()
             signals.worker_shutdown.send(sender=self)
 
     def _apply_limits(self) -> None:
