@@ -89,7 +89,12 @@ DEFAULTS: dict[str, Any] = {
     "worker_max_memory_per_child": None,
     "worker_disable_rate_limits": False,
     "worker_send_task_events": False,
+    "worker_enable_remote_control": True,
     "worker_hijack_root_logger": True,
+    # remote control and events (names of the broadcast exchanges, as Celery's)
+    "control_exchange": "celery",
+    "event_exchange": "celeryev",
+    "task_send_sent_event": False,
     # time and modules
     "timezone": None,
     "enable_utc": True,
@@ -290,6 +295,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "worker_max_memory_per_child": _positive_int,
     "worker_disable_rate_limits": _bool,
     "worker_send_task_events": _bool,
+    "worker_enable_remote_control": _bool,
+    "task_send_sent_event": _bool,
     "worker_hijack_root_logger": _bool,
     "timezone": _optional_str,
     "enable_utc": _bool,

@@ -121,6 +121,6 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `celeriac` console script."""
-    from celeriac.cli import dlq, worker  # noqa: F401 - registers the subcommands
+    from celeriac.cli import control, dlq, inspect, worker  # noqa: F401 - registers the subcommands
 
     cli.main(args=argv, prog_name="celeriac")
