@@ -1,0 +1,257 @@
+"""Remote control across a mixed fleet, on Redis and on RabbitMQ, against stock Celery 5.7.
+
+- `celery inspect ...` and `celery control ...` (stock CLI, separate processes) act on a
+  celeriac prefork worker: ping, registered, stats, active, revoke, rate_limit, shutdown.
+- `celeriac inspect ...` and `celeriac control ...` act on a stock `celery worker`.
+- A revoke sent either way reaches the other kind of worker: the task never starts.
+
+Both projects share the broker, the result backend (Redis, one key prefix) and the
+queue, and use their own `control_exchange`/`event_exchange` names, so commands other
+tests broadcast on the same server never reach these workers (and the other way round).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.helpers import require_rabbitmq, require_redis, unique, wait_for
+from tests.integration.interop_redis import import_module, stock_worker
+from tests.integration.test_amqp_worker import delete_amqp, delete_redis_keys
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.integration.conftest import RunWorker
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.slow]
+
+TASKS = """
+@app.task(name="rc.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="rc.nap")
+def nap(seconds, tag):
+    # Leaves a mark when it starts: a revoked task must never leave one.
+    (HERE / f"started-{tag}").write_text(IMPL)
+    time.sleep(seconds)
+    return tag
+"""
+
+HEADER = """
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+IMPL = {impl!r}
+"""
+
+CELERIAC_APP = """
+from celeriac import Celeriac
+
+app = Celeriac(
+    "rc",
+    broker={broker!r},
+    backend={backend!r},
+    task_default_queue={queue!r},
+    broker_transport_options={celeriac_options!r},
+    result_backend_transport_options={{"global_keyprefix": {prefix!r}}},
+    control_exchange={ns!r},
+    event_exchange={ev!r},
+)
+"""
+
+CELERY_APP = """
+import celery
+
+app = celery.Celery("rc", broker={broker!r}, backend={backend!r}, set_as_current=False)
+app.conf.update(
+    task_default_queue={queue!r},
+    broker_transport_options={options!r},
+    result_backend_transport_options={{"global_keyprefix": {prefix!r}}},
+    control_exchange={ns!r},
+    event_exchange={ev!r},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+"""
+
+
+@dataclass(frozen=True)
+class Fleet:
+    kind: str
+    directory: Path
+    broker: str
+    prefix: str
+    queue: str
+    ns: str
+
+    def run(
+        self, program: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `celery -A stockproj ...` or `celeriac -A cproj ...` to its end."""
+        module = "stockproj" if program == "celery" else "cproj"
+        environment = {**os.environ, "PYTHONPATH": str(self.directory)}
+        return subprocess.run(
+            [sys.executable, "-m", program, "-A", module, *args],
+            cwd=self.directory,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def started(self, tag: str) -> bool:
+        return (self.directory / f"started-{tag}").exists()
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def fleet(request: pytest.FixtureRequest, tasks_dir: Path) -> Iterator[Fleet]:
+    kind: str = request.param
+    backend = require_redis()
+    broker = require_rabbitmq() if kind == "amqp" else backend
+    if kind == "amqp":
+        request.applymarker(pytest.mark.rabbitmq)
+    name = unique("rc")
+    prefix = f"{name}:"
+    options = {"global_keyprefix": prefix} if kind == "redis" else {}
+    values = {
+        "broker": broker,
+        "backend": backend,
+        "queue": name,
+        "options": options,
+        # ETA messages go straight to the queue, where a stock worker finds them.
+        "celeriac_options": {**options, "broker_side_eta": False} if options else {},
+        "prefix": prefix,
+        "ns": f"{name}.ctl",
+        "ev": f"{name}.ev",
+    }
+    for module, template, impl in (
+        ("cproj", CELERIAC_APP, "celeriac"),
+        ("stockproj", CELERY_APP, "celery"),
+    ):
+        source = (
+            textwrap.dedent(HEADER.format(impl=impl))
+            + textwrap.dedent(template.format(**values))
+            + textwrap.dedent(TASKS)
+        )
+        (tasks_dir / f"{module}.py").write_text(source)
+    # run_worker starts `celeriac -A tasks worker`.
+    (tasks_dir / "tasks.py").write_text("from cproj import *  # noqa: F403\n")
+    yield Fleet(kind, tasks_dir, broker, prefix, name, f"{name}.ctl")
+    delete_redis_keys(backend, prefix)
+    if kind == "amqp":
+        delete_amqp(
+            broker,
+            [name],
+            [f"{name}.ctl.pidbox", f"reply.{name}.ctl.pidbox", f"{name}.ev"],
+        )
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Celery prints the JSON object on its first line.
+    return json.loads(result.stdout.strip().splitlines()[0])
+
+
+def test_stock_inspect_sees_a_celeriac_prefork_worker(fleet: Fleet, run_worker: RunWorker) -> None:
+    node = f"{fleet.queue}@test"
+    worker = run_worker("-c", "2", "-n", node)
+    assert _json(fleet.run("celery", "inspect", "ping", "-d", node, "-j")) == {node: {"ok": "pong"}}
+    assert _json(fleet.run("celery", "inspect", "registered", "-d", node, "-j")) == {
+        node: ["rc.add", "rc.nap"]
+    }
+    stats = _json(fleet.run("celery", "inspect", "stats", "-d", node, "-j"))[node]
+    assert stats["pool"]["max-concurrency"] == 2
+    assert sorted(stats["pool"]["processes"]) == sorted(worker.children())
+    assert "total" in stats
+    assert stats["broker"]["transport"] == ("redis" if fleet.kind == "redis" else "amqp")
+
+    cproj = import_module(fleet.directory, "cproj")
+    try:
+        running = cproj.nap.delay(30, "long")
+        wait_for(lambda: fleet.started("long"), timeout=20, what="the task to start")
+        # Answered by the supervisor while its child works: no task waits for it.
+        active = _json(fleet.run("celery", "inspect", "active", "-d", node, "-j"))[node]
+        assert [(a["id"], a["name"]) for a in active] == [(running.id, "rc.nap")]
+        assert active[0]["worker_pid"] in worker.children()
+    finally:
+        cproj.app.close()
+
+
+def test_stock_control_revokes_limits_and_stops_a_celeriac_worker(
+    fleet: Fleet, run_worker: RunWorker
+) -> None:
+    node = f"{fleet.queue}@test"
+    worker = run_worker("-c", "1", "-n", node)
+    cproj = import_module(fleet.directory, "cproj")
+    try:
+        later = cproj.nap.apply_async((0, "revoked"), countdown=3)
+        result = fleet.run("celery", "control", "revoke", later.id, "-d", node, "-j")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert later.id in result.stdout
+        wait_for(lambda: later.state == "REVOKED", timeout=10, what="REVOKED to be stored")
+        # A task sent after it, due after it, runs: so the revoked one had its chance.
+        after = cproj.nap.apply_async((0, "after"), countdown=4)
+        assert after.get(timeout=30) == "after"
+        assert not fleet.started("revoked")
+
+        limited = _json(
+            fleet.run("celery", "control", "rate_limit", "rc.add", "10/s", "-d", node, "-j")
+        )
+        # `celery control --json` prints the list of replies.
+        assert limited == [{node: {"ok": "new rate limit set successfully"}}]
+        assert cproj.add.delay(2, 3).get(timeout=20) == 5
+
+        # A worker never answers shutdown (stock ones neither), so Celery's CLI reports
+        # that no node replied; what counts is that the worker leaves, cleanly.
+        fleet.run("celery", "control", "shutdown", "-d", node)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        cproj.app.close()
+
+
+def test_celeriac_commands_act_on_a_stock_worker(fleet: Fleet) -> None:
+    node = f"{fleet.queue}-stock@{socket.gethostname()}"
+    with stock_worker(fleet.directory, "stockproj", "-P", "solo", name=f"{fleet.queue}-stock"):
+        pong = fleet.run("celeriac", "inspect", "ping", "-d", node, "--json")
+        assert _json(pong) == {node: {"ok": "pong"}}
+        text = fleet.run("celeriac", "inspect", "registered", "-d", node)
+        assert text.returncode == 0, text.stderr
+        assert f"->  {node}: OK" in text.stdout
+        assert "* rc.add" in text.stdout
+
+        limited = fleet.run("celeriac", "control", "rate_limit", "rc.add", "5/s", "-d", node, "-j")
+        assert _json(limited) == {node: {"ok": "new rate limit set successfully"}}
+
+        cproj = import_module(fleet.directory, "cproj")
+        try:
+            later = cproj.nap.apply_async((0, "stock-revoked"), countdown=3)
+            revoked = fleet.run("celeriac", "control", "revoke", later.id, "-d", node, "-j")
+            assert later.id in _json(revoked)[node]["ok"]
+            after = cproj.nap.apply_async((0, "stock-after"), countdown=4)
+            assert after.get(timeout=30) == "stock-after"
+            assert not fleet.started("stock-revoked")
+            assert later.state == "REVOKED"
+        finally:
+            cproj.app.close()
+
+
+def test_inspect_exits_69_when_no_worker_answers(fleet: Fleet) -> None:
+    started = time.monotonic()
+    result = fleet.run("celeriac", "inspect", "ping", "-d", "nobody@nowhere", "-t", "0.5")
+    assert result.returncode == 69
+    assert "No nodes replied within time constraint" in result.stderr
+    assert time.monotonic() - started < 30
