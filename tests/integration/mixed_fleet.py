@@ -31,6 +31,11 @@ def add(x, y):
     return x + y
 
 
+@app.task(name="rc.fail")
+def fail(message):
+    raise ValueError(message)
+
+
 @app.task(name="rc.nap")
 def nap(seconds, tag):
     # Leaves a mark when it starts: a revoked task must never leave one.

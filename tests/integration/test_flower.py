@@ -118,7 +118,7 @@ def test_flower_lists_a_celeriac_worker_and_its_tasks_and_acts_on_it(
     wait_for(lambda: node in listed(), timeout=60, what="Flower to list the worker")
     info = listed()[node]
     assert info["stats"]["pool"]["max-concurrency"] == 2
-    assert info["registered"] == ["rc.add", "rc.nap"]
+    assert info["registered"] == ["rc.add", "rc.fail", "rc.nap"]
     assert [q["name"] for q in info["active_queues"]] == [fleet.queue]
 
     cproj = import_module(fleet.directory, "cproj")

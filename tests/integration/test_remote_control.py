@@ -42,7 +42,7 @@ def test_stock_inspect_sees_a_celeriac_prefork_worker(fleet: Fleet, run_worker: 
     worker = run_worker("-c", "2", "-n", node)
     assert _json(fleet.run("celery", "inspect", "ping", "-d", node, "-j")) == {node: {"ok": "pong"}}
     assert _json(fleet.run("celery", "inspect", "registered", "-d", node, "-j")) == {
-        node: ["rc.add", "rc.nap"]
+        node: ["rc.add", "rc.fail", "rc.nap"]
     }
     stats = _json(fleet.run("celery", "inspect", "stats", "-d", node, "-j"))[node]
     assert stats["pool"]["max-concurrency"] == 2

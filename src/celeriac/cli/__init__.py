@@ -121,6 +121,18 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `celeriac` console script."""
-    from celeriac.cli import control, dlq, inspect, worker  # noqa: F401 - registers the subcommands
+    # Importing a command's module registers it.
+    from celeriac.cli import (  # noqa: F401
+        call,
+        control,
+        dlq,
+        events,
+        inspect,
+        listing,
+        purge,
+        report,
+        result,
+        worker,
+    )
 
     cli.main(args=argv, prog_name="celeriac")
