@@ -808,7 +808,7 @@ def start_remote(app: Celeriac, options: WorkerOptions, pool: Any) -> Remote | N
     clock = LamportClock()
 
     def counts() -> tuple[int, int]:
-        return len(pool.active_requests()), sum(pool.processed().values())
+        return len(pool.active_requests()), pool.processed_count()
 
     # Prefork children send their own task events; this process sends the worker's.
     in_process = options.pool != "prefork"

@@ -71,6 +71,10 @@ class Pool(ABC):
     def processed(self) -> dict[str, int]:
         return {}
 
+    def processed_count(self) -> int:
+        """Tasks handled so far, in all."""
+        return sum(self.processed().values())
+
     def processes(self) -> list[int]:
         return list(self.stats().processes)
 

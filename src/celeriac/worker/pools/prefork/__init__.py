@@ -36,6 +36,9 @@ class PreforkPool(Pool):
     def active_requests(self) -> list[dict[str, Any]]:
         return self.supervisor.active_requests()
 
+    def processed_count(self) -> int:
+        return self.supervisor.slots.done()
+
     def request_shutdown(self) -> None:
         self.supervisor.shutdown.warm.set()
 
