@@ -8,8 +8,11 @@ as Celery does), and, while task events are on (`-E`, `worker_send_task_events`,
 
 Task events hang on the worker's signals: their receivers are connected only while task
 events are on, so with events off the task path pays nothing (a signal with no
-receivers is not even sent). A failed publish is logged at debug level and dropped:
-events are fire-and-forget, as in Celery.
+receivers is not even sent). With them on, the task path only appends the event to a
+buffer: a flusher thread publishes what gathered as one list under the routing key
+`task.multi` (as Celery's workers do) every `FLUSH_INTERVAL`, so a burst of tasks costs
+one publish per flush, not three round trips per task. A failed publish is logged at
+debug level and dropped: events are fire-and-forget, as in Celery.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ logger = logging.getLogger("celeriac.worker")
 HEARTBEAT_FREQ = 2.0
 # Celery truncates `result` reprs in task-succeeded to this length.
 RESULT_REPR_MAX = 1024
+# How often buffered task events are published, and the most in one message.
+FLUSH_INTERVAL = 0.1
+MAX_BATCH = 500
 
 
 def utcoffset() -> int:
@@ -79,6 +85,10 @@ class EventDispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._buffer: list[dict[str, Any]] = []
+        self._buffer_lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = threading.Event()
         self.task_events = task_events
 
     def _next_clock(self) -> int:
@@ -87,9 +97,8 @@ class EventDispatcher:
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(self, type: str, **fields: Any) -> None:
-        """Publish one event now (dropped, with a debug line, if the broker is away)."""
-        event = {
+    def _event(self, type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return {
             "hostname": self.hostname,
             "utcoffset": utcoffset(),
             "pid": os.getpid(),
@@ -98,6 +107,34 @@ class EventDispatcher:
             "timestamp": time.time(),
             "type": type,
         }
+
+    def send_task_event(self, type: str, **fields: Any) -> None:
+        """Buffer one task event; the flusher thread publishes it shortly."""
+        event = self._event(type, fields)
+        with self._buffer_lock:
+            self._buffer.append(event)
+
+    def flush(self) -> None:
+        """Publish the buffered task events now, as `task.multi` lists."""
+        while True:
+            with self._buffer_lock:
+                batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            if not batch:
+                return
+            message = pack(batch, headers={"hostname": self.hostname})
+            try:
+                self.mailbox.publish_event("task.multi", message)
+            except Exception as exc:  # isolation boundary: events are fire-and-forget
+                logger.debug("Could not send %d task event(s): %s", len(batch), exc)
+
+    def _flush_loop(self) -> None:
+        while not self._flusher_stop.wait(FLUSH_INTERVAL):
+            self.flush()
+        self.flush()
+
+    def send(self, type: str, **fields: Any) -> None:
+        """Publish one event now (dropped, with a debug line, if the broker is away)."""
+        event = self._event(type, fields)
         message = pack(event, headers={"hostname": self.hostname})
         try:
             self.mailbox.publish_event(type.replace("-", "."), message)
@@ -174,11 +211,22 @@ class EventDispatcher:
                 signal.connect(receiver)
             else:
                 signal.disconnect(receiver)
+        if on:
+            self._flusher_stop = threading.Event()
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="celeriac-events", daemon=True
+            )
+            self._flusher.start()
+        elif self._flusher is not None:
+            self._flusher_stop.set()
+            if self._flusher is not threading.current_thread():
+                self._flusher.join(timeout=5)
+            self._flusher = None
 
     def _on_received(self, sender: Any = None, request: Any = None, **kwargs: Any) -> None:
         call = request.call
         headers = request.delivery.message.headers
-        self.send(
+        self.send_task_event(
             "task-received",
             uuid=call.id,
             name=call.name,
@@ -193,7 +241,7 @@ class EventDispatcher:
 
     def _on_prerun(self, sender: Any = None, task_id: str = "", **kwargs: Any) -> None:
         self._started_at[task_id] = time.monotonic()
-        self.send("task-started", uuid=task_id)
+        self.send_task_event("task-started", uuid=task_id)
 
     def _on_postrun(
         self, sender: Any = None, task_id: str = "", retval: Any = None, state: str = "", **kw: Any
@@ -202,7 +250,7 @@ class EventDispatcher:
         if state != "SUCCESS":
             return
         runtime = time.monotonic() - started if started is not None else 0.0
-        self.send(
+        self.send_task_event(
             "task-succeeded", uuid=task_id, result=repr(retval)[:RESULT_REPR_MAX], runtime=runtime
         )
 
@@ -214,7 +262,9 @@ class EventDispatcher:
         traceback: Any = None,
         **kwargs: Any,
     ) -> None:
-        self.send("task-failed", uuid=task_id, exception=repr(exception), traceback=str(traceback))
+        self.send_task_event(
+            "task-failed", uuid=task_id, exception=repr(exception), traceback=str(traceback)
+        )
 
     def _on_retry(
         self,
@@ -225,7 +275,9 @@ class EventDispatcher:
         **kw: Any,
     ) -> None:
         task_id = getattr(request, "id", None)
-        self.send("task-retried", uuid=task_id, exception=repr(reason), traceback=str(einfo))
+        self.send_task_event(
+            "task-retried", uuid=task_id, exception=repr(reason), traceback=str(einfo)
+        )
 
     def _on_revoked(
         self,
@@ -236,7 +288,7 @@ class EventDispatcher:
         expired: bool = False,
         **kwargs: Any,
     ) -> None:
-        self.send(
+        self.send_task_event(
             "task-revoked",
             uuid=getattr(request, "id", None),
             terminated=terminated,
@@ -246,4 +298,4 @@ class EventDispatcher:
 
     def _on_rejected(self, sender: Any = None, message: Any = None, **kwargs: Any) -> None:
         task_id = getattr(message, "task_id", None)
-        self.send("task-rejected", uuid=task_id, requeue=False)
+        self.send_task_event("task-rejected", uuid=task_id, requeue=False)
