@@ -9,7 +9,8 @@ with the event type as routing key (`task-succeeded` -> `task.succeeded`).
 A `Mailbox` moves `Message`s on those channels and knows nothing of what they say: the
 command handlers are in `worker/control.py`, the client in `app/control.py`, events in
 `worker/events.py` and `events.py`. One implementation per broker kind, each in its
-broker package; `open_mailbox` picks it from the URL.
+broker package (SQLite: `sqlite_mailbox.py`, a table); `open_mailbox` picks it from the
+URL.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ MAILBOX_SCHEMES: dict[str, tuple[str, str]] = {
     "amqp": ("celeriac.brokers.amqp.mailbox", "AMQPMailbox"),
     "amqps": ("celeriac.brokers.amqp.mailbox", "AMQPMailbox"),
     "pyamqp": ("celeriac.brokers.amqp.mailbox", "AMQPMailbox"),
+    "sqlite": ("celeriac.brokers.sqlite_mailbox", "SQLiteMailbox"),
 }
 
 
@@ -145,8 +147,8 @@ def open_mailbox(
     entry = MAILBOX_SCHEMES.get(scheme)
     if entry is None:
         raise ImproperlyConfigured(
-            f"remote control and events need a Redis or RabbitMQ broker; {scheme}:// has "
-            "no broadcast channel"
+            f"remote control and events need a Redis, RabbitMQ or SQLite broker; "
+            f"{scheme}:// has no broadcast channel"
         )
     module = importlib.import_module(entry[0])
     cls: type[Mailbox] = getattr(module, entry[1])
