@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -129,3 +130,25 @@ def test_list_bindings_and_report(fleet: Fleet) -> None:
     assert report.returncode == 0
     assert "software -> celeriac:" in report.stdout
     assert f"task_default_queue: {queue!r}" in report.stdout
+
+
+def test_a_producer_sends_task_sent_when_asked(fleet: Fleet) -> None:
+    cproj = import_module(fleet.directory, "cproj")
+    cproj.app.conf.task_send_sent_event = True
+    received: list[dict[str, Any]] = []
+    receiver = cproj.app.events.Receiver(handlers={"*": received.append}, routing_key="task.#")
+    listener = threading.Thread(target=receiver.capture, kwargs={"limit": 1, "timeout": 20})
+    listener.start()
+    try:
+        assert receiver.ready.wait(20)
+        sent = cproj.add.apply_async((1, 2), countdown=60)
+        listener.join(30)
+    finally:
+        receiver.should_stop = True
+        listener.join(30)
+        cproj.app.close()
+    [event] = received
+    assert event["type"] == "task-sent"
+    assert (event["uuid"], event["name"], event["queue"]) == (sent.id, "rc.add", fleet.queue)
+    assert event["args"] == "(1, 2)"
+    assert event["eta"] is not None

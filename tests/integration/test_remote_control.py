@@ -86,6 +86,17 @@ def test_stock_control_revokes_limits_and_stops_a_celeriac_worker(
         assert limited == [{node: {"ok": "new rate limit set successfully"}}]
         assert cproj.add.delay(2, 3).get(timeout=20) == 5
 
+        # terminate: the child running the task is stopped (and replaced).
+        before = set(worker.children())
+        running = cproj.nap.delay(60, "terminated")
+        wait_for(lambda: fleet.started("terminated"), timeout=20, what="the task to start")
+        ended = fleet.run("celery", "control", "terminate", "SIGTERM", running.id, "-d", node)
+        assert ended.returncode == 0, ended.stdout + ended.stderr
+        wait_for(
+            lambda: not before <= set(worker.children()), timeout=20, what="the child replaced"
+        )
+        assert running.state == "REVOKED"
+
         # A worker never answers shutdown (stock ones neither), so Celery's CLI reports
         # that no node replied; what counts is that the worker leaves, cleanly.
         fleet.run("celery", "control", "shutdown", "-d", node)

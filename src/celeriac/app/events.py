@@ -99,6 +99,8 @@ class EventReceiver:
         self.handlers = dict(handlers or {})
         self.routing_key = routing_key
         self.should_stop = False
+        #: Set once the receiver listens: events sent from then on reach it.
+        self.ready = threading.Event()
 
     def itercapture(
         self, limit: int | None = None, timeout: float | None = None, wakeup: bool = True
@@ -118,6 +120,7 @@ class EventReceiver:
         seen = 0
         try:
             mailbox.listen_events(self.routing_key)
+            self.ready.set()
             if wakeup:
                 # Celery's receivers wake workers so they announce themselves at once.
                 self.app.control.broadcast("heartbeat")
