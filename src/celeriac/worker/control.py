@@ -16,6 +16,7 @@ are applied here and handed to the pool, which passes them on to prefork childre
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -23,7 +24,6 @@ import os
 import platform
 import re
 import resource
-import signal as signals_module
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -160,7 +160,7 @@ class ControlServer:
                 if listening:
                     logger.warning("Remote control: broker unreachable (%s); retrying", exc)
                 listening = False
-                with _suppress():
+                with contextlib.suppress(Exception):
                     self.mailbox.close()
                 self._stop.wait(RECONNECT_PAUSE)
             except Exception:  # isolation boundary: the control thread must live on
@@ -236,14 +236,6 @@ class _NoReply(Exception):
     """The command answers nothing (shutdown)."""
 
 
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
-
-
 # -- commands ---------------------------------------------------------------------------
 
 COMMANDS: dict[str, Callable[..., Any]] = {}
@@ -286,8 +278,9 @@ def hello(server: ControlServer, from_node: str | None = None, revoked: Any = No
 def stats(server: ControlServer, **kwargs: Any) -> dict[str, Any]:
     options = server.options
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    broker = server.app.create_broker()
-    url = broker.safe_url()
+    from celeriac._urls import redact_url
+
+    url = redact_url(server.app.broker_url)
     scheme, _, rest = url.partition("://")
     host = rest.rsplit("@", 1)[-1].split("/", 1)[0]
     hostname, _, port = host.partition(":")
@@ -625,19 +618,6 @@ def _no_pool_resize(server: ControlServer, **kwargs: Any) -> dict[str, Any]:
 
 for _name in ("pool_grow", "pool_shrink", "autoscale", "pool_restart"):
     COMMANDS[_name] = _no_pool_resize
-
-
-def signal_number(value: Any) -> int:
-    """A signal given by name (`"SIGTERM"`, `"TERM"`) or number."""
-    if isinstance(value, int):
-        return value
-    name = str(value or "SIGTERM").upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    number = getattr(signals_module, name, None)
-    if not isinstance(number, int):
-        raise ValueError(f"unknown signal {value!r}")
-    return number
 
 
 def request_info(delivery: Delivery, hostname: str, worker_pid: int | None) -> dict[str, Any]:
