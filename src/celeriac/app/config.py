@@ -414,6 +414,7 @@ _OLD_NAMES_IRREGULAR = {
     "CELERY_MESSAGE_COMPRESSION": "task_compression",
     "CELERY_EAGER_PROPAGATES_EXCEPTIONS": "task_eager_propagates",
     "CELERY_SEND_EVENTS": "worker_send_task_events",
+    "CELERY_SEND_TASK_SENT_EVENT": "task_send_sent_event",
 }
 # Old prefix → candidate new prefixes, tried in order.
 _OLD_PREFIXES = (

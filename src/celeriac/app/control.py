@@ -30,10 +30,25 @@ if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
     from celeriac.brokers.mailbox import Mailbox
 
-__all__ = ["Control", "Inspect"]
+__all__ = ["Control", "Inspect", "open_app_mailbox"]
 
 # Celery's default signal for revoke(terminate=True).
 TERM_SIGNAME = "SIGTERM"
+
+
+def open_app_mailbox(app: Celeriac) -> Mailbox | None:
+    """A new broadcast channel of `app`'s broker, or None where it has none (memory://)."""
+    from celeriac.brokers.mailbox import open_mailbox, supports_mailbox
+
+    if not supports_mailbox(app.broker_url):
+        return None
+    conf = app.conf
+    return open_mailbox(
+        app.broker_url,
+        transport_options=app.broker_transport_options(),
+        namespace=str(conf.get("control_exchange") or "celery"),
+        event_exchange=str(conf.get("event_exchange") or "celeryev"),
+    )
 
 
 class Inspect:
@@ -158,13 +173,11 @@ class Control:
 
         pid = os.getpid()
         if self._mailbox is None or self._mailbox_pid != pid:
-            conf = self.app.conf
-            self._mailbox = open_mailbox(
-                self.app.broker_url,
-                transport_options=self.app.broker_transport_options(),
-                namespace=str(conf.get("control_exchange") or "celery"),
-                event_exchange=str(conf.get("event_exchange") or "celeryev"),
-            )
+            mailbox = open_app_mailbox(self.app)
+            if mailbox is None:
+                # Raises the error that names the transport.
+                mailbox = open_mailbox(self.app.broker_url)
+            self._mailbox = mailbox
             self._mailbox_pid = pid
         return self._mailbox
 

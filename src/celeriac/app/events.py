@@ -25,12 +25,28 @@ if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
     from celeriac.protocol.message import Message
 
-__all__ = ["EventReceiver", "Events", "State", "TaskState", "WorkerState", "send_task_sent"]
+__all__ = [
+    "EventReceiver",
+    "Events",
+    "State",
+    "TaskState",
+    "WorkerState",
+    "send_task_sent",
+    "utcoffset",
+]
 
 # A worker is alive while its last heartbeat is younger than freq x this (Celery's 200 %).
 HEARTBEAT_EXPIRE_WINDOW = 2.0
 # One wait for events blocks at most this long (how fast `should_stop` is noticed).
 RECEIVE_STEP = 0.5
+
+
+def utcoffset() -> int:
+    """Celery's `utcoffset`: hours west of UTC (the sign is the opposite of ISO's)."""
+    if time.daylight and time.localtime().tm_isdst:
+        return time.altzone // 3600
+    return time.timezone // 3600
+
 
 _sent_lock = threading.Lock()
 _sent_clock = [0]
@@ -41,7 +57,6 @@ def send_task_sent(
 ) -> None:
     """Publish `task-sent` for a message just sent (dropped quietly if it cannot go)."""
     from celeriac.brokers.mailbox import pack, supports_mailbox
-    from celeriac.worker.events import utcoffset
 
     if not supports_mailbox(app.broker_url):
         return
@@ -106,11 +121,11 @@ class EventReceiver:
         self, limit: int | None = None, timeout: float | None = None, wakeup: bool = True
     ) -> Iterator[dict[str, Any]]:
         """Yield events as they come, until `limit` events or `timeout` seconds."""
+        from celeriac.app.control import open_app_mailbox
         from celeriac.brokers.mailbox import unpack
         from celeriac.protocol.serializers import normalize_accept
-        from celeriac.worker.control import event_mailbox
 
-        mailbox = event_mailbox(self.app)
+        mailbox = open_app_mailbox(self.app)
         if mailbox is None:
             from celeriac.exceptions import ImproperlyConfigured
 

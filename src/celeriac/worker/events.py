@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
 from celeriac._version import __version__
+from celeriac.app.events import utcoffset
 from celeriac.brokers.mailbox import pack
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
     from celeriac.brokers.mailbox import Mailbox
 
-__all__ = ["HEARTBEAT_FREQ", "EventDispatcher", "utcoffset"]
+__all__ = ["HEARTBEAT_FREQ", "EventDispatcher"]
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -44,13 +45,6 @@ RESULT_REPR_MAX = 1024
 # How often buffered task events are published, and the most in one message.
 FLUSH_INTERVAL = 0.1
 MAX_BATCH = 500
-
-
-def utcoffset() -> int:
-    """Celery's `utcoffset`: hours west of UTC (the sign is the opposite of ISO's)."""
-    if time.daylight and time.localtime().tm_isdst:
-        return time.altzone // 3600
-    return time.timezone // 3600
 
 
 class EventDispatcher:

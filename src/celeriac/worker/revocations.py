@@ -45,6 +45,13 @@ class Revocations:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def add(self, task_ids: list[str]) -> None:
+        """Know these ids as revoked now (remote control; the log brings them too)."""
+        now = time.time()
+        with self._lock:
+            for task_id in task_ids:
+                self._ids[task_id] = now
+
     def refresh(self) -> list[Revocation]:
         """Read new revocations; return them (the supervisor acts on `terminate`)."""
         if not self.backend.supports_revocation:

@@ -92,6 +92,7 @@ def child_main(
         if control_fd is not None:
             reader = ControlPipe(control_fd, app, consumer, events)
             consumer.holdings.every(CONTROL_PIPE_INTERVAL, reader.read)
+            consumer.before_dispatch = reader.read
         try:
             reason = consumer.run()
         finally:

@@ -1,245 +1,42 @@
-"""The worker side of remote control: Celery's pidbox commands, answered on a thread.
+"""The commands a worker answers, by Celery's names, and the shapes of their replies.
 
-`ControlServer` listens on the broker's broadcast channel as node `name@host`, runs each
-command addressed to it (`destination`, or `pattern` + `matcher`) and, when the sender
-asked for a reply, answers `{node: value}` with the command's ticket, exactly as kombu's
-`Node.dispatch` does: a failing or unknown command answers `{"error": repr}`. It runs in
-the process that knows every task of the worker: the prefork supervisor (it reads what
-each child runs from the slot table, so asking never stops work) or the process of the
-solo, threads and asyncio pools. What a command needs from the pool is the small
-`WorkerState` protocol.
-
-The commands and their replies follow `celery/worker/control.py` (spec §5.4); the ones
-that change the worker (`rate_limit`, `time_limit`, `enable_events`, `add_consumer`, ...)
-are applied here and handed to the pool, which passes them on to prefork children.
+They follow `celery/worker/control.py` (spec §5.4). Each takes the `ControlServer` and
+the command's arguments; what it returns is the reply. The ones that change the worker
+(`rate_limit`, `time_limit`, `enable_events`, `add_consumer`, ...) apply the change here
+and hand it to the pool (`WorkerState.forward_control`), which passes it on to prefork
+children (see `changes.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
-import json
 import logging
 import os
 import platform
-import re
 import resource
-import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celeriac._version import __version__
-from celeriac.brokers.mailbox import pack, unpack
-from celeriac.exceptions import BrokerError, CeleriacError
-from celeriac.protocol.serializers import normalize_accept
+from celeriac.exceptions import CeleriacError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from celeriac.app.base import Celeriac
     from celeriac.brokers.base import Delivery
-    from celeriac.brokers.mailbox import Mailbox
-    from celeriac.protocol.message import Message
-    from celeriac.worker.consumer import Consumer
-    from celeriac.worker.events import EventDispatcher
-    from celeriac.worker.execute import Executor
-    from celeriac.worker.options import WorkerOptions
+    from celeriac.worker.control.server import ControlServer
     from celeriac.worker.slots import RunningTask
-
-__all__ = ["COMMANDS", "ControlServer", "LamportClock", "WorkerState"]
 
 logger = logging.getLogger("celeriac.worker")
 
-# How long one wait for commands blocks: bounds how fast `stop` is noticed.
-LISTEN_TIMEOUT = 0.5
-# Pause before listening again after the broker went away.
-RECONNECT_PAUSE = 1.0
+__all__ = ["COMMANDS", "NoReply", "queue_as_dict", "request_info", "running_info"]
 
 
-class LamportClock:
-    """Celery's logical clock: forwarded on every send, adjusted on every receive."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self._lock = threading.Lock()
-
-    def forward(self) -> int:
-        with self._lock:
-            self.value += 1
-            return self.value
-
-    def adjust(self, other: object) -> None:
-        if isinstance(other, int) and not isinstance(other, bool):
-            with self._lock:
-                self.value = max(self.value, other) + 1
-
-
-class WorkerState(Protocol):
-    """What remote control asks of a pool."""
-
-    def active_requests(self) -> list[dict[str, Any]]:
-        """`Request.info()` of every task running now."""
-
-    def reserved_requests(self) -> list[dict[str, Any]]:
-        """`Request.info()` of every task prefetched and not started."""
-
-    def processed(self) -> dict[str, int]:
-        """Tasks handled so far, by name."""
-
-    def processes(self) -> list[int]:
-        """Pids of the processes that run tasks."""
-
-    def request_shutdown(self) -> None:
-        """Begin a warm shutdown."""
-
-    def forward_control(self, method: str, arguments: dict[str, Any]) -> None:
-        """Pass a change made by `method` on to the processes running tasks."""
-
-
-class ControlServer:
-    """Answers remote control commands for one worker, on its own thread.
-
-    Args:
-        app: The worker's app.
-        options: The worker's options (node name, pool, queues).
-        state: The pool, for what runs and for changes.
-        mailbox: The broker's broadcast channel (this server owns and closes it).
-        events: The worker's event dispatcher (enable/disable_events, heartbeat).
-    """
-
-    def __init__(
-        self,
-        app: Celeriac,
-        options: WorkerOptions,
-        state: WorkerState,
-        mailbox: Mailbox,
-        *,
-        events: EventDispatcher | None = None,
-        clock: LamportClock | None = None,
-    ) -> None:
-        self.app = app
-        self.options = options
-        self.hostname = options.hostname
-        self.state = state
-        self.mailbox = mailbox
-        self.events = events
-        self.clock = clock or LamportClock()
-        self.queues = list(options.queues)
-        self.started = time.monotonic()
-        self.revoked_ids: dict[str, float] = {}
-        self._accept = normalize_accept(app.conf.accept_content)
-        self._serializer = str(app.conf.task_serializer)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- thread -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="celeriac-control", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        try:
-            self.mailbox.close()
-        except Exception:  # closing is best effort
-            logger.debug("error while closing the control mailbox", exc_info=True)
-
-    def _run(self) -> None:
-        listening = False
-        while not self._stop.is_set():
-            try:
-                if not listening:
-                    self.mailbox.listen(self.hostname)
-                    listening = True
-                for message in self.mailbox.receive_commands(timeout=LISTEN_TIMEOUT):
-                    self.handle_message(message)
-            except BrokerError as exc:
-                if listening:
-                    logger.warning("Remote control: broker unreachable (%s); retrying", exc)
-                listening = False
-                with contextlib.suppress(Exception):
-                    self.mailbox.close()
-                self._stop.wait(RECONNECT_PAUSE)
-            except Exception:  # isolation boundary: the control thread must live on
-                logger.exception("Remote control hiccup; continuing")
-                self._stop.wait(RECONNECT_PAUSE)
-
-    # -- dispatch -----------------------------------------------------------------------
-
-    def handle_message(self, message: Message) -> None:
-        """Run one command message if it is addressed to this node; reply if asked."""
-        self.clock.adjust(message.headers.get("clock"))
-        try:
-            body = unpack(message, accept=self._accept)
-        except CeleriacError as exc:
-            logger.warning("Remote control: cannot decode a command: %s", exc)
-            return
-        if not isinstance(body, dict) or not self.is_addressed(body):
-            return
-        method = str(body.get("method"))
-        arguments = body.get("arguments") or {}
-        reply_to = body.get("reply_to")
-        logger.debug("Remote control: %s(%r) reply_to=%r", method, arguments, reply_to)
-        try:
-            reply = self.dispatch(method, arguments if isinstance(arguments, dict) else {})
-        except _NoReply:
-            return
-        except Exception as exc:  # isolation boundary: one bad command answers an error
-            logger.exception("Remote control command %s failed", method)
-            reply = {"error": repr(exc)}
-        if isinstance(reply_to, dict) and reply_to.get("routing_key"):
-            out = pack(
-                {self.hostname: reply},
-                headers={"ticket": body.get("ticket"), "clock": self.clock.forward()},
-                serializer=self._serializer,
-            )
-            self.mailbox.reply(
-                str(reply_to.get("exchange") or self.mailbox.reply_exchange),
-                str(reply_to["routing_key"]),
-                out,
-            )
-
-    def is_addressed(self, body: dict[str, Any]) -> bool:
-        destination = body.get("destination")
-        if destination:
-            return self.hostname in destination
-        pattern, matcher = body.get("pattern"), body.get("matcher")
-        if pattern and matcher:
-            if matcher == "pcre":
-                return re.search(str(pattern), self.hostname) is not None
-            return fnmatch.fnmatch(self.hostname, str(pattern))
-        return True
-
-    def dispatch(self, method: str, arguments: dict[str, Any]) -> Any:
-        handler = COMMANDS.get(method)
-        if handler is None:
-            # kombu answers an unknown method with the KeyError it raised.
-            raise KeyError(method)
-        return handler(self, **arguments)
-
-    # -- what several commands share ----------------------------------------------------
-
-    def request_info(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        return self.state.active_requests(), self.state.reserved_requests()
-
-    def revoke(self, task_ids: list[str], *, terminate: bool) -> None:
-        now = time.time()
-        for task_id in task_ids:
-            self.revoked_ids[task_id] = now
-        self.app.control.record_revoked(task_ids, terminate=terminate)
-
-
-class _NoReply(Exception):
+class NoReply(Exception):
     """The command answers nothing (shutdown)."""
 
 
-# -- commands ---------------------------------------------------------------------------
-
+# Command name -> handler (`command` registers them).
 COMMANDS: dict[str, Callable[..., Any]] = {}
-
 
 F = TypeVar("F", bound="Callable[..., Any]")
 
@@ -544,7 +341,7 @@ def heartbeat(server: ControlServer, **kwargs: Any) -> None:
 def shutdown(server: ControlServer, msg: str = "Got shutdown from remote", **kwargs: Any) -> None:
     logger.warning(msg)
     server.state.request_shutdown()
-    raise _NoReply
+    raise NoReply
 
 
 @command("active_queues")
@@ -656,153 +453,3 @@ def running_info(running: RunningTask, hostname: str, worker_pid: int) -> dict[s
         "delivery_info": None,
         "worker_pid": worker_pid,
     }
-
-
-def apply_control(
-    app: Celeriac,
-    consumer: Consumer | None,
-    executor: Executor | None,
-    method: str,
-    arguments: dict[str, Any],
-    *,
-    events: EventDispatcher | None = None,
-) -> None:
-    """Apply a change made by remote control in a process that runs tasks."""
-    if method == "rate_limit":
-        name = str(arguments.get("task_name"))
-        task = app.tasks.get(name)
-        if task is not None:
-            task.rate_limit = arguments.get("rate_limit")
-        if executor is not None:
-            executor.set_rate_limit(name, arguments.get("rate_limit"))
-    elif method == "time_limit":
-        task = app.tasks.get(str(arguments.get("task_name")))
-        if task is not None:
-            task.soft_time_limit = arguments.get("soft")
-            task.time_limit = arguments.get("hard")
-    elif method in ("enable_events", "disable_events"):
-        if events is not None:
-            events.task_events = method == "enable_events"
-    elif method == "add_consumer" and consumer is not None:
-        queue = str(arguments.get("queue"))
-        if queue not in consumer.queues:
-            consumer.queues = [*consumer.queues, queue]
-    elif method == "cancel_consumer" and consumer is not None:
-        queue = str(arguments.get("queue"))
-        if queue in consumer.queues and len(consumer.queues) > 1:
-            consumer.queues = [q for q in consumer.queues if q != queue]
-
-
-# How often a prefork child reads the changes its supervisor passed on.
-CONTROL_PIPE_INTERVAL = 0.3
-
-
-class ControlPipe:
-    """A prefork child's end of the pipe its supervisor passes remote control changes on."""
-
-    def __init__(
-        self,
-        fd: int,
-        app: Celeriac,
-        consumer: Consumer,
-        events: EventDispatcher | None,
-    ) -> None:
-        os.set_blocking(fd, False)
-        self.fd = fd
-        self.app = app
-        self.consumer = consumer
-        self.events = events
-        self._partial = b""
-
-    def read(self) -> None:
-        try:
-            data = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            return
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            try:
-                change = json.loads(line)
-                apply_control(
-                    self.app,
-                    self.consumer,
-                    self.consumer.executor,
-                    str(change["method"]),
-                    dict(change["arguments"]),
-                    events=self.events,
-                )
-            except Exception:  # isolation boundary: a bad line must not stop the child
-                logger.exception("Could not apply a remote control change")
-
-
-def event_mailbox(app: Celeriac) -> Mailbox | None:
-    """A broadcast channel for this process, or None on brokers without one."""
-    from celeriac.brokers.mailbox import open_mailbox, supports_mailbox
-
-    if not supports_mailbox(app.broker_url):
-        return None
-    conf = app.conf
-    return open_mailbox(
-        app.broker_url,
-        transport_options=app.broker_transport_options(),
-        namespace=str(conf.get("control_exchange") or "celery"),
-        event_exchange=str(conf.get("event_exchange") or "celeryev"),
-    )
-
-
-def task_event_dispatcher(app: Celeriac, hostname: str) -> EventDispatcher | None:
-    """The task event sender of a process that runs tasks (off until enabled)."""
-    from celeriac.worker.events import EventDispatcher
-
-    mailbox = event_mailbox(app)
-    if mailbox is None:
-        return None
-    return EventDispatcher(hostname, mailbox, task_events=bool(app.conf.worker_send_task_events))
-
-
-class Remote:
-    """Remote control and worker events of one running worker."""
-
-    def __init__(self, server: ControlServer, events: EventDispatcher) -> None:
-        self.server = server
-        self.events = events
-
-    def stop(self) -> None:
-        self.events.stop()
-        self.server.stop()
-
-
-def start_remote(app: Celeriac, options: WorkerOptions, pool: Any) -> Remote | None:
-    """Start answering remote control and sending worker events, where the broker has a
-    broadcast channel (Redis, RabbitMQ) and `worker_enable_remote_control` is on."""
-    from celeriac.worker.events import EventDispatcher
-
-    if not app.conf.get("worker_enable_remote_control", True):
-        return None
-    mailbox = event_mailbox(app)
-    if mailbox is None:
-        return None
-    clock = LamportClock()
-
-    def counts() -> tuple[int, int]:
-        return len(pool.active_requests()), pool.processed_count()
-
-    # Prefork children send their own task events; this process sends the worker's.
-    in_process = options.pool != "prefork"
-    events = EventDispatcher(
-        options.hostname,
-        mailbox,
-        task_events=in_process and bool(app.conf.worker_send_task_events),
-        counts=counts,
-        clock=clock.forward,
-    )
-    server = ControlServer(app, options, pool, mailbox, events=events, clock=clock)
-    server.start()
-    if not options.without_heartbeat:
-        events.start()
-    else:
-        events.send("worker-online", **events.worker_fields())
-    return Remote(server, events)
