@@ -83,7 +83,7 @@ def _call(control: Any, command: str, args: tuple[str, ...], **options: Any) -> 
 
 
 @cli.command(
-    epilog="Commands:\n\n"
+    epilog="Commands:\n\n\b\n"
     + "\n".join(f"  {name} {usage}" for name, (usage, _, _) in COMMANDS.items())
 )
 @click.argument("command", type=click.Choice(sorted(COMMANDS)))

@@ -16,7 +16,7 @@ from celeriac.cli.replies import addressing_options, destination_list, print_rep
 
 __all__ = ["inspect"]
 
-# Method -> does it take positional arguments.
+# Method -> what it answers (the help text lists them).
 METHODS: dict[str, str] = {
     "ping": "Is the worker alive? (pong)",
     "stats": "Counters and the pool, broker and process of each worker.",
@@ -34,7 +34,7 @@ METHODS: dict[str, str] = {
 
 
 @cli.command(
-    epilog="Methods:\n\n" + "\n".join(f"  {name:<14} {text}" for name, text in METHODS.items())
+    epilog="Methods:\n\n\b\n" + "\n".join(f"  {name:<14} {text}" for name, text in METHODS.items())
 )
 @click.argument("method", type=click.Choice(sorted(METHODS)))
 @click.argument("arguments", nargs=-1)
