@@ -25,7 +25,7 @@ import amqp
 from celeriac.brokers.mailbox import Mailbox
 from celeriac.connections.amqp import close_connection, open_connection, parse_amqp_url
 from celeriac.connections.amqp_transport import drain
-from celeriac.exceptions import BrokerConnectionError
+from celeriac.exceptions import BrokerConnectionError, BrokerError
 from celeriac.protocol.message import Message
 
 if TYPE_CHECKING:
@@ -95,10 +95,14 @@ class AMQPMailbox(Mailbox):
             except Exception as exc:
                 self._drop_in()
                 raise BrokerConnectionError(f"cannot reach RabbitMQ: {exc}") from exc
-            if self._node is not None:
-                self._declare_node(self._node)
-            if self._event_key is not None:
-                self._declare_events(self._event_key)
+            try:
+                if self._node is not None:
+                    self._declare_node(self._node)
+                if self._event_key is not None:
+                    self._declare_events(self._event_key)
+            except Exception as exc:
+                self._drop_in()
+                raise BrokerConnectionError(f"cannot declare the queues: {exc}") from exc
         return self._in_channel
 
     def _drop_in(self) -> None:
@@ -226,11 +230,21 @@ class AMQPMailbox(Mailbox):
         channel.basic_consume(queue, no_ack=True, callback=self._on_message)
 
     def listen(self, node: str) -> None:
+        from amqp.exceptions import ResourceLocked
+
         self._node = node
-        if self._in_channel is None:
-            self._inbound()  # declares the node's queue
-        else:
-            self._run_in("listen for commands", lambda channel: self._declare_node(node))
+        try:
+            if self._in_channel is None:
+                self._inbound()  # declares the node's queue
+            else:
+                self._run_in("listen for commands", lambda channel: self._declare_node(node))
+        except BrokerConnectionError as exc:
+            if isinstance(exc.__cause__, ResourceLocked):
+                raise BrokerError(
+                    f"another worker named {node} holds {self.node_queue(node)}: give each "
+                    "worker its own node name (-n name@%h)"
+                ) from exc
+            raise
 
     def receive_commands(self, *, timeout: float) -> list[Message]:
         return self._drain(timeout)

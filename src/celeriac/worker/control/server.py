@@ -139,16 +139,24 @@ class ControlServer:
 
     def _run(self) -> None:
         listening = False
+        reported: str | None = None
         while not self._stop.is_set():
             try:
                 if not listening:
                     self.mailbox.listen(self.hostname)
                     listening = True
+                    if reported is not None:
+                        logger.warning("Remote control: listening again")
+                        reported = None
                 for message in self.mailbox.receive_commands(timeout=LISTEN_TIMEOUT):
                     self.handle_message(message)
             except BrokerError as exc:
-                if listening:
-                    logger.warning("Remote control: broker unreachable (%s); retrying", exc)
+                # Said once until it works again: the worker runs tasks all the same.
+                if str(exc) != reported:
+                    reported = str(exc)
+                    logger.warning(
+                        "Remote control: cannot listen as %s (%s); retrying", self.hostname, exc
+                    )
                 listening = False
                 with contextlib.suppress(Exception):
                     self.mailbox.close()
