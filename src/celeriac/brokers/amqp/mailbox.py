@@ -15,16 +15,25 @@ event or a reply. Either is reopened on the next call after it fails.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import logging
+import os
 import threading
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import amqp
 
 from celeriac.brokers.mailbox import Mailbox
-from celeriac.connections.amqp import close_connection, open_connection, parse_amqp_url
-from celeriac.connections.amqp_transport import drain
+from celeriac.connections.amqp import (
+    KeepAlive,
+    close_connection,
+    keepalive_interval,
+    open_connection,
+    parse_amqp_url,
+)
+from celeriac.connections.amqp_transport import drain, drain_nowait
 from celeriac.exceptions import BrokerConnectionError, BrokerError
 from celeriac.protocol.message import Message
 
@@ -33,9 +42,25 @@ if TYPE_CHECKING:
 
 __all__ = ["AMQPMailbox"]
 
+logger = logging.getLogger(__name__)
+
 # Celery's control_queue_ttl / control_queue_expires, event_queue_ttl / _expires (ms).
 CONTROL_QUEUE_ARGUMENTS = {"x-message-ttl": 300_000, "x-expires": 10_000}
 EVENT_QUEUE_ARGUMENTS = {"x-message-ttl": 5_000, "x-expires": 60_000}
+
+
+# Every mailbox of this process, for the fork handler below.
+_mailboxes: weakref.WeakSet[AMQPMailbox] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must not keep the parent's connections alive through its copies
+    # of their sockets.
+    for mailbox in list(_mailboxes):
+        mailbox.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _message_of(raw: amqp.Message) -> Message:
@@ -70,8 +95,11 @@ class AMQPMailbox(Mailbox):
             namespace=namespace,
             event_exchange=event_exchange,
         )
-        # No AMQP heartbeats: nothing would tick them while a client sits idle.
-        self._params = dataclasses.replace(parse_amqp_url(url, self.transport_options), heartbeat=0)
+        # Heartbeats as the broker's own connections have them: the thread reading
+        # commands ticks its connection, a keep-alive thread ticks the publishing one,
+        # so a dead link is given up within about two heartbeats.
+        self._params = parse_amqp_url(url, self.transport_options)
+        self._keepalive: KeepAlive | None = None
         self._in: amqp.Connection | None = None
         self._in_channel: Any = None
         self._out: amqp.Connection | None = None
@@ -84,6 +112,21 @@ class AMQPMailbox(Mailbox):
         self._node: str | None = None
         self._event_key: str | None = None
         self._event_queue = f"celeryev.{uuid.uuid4()}"
+        _mailboxes.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's connections without touching them."""
+        for connection in (self._in, self._out):
+            transport = getattr(connection, "transport", None)
+            sock = getattr(transport, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._in = self._in_channel = self._out = self._out_channel = None
+        self._out_lock = threading.Lock()
+        self._keepalive = None
+        self._received = []
+        self._reply_tags = {}
 
     # -- connections --------------------------------------------------------------------
 
@@ -125,6 +168,7 @@ class AMQPMailbox(Mailbox):
                         self._out, _ = open_connection(self._params)
                         self._out_channel = self._out.channel()
                         self._out_declared = set()
+                        self._start_keepalive()
                     if exchange not in self._out_declared:
                         # A publish to a missing exchange would close the channel.
                         self._out_channel.exchange_declare(
@@ -140,6 +184,15 @@ class AMQPMailbox(Mailbox):
                         raise BrokerConnectionError(
                             f"cannot publish to {exchange!r} on RabbitMQ: {exc}"
                         ) from exc
+
+    def _start_keepalive(self) -> None:
+        if self._keepalive is None and self._params.heartbeat > 0:
+            self._keepalive = KeepAlive(
+                self._tick_out,
+                interval=keepalive_interval(self._params.heartbeat),
+                name="celeriac-broadcast-keepalive",
+            )
+            self._keepalive.start()
 
     def _exchange_kinds(self) -> dict[str, tuple[str, bool]]:
         return {
@@ -157,6 +210,20 @@ class AMQPMailbox(Mailbox):
             self._drop_in()
             raise BrokerConnectionError(f"cannot {what} on RabbitMQ: {exc}") from exc
 
+    def _tick_out(self) -> None:
+        """Keep the publishing connection's heartbeats going; drop it once dead."""
+        with self._out_lock:
+            connection = self._out
+            if connection is None:
+                return
+            try:
+                drain_nowait(connection)
+                connection.heartbeat_tick()
+            except Exception as exc:
+                logger.debug("Broadcast publishing link lost: %s", exc)
+                self._out, self._out_channel = None, None
+                close_connection(connection, polite=False)
+
     def _on_message(self, raw: amqp.Message) -> None:
         self._received.append(_message_of(raw))
 
@@ -166,6 +233,7 @@ class AMQPMailbox(Mailbox):
             def wait(channel: Any) -> None:
                 assert self._in is not None
                 drain(self._in, timeout)
+                self._in.heartbeat_tick()
 
             self._run_in("receive", wait)
         found, self._received = self._received, []
@@ -192,7 +260,11 @@ class AMQPMailbox(Mailbox):
                 queue, no_ack=True, callback=self._on_message
             )
 
-        self._run_in("declare the reply queue", declare)
+        try:
+            self._run_in("declare the reply queue", declare)
+        except BrokerConnectionError:
+            # A connection left idle since the last command may have been closed.
+            self._run_in("declare the reply queue", declare)
 
     def publish_command(self, message: Message) -> None:
         self._publish(self.exchange, "", message, delivery_mode=2)
@@ -278,6 +350,9 @@ class AMQPMailbox(Mailbox):
         return self._drain(timeout)
 
     def close(self) -> None:
+        keepalive, self._keepalive = self._keepalive, None
+        if keepalive is not None:
+            keepalive.stop()
         self._drop_in()
         with self._out_lock:
             connection, self._out, self._out_channel = self._out, None, None

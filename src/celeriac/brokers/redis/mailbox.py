@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.mailbox import Mailbox
@@ -37,6 +39,34 @@ __all__ = ["RedisMailbox", "decode_envelope"]
 
 # Longest single BRPOP (the client's socket timeout must stay above it).
 MAX_BLOCK = 1.0
+# A subscription silent this long is PINGed; without an answer this much later it is
+# given up as dead (a black-holed link never errors by itself).
+PING_AFTER = 2.0
+PONG_TIMEOUT = 3.0
+
+# Every mailbox of this process, for the fork handler below.
+_mailboxes: weakref.WeakSet[RedisMailbox] = weakref.WeakSet()
+
+
+def _close_socket_copies(connections: Any) -> None:
+    """Close this process's copies of inherited sockets (never shut them down: the
+    parent still uses them)."""
+    for connection in connections:
+        sock = getattr(connection, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+            connection._sock = None
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must not keep the parent's subscription alive: once the parent
+    # drops a dead link, the child's copy of the socket would hold it open.
+    for mailbox in list(_mailboxes):
+        mailbox.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def decode_envelope(raw: bytes | str) -> Message | None:
@@ -99,6 +129,9 @@ class RedisMailbox(Mailbox):
         )
         self._pubsub: Any = None
         self._lock = threading.Lock()
+        self._heard_at = time.monotonic()
+        self._pinged_at: float | None = None
+        _mailboxes.add(self)
 
     # -- names --------------------------------------------------------------------------
 
@@ -167,6 +200,8 @@ class RedisMailbox(Mailbox):
         with self._lock:
             if self._pubsub is None:
                 self._pubsub = self._redis.client().pubsub(ignore_subscribe_messages=True)
+            self._heard_at = time.monotonic()
+            self._pinged_at = None
             try:
                 self._pubsub.psubscribe(pattern)
             except Exception as exc:  # redis-py errors: the server is away
@@ -174,6 +209,16 @@ class RedisMailbox(Mailbox):
 
     def listen(self, node: str) -> None:
         self._subscribe(self._topic(self.exchange))
+
+    def _check_alive(self, pubsub: Any) -> None:
+        now = time.monotonic()
+        if self._pinged_at is not None and now - self._pinged_at > PONG_TIMEOUT:
+            raise BrokerConnectionError(
+                f"the broadcast subscription did not answer a PING within {PONG_TIMEOUT} s"
+            )
+        if self._pinged_at is None and now - self._heard_at > PING_AFTER:
+            self._pinged_at = now
+            pubsub.ping()
 
     def _receive(self, timeout: float) -> list[Message]:
         pubsub = self._pubsub
@@ -184,11 +229,16 @@ class RedisMailbox(Mailbox):
         wait = timeout
         while True:
             try:
+                self._check_alive(pubsub)
                 item = pubsub.get_message(timeout=wait)
+            except BrokerConnectionError:
+                raise
             except Exception as exc:  # redis-py errors: the server is away
                 raise BrokerConnectionError(f"lost the broadcast subscription: {exc}") from exc
             if item is None:
                 return found
+            self._heard_at = time.monotonic()
+            self._pinged_at = None
             if item.get("type") in ("pmessage", "message"):
                 message = decode_envelope(item["data"])
                 if message is not None:
@@ -228,6 +278,28 @@ class RedisMailbox(Mailbox):
 
     def receive_events(self, *, timeout: float) -> list[Message]:
         return self._receive(timeout)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's connections without touching them."""
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            _close_socket_copies([pubsub.connection])
+        if not self._redis.closed:
+            pool = self._redis.pool()
+            _close_socket_copies(
+                [
+                    *getattr(pool, "_available_connections", ()),
+                    *getattr(pool, "_in_use_connections", ()),
+                ]
+            )
+        self._lock = threading.Lock()
+        self._redis = RedisClient(
+            self.url,
+            self.transport_options,
+            scripts=dict,
+            error=BrokerError,
+            unreachable=BrokerConnectionError,
+        )
 
     def close(self) -> None:
         with self._lock:
