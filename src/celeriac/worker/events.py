@@ -79,6 +79,9 @@ class EventDispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._offset = 0
+        self._pid = 0
+        self._offset_until = float("-inf")
         self._buffer: list[dict[str, Any]] = []
         self._buffer_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
@@ -92,10 +95,16 @@ class EventDispatcher:
     # -- sending ------------------------------------------------------------------------
 
     def _event(self, type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        now = time.monotonic()
+        if now >= self._offset_until:
+            # Read at most once a minute: it changes only with daylight saving time.
+            self._offset = utcoffset()
+            self._pid = os.getpid()
+            self._offset_until = now + 60.0
         return {
             "hostname": self.hostname,
-            "utcoffset": utcoffset(),
-            "pid": os.getpid(),
+            "utcoffset": self._offset,
+            "pid": self._pid,
             "clock": self._clock(),
             **fields,
             "timestamp": time.time(),
