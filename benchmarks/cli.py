@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         help="Celery's S4 pools (default: gevent,threads on Redis, threads on RabbitMQ; "
         "the better one is compared)",
     )
+    pick.add_argument(
+        "-E",
+        "--task-events",
+        action="store_true",
+        help="workers send task events (celeriac and Celery only: `worker -E`)",
+    )
     pick.add_argument("--no-bulk", action="store_true", help="skip S1's bulk enqueue variant")
     pick.add_argument("--no-rpc", action="store_true", help="skip S2's rpc:// variant on RabbitMQ")
     sizes = parser.add_argument_group("sizes")
@@ -249,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs,
             "concurrency": args.concurrency,
             "prefetch_multiplier": args.prefetch_multiplier,
+            "task_events": args.task_events,
             "counts": dataclasses.asdict(counts),
             "redis_url": args.redis_url,
             "amqp_url": _redact(args.amqp_url),
@@ -358,6 +365,7 @@ def _run_once(
         timeout=args.timeout,
         base_env=base_env,
         prefetch_multiplier=args.prefetch_multiplier,
+        task_events=args.task_events,
     )
     label = f"{scenario} {broker}{'+rpc' if results == 'rpc' else ''} {contestant.name}"
     if scenario == "s4":

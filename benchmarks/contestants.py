@@ -64,10 +64,24 @@ class Contestant:
         )
 
     def worker_command(
-        self, env: Environment, *, queue: str, pool: str, concurrency: int, prefetch: int
+        self,
+        env: Environment,
+        *,
+        queue: str,
+        pool: str,
+        concurrency: int,
+        prefetch: int,
+        task_events: bool = False,
     ) -> tuple[list[str], dict[str, str]]:
         """The command line (and extra environment) of a worker with `concurrency` slots
-        in `pool`, fetching ahead `prefetch` messages per slot where the library can."""
+        in `pool`, fetching ahead `prefetch` messages per slot where the library can,
+        sending task events if asked (celeriac and Celery only).
+
+        Raises:
+            ValueError: task events asked of a library that has none.
+        """
+        if task_events and self.name not in ("celeriac", "celery"):
+            raise ValueError(f"{self.name} has no task events: run it without --task-events")
         if self.name in ("celeriac", "celery"):
             command = [
                 str(env.executable(self.name)),
@@ -86,6 +100,7 @@ class Contestant:
                 "WARNING",
                 "--prefetch-multiplier",
                 str(prefetch),
+                *(["-E"] if task_events else []),
             ]
             return command, {}
         if self.name == "dramatiq":

@@ -80,6 +80,7 @@ class RunContext:
     timeout: float
     base_env: dict[str, str]
     prefetch_multiplier: int = 4
+    task_events: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -114,6 +115,7 @@ class RunContext:
             pool=pool,
             concurrency=concurrency,
             prefetch=self.prefetch_multiplier,
+            task_events=self.task_events,
         )
         self.raw.setdefault("worker_commands", []).append({"argv": command, "env": extra_env})
         return WorkerProcess(

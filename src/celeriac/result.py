@@ -412,19 +412,40 @@ class AsyncResult(Generic[R_co]):
         wait: bool = False,
         timeout: float | None = None,
     ) -> None:
-        """Revoke the task: it is skipped if it has not started, and reads as REVOKED.
+        """Revoke the task (Celery's arguments): it is skipped if it has not started, and
+        reads as REVOKED; every worker hears it over the broadcast channel too.
 
-        `terminate=True` also stops it if it runs on a prefork child; `signal` may name
-        SIGKILL (what celeriac sends); `connection`, `wait` and `timeout` are accepted for
-        Celery compatibility (revocation is stored, not broadcast).
+        `terminate=True` also stops it where it runs: stock workers send `signal`
+        (SIGTERM by default), a celeriac prefork worker kills the child. `wait` collects
+        the workers' replies for up to `timeout` seconds (1 s by default).
         """
-        del connection, timeout
-        self.app.control.revoke(self.id, terminate=terminate, signal=signal, wait=wait)
+        _revoke(self.app, [self.id], connection, terminate, signal, wait, timeout)
 
     def as_tuple(self) -> list[Any]:
         """Celery's compact form `[[id, parent_tuple], None]`."""
         parent = self.parent.as_tuple() if self.parent is not None else None
         return [[self.id, parent], None]
+
+
+def _revoke(
+    app: Celeriac,
+    ids: list[str],
+    connection: Any,
+    terminate: bool,
+    signal: str | int | None,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    from celeriac.app.control import TERM_SIGNAME
+
+    app.control.revoke(
+        ids,
+        connection=connection,
+        terminate=terminate,
+        signal=TERM_SIGNAME if signal is None else signal,
+        reply=wait,
+        timeout=1.0 if timeout is None else timeout,
+    )
 
 
 def _value_of(meta: ResultMeta) -> Any:
@@ -617,9 +638,8 @@ class ResultSet:
         timeout: float | None = None,
     ) -> None:
         """Revoke every member (the arguments are `AsyncResult.revoke`'s)."""
-        del connection, timeout
-        self.app.control.revoke(
-            [r.id for r in self._leaves()], terminate=terminate, signal=signal, wait=wait
+        _revoke(
+            self.app, [r.id for r in self._leaves()], connection, terminate, signal, wait, timeout
         )
 
     def forget(self) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from tests.contract.conftest import broker_factory  # noqa: F401  (brokers for worker-part tests)
 from tests.helpers import require_rabbitmq, require_redis, unique, wait_for
+from tests.integration.mixed_fleet import fleet  # noqa: F401  (celeriac + stock Celery projects)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -58,9 +58,10 @@ def ctl_rows(node: Node, *args: str) -> list[list[str]]:
 
 
 def consuming_channels(node: Node, pids: list[int]) -> dict[int, list[dict[str, int]]]:
-    """For each process in `pids`: its channels that have consumers, as RabbitMQ sees
+    """For each process in `pids`: its channels that consume tasks, as RabbitMQ sees
     them (prefetch window, unacked count). Connections are matched to processes by
-    their local TCP port."""
+    their local TCP port. The remote control channel (no prefetch window, no acks) is
+    left out."""
     ports: dict[int, int] = {}
     for pid in pids:
         for conn in psutil.Process(pid).net_connections(kind="tcp"):
@@ -81,7 +82,7 @@ def consuming_channels(node: Node, pids: list[int]) -> dict[int, list[dict[str, 
         "global_prefetch_count",
         "messages_unacknowledged",
     ):
-        if connection in owner and int(consumers) > 0:
+        if connection in owner and int(consumers) > 0 and (int(prefetch) or int(global_prefetch)):
             found[owner[connection]].append(
                 {
                     "prefetch": int(prefetch),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from celeriac.exceptions import ImproperlyConfigured, IncompleteStream
+from celeriac.exceptions import IncompleteStream
 from celeriac.result import AsyncResult, allow_join_result
 
 if TYPE_CHECKING:
@@ -105,12 +105,13 @@ def test_then_calls_back_once_the_task_is_done(app: Celeriac, start_worker: Star
     assert got == [2]
 
 
-def test_revoke_takes_sigkill_and_refuses_other_signals(app: Celeriac) -> None:
+def test_revoke_takes_celerys_signal_and_wait_arguments(app: Celeriac) -> None:
     result: AsyncResult[Any] = AsyncResult("not-started", app=app)
     result.revoke(terminate=True, signal="SIGKILL")
     assert result.state == "REVOKED"
-    with pytest.raises(ImproperlyConfigured, match="signal='SIGTERM'"):
-        AsyncResult("other", app=app).revoke(terminate=True, signal="SIGTERM")
+    other: AsyncResult[Any] = AsyncResult("other", app=app)
+    other.revoke(terminate=True, signal="SIGTERM", wait=True, timeout=0.1)
+    assert other.state == "REVOKED"
 
 
 def test_get_inside_a_task_is_refused_unless_join_results_are_allowed(

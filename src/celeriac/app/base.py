@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from celeriac import result as _result
     from celeriac._time import Clock
     from celeriac.app.control import Control
+    from celeriac.app.events import Events
     from celeriac.app.send import SendConf
     from celeriac.backends.base import ResultBackend
     from celeriac.brokers.base import Broker
@@ -558,6 +559,13 @@ class Celeriac:
         if self._control is None:
             self._control = Control(self)
         return self._control
+
+    @property
+    def events(self) -> Events:
+        """`app.events`: `Receiver` and `State` for reading worker and task events."""
+        from celeriac.app.events import Events
+
+        return Events(self)
 
     @property
     def thread_oid(self) -> str:

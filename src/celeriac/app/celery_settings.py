@@ -253,8 +253,8 @@ _BACKEND = (
     "result_backend to one of those URLs and remove this setting"
 )
 _NO_EVENTS = (
-    "celeriac does not send Celery's monitoring events or take remote control commands "
-    "yet; remove the setting"
+    "celeriac declares the broadcast and event queues as Celery does by default "
+    "(docs/operations.md); remove the setting"
 )
 _IN_URL = (
     "put the connection details in broker_url (e.g. amqp://user:password@host:5672/vhost) "
@@ -302,12 +302,10 @@ UNSUPPORTED: dict[str, str] = {
     "broker_user": _IN_URL,
     "broker_vhost": _IN_URL,
     "broker_write_url": "celeriac reads and writes through broker_url; remove the setting",
-    "control_exchange": _NO_EVENTS,
     "control_queue_durable": _NO_EVENTS,
     "control_queue_exclusive": _NO_EVENTS,
     "control_queue_expires": _NO_EVENTS,
     "control_queue_ttl": _NO_EVENTS,
-    "event_exchange": _NO_EVENTS,
     "event_queue_durable": _NO_EVENTS,
     "event_queue_exclusive": _NO_EVENTS,
     "event_queue_expires": _NO_EVENTS,
@@ -372,7 +370,6 @@ UNSUPPORTED: dict[str, str] = {
         "a task whose worker process died is delivered again up to task_redelivery_limit "
         "times; set that instead"
     ),
-    "task_send_sent_event": _NO_EVENTS,
     "worker_agent": _WORKER_FIXED,
     "worker_autoscaler": "there is no autoscaler; set worker_concurrency",
     "worker_cancel_long_running_tasks_on_connection_loss": (
@@ -389,7 +386,6 @@ UNSUPPORTED: dict[str, str] = {
     "worker_direct": _WORKER_FIXED,
     "worker_disable_prefetch": "set worker_prefetch_multiplier=1 instead",
     "worker_enable_prefetch_count_reduction": _WORKER_FIXED,
-    "worker_enable_remote_control": _NO_EVENTS,
     "worker_enable_soft_shutdown_on_idle": _WORKER_FIXED,
     "worker_eta_task_limit": (
         "celeriac keeps countdown/ETA tasks on the broker, not in the worker; remove it"
@@ -447,7 +443,6 @@ FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
         "celeriac bounds reconnection by time, not tries: set the broker's transport "
         "options (Redis connection_retry_backoff_max, RabbitMQ publish_retry_timeout)",
     ),
-    "worker_send_task_events": ((False,), _NO_EVENTS),
 }
 
 # Values that ask for what celeriac does anyway: accepted without complaint.
@@ -460,8 +455,6 @@ ACCEPTED_VALUES: dict[str, tuple[Any, ...]] = {
     "worker_deduplicate_successful_tasks": (True,),
     "worker_direct": (False,),
     "worker_redirect_stdouts": (False,),
-    "task_send_sent_event": (False,),
-    "worker_enable_remote_control": (False,),
     "worker_pool_start_method": ("fork",),
     "worker_disable_prefetch": (False,),
     "result_persistent": (None, True),

@@ -113,6 +113,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_max_memory_per_child": None,
     "worker_disable_rate_limits": False,
     "worker_send_task_events": False,
+    "worker_enable_remote_control": True,
     "worker_hijack_root_logger": True,
     # celeriac: a consuming process whose presence heartbeat (every fraction of a second)
     # is older than this is presumed dead and any live consumer returns what it held.
@@ -120,6 +121,10 @@ DEFAULTS: dict[str, Any] = {
     # the GIL in C code starves the heartbeat thread, a swapping or overloaded machine, a
     # stop-the-world pause, a Redis failover), and reaping a live one runs its tasks twice.
     "worker_lost_after": 30.0,
+    # remote control and events (names of the broadcast exchanges, as Celery's)
+    "control_exchange": "celery",
+    "event_exchange": "celeryev",
+    "task_send_sent_event": False,
     # time and modules
     "timezone": None,
     "enable_utc": True,
@@ -432,6 +437,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "worker_max_memory_per_child": _positive_int,
     "worker_disable_rate_limits": _bool,
     "worker_send_task_events": _bool,
+    "worker_enable_remote_control": _bool,
+    "task_send_sent_event": _bool,
     "worker_hijack_root_logger": _bool,
     "worker_lost_after": lambda n, v: _positive_seconds(n, v, minimum=1.0),
     "timezone": _optional_str,

@@ -55,6 +55,7 @@ class SendConf:
     publish_retry: bool
     retry_policy: dict[str, Any]
     uses_rpc: bool
+    send_sent_event: bool = False
 
 
 def _or_none(value: Any) -> Any:
@@ -175,6 +176,7 @@ class Sender:
                 publish_retry=conf.task_publish_retry,
                 retry_policy=policy,
                 uses_rpc=self._app.result_backend_url.startswith("rpc://"),
+                send_sent_event=bool(conf.task_send_sent_event),
             )
         return cached
 
@@ -386,6 +388,10 @@ class Sender:
                 routing_key=routing_key,
                 headers=message.headers,
             )
+        if conf.send_sent_event:
+            from celeriac.app.events import send_task_sent
+
+            send_task_sent(app, message, queue=queue, exchange=exchange, routing_key=routing_key)
 
     def _with_publish_retry(self, publish: Callable[[], None]) -> None:
         try:

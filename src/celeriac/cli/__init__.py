@@ -135,7 +135,20 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
 def load_commands() -> click.Group:
     """The `celeriac` group with every subcommand registered (importing a command's
     module registers it)."""
-    from celeriac.cli import beat, dlq, status, worker  # noqa: F401
+    from celeriac.cli import (  # noqa: F401
+        beat,
+        call,
+        control,
+        dlq,
+        events,
+        inspect,
+        listing,
+        purge,
+        report,
+        result,
+        status,
+        worker,
+    )
 
     return cli
 

@@ -78,6 +78,13 @@ def _check_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
     default=False,
     help="Also run beat (periodic tasks) in this worker; safe on several workers: one leads.",
 )
+@click.option(
+    "-E",
+    "--task-events",
+    is_flag=True,
+    default=False,
+    help="Send task events (for Flower and `celeriac events`).",
+)
 @click.pass_obj
 def worker(ctx: AppContext, /, **params: Any) -> None:
     """Start a worker: a supervisor and one child process per CPU by default."""
@@ -85,6 +92,8 @@ def worker(ctx: AppContext, /, **params: Any) -> None:
     from celeriac.worker.startup import Worker, WorkerStartError
 
     app = ctx.app
+    if params.pop("task_events"):
+        app.conf.worker_send_task_events = True
     try:
         # The options above, by name: `resolve` fills what is unset from the settings.
         beat = params.pop("beat")

@@ -77,6 +77,8 @@ class Consumer:
         parent_pid: Exit when this process stops being our parent (prefork children).
         receive_timeout: Longest wait in one receive call (how soon a stop is noticed).
         pool: The pool's name (for the presence record).
+        before_dispatch: Called before each fetched batch runs (a prefork child reads
+            the remote control changes its supervisor passed on).
     """
 
     def __init__(
@@ -97,9 +99,11 @@ class Consumer:
         parent_pid: int | None = None,
         receive_timeout: float = RECEIVE_TIMEOUT,
         pool: str = "solo",
+        before_dispatch: Callable[[], object] | None = None,
     ) -> None:
         self.broker = broker
         self.receive_timeout = receive_timeout
+        self.before_dispatch = before_dispatch
         self.queues = list(queues)
         self.concurrency = max(1, concurrency)
         self.shutdown = shutdown
@@ -154,6 +158,9 @@ class Consumer:
                     continue
                 holdings.hold(batch)
                 crash_point("after_fetch")
+                if self.before_dispatch is not None:
+                    # Remote control changes (a revoke) that came while fetching.
+                    self.before_dispatch()
                 for delivery in batch:
                     if self.shutdown.is_requested() or holdings.leaving:
                         break

@@ -217,6 +217,13 @@ class Holdings:
     def is_parked(self, delivery: Delivery) -> bool:
         return delivery.tag in self._parked
 
+    def snapshot(self) -> tuple[list[Delivery], list[Delivery]]:
+        """(running, prefetched and not started), for remote control."""
+        with self._lock:
+            running = [d for tag, d in self._held.items() if tag in self._started]
+            waiting = [d for tag, d in self._held.items() if tag not in self._started]
+        return running, waiting
+
     def count(self) -> int:
         with self._lock:
             return len(self._held)

@@ -81,6 +81,7 @@ class SlotTimeLimits:
         if request.soft_time_limit:
             signal.setitimer(signal.ITIMER_REAL, 0)
         self.slots.clear(self.index)
+        self.slots.count_done(self.index)
 
 
 class AlarmTimeLimits:

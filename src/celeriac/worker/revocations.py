@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,15 @@ class Revocations:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def add(self, task_ids: list[str]) -> None:
+        """Know these ids as revoked now (remote control; the log brings them too)."""
+        # Stamped on the backend's timeline (the newest time it gave us), so pruning
+        # keeps them as long as the logged ones; the local clock only before any refresh.
+        now = self._newest or time.time()
+        with self._lock:
+            for task_id in task_ids:
+                self._ids[task_id] = now
 
     def refresh(self) -> list[Revocation]:
         """Read new revocations; return them (the supervisor acts on `terminate`)."""

@@ -47,6 +47,8 @@ class SlotTable:
     def __init__(self, size: int) -> None:
         self.size = size
         self._map = mmap.mmap(-1, max(1, size) * _SIZE)
+        # Tasks each slot has finished (written by its child only; summed for stats).
+        self._done = mmap.mmap(-1, max(1, size) * 8)
 
     def _offset(self, index: int) -> int:
         if not 0 <= index < self.size:
@@ -113,5 +115,17 @@ class SlotTable:
             )
         return None
 
+    def count_done(self, index: int) -> None:
+        """Count one finished task for slot `index` (called by its child)."""
+        offset = index * 8
+        struct.pack_into(
+            "<Q", self._done, offset, struct.unpack_from("<Q", self._done, offset)[0] + 1
+        )
+
+    def done(self) -> int:
+        """Tasks finished by every child so far."""
+        return sum(struct.unpack_from(f"<{self.size}Q", self._done, 0)) if self.size else 0
+
     def close(self) -> None:
         self._map.close()
+        self._done.close()

@@ -16,6 +16,7 @@ from celeriac import signals
 from celeriac._version import __version__
 from celeriac.app.queues import parse_queues
 from celeriac.exceptions import BrokerError, CeleriacError, ImproperlyConfigured
+from celeriac.worker.control import start_remote
 from celeriac.worker.logs import configure_logging
 from celeriac.worker.pools.aio import AsyncioPool
 from celeriac.worker.pools.prefork import PreforkPool
@@ -123,6 +124,7 @@ class Worker:
                 "runs Python code (not while blocked in C code)"
             )
         embedded = self._start_beat() if self.beat else None
+        remote = start_remote(self.app, self.options, pool)
         logger.info("celeriac worker %s ready", self.options.hostname)
         signals.worker_ready.send(sender=self)
         try:
@@ -130,6 +132,8 @@ class Worker:
         finally:
             if embedded is not None:
                 embedded.stop()
+            if remote is not None:
+                remote.stop()
             signals.worker_shutdown.send(sender=self)
 
     def _start_beat(self) -> EmbeddedBeat:

@@ -308,6 +308,8 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "worker_max_memory_per_child": (2.5, "whole number"),
     "worker_disable_rate_limits": (1, "write True or False"),
     "worker_send_task_events": (1, "write True or False"),
+    "worker_enable_remote_control": ("yes", "write True or False"),
+    "task_send_sent_event": (1, "write True or False"),
     "worker_hijack_root_logger": (1, "write True or False"),
     "worker_lost_after": (0, "number of seconds >= 1"),
     "timezone": (0, "string or None"),

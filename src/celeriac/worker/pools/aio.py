@@ -79,6 +79,7 @@ class AsyncioPool(InProcessPool):
         # Acks go out with the next fetch (one round trip per batch, not per task).
         acks = AckBuffer(broker, holdings)
         self.acks = acks
+        self.holdings = holdings
         executor = Executor(
             self.app,
             broker,
@@ -86,6 +87,7 @@ class AsyncioPool(InProcessPool):
             acks=acks,
             limits=ThreadTimeLimits(),
         )
+        self.executor = executor
         holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
         slots = asyncio.Semaphore(options.concurrency)
         running: set[asyncio.Task[None]] = set()

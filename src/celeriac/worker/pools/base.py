@@ -12,19 +12,19 @@ import os
 import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from celeriac.worker.consumer import Consumer, consumer_id_for
-from celeriac.worker.holdings import Shutdown
+from celeriac.worker.control import apply_control, request_info
+from celeriac.worker.holdings import Holdings, Shutdown
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
-    from typing import Any
 
     from celeriac.app.base import Celeriac
     from celeriac.brokers.base import Broker
-    from celeriac.worker.execute import TimeLimits
+    from celeriac.worker.execute import Executor, TimeLimits
     from celeriac.worker.options import WorkerOptions
 
 __all__ = ["InProcessPool", "Pool", "PoolStats"]
@@ -60,6 +60,31 @@ class Pool(ABC):
     @abstractmethod
     def stats(self) -> PoolStats: ...
 
+    # -- what remote control asks (worker/control.py's WorkerState) -------------------
+
+    def active_requests(self) -> list[dict[str, Any]]:
+        return []
+
+    def reserved_requests(self) -> list[dict[str, Any]]:
+        return []
+
+    def processed(self) -> dict[str, int]:
+        return {}
+
+    def processed_count(self) -> int:
+        """Tasks handled so far, in all."""
+        return sum(self.processed().values())
+
+    def processes(self) -> list[int]:
+        return list(self.stats().processes)
+
+    @abstractmethod
+    def request_shutdown(self) -> None:
+        """Begin a warm shutdown (the `shutdown` command)."""
+
+    def forward_control(self, method: str, arguments: dict[str, Any]) -> None:  # noqa: B027
+        """Pass a change made by remote control on to the processes running tasks."""
+
 
 class InProcessPool(Pool):
     """A pool whose consumer lives in the worker process itself."""
@@ -69,6 +94,11 @@ class InProcessPool(Pool):
         self.shutdown = Shutdown()
         self._sigint_count = 0
         self.broker: Broker | None = None
+        #: The consumer of this process, once running (what remote control reads).
+        self.consumer: Consumer | None = None
+        #: What the asyncio pool holds and runs with (it has no `Consumer`).
+        self.holdings: Holdings | None = None
+        self.executor: Executor | None = None
 
     def consume(
         self, *, limits: TimeLimits, run_async: Callable[[Any], Any], concurrency: int = 1
@@ -78,7 +108,7 @@ class InProcessPool(Pool):
         broker = self.app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
         self.broker = broker
         try:
-            Consumer(
+            self.consumer = Consumer(
                 self.app,
                 broker,
                 hostname=options.hostname,
@@ -89,7 +119,8 @@ class InProcessPool(Pool):
                 shutdown=self.shutdown,
                 concurrency=concurrency,
                 pool=self.name,
-            ).run()
+            )
+            self.consumer.run()
             return 0
         finally:
             broker.close()
@@ -125,3 +156,33 @@ class InProcessPool(Pool):
 
     def stats(self) -> PoolStats:
         return PoolStats(self.name, self.options.concurrency, (os.getpid(),))
+
+    def request_shutdown(self) -> None:
+        self.shutdown.warm.set()
+
+    def _holdings(self) -> Holdings | None:
+        return self.consumer.holdings if self.consumer is not None else self.holdings
+
+    def _executor(self) -> Executor | None:
+        return self.consumer.executor if self.consumer is not None else self.executor
+
+    def active_requests(self) -> list[dict[str, Any]]:
+        holdings = self._holdings()
+        if holdings is None:
+            return []
+        running, _ = holdings.snapshot()
+        return [request_info(d, self.options.hostname, os.getpid()) for d in running]
+
+    def reserved_requests(self) -> list[dict[str, Any]]:
+        holdings = self._holdings()
+        if holdings is None:
+            return []
+        _, waiting = holdings.snapshot()
+        return [request_info(d, self.options.hostname, None) for d in waiting]
+
+    def processed(self) -> dict[str, int]:
+        executor = self._executor()
+        return dict(executor.stats.by_name) if executor is not None else {}
+
+    def forward_control(self, method: str, arguments: dict[str, Any]) -> None:
+        apply_control(self.app, self.consumer, self._executor(), method, arguments)

@@ -6,7 +6,7 @@ inside each of them (a complete consumer of its own).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac.worker.pools.base import Pool, PoolStats
 from celeriac.worker.pools.prefork.supervisor import Supervisor
@@ -32,3 +32,15 @@ class PreforkPool(Pool):
 
     def stats(self) -> PoolStats:
         return PoolStats(self.name, self.options.concurrency, tuple(self.supervisor.processes()))
+
+    def active_requests(self) -> list[dict[str, Any]]:
+        return self.supervisor.active_requests()
+
+    def processed_count(self) -> int:
+        return self.supervisor.slots.done()
+
+    def request_shutdown(self) -> None:
+        self.supervisor.shutdown.warm.set()
+
+    def forward_control(self, method: str, arguments: dict[str, Any]) -> None:
+        self.supervisor.forward_control(method, arguments)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
 from celeriac.worker.consumer import Consumer, consumer_id_for
+from celeriac.worker.control import CONTROL_PIPE_INTERVAL, ControlPipe, task_event_dispatcher
 from celeriac.worker.holdings import Shutdown
 from celeriac.worker.limits import SlotTimeLimits, install_alarm_handler
 
@@ -45,6 +46,7 @@ def child_main(
     slots: SlotTable,
     parent_pid: int,
     local_crashes: Mapping[str, int] | None = None,
+    control_fd: int | None = None,
 ) -> int:
     """Run one prefork child until it is told to stop; return its exit code."""
     # Celery compat: children log as ForkPoolWorker-<n>.
@@ -87,7 +89,17 @@ def child_main(
             parent_pid=parent_pid,
             pool="prefork",
         )
-        reason = consumer.run()
+        events = task_event_dispatcher(app, options.hostname)
+        if control_fd is not None:
+            reader = ControlPipe(control_fd, app, consumer, events)
+            consumer.holdings.every(CONTROL_PIPE_INTERVAL, reader.read)
+            consumer.before_dispatch = reader.read
+        try:
+            reason = consumer.run()
+        finally:
+            if events is not None:
+                events.task_events = False
+                events.mailbox.close()
         if reason != "shutdown":
             logger.info("Child %d leaving (%s); the supervisor replaces it", os.getpid(), reason)
         return 0

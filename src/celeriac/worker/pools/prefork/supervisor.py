@@ -15,18 +15,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celeriac import states
 from celeriac._crashpoints import crash_point
 from celeriac.exceptions import TimeLimitExceeded
 from celeriac.protocol.errors import encode_exception
 from celeriac.worker.consumer import consumer_id_for
+from celeriac.worker.control import running_info
 from celeriac.worker.holdings import Shutdown
 from celeriac.worker.pools.prefork.child import STOP_SIGNALS, child_main
 from celeriac.worker.revocations import Revocations
@@ -83,6 +85,8 @@ class Supervisor:
         # can count them (RabbitMQ with rpc:// results). Children forked afterwards
         # inherit the counts, so the redelivery cap holds per worker.
         self.local_crashes: dict[str, int] = {}
+        # Write ends of the pipes remote control changes reach each child by.
+        self._control_pipes: dict[int, int] = {}
 
     # -- signals -----------------------------------------------------------------------
 
@@ -115,22 +119,47 @@ class Supervisor:
     def processes(self) -> list[int]:
         return [child.pid for child in self.children.values()]
 
+    def active_requests(self) -> list[dict[str, Any]]:
+        """What every child runs now (read from the slot table: no child is asked)."""
+        found = []
+        for index, child in list(self.children.items()):
+            running = self.slots.read(index)
+            if running is not None:
+                found.append(running_info(running, self.options.hostname, child.pid))
+        return found
+
+    def forward_control(self, method: str, arguments: dict[str, Any]) -> None:
+        """Send a remote control change to every child (children forked later inherit
+        it from this process, which applied it already)."""
+        line = json.dumps({"method": method, "arguments": arguments}).encode() + b"\n"
+        for index, fd in list(self._control_pipes.items()):
+            try:
+                os.write(fd, line)
+            except OSError as exc:
+                logger.warning("Could not pass %s on to child slot %d: %s", method, index, exc)
+
     def _spawn(self, index: int) -> None:
         self.slots.clear(index)
         parent = os.getpid()
         # Stop signals are held back from the fork until the child has its own handlers
         # (child_main unblocks them): a SIGTERM that reached it earlier would run the
         # supervisor's inherited handler, and the child would never stop.
+        control_in, control_out = os.pipe()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pid = os.fork()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            os.close(control_in)
+            os.close(control_out)
             raise
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if pid == 0:  # the child
             code = 1
+            for fd in (control_out, *self._control_pipes.values()):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             try:
                 code = child_main(
                     self.app,
@@ -139,12 +168,20 @@ class Supervisor:
                     slots=self.slots,
                     parent_pid=parent,
                     local_crashes=self.local_crashes,
+                    control_fd=control_in,
                 )
             except BaseException:
                 logger.exception("Child %d crashed", os.getpid())
             finally:
                 logging.shutdown()
                 os._exit(code)
+        os.close(control_in)
+        os.set_blocking(control_out, False)
+        old = self._control_pipes.pop(index, None)
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.close(old)
+        self._control_pipes[index] = control_out
         self.children[index] = _Child(pid=pid, started=time.monotonic())
         self._pid_to_index[pid] = index
         logger.debug("Started child %d in slot %d", pid, index)

@@ -1,0 +1,304 @@
+"""Worker and task events in Celery's format (spec §5.5), for Flower and `celery events`.
+
+`EventDispatcher` publishes to the broker's event exchange (`celeryev`): the worker's
+`worker-online`, a `worker-heartbeat` every `freq` seconds and `worker-offline` (always,
+as Celery does), and, while task events are on (`-E`, `worker_send_task_events`, the
+`enable_events` command), `task-received`, `task-started`, `task-succeeded`,
+`task-failed`, `task-retried`, `task-revoked` and `task-rejected`.
+
+Task events hang on the worker's signals: their receivers are connected only while task
+events are on, so with events off the task path pays nothing (a signal with no
+receivers is not even sent). With them on, the task path only appends the event to a
+buffer: a flusher thread publishes what gathered as one list under the routing key
+`task.multi` (as Celery's workers do) every `FLUSH_INTERVAL`, so a burst of tasks costs
+one publish per flush, not three round trips per task. A failed publish is logged at
+debug level and dropped: events are fire-and-forget, as in Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from celeriac import signals
+from celeriac._version import __version__
+from celeriac.app.events import utcoffset
+from celeriac.brokers.mailbox import pack
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from celeriac.brokers.mailbox import Mailbox
+
+__all__ = ["HEARTBEAT_FREQ", "EventDispatcher"]
+
+logger = logging.getLogger("celeriac.worker")
+
+# Celery's worker heartbeat interval (`freq`), seconds.
+HEARTBEAT_FREQ = 2.0
+# Celery truncates `result` reprs in task-succeeded to this length.
+RESULT_REPR_MAX = 1024
+# How often buffered task events are published, and the most in one message.
+FLUSH_INTERVAL = 0.1
+MAX_BATCH = 500
+
+
+class EventDispatcher:
+    """Sends one worker's events.
+
+    Args:
+        hostname: The node name events are sent as.
+        mailbox: The broker's broadcast channel.
+        task_events: Send task events from the start.
+        counts: Returns (active, processed) for heartbeats.
+        clock: Returns the next Lamport clock value.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        mailbox: Mailbox,
+        *,
+        task_events: bool = False,
+        counts: Callable[[], tuple[int, int]] | None = None,
+        clock: Callable[[], int] | None = None,
+        freq: float = HEARTBEAT_FREQ,
+    ) -> None:
+        self.hostname = hostname
+        self.mailbox = mailbox
+        self.freq = freq
+        self._counts = counts or (lambda: (0, 0))
+        self._clock_value = 0
+        self._clock = clock or self._next_clock
+        self._started_at: dict[str, float] = {}
+        self._task_events = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._offset = 0
+        self._pid = 0
+        self._offset_until = float("-inf")
+        self._buffer: list[dict[str, Any]] = []
+        self._buffer_lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = threading.Event()
+        self.task_events = task_events
+
+    def _next_clock(self) -> int:
+        self._clock_value += 1
+        return self._clock_value
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _event(self, type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        now = time.monotonic()
+        if now >= self._offset_until:
+            # Read at most once a minute: it changes only with daylight saving time.
+            self._offset = utcoffset()
+            self._pid = os.getpid()
+            self._offset_until = now + 60.0
+        return {
+            "hostname": self.hostname,
+            "utcoffset": self._offset,
+            "pid": self._pid,
+            "clock": self._clock(),
+            **fields,
+            "timestamp": time.time(),
+            "type": type,
+        }
+
+    def send_task_event(self, type: str, **fields: Any) -> None:
+        """Buffer one task event; the flusher thread publishes it shortly."""
+        event = self._event(type, fields)
+        with self._buffer_lock:
+            self._buffer.append(event)
+
+    def flush(self) -> None:
+        """Publish the buffered task events now, as `task.multi` lists."""
+        while True:
+            with self._buffer_lock:
+                batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            if not batch:
+                return
+            message = pack(batch, headers={"hostname": self.hostname})
+            try:
+                self.mailbox.publish_event("task.multi", message)
+            except Exception as exc:  # isolation boundary: events are fire-and-forget
+                logger.debug("Could not send %d task event(s): %s", len(batch), exc)
+
+    def _flush_loop(self) -> None:
+        while not self._flusher_stop.wait(FLUSH_INTERVAL):
+            self.flush()
+        self.flush()
+
+    def send(self, type: str, **fields: Any) -> None:
+        """Publish one event now (dropped, with a debug line, if the broker is away)."""
+        event = self._event(type, fields)
+        message = pack(event, headers={"hostname": self.hostname})
+        try:
+            self.mailbox.publish_event(type.replace("-", "."), message)
+        except Exception as exc:  # isolation boundary: events are fire-and-forget
+            logger.debug("Could not send event %s: %s", type, exc)
+
+    def worker_fields(self) -> dict[str, Any]:
+        active, processed = self._counts()
+        try:
+            loadavg = [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            loadavg = [0.0, 0.0, 0.0]
+        return {
+            "freq": self.freq,
+            "active": active,
+            "processed": processed,
+            "loadavg": loadavg,
+            "sw_ident": "celeriac",
+            "sw_ver": __version__,
+            "sw_sys": platform.system(),
+        }
+
+    # -- worker events ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Send worker-online and start the heartbeat thread."""
+        self.send("worker-online", **self.worker_fields())
+        self._thread = threading.Thread(target=self._beat, name="celeriac-heartbeat", daemon=True)
+        self._thread.start()
+
+    def heartbeat_now(self) -> None:
+        """Send a heartbeat at once (the `heartbeat` command: a monitor just started)."""
+        self._wake.set()
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.freq)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self.send("worker-heartbeat", **self.worker_fields())
+
+    def stop(self) -> None:
+        """Send worker-offline and stop the heartbeat thread."""
+        self.task_events = False
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self.send("worker-offline", **self.worker_fields())
+
+    # -- task events --------------------------------------------------------------------
+
+    @property
+    def task_events(self) -> bool:
+        return self._task_events
+
+    @task_events.setter
+    def task_events(self, on: bool) -> None:
+        if on == self._task_events:
+            return
+        self._task_events = on
+        hooks: list[tuple[Any, Callable[..., None]]] = [
+            (signals.task_received, self._on_received),
+            (signals.task_prerun, self._on_prerun),
+            (signals.task_postrun, self._on_postrun),
+            (signals.task_failure, self._on_failure),
+            (signals.task_retry, self._on_retry),
+            (signals.task_revoked, self._on_revoked),
+            (signals.task_rejected, self._on_rejected),
+        ]
+        for signal, receiver in hooks:
+            if on:
+                signal.connect(receiver)
+            else:
+                signal.disconnect(receiver)
+        if on:
+            self._flusher_stop = threading.Event()
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="celeriac-events", daemon=True
+            )
+            self._flusher.start()
+        elif self._flusher is not None:
+            self._flusher_stop.set()
+            if self._flusher is not threading.current_thread():
+                self._flusher.join(timeout=5)
+            self._flusher = None
+
+    def _on_received(self, sender: Any = None, request: Any = None, **kwargs: Any) -> None:
+        call = request.call
+        headers = request.delivery.message.headers
+        self.send_task_event(
+            "task-received",
+            uuid=call.id,
+            name=call.name,
+            args=headers.get("argsrepr") or repr(call.args),
+            kwargs=headers.get("kwargsrepr") or repr(call.kwargs),
+            root_id=headers.get("root_id"),
+            parent_id=headers.get("parent_id"),
+            retries=headers.get("retries") or 0,
+            eta=headers.get("eta"),
+            expires=headers.get("expires"),
+        )
+
+    def _on_prerun(self, sender: Any = None, task_id: str = "", **kwargs: Any) -> None:
+        self._started_at[task_id] = time.monotonic()
+        self.send_task_event("task-started", uuid=task_id)
+
+    def _on_postrun(
+        self, sender: Any = None, task_id: str = "", retval: Any = None, state: str = "", **kw: Any
+    ) -> None:
+        started = self._started_at.pop(task_id, None)
+        if state != "SUCCESS":
+            return
+        runtime = time.monotonic() - started if started is not None else 0.0
+        self.send_task_event(
+            "task-succeeded", uuid=task_id, result=repr(retval)[:RESULT_REPR_MAX], runtime=runtime
+        )
+
+    def _on_failure(
+        self,
+        sender: Any = None,
+        task_id: str = "",
+        exception: Any = None,
+        traceback: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.send_task_event(
+            "task-failed", uuid=task_id, exception=repr(exception), traceback=str(traceback)
+        )
+
+    def _on_retry(
+        self,
+        sender: Any = None,
+        request: Any = None,
+        reason: Any = None,
+        einfo: Any = None,
+        **kw: Any,
+    ) -> None:
+        task_id = getattr(request, "id", None)
+        self.send_task_event(
+            "task-retried", uuid=task_id, exception=repr(reason), traceback=str(einfo)
+        )
+
+    def _on_revoked(
+        self,
+        sender: Any = None,
+        request: Any = None,
+        terminated: bool = False,
+        signum: Any = None,
+        expired: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.send_task_event(
+            "task-revoked",
+            uuid=getattr(request, "id", None),
+            terminated=terminated,
+            signum=signum,
+            expired=expired,
+        )
+
+    def _on_rejected(self, sender: Any = None, message: Any = None, **kwargs: Any) -> None:
+        task_id = getattr(message, "task_id", None)
+        self.send_task_event("task-rejected", uuid=task_id, requeue=False)
