@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from celeriac.cli import EX_UNAVAILABLE
-from tests.helpers import wait_for
+from tests.helpers import amqp_url, wait_for
 from tests.integration.conftest import write_tasks
 from tests.integration.test_cli_dlq import celeriac
 from tests.integration.worker_tasks import SOURCE
@@ -80,11 +80,34 @@ def test_status_exits_non_zero_when_no_worker_is_alive(
     assert done.returncode == EX_UNAVAILABLE, done.stdout
 
 
-def test_status_on_a_broker_without_presence_says_so(
+@pytest.mark.parametrize("broker_env", ["amqp"], indirect=True)
+def test_status_on_rabbitmq_asks_the_workers_over_the_broadcast_channel(
+    broker_env: str, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    # RabbitMQ keeps no presence records: the workers answer `stats` instead.
+    write_tasks(tasks_dir, SOURCE)
+    name = f"{broker_env}-status@{socket.gethostname()}"
+
+    def listed() -> dict[str, dict[str, object]]:
+        done = celeriac(tasks_dir, "status", "--json", "--timeout", "2")
+        if done.returncode != 0:
+            return {}
+        workers: dict[str, dict[str, object]] = json.loads(done.stdout)["workers"]
+        return workers if name in workers else {}
+
+    worker = run_worker("-P", "threads", "-c", "3", "-n", name)
+    workers = wait_for(listed, timeout=30, what="the worker's reply")
+    assert workers[name] == {"pid": worker.pid, "pool": "celeriac:threads", "concurrency": 3}
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+
+
+def test_status_on_rabbitmq_with_no_worker_exits_non_zero(
     tasks_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_tasks(tasks_dir, SOURCE)
-    monkeypatch.setenv("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
-    done = celeriac(tasks_dir, "status")
+    monkeypatch.setenv("TEST_BROKER_URL", amqp_url())
+    monkeypatch.setenv("TEST_QUEUE", "status-nobody")
+    done = celeriac(tasks_dir, "status", "--timeout", "0.5")
     assert done.returncode == EX_UNAVAILABLE
-    assert "keeps no presence records" in done.stderr
+    assert "no worker answered" in done.stderr

@@ -1,5 +1,7 @@
 """`celeriac -A tasks status`: the live workers and their consumers, from the presence
 records in the broker (no worker is asked anything, so it answers while they are busy).
+On a broker that keeps no presence records (RabbitMQ) the workers are asked over the
+broadcast channel instead (`stats`, as `celery status` pings), within `--timeout`.
 
 Exits 0 when at least one consumer is alive, `EX_UNAVAILABLE` otherwise: usable as a
 liveness probe. Records older than `worker_lost_after` belong to consumers presumed dead
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -39,20 +41,55 @@ def _as_dict(record: ConsumerRecord) -> dict[str, object]:
     }
 
 
+def _by_broadcast(app: Any, url: str, timeout: float, as_json: bool) -> None:
+    """The workers that answer `stats` within `timeout` (stock Celery workers too)."""
+    replies: dict[str, Any] = app.control.inspect(timeout=timeout).stats() or {}
+    workers = {
+        name: {
+            "pid": stats.get("pid"),
+            "pool": str((stats.get("pool") or {}).get("implementation", "")),
+            "concurrency": (stats.get("pool") or {}).get("max-concurrency"),
+        }
+        for name, stats in sorted(replies.items())
+        if isinstance(stats, dict)
+    }
+    if as_json:
+        click.echo(json.dumps({"workers": workers, "source": "remote control"}, indent=2))
+    else:
+        for name, info in workers.items():
+            click.echo(
+                f"{name}: pid {info['pid']}, pool {info['pool']}, "
+                f"concurrency {info['concurrency']} (answered remote control)"
+            )
+    if not workers:
+        fail(
+            f"no worker answered on {url} within {timeout:g}s (this broker keeps no presence "
+            "records, so workers were asked over the broadcast channel)",
+            EX_UNAVAILABLE,
+        )
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "-t",
+    "--timeout",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for replies where workers are asked (brokers without presence).",
+)
 @click.pass_obj
-def status(ctx: AppContext, as_json: bool) -> None:
+def status(ctx: AppContext, as_json: bool, timeout: float) -> None:
     """List live workers and their consumers; exit non-zero if there are none."""
     app = ctx.app
     broker = app.create_broker()
     try:
         if not broker.supports_presence:
-            fail(
-                f"the {broker.schemes[0]} broker keeps no presence records: "
-                "`celeriac status` works with Redis and SQLite brokers",
-                EX_UNAVAILABLE,
-            )
+            url = broker.safe_url()
+            broker.close()
+            _by_broadcast(app, url, timeout, as_json)
+            return
         try:
             records = broker.consumers()
         except BrokerError as exc:
