@@ -10,7 +10,10 @@ before_defer, after_defer (ETA and rate-limit hand-off), before_recover, after_r
 (the supervisor returning a dead child's messages), before_promote, after_promote (a
 broker making due ETA messages ready: on SQLite inside the leasing transaction, before
 and after the promoting statement; on Redis before a fetch that will promote and after
-one that did; RabbitMQ promotes on the server, so it has none).
+one that did; RabbitMQ promotes on the server, so it has none), before_beat_send,
+after_beat_send (a beat leader sending a run: after its claim and before the send, and
+after the send before its confirmation; where the claim, the send and the confirmation
+are one step, before and after that step).
 
 It lives outside `worker` because brokers call it too (nothing but the CLI imports
 `worker`).
@@ -41,6 +44,8 @@ POINTS = frozenset(
         "after_recover",
         "before_promote",
         "after_promote",
+        "before_beat_send",
+        "after_beat_send",
     }
 )
 

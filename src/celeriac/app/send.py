@@ -209,6 +209,23 @@ class Sender:
         if items:
             self._with_publish_retry(lambda: self._app.broker.publish_many(items))
 
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[Outgoing]]:
+        """Collect what is published inside the block, as `batch` does, but publish
+        nothing: the caller publishes the yielded messages itself (beat, in the same
+        atomic step as its run record; else with `publish_captured`)."""
+        items: list[Outgoing] = []
+        token = _batch.set(items)
+        try:
+            yield items
+        finally:
+            _batch.reset(token)
+
+    def publish_captured(self, items: Sequence[Outgoing]) -> None:
+        """Publish messages `capture` collected, with the publish retry policy."""
+        if items:
+            self._with_publish_retry(lambda: self._app.broker.publish_many(items))
+
     def send_task(
         self,
         name: str,

@@ -8,19 +8,26 @@ Keys (after the `global_keyprefix` transport option, as every celeriac key):
                                      run (µs), "<entry>\\0tick" / "<entry>\\0task" a claim
 
 The lease expires by the server's clock (PX), so beat hosts need not agree on the time.
+
+When this Redis is also the broker (same URL, same `global_keyprefix`), a run is claimed,
+pushed onto its queue's list and recorded as the last run by one script
+(`claim_and_send`): no crash can split them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast, final
 
+from celeriac._crashpoints import crash_point
 from celeriac.beat.store import ClaimResult, EntryState, Lease, ScheduleStore
 from celeriac.exceptions import CeleriacError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     import redis
+
+    from celeriac.brokers.base import Broker, Outgoing
 
 __all__ = ["BeatStoreError", "RedisScheduleStore"]
 
@@ -86,6 +93,26 @@ redis.call('HSET', KEYS[2], ARGV[2] .. sep .. 'tick', ARGV[4], ARGV[2] .. sep ..
 return 'claimed'
 """
 
+# KEYS: lease, entries, then the lists to push to. ARGV: "<owner>|<token>", name,
+# expected last run, tick, then per list: the number of envelopes and the envelopes.
+# -> 'sent', or CLAIM's refusals (nothing pushed).
+CLAIM_SEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'fenced' end
+local sep = '\\0'
+local last = redis.call('HGET', KEYS[2], ARGV[2] .. sep .. 'last')
+if not last then return 'gone' end
+if redis.call('HEXISTS', KEYS[2], ARGV[2] .. sep .. 'tick') == 1 then return 'pending' end
+if last ~= ARGV[3] then return 'done' end
+local at = 5
+for k = 3, #KEYS do
+  local count = tonumber(ARGV[at])
+  for i = 1, count do redis.call('LPUSH', KEYS[k], ARGV[at + i]) end
+  at = at + count + 1
+end
+redis.call('HSET', KEYS[2], ARGV[2] .. sep .. 'last', ARGV[4])
+return 'sent'
+"""
+
 # KEYS: lease, entries. ARGV: "<owner>|<token>", name, tick. -> 1 if it may re-send.
 RESUME = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -108,6 +135,7 @@ _SCRIPTS = {
     "release": RELEASE,
     "reconcile": RECONCILE,
     "claim": CLAIM,
+    "claim_send": CLAIM_SEND,
     "resume": RESUME,
     "confirm": CONFIRM,
 }
@@ -125,10 +153,15 @@ class RedisScheduleStore(ScheduleStore):
         url: The Redis URL.
         options: Transport options (connection settings, `global_keyprefix`).
         name: The schedule's name.
+        broker: The app's broker when it is this Redis (same URL and options), so runs
+            can be claimed and pushed in one script.
     """
 
-    def __init__(self, url: str, options: Mapping[str, Any], *, name: str) -> None:
+    def __init__(
+        self, url: str, options: Mapping[str, Any], *, name: str, broker: Broker | None = None
+    ) -> None:
         super().__init__(name)
+        self._broker = broker
         from celeriac._urls import redact_url
         from celeriac.connections.redis import RedisClient
 
@@ -186,6 +219,42 @@ class RedisScheduleStore(ScheduleStore):
         args = [f"{owner}|{token}", name, str(last_run), str(tick), task_id]
         reply = self._call("claim", [self._lease, self._entries], args)
         return cast("ClaimResult", reply.decode() if isinstance(reply, bytes) else reply)
+
+    @property
+    def shares_broker(self) -> bool:
+        from celeriac.brokers.redis.broker import RedisBroker
+
+        return isinstance(self._broker, RedisBroker)
+
+    def claim_and_send(
+        self,
+        owner: str,
+        token: int,
+        name: str,
+        *,
+        last_run: int,
+        tick: int,
+        items: Sequence[Outgoing],
+    ) -> ClaimResult | None:
+        from celeriac.brokers.redis.broker import RedisBroker
+
+        broker = self._broker
+        if not isinstance(broker, RedisBroker):
+            return None
+        pushes = broker.plain_pushes(items)
+        if pushes is None:
+            return None
+        keys = [self._lease, self._entries]
+        args: list[Any] = [f"{owner}|{token}", name, str(last_run), str(tick)]
+        for key, envelopes in pushes:
+            keys.append(key)
+            args += [len(envelopes), *envelopes]
+        crash_point("before_beat_send")
+        reply = self._call("claim_send", keys, args)
+        result = cast("ClaimResult", reply.decode() if isinstance(reply, bytes) else reply)
+        if result == "sent":
+            broker.count_published(len(items))
+        return result
 
     def resume(self, owner: str, token: int, name: str, *, tick: int) -> bool:
         args = [f"{owner}|{token}", name, str(tick)]

@@ -9,19 +9,25 @@ guarantees:
 1. The tick is the entry's next scheduled time after its stored last run
    (`next_run_after`), so every beat process names it identically. Its task id is
    derived from the schedule name, the entry and that time (uuid5).
-2. `claim` records it as pending in the store, atomically and only if this process
-   holds the current lease (fencing token) and the stored last run is unchanged.
-   Two leaders can never both claim one tick.
-3. The task is sent through the app's normal send path.
-4. `confirm` makes the tick the last run and clears the claim.
+2. Where the state lives on the broker's server (a Redis or SQLite broker),
+   `claim_and_send` does everything in one atomic step: it checks that this process
+   holds the current lease (fencing token) and that the stored last run is unchanged,
+   writes the message the app's normal send path built (`prepare`), and records the tick
+   as the last run. A crash or a stall leaves all of it done or none of it: each tick is
+   sent exactly once.
+3. Otherwise (RabbitMQ with the state in the result backend; on Redis, a message that
+   waits broker-side for its ETA, or `replicas_to_confirm`): `claim` records the tick as
+   pending, atomically and under the same checks (two leaders can never both claim one
+   tick); the task is sent through the app's normal send path; `confirm` makes the tick
+   the last run and clears the claim.
 
-A crash before 2 leaves nothing: the next leader claims the tick itself. A crash
-between 2 and 4 leaves the claim pending: the next leader (or this one, on its next
-pass) sends it again with the same task id before anything else (`resume` fences that
-re-send like a claim), so the tick is never dropped. That re-send duplicates the message
-only if the crash came after the broker took it and before the confirmation (one round
-trip), or if the claiming leader stalled past its lease before sending; the copy has the
-same task id.
+On the three-step path, a crash before the claim leaves nothing: the next leader claims
+the tick itself. A crash between claim and confirmation leaves the claim pending: the
+next leader (or this one, on its next pass) sends it again with the same task id before
+anything else (`resume` fences that re-send like a claim), so the tick is never dropped.
+That re-send duplicates the message only if the crash came after the broker took it and
+before the confirmation (one round trip), or if the claiming leader stalled past its
+lease before sending; the copy has the same task id.
 
 Catch-up: when several ticks of an entry passed unseen (no beat was alive, or during a
 takeover), only the latest is sent, once (`beat_catch_up`, the default); with
@@ -45,6 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, final
 
+from celeriac._crashpoints import crash_point
 from celeriac._time import Clock, SystemClock
 from celeriac.beat.entries import Entry, entries_from_config
 from celeriac.beat.leader import Leadership
@@ -57,6 +64,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from celeriac.app.base import Celeriac
+    from celeriac.brokers.base import Outgoing
 
 __all__ = ["BeatStats", "Scheduler", "from_us", "tick_task_id", "to_us"]
 
@@ -163,21 +171,30 @@ class Scheduler:
 
     def send(self, entry: Entry, *, task_id: str, scheduled: datetime) -> None:
         """Send one run through the app's normal send path."""
+        self.app.sender.publish_captured(self.prepare(entry, task_id=task_id, scheduled=scheduled))
+        self._sent(entry, task_id, scheduled)
+
+    def prepare(self, entry: Entry, *, task_id: str, scheduled: datetime) -> list[Outgoing]:
+        """The messages the app's normal send path builds for one run, not yet sent."""
         options = dict(entry.options)
         headers = {
             **dict(options.pop("headers", None) or {}),
             "beat_entry": entry.name,
             "beat_scheduled_at": scheduled.isoformat(),
         }
-        self.app.send_task(
-            entry.task,
-            entry.args,
-            entry.kwargs,
-            task_id=task_id,
-            headers=headers,
-            _task=self.app.tasks.get(entry.task),
-            **options,
-        )
+        with self.app.sender.capture() as items:
+            self.app.send_task(
+                entry.task,
+                entry.args,
+                entry.kwargs,
+                task_id=task_id,
+                headers=headers,
+                _task=self.app.tasks.get(entry.task),
+                **options,
+            )
+        return items
+
+    def _sent(self, entry: Entry, task_id: str, scheduled: datetime) -> None:
         self.sent += 1
         logger.info(
             "Scheduler: Sending due task %s (%s) id=%s scheduled for %s",
@@ -268,6 +285,21 @@ class Scheduler:
         skip = not self.catch_up and (now - latest).total_seconds() > 2 * self.lease_seconds
         task_id = "" if skip else tick_task_id(self.schedule_name, entry.name, tick)
         owner, token = self.leadership.owner, self.leadership.token
+        items = None
+        if not skip and self.store.shares_broker:
+            items = self.prepare(entry, task_id=task_id, scheduled=latest)
+            # Where the state shares the broker's server: claim, publish, confirm at once.
+            sent = self.store.claim_and_send(
+                owner, token, entry.name, last_run=last, tick=tick, items=items
+            )
+            if sent is not None:
+                if sent == "fenced":
+                    return None
+                if sent != "sent":  # changed under us: look again on the next pass
+                    return now
+                crash_point("after_beat_send")
+                self._sent(entry, task_id, latest)
+                return next_run(entry.schedule, latest, now)
         claimed = self.store.claim(
             owner, token, entry.name, last_run=last, tick=tick, task_id=task_id
         )
@@ -282,7 +314,13 @@ class Scheduler:
                 latest.isoformat(),
             )
         else:
-            self.send(entry, task_id=task_id, scheduled=latest)
+            crash_point("before_beat_send")
+            if items is None:
+                self.send(entry, task_id=task_id, scheduled=latest)
+            else:  # built already, for a one-step send this broker could not take
+                self.app.sender.publish_captured(items)
+                self._sent(entry, task_id, latest)
+            crash_point("after_beat_send")
         self.store.confirm(entry.name, tick)
         return next_run(entry.schedule, latest, now)
 

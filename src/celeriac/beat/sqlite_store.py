@@ -3,6 +3,9 @@ one `BEGIN IMMEDIATE` transaction, so every process on the file sees it whole.
 
 Lease expiry uses this machine's clock: every process on one SQLite file runs on one
 machine.
+
+When the file is also the broker's, a run's message rows are inserted and the run is
+recorded as the last run in one transaction (`claim_and_send`): no crash can split them.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, final
 
+from celeriac._crashpoints import crash_point
 from celeriac.beat.store import ClaimResult, EntryState, Lease, ScheduleStore
 from celeriac.connections.sqlite import open_database, parse_sqlite_url
 from celeriac.exceptions import CeleriacError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
+
+    from celeriac.brokers.base import Broker, Outgoing
 
 __all__ = ["SQLiteScheduleStore"]
 
@@ -51,6 +57,8 @@ class SQLiteScheduleStore(ScheduleStore):
         options: Transport options (`busy_timeout`, `synchronous`).
         name: The schedule's name.
         time_source: Wall-clock seconds (tests inject a fake clock's `time`).
+        broker: The app's broker when it is this file, so a run's message and its record
+            are written in one transaction.
     """
 
     def __init__(
@@ -60,9 +68,11 @@ class SQLiteScheduleStore(ScheduleStore):
         *,
         name: str,
         time_source: Callable[[], float] = time.time,
+        broker: Broker | None = None,
     ) -> None:
         super().__init__(name)
-        path = parse_sqlite_url(url)
+        self._broker = broker
+        self.path = path = parse_sqlite_url(url)
         self.where = f"SQLite {path}"
         self._db = open_database(
             path,
@@ -153,28 +163,73 @@ class SQLiteScheduleStore(ScheduleStore):
         with self._db.use() as db:
             return self._select(db)
 
+    def _refusal(self, db: Any, owner: str, token: int, name: str, last_run: int) -> ClaimResult:
+        """Why the caller may not claim `name` now, or "claimed" when it may."""
+        if not self._leads(db, owner, token):
+            return "fenced"
+        row = db.execute(
+            "SELECT last_run, pending_tick FROM beat_entry WHERE schedule = ? AND name = ?",
+            (self.name, name),
+        ).fetchone()
+        if row is None:
+            return "gone"
+        if row[1] is not None:
+            return "pending"
+        if row[0] != last_run:
+            return "done"
+        return "claimed"
+
     def claim(
         self, owner: str, token: int, name: str, *, last_run: int, tick: int, task_id: str
     ) -> ClaimResult:
         with self._db.transaction() as db:
-            if not self._leads(db, owner, token):
-                return "fenced"
-            row = db.execute(
-                "SELECT last_run, pending_tick FROM beat_entry WHERE schedule = ? AND name = ?",
-                (self.name, name),
-            ).fetchone()
-            if row is None:
-                return "gone"
-            if row[1] is not None:
-                return "pending"
-            if row[0] != last_run:
-                return "done"
+            refusal = self._refusal(db, owner, token, name, last_run)
+            if refusal != "claimed":
+                return refusal
             db.execute(
                 "UPDATE beat_entry SET pending_tick = ?, pending_task_id = ? "
                 "WHERE schedule = ? AND name = ?",
                 (tick, task_id, self.name, name),
             )
             return "claimed"
+
+    @property
+    def shares_broker(self) -> bool:
+        from celeriac.brokers.sqlite import SQLiteBroker
+
+        broker = self._broker
+        return isinstance(broker, SQLiteBroker) and broker.path == self.path
+
+    def claim_and_send(
+        self,
+        owner: str,
+        token: int,
+        name: str,
+        *,
+        last_run: int,
+        tick: int,
+        items: Sequence[Outgoing],
+    ) -> ClaimResult | None:
+        from celeriac.brokers.sqlite import SQLiteBroker
+        from celeriac.brokers.sqlite_rows import INSERT
+
+        broker = self._broker
+        if not isinstance(broker, SQLiteBroker) or broker.path != self.path:
+            return None
+        broker.connect()  # the message table exists before this transaction writes to it
+        rows = broker.message_rows(items)
+        crash_point("before_beat_send")
+        with self._db.transaction() as db:
+            refusal = self._refusal(db, owner, token, name, last_run)
+            if refusal != "claimed":
+                return refusal
+            db.executemany(INSERT, rows)
+            db.execute(
+                "UPDATE beat_entry SET last_run = ? WHERE schedule = ? AND name = ?",
+                (tick, self.name, name),
+            )
+        broker.count_published(len(rows))
+        return "sent"
 
     def resume(self, owner: str, token: int, name: str, *, tick: int) -> bool:
         with self._db.transaction() as db:

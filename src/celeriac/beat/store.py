@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Literal, final
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from celeriac._time import Clock
     from celeriac.app.base import Celeriac
+    from celeriac.brokers.base import Broker, Outgoing
 
 __all__ = [
     "DEFAULT_SCHEDULE_NAME",
@@ -50,8 +51,9 @@ DEFAULT_SCHEDULE_NAME = "celerybeat-schedule"
 
 #: `claim`'s answer: "claimed" (send it now), "done" (the tick was sent already),
 #: "pending" (an unconfirmed claim exists: re-send that first), "fenced" (the caller
-#: does not hold the lease), "gone" (the entry was removed).
-ClaimResult = Literal["claimed", "done", "pending", "fenced", "gone"]
+#: does not hold the lease), "gone" (the entry was removed); `claim_and_send`'s answer
+#: "sent" (claimed, published and confirmed in one step).
+ClaimResult = Literal["claimed", "done", "pending", "fenced", "gone", "sent"]
 
 
 @final
@@ -106,6 +108,12 @@ class ScheduleStore(ABC):
     #: What `describe()` says about where state lives (for the start-up log).
     where: str = ""
 
+    @property
+    def shares_broker(self) -> bool:
+        """Whether this state lives with the app's broker's queues, so `claim_and_send`
+        may do claim, publish and confirm as one step."""
+        return False
+
     @abstractmethod
     def acquire(self, owner: str, *, seconds: float) -> Lease:
         """Take the lease if it is free or lapsed, renew it if `owner` holds it."""
@@ -149,6 +157,26 @@ class ScheduleStore(ABC):
     @abstractmethod
     def confirm(self, name: str, tick: int) -> None:
         """The pending claim of `tick` was sent: make it the last run (idempotent)."""
+
+    def claim_and_send(
+        self,
+        owner: str,
+        token: int,
+        name: str,
+        *,
+        last_run: int,
+        tick: int,
+        items: Sequence[Outgoing],
+    ) -> ClaimResult | None:
+        """`claim`, publish `items` and `confirm`, as one atomic step on the server that
+        holds both this state and the broker's queues: all three happen, or none.
+
+        Returns "sent" when they happened, `claim`'s answer when the claim was refused
+        (nothing published), or None when this store cannot do it for these items (the
+        state is on another server than the queues, or the broker needs more than a plain
+        write to publish them): the caller then claims, sends and confirms in turn.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - stores without connections hold nothing
         """Release connections."""
@@ -267,11 +295,11 @@ def open_store(app: Celeriac, name: str = DEFAULT_SCHEDULE_NAME) -> ScheduleStor
         if scheme in ("redis", "rediss", "redis+socket"):
             from celeriac.beat.redis_store import RedisScheduleStore
 
-            return RedisScheduleStore(url, options, name=name)
+            return RedisScheduleStore(url, options, name=name, broker=_shared(app, index))
         if scheme == "sqlite":
             from celeriac.beat.sqlite_store import SQLiteScheduleStore
 
-            return SQLiteScheduleStore(url, options, name=name)
+            return SQLiteScheduleStore(url, options, name=name, broker=_shared(app, index))
         if scheme == "memory" and index == 0:
             return MemoryScheduleStore(name)
     raise ImproperlyConfigured(
@@ -279,3 +307,8 @@ def open_store(app: Celeriac, name: str = DEFAULT_SCHEDULE_NAME) -> ScheduleStor
             broker=redact_url(app.broker_url), backend=redact_url(app.result_backend_url)
         )
     )
+
+
+def _shared(app: Celeriac, index: int) -> Broker | None:
+    """The broker whose server holds the state (the first candidate), else None."""
+    return app.broker if index == 0 else None

@@ -195,12 +195,11 @@ class SQLiteBroker(Broker):
             raise PublishError(f"message {message.task_id} was not queued: {exc}") from exc
         self._published += 1
 
-    def publish_many(self, items: Sequence[Outgoing]) -> None:
-        """Publish every item in one transaction: all are queued, or none."""
-        if not items:
-            return
+    def message_rows(self, items: Sequence[Outgoing]) -> list[tuple[Any, ...]]:
+        """The `INSERT` rows that queue `items` (for `publish_many`, and for beat, which
+        inserts them in its own transaction on this file)."""
         now = self.clock.time()
-        rows = [
+        return [
             self._row(
                 item.message,
                 item.queue,
@@ -212,6 +211,16 @@ class SQLiteBroker(Broker):
             )
             for item in items
         ]
+
+    def count_published(self, count: int) -> None:
+        """Count messages queued by a caller's own transaction (`message_rows`)."""
+        self._published += count
+
+    def publish_many(self, items: Sequence[Outgoing]) -> None:
+        """Publish every item in one transaction: all are queued, or none."""
+        if not items:
+            return
+        rows = self.message_rows(items)
         try:
             with self._db.transaction() as connection:
                 connection.executemany(INSERT, rows)

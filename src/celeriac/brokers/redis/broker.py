@@ -311,6 +311,24 @@ class RedisBroker(Broker):
         commands.extend(("LPUSH", key, *envelopes) for key, envelopes in pushes.items())
         return commands
 
+    def plain_pushes(self, items: Sequence[Outgoing]) -> list[tuple[str, list[bytes]]] | None:
+        """The (list key, envelopes) LPUSHes that publish `items`, for a caller that runs
+        them inside its own atomic step on this server (beat's claim-and-send); None when
+        some item needs more than a push (an ETA still ahead, kept broker-side) or a
+        publish must wait for replicas (`replicas_to_confirm`)."""
+        if self._replicas_to_confirm:
+            return None
+        if not self._handoff_checked:
+            self._hand_off_once()
+        commands = self._publish_commands(items)
+        if any(command[0] != "LPUSH" for command in commands):
+            return None
+        return [(str(command[1]), list(command[2:])) for command in commands]
+
+    def count_published(self, count: int) -> None:
+        """Count messages published by a caller's own atomic step (`plain_pushes`)."""
+        self._published += count
+
     def _send_replicated(self, items: Sequence[Outgoing], what: str) -> None:
         """Publish `items` in one MULTI and wait for `replicas_to_confirm` replicas,
         both on the same connection (WAIT counts this client's own writes)."""
