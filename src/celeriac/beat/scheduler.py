@@ -171,28 +171,31 @@ class Scheduler:
 
     def send(self, entry: Entry, *, task_id: str, scheduled: datetime) -> None:
         """Send one run through the app's normal send path."""
-        self.app.sender.publish_captured(self.prepare(entry, task_id=task_id, scheduled=scheduled))
+        self._send_task(entry, task_id, scheduled)
         self._sent(entry, task_id, scheduled)
 
     def prepare(self, entry: Entry, *, task_id: str, scheduled: datetime) -> list[Outgoing]:
         """The messages the app's normal send path builds for one run, not yet sent."""
+        with self.app.sender.capture() as items:
+            self._send_task(entry, task_id, scheduled)
+        return items
+
+    def _send_task(self, entry: Entry, task_id: str, scheduled: datetime) -> None:
         options = dict(entry.options)
         headers = {
             **dict(options.pop("headers", None) or {}),
             "beat_entry": entry.name,
             "beat_scheduled_at": scheduled.isoformat(),
         }
-        with self.app.sender.capture() as items:
-            self.app.send_task(
-                entry.task,
-                entry.args,
-                entry.kwargs,
-                task_id=task_id,
-                headers=headers,
-                _task=self.app.tasks.get(entry.task),
-                **options,
-            )
-        return items
+        self.app.send_task(
+            entry.task,
+            entry.args,
+            entry.kwargs,
+            task_id=task_id,
+            headers=headers,
+            _task=self.app.tasks.get(entry.task),
+            **options,
+        )
 
     def _sent(self, entry: Entry, task_id: str, scheduled: datetime) -> None:
         self.sent += 1
