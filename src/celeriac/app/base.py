@@ -786,9 +786,14 @@ def shared_task(*args: Any, **options: Any) -> Any:
 
     def create(fun: Callable[..., Any]) -> Task[Any, Any]:
         _shared_tasks.append((fun, options))
+        # Every app gets the task; the caller gets the current app's (as Celery's proxy
+        # resolves to), not whichever app the set happened to yield last.
+        current = _current_app.get() or _default_app
         created: Task[Any, Any] | None = None
         for app in list(_all_apps):
-            created = app._create_task(fun, shared=True, **dict(options))
+            task = app._create_task(fun, shared=True, **dict(options))
+            if created is None or app is current:
+                created = task
         if created is None:
             created = current_app()._create_task(fun, shared=True, **dict(options))
         return created

@@ -171,3 +171,21 @@ def test_shared_task_is_registered_in_every_app() -> None:
     second = memory_app()
     assert hello.name in first.tasks
     assert hello.name in second.tasks
+
+
+def test_shared_task_returns_the_current_apps_task_whatever_other_apps_exist() -> None:
+    # Celery's shared_task resolves to the current app's task; with many apps alive the
+    # returned object must still be the current one's (Flask's pattern relies on it:
+    # its task_cls runs tasks in the app context). The apps are kept in a set, so ten
+    # tasks over 21 apps would catch an arbitrary pick all but never.
+    current = Celeriac("current", broker="memory://", backend="memory://")
+    others = [memory_app() for _ in range(20)]
+    current.set_current()
+    for _ in range(10):
+
+        @shared_task(name=f"shared.{uuid.uuid4().hex[:6]}")
+        def hello() -> str:
+            return "hi"
+
+        assert hello is current.tasks[hello.name]
+        assert all(hello.name in app.tasks for app in others)
