@@ -13,6 +13,13 @@ buffer: a flusher thread publishes what gathered as one list under the routing k
 `task.multi` (as Celery's workers do) every `FLUSH_INTERVAL`, so a burst of tasks costs
 one publish per flush, not three round trips per task. A failed publish is logged at
 debug level and dropped: events are fire-and-forget, as in Celery.
+
+The heartbeat has no timer of its own: `tick` is called by a consuming process's presence
+thread after each presence tick (`holdings.py`, every `HEARTBEAT_INTERVAL`) and sends one
+every `freq / HEARTBEAT_INTERVAL` ticks, so a worker that stops keeping its presence
+records fresh (stopped, stalled, cut off) also stops heartbeating. In a prefork worker the
+first child's presence thread sends the worker's heartbeats, with the supervisor's pid
+and counts read from the shared slot table.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from celeriac import signals
 from celeriac._version import __version__
 from celeriac.app.events import utcoffset
 from celeriac.brokers.mailbox import pack
+from celeriac.worker.presence import HEARTBEAT_INTERVAL
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,6 +64,8 @@ class EventDispatcher:
         task_events: Send task events from the start.
         counts: Returns (active, processed) for heartbeats.
         clock: Returns the next Lamport clock value.
+        freq: Seconds between heartbeats (Celery's `freq` field).
+        pid: The pid events name (default: this process's).
     """
 
     def __init__(
@@ -67,19 +77,23 @@ class EventDispatcher:
         counts: Callable[[], tuple[int, int]] | None = None,
         clock: Callable[[], int] | None = None,
         freq: float = HEARTBEAT_FREQ,
+        pid: int | None = None,
     ) -> None:
         self.hostname = hostname
         self.mailbox = mailbox
         self.freq = freq
-        self._counts = counts or (lambda: (0, 0))
+        self.counts = counts or (lambda: (0, 0))
         self._clock_value = 0
         self._clock = clock or self._next_clock
         self._started_at: dict[str, float] = {}
         self._task_events = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
+        self._online = False
+        # Presence ticks per heartbeat, ticks since the last one, and a heartbeat asked for.
+        self._ticks_per_beat = max(1, round(freq / HEARTBEAT_INTERVAL))
+        self._ticks = 0
+        self._beat_now = False
         self._offset = 0
+        self._fixed_pid = pid
         self._pid = 0
         self._offset_until = float("-inf")
         self._buffer: list[dict[str, Any]] = []
@@ -99,7 +113,7 @@ class EventDispatcher:
         if now >= self._offset_until:
             # Read at most once a minute: it changes only with daylight saving time.
             self._offset = utcoffset()
-            self._pid = os.getpid()
+            self._pid = self._fixed_pid or os.getpid()
             self._offset_until = now + 60.0
         return {
             "hostname": self.hostname,
@@ -145,7 +159,7 @@ class EventDispatcher:
             logger.debug("Could not send event %s: %s", type, exc)
 
     def worker_fields(self) -> dict[str, Any]:
-        active, processed = self._counts()
+        active, processed = self.counts()
         try:
             loadavg = [round(x, 2) for x in os.getloadavg()]
         except OSError:
@@ -163,30 +177,28 @@ class EventDispatcher:
     # -- worker events ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Send worker-online and start the heartbeat thread."""
+        """Send worker-online (`stop` then sends worker-offline)."""
+        self._online = True
         self.send("worker-online", **self.worker_fields())
-        self._thread = threading.Thread(target=self._beat, name="celeriac-heartbeat", daemon=True)
-        self._thread.start()
 
-    def heartbeat_now(self) -> None:
-        """Send a heartbeat at once (the `heartbeat` command: a monitor just started)."""
-        self._wake.set()
-
-    def _beat(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.freq)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
+    def tick(self) -> None:
+        """One presence tick went by: send a heartbeat every `freq` seconds' worth."""
+        self._ticks += 1
+        if self._ticks >= self._ticks_per_beat or self._beat_now:
+            self._ticks = 0
+            self._beat_now = False
             self.send("worker-heartbeat", **self.worker_fields())
 
+    def heartbeat_now(self) -> None:
+        """Send a heartbeat at the next presence tick (the `heartbeat` command: a monitor
+        just started)."""
+        self._beat_now = True
+
     def stop(self) -> None:
-        """Send worker-offline and stop the heartbeat thread."""
+        """Stop sending task events; send worker-offline if worker-online went out."""
         self.task_events = False
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._online:
+            self._online = False
             self.send("worker-offline", **self.worker_fields())
 
     # -- task events --------------------------------------------------------------------

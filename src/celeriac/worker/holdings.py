@@ -7,7 +7,8 @@ keeper thread beside the consumer that:
   never handed to a second worker;
 - on warm shutdown, returns prefetched (not started) messages to the queue at once;
 - beside it, a presence thread keeps this process's presence record fresh and returns
-  the messages of consumers that fell silent (`presence.py`);
+  the messages of consumers that fell silent (`presence.py`), and on the same tick sends
+  the worker's event heartbeat (`events.py`);
 - now and then makes lapsed leases of dead consumers visible again;
 - in a prefork child, notices the supervisor's death, returns everything this process
   holds and exits (no orphan keeps working).
@@ -110,6 +111,7 @@ class Holdings:
         self._thread: threading.Thread | None = None
         self._presence_thread: threading.Thread | None = None
         self._periodic: list[tuple[Callable[[], object], float, list[float]]] = []
+        self._tick_jobs: list[Callable[[], object]] = []
         renew = broker.visibility_timeout / 3 if broker.supports_leases else 5.0
         self._renew_every = max(0.5, min(MAX_RENEW_INTERVAL, renew))
         self.presence: Presence | None = None
@@ -251,6 +253,12 @@ class Holdings:
         """Also run `job` on the keeper thread every `seconds` (e.g. revocations)."""
         self._periodic.append((job, seconds, [0.0]))
 
+    def on_presence_tick(self, job: Callable[[], object]) -> None:
+        """Also run `job` on the presence thread, right after each presence tick (every
+        `HEARTBEAT_INTERVAL`, also where the broker keeps no presence records): the
+        worker's event heartbeat, so it stops when presence stops."""
+        self._tick_jobs.append(job)
+
     def start(self) -> None:
         if self.presence is not None:
             # Present before the first fetch; if the broker is not reachable yet, the
@@ -259,6 +267,7 @@ class Holdings:
                 self.presence.tick()
             except Exception:  # isolation boundary: the presence thread tries again
                 logger.warning("Could not register this process's presence", exc_info=True)
+        if self.presence is not None or self._tick_jobs:
             self._presence_thread = threading.Thread(
                 target=self._keep_present, name="celeriac-presence", daemon=True
             )
@@ -305,12 +314,17 @@ class Holdings:
                 logger.exception("Lease keeper hiccup; continuing")
 
     def _keep_present(self) -> None:
-        assert self.presence is not None
         while not self._stop.wait(HEARTBEAT_INTERVAL):
             try:
-                self.presence.tick()
+                if self.presence is not None:
+                    self.presence.tick()
             except Exception:  # isolation boundary: keep heartbeating whatever happens
                 logger.exception("Presence heartbeat hiccup; continuing")
+            for job in self._tick_jobs:
+                try:
+                    job()
+                except Exception:  # isolation boundary: one job must not stop the others
+                    logger.exception("Presence tick job hiccup; continuing")
 
     def _renew(self) -> None:
         with self._lock:

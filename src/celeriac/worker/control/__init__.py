@@ -13,6 +13,7 @@ from celeriac.worker.control.commands import COMMANDS, request_info, running_inf
 from celeriac.worker.control.remote import (
     Remote,
     event_mailbox,
+    sends_heartbeats,
     start_remote,
     task_event_dispatcher,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "event_mailbox",
     "request_info",
     "running_info",
+    "sends_heartbeats",
     "start_remote",
     "task_event_dispatcher",
 ]

@@ -53,6 +53,9 @@ def apply_control(
     elif method in ("enable_events", "disable_events"):
         if events is not None:
             events.task_events = method == "enable_events"
+    elif method == "heartbeat":
+        if events is not None:
+            events.heartbeat_now()
     elif method == "add_consumer" and consumer is not None:
         queue = str(arguments.get("queue"))
         if queue not in consumer.queues:

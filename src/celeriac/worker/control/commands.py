@@ -335,6 +335,8 @@ def _switch_task_events(server: ControlServer, *, on: bool) -> dict[str, Any]:
 def heartbeat(server: ControlServer, **kwargs: Any) -> None:
     if server.events is not None:
         server.events.heartbeat_now()
+    # A prefork worker's heartbeats come from its first child.
+    server.state.forward_control("heartbeat", {})
 
 
 @command("shutdown")

@@ -16,7 +16,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker")
 
-__all__ = ["Remote", "event_mailbox", "start_remote", "task_event_dispatcher"]
+__all__ = [
+    "Remote",
+    "event_mailbox",
+    "sends_heartbeats",
+    "start_remote",
+    "task_event_dispatcher",
+]
 
 
 def event_mailbox(app: Celeriac) -> Mailbox | None:
@@ -26,14 +32,27 @@ def event_mailbox(app: Celeriac) -> Mailbox | None:
     return open_app_mailbox(app)
 
 
-def task_event_dispatcher(app: Celeriac, hostname: str) -> EventDispatcher | None:
-    """The task event sender of a process that runs tasks (off until enabled)."""
+def task_event_dispatcher(
+    app: Celeriac, hostname: str, *, pid: int | None = None
+) -> EventDispatcher | None:
+    """The task event sender of a process that runs tasks (off until enabled); `pid` is
+    the pid its events name (a prefork child's heartbeats name the supervisor's)."""
     from celeriac.worker.events import EventDispatcher
 
     mailbox = event_mailbox(app)
     if mailbox is None:
         return None
-    return EventDispatcher(hostname, mailbox, task_events=bool(app.conf.worker_send_task_events))
+    return EventDispatcher(
+        hostname, mailbox, task_events=bool(app.conf.worker_send_task_events), pid=pid
+    )
+
+
+def sends_heartbeats(app: Celeriac, options: WorkerOptions) -> bool:
+    """The worker sends worker-heartbeat events (remote control on, no
+    `--without-heartbeat`)."""
+    return bool(app.conf.get("worker_enable_remote_control", True)) and not (
+        options.without_heartbeat
+    )
 
 
 class Remote:
@@ -74,8 +93,8 @@ def start_remote(app: Celeriac, options: WorkerOptions, pool: Any) -> Remote | N
     )
     server = ControlServer(app, options, pool, mailbox, events=events, clock=clock)
     server.start()
-    if not options.without_heartbeat:
-        events.start()
-    else:
-        events.send("worker-online", **events.worker_fields())
+    events.start()
+    if in_process and not options.without_heartbeat:
+        # Heartbeats ride on the consumer's presence tick (a prefork child's: child.py).
+        pool.presence_jobs.append(events.tick)
     return Remote(server, events)

@@ -80,6 +80,8 @@ class AsyncioPool(InProcessPool):
         acks = AckBuffer(broker, holdings)
         self.acks = acks
         self.holdings = holdings
+        for job in self.presence_jobs:
+            holdings.on_presence_tick(job)
         executor = Executor(
             self.app,
             broker,

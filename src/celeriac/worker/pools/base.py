@@ -52,6 +52,9 @@ class Pool(ABC):
     def __init__(self, app: Celeriac, options: WorkerOptions) -> None:
         self.app = app
         self.options = options
+        #: Run on the consuming process's presence thread after each presence tick (the
+        #: worker-heartbeat event of an in-process pool: `start_remote`).
+        self.presence_jobs: list[Callable[[], object]] = []
 
     @abstractmethod
     def run(self) -> int:
@@ -120,6 +123,8 @@ class InProcessPool(Pool):
                 concurrency=concurrency,
                 pool=self.name,
             )
+            for job in self.presence_jobs:
+                self.consumer.holdings.on_presence_tick(job)
             self.consumer.run()
             return 0
         finally:

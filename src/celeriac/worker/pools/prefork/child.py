@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
 from celeriac.worker.consumer import Consumer, consumer_id_for
-from celeriac.worker.control import CONTROL_PIPE_INTERVAL, ControlPipe, task_event_dispatcher
+from celeriac.worker.control import (
+    CONTROL_PIPE_INTERVAL,
+    ControlPipe,
+    sends_heartbeats,
+    task_event_dispatcher,
+)
 from celeriac.worker.holdings import Shutdown
 from celeriac.worker.limits import SlotTimeLimits, install_alarm_handler
 
@@ -89,7 +94,11 @@ def child_main(
             parent_pid=parent_pid,
             pool="prefork",
         )
-        events = task_event_dispatcher(app, options.hostname)
+        events = task_event_dispatcher(app, options.hostname, pid=parent_pid)
+        if events is not None and index == 0 and sends_heartbeats(app, options):
+            # The worker's heartbeat rides on the first child's presence tick.
+            events.counts = lambda: _counts(slots)
+            consumer.holdings.on_presence_tick(events.tick)
         if control_fd is not None:
             reader = ControlPipe(control_fd, app, consumer, events)
             consumer.holdings.every(CONTROL_PIPE_INTERVAL, reader.read)
@@ -110,3 +119,9 @@ def child_main(
             app.close()
         finally:
             loop.close()
+
+
+def _counts(slots: SlotTable) -> tuple[int, int]:
+    """(tasks running, tasks finished) in every child, for the worker's heartbeat."""
+    running = sum(1 for index in range(slots.size) if slots.read(index) is not None)
+    return running, slots.done()
