@@ -62,6 +62,47 @@ def test_stock_inspect_sees_a_celeriac_prefork_worker(fleet: Fleet, run_worker: 
         cproj.app.close()
 
 
+def test_stock_inspect_reserved_lists_what_prefork_children_prefetched(
+    fleet: Fleet, run_worker: RunWorker
+) -> None:
+    node = f"{fleet.queue}@test"
+    cproj = import_module(fleet.directory, "cproj")
+    try:
+        # Queued first, so the one child's first fetch takes all four: one runs, the
+        # others wait in its window (a child fetches no more while its task runs).
+        running = cproj.nap.delay(30, "holder")
+        waiting = [cproj.add.delay(i, 100) for i in range(3)]
+        expected = {w.id for w in waiting}
+        worker = run_worker("-c", "1", "--prefetch-multiplier", "4", "-n", node)
+        wait_for(lambda: fleet.started("holder"), timeout=20, what="the task to start")
+
+        def reserved() -> list[dict[str, Any]]:
+            replies = _json(fleet.run("celery", "inspect", "reserved", "-d", node, "-j"))
+            found: list[dict[str, Any]] = replies[node]
+            return found
+
+        wait_for(
+            lambda: {r["id"] for r in reserved()} == expected,
+            timeout=30,
+            what="the prefetched tasks listed as reserved",
+        )
+        listed = sorted(reserved(), key=lambda r: r["args"])
+        assert [(r["name"], r["args"], r["worker_pid"]) for r in listed] == [
+            ("rc.add", f"({i}, 100)", None) for i in range(3)
+        ]
+        assert all(r["hostname"] == node and r["acknowledged"] is False for r in listed)
+        assert listed[0]["delivery_info"]["routing_key"] == fleet.queue
+        # The running one is active, not reserved, with its arguments.
+        [active] = _json(fleet.run("celery", "inspect", "active", "-d", node, "-j"))[node]
+        assert (active["id"], active["args"]) == (running.id, "(30, 'holder')")
+        assert active["worker_pid"] in worker.children()
+        assert active["delivery_info"]["routing_key"] == fleet.queue
+        # Python API, same shape.
+        assert {r["id"] for r in cproj.app.control.inspect([node]).reserved()[node]} == expected
+    finally:
+        cproj.app.close()
+
+
 def test_stock_control_revokes_limits_and_stops_a_celeriac_worker(
     fleet: Fleet, run_worker: RunWorker
 ) -> None:

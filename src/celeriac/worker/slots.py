@@ -5,6 +5,10 @@ when a child dies, to know which message was running (it counts toward that mess
 redelivery cap; prefetched ones do not). One fixed-size record per child; a sequence
 number makes reads consistent without locks (a writer bumps it to odd before writing and
 to even after).
+
+Beside it, each child posts what it holds (running and prefetched, as remote control's
+`Request.info()` dicts, JSON) into a region of its own, a few times a second when that
+changed, so the supervisor answers `inspect reserved` and `active` without asking it.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import struct
 from dataclasses import dataclass
 from typing import final
 
-__all__ = ["RunningTask", "SlotTable"]
+__all__ = ["HELD_SIZE", "RunningTask", "SlotTable"]
 
 # seq, started, deadline (or 0), tag, task id, task name; times are time.monotonic()
 _FORMAT = "<Qdd128s256s256s"
 _SIZE = struct.calcsize(_FORMAT)
+# A child's posted holdings: seq, length, then that many bytes of JSON.
+_HELD_HEADER = "<QI"
+_HELD_HEADER_SIZE = struct.calcsize(_HELD_HEADER)
+HELD_SIZE = 64 * 1024
 
 
 @final
@@ -49,6 +57,8 @@ class SlotTable:
         self._map = mmap.mmap(-1, max(1, size) * _SIZE)
         # Tasks each slot has finished (written by its child only; summed for stats).
         self._done = mmap.mmap(-1, max(1, size) * 8)
+        # What each child holds, as it last posted it (pages are touched only when used).
+        self._held = mmap.mmap(-1, max(1, size) * HELD_SIZE)
 
     def _offset(self, index: int) -> int:
         if not 0 <= index < self.size:
@@ -126,6 +136,37 @@ class SlotTable:
         """Tasks finished by every child so far."""
         return sum(struct.unpack_from(f"<{self.size}Q", self._done, 0)) if self.size else 0
 
+    def post_held(self, index: int, payload: bytes) -> bool:
+        """Post what slot `index`'s child holds (called by that child only); False if
+        `payload` does not fit (nothing is posted)."""
+        self._offset(index)
+        if len(payload) > HELD_SIZE - _HELD_HEADER_SIZE:
+            return False
+        offset = index * HELD_SIZE
+        seq = struct.unpack_from("<Q", self._held, offset)[0]
+        odd = seq + 1 if seq % 2 == 0 else seq
+        struct.pack_into(_HELD_HEADER, self._held, offset, odd, len(payload))
+        start = offset + _HELD_HEADER_SIZE
+        self._held[start : start + len(payload)] = payload
+        struct.pack_into("<Q", self._held, offset, odd + 1)
+        return True
+
+    def read_held(self, index: int) -> bytes:
+        """What slot `index`'s child last posted (empty if nothing, or if it is being
+        written over and over)."""
+        self._offset(index)
+        offset = index * HELD_SIZE
+        for _ in range(100):
+            seq, length = struct.unpack_from(_HELD_HEADER, self._held, offset)
+            if seq % 2 == 1:
+                continue
+            start = offset + _HELD_HEADER_SIZE
+            payload = self._held[start : start + min(length, HELD_SIZE - _HELD_HEADER_SIZE)]
+            if struct.unpack_from("<Q", self._held, offset)[0] == seq:
+                return payload
+        return b""
+
     def close(self) -> None:
         self._map.close()
         self._done.close()
+        self._held.close()

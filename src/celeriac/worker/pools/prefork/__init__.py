@@ -1,7 +1,8 @@
 """The prefork pool: a supervisor process keeping one consuming child per slot.
 
 `supervisor.py` spawns, watches and replaces the children; `child.py` is what runs
-inside each of them (a complete consumer of its own).
+inside each of them (a complete consumer of its own); `held.py` is how children tell the
+supervisor what they hold.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ class PreforkPool(Pool):
         return PoolStats(self.name, self.options.concurrency, tuple(self.supervisor.processes()))
 
     def active_requests(self) -> list[dict[str, Any]]:
-        return self.supervisor.active_requests()
+        return self.supervisor.requests()[0]
+
+    def reserved_requests(self) -> list[dict[str, Any]]:
+        return self.supervisor.requests()[1]
 
     def processed_count(self) -> int:
         return self.supervisor.slots.done()

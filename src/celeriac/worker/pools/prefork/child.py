@@ -25,6 +25,7 @@ from celeriac.worker.control import (
 )
 from celeriac.worker.holdings import Shutdown
 from celeriac.worker.limits import SlotTimeLimits, install_alarm_handler
+from celeriac.worker.pools.prefork.held import POST_INTERVAL, HeldPoster
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -99,6 +100,9 @@ def child_main(
             # The worker's heartbeat rides on the first child's presence tick.
             events.counts = lambda: _counts(slots)
             consumer.holdings.on_presence_tick(events.tick)
+        poster = HeldPoster(consumer.holdings, slots, index, options.hostname)
+        poster.post()  # over what a replaced child in this slot left
+        consumer.holdings.every(POST_INTERVAL, poster.post)
         if control_fd is not None:
             reader = ControlPipe(control_fd, app, consumer, events)
             consumer.holdings.every(CONTROL_PIPE_INTERVAL, reader.read)

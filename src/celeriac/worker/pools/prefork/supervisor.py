@@ -28,9 +28,9 @@ from celeriac._crashpoints import crash_point
 from celeriac.exceptions import TimeLimitExceeded
 from celeriac.protocol.errors import encode_exception
 from celeriac.worker.consumer import consumer_id_for
-from celeriac.worker.control import running_info
 from celeriac.worker.holdings import Shutdown
 from celeriac.worker.pools.prefork.child import STOP_SIGNALS, child_main
+from celeriac.worker.pools.prefork.held import children_requests
 from celeriac.worker.revocations import Revocations
 from celeriac.worker.slots import RunningTask, SlotTable
 
@@ -119,14 +119,11 @@ class Supervisor:
     def processes(self) -> list[int]:
         return [child.pid for child in self.children.values()]
 
-    def active_requests(self) -> list[dict[str, Any]]:
-        """What every child runs now (read from the slot table: no child is asked)."""
-        found = []
-        for index, child in list(self.children.items()):
-            running = self.slots.read(index)
-            if running is not None:
-                found.append(running_info(running, self.options.hostname, child.pid))
-        return found
+    def requests(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(active, reserved) of every child, from the slot table and what each posted
+        there (`held.py`): no child is asked."""
+        pids = {index: child.pid for index, child in list(self.children.items())}
+        return children_requests(self.slots, pids, self.options.hostname)
 
     def forward_control(self, method: str, arguments: dict[str, Any]) -> None:
         """Send a remote control change to every child (children forked later inherit
