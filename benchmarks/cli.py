@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import envs, machine, report
-from benchmarks.contestants import CONTESTANTS, Contestant, urls_for
+from benchmarks.contestants import CONTESTANTS, DEFAULT_CONTESTANTS, Contestant, urls_for
 from benchmarks.scenarios import SCENARIOS, Counts, RunContext, run_scenario, s1_bulk
 from benchmarks.servers import RabbitTarget, RedisTarget, reachable
 
@@ -42,14 +42,16 @@ QUICK = Counts(s1_tasks=2_000, s2_calls=200, s3_size=100, s4_tasks=2_000)
 
 
 def _csv(choices: tuple[str, ...]) -> Any:
+    spelled = {choice.lower(): choice for choice in choices}
+
     def parse(text: str) -> list[str]:
-        items = [item.strip().lower() for item in text.split(",") if item.strip()]
-        bad = [item for item in items if item not in choices]
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        bad = [item for item in items if item.lower() not in spelled]
         if bad:
             raise argparse.ArgumentTypeError(
                 f"unknown {', '.join(bad)} (choose from {', '.join(choices)})"
             )
-        return items
+        return [spelled[item.lower()] for item in items]
 
     return parse
 
@@ -89,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         "-E",
         "--task-events",
         action="store_true",
-        help="workers send task events (celeriac and Celery only: `worker -E`)",
+        help="workers send task events (celeriac and Celery only: `worker -E`); "
+        "-c celeriac+E,celery+E runs them with events beside the plain ones",
     )
     pick.add_argument("--no-bulk", action="store_true", help="skip S1's bulk enqueue variant")
     pick.add_argument("--no-rpc", action="store_true", help="skip S2's rpc:// variant on RabbitMQ")
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return _print_saved(args.report, markdown=args.markdown)
     scenarios = _flatten(args.scenario, SCENARIOS)
     brokers = _flatten(args.broker, BROKERS)
-    contestants = _flatten(args.contestant, tuple(CONTESTANTS))
+    contestants = _flatten(args.contestant, DEFAULT_CONTESTANTS)
     counts = _counts(args)
     if args.runs < 1 or args.concurrency < 1:
         print("--runs and --concurrency must be at least 1", file=sys.stderr)
@@ -211,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         return 69
 
     environments: dict[str, envs.Environment] = {}
-    for name in contestants:
-        environments[name] = envs.ensure(
-            envs.spec_for(name), python=args.python, reinstall=args.reinstall
+    for library in dict.fromkeys(CONTESTANTS[name].library for name in contestants):
+        environments[library] = envs.ensure(
+            envs.spec_for(library), python=args.python, reinstall=args.reinstall
         )
     if args.setup_only:
         for env in environments.values():
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                     pools: tuple[str, ...] = (contestant.cpu_pool(),)
                     if scenario == "s4":
                         pools = contestant.io_pools_for(broker)
-                        if name == "celery" and args.celery_io_pool:
+                        if contestant.library == "celery" and args.celery_io_pool:
                             pools = tuple(args.celery_io_pool)
                     for pool in pools:
                         record = _run_once(
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                             broker=broker,
                             results=results,
                             contestant=contestant,
-                            env=environments[name],
+                            env=environments[contestant.library],
                             pool=pool,
                             run=run,
                             args=args,
@@ -365,7 +368,7 @@ def _run_once(
         timeout=args.timeout,
         base_env=base_env,
         prefetch_multiplier=args.prefetch_multiplier,
-        task_events=args.task_events,
+        task_events=args.task_events or contestant.task_events,
     )
     label = f"{scenario} {broker}{'+rpc' if results == 'rpc' else ''} {contestant.name}"
     if scenario == "s4":

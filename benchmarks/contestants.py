@@ -11,17 +11,21 @@ per process its consumer then spends most of a drain in back-off sleeps):
   `-c SLOTS` (S4, both measured, the better one compared);
 - Dramatiq: `--processes N --threads 1` (S1-S3), `--processes 1 --threads SLOTS` (S4);
 - Huey: `-k process -w N` (S1-S3), `-k thread -w SLOTS` (S4).
+
+`celeriac+E` and `celery+E` are the same workers sending task events (`worker -E`), so
+one invocation measures what events cost beside both libraries without them (they run
+only when named with `-c`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from benchmarks.envs import Environment
 
-__all__ = ["CONTESTANTS", "Contestant", "URLs", "urls_for"]
+__all__ = ["CONTESTANTS", "DEFAULT_CONTESTANTS", "Contestant", "URLs", "urls_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +48,22 @@ class Contestant:
     amqp_results: tuple[str, ...] = ("redis",)
     has_bulk: bool = False
     has_chord: bool = False
+    #: The library it runs (its environment and agent module); `name` unless a variant.
+    variant_of: str = ""
+    #: Its workers send task events (`worker -E`) whatever `--task-events` says.
+    task_events: bool = False
+
+    @property
+    def library(self) -> str:
+        return self.variant_of or self.name
 
     @property
     def module(self) -> str:
-        return f"benchmarks.agents.{self.name}_app"
+        return f"benchmarks.agents.{self.library}_app"
 
     def io_pools_for(self, broker: str) -> tuple[str, ...]:
         """S4 pools on `broker`."""
-        if self.name == "celery" and broker == "rabbitmq":
+        if self.library == "celery" and broker == "rabbitmq":
             # Celery's gevent pool on RabbitMQ settles at about 10 tasks/s here after the
             # first few hundred (kombu's pyamqp under gevent): a 10,000-task run would
             # take a quarter of an hour, so only threads by default (--celery-io-pool).
@@ -60,7 +72,7 @@ class Contestant:
 
     def cpu_pool(self) -> str:
         return {"celeriac": "prefork", "celery": "prefork", "dramatiq": "processes"}.get(
-            self.name, "process"
+            self.library, "process"
         )
 
     def worker_command(
@@ -80,11 +92,12 @@ class Contestant:
         Raises:
             ValueError: task events asked of a library that has none.
         """
-        if task_events and self.name not in ("celeriac", "celery"):
+        task_events = task_events or self.task_events
+        if task_events and self.library not in ("celeriac", "celery"):
             raise ValueError(f"{self.name} has no task events: run it without --task-events")
-        if self.name in ("celeriac", "celery"):
+        if self.library in ("celeriac", "celery"):
             command = [
-                str(env.executable(self.name)),
+                str(env.executable(self.library)),
                 "-A",
                 self.module,
                 "worker",
@@ -103,7 +116,7 @@ class Contestant:
                 *(["-E"] if task_events else []),
             ]
             return command, {}
-        if self.name == "dramatiq":
+        if self.library == "dramatiq":
             processes, threads = (concurrency, 1) if pool == "processes" else (1, concurrency)
             command = [
                 str(env.executable("dramatiq")),
@@ -150,6 +163,12 @@ CONTESTANTS: dict[str, Contestant] = {
     "dramatiq": Contestant("dramatiq", brokers=("redis", "rabbitmq"), io_pools=("threads",)),
     "huey": Contestant("huey", brokers=("redis",), io_pools=("thread",)),
 }
+# What runs when no -c names anyone.
+DEFAULT_CONTESTANTS: tuple[str, ...] = tuple(CONTESTANTS)
+for _library in ("celeriac", "celery"):
+    CONTESTANTS[f"{_library}+E"] = replace(
+        CONTESTANTS[_library], name=f"{_library}+E", variant_of=_library, task_events=True
+    )
 
 
 def urls_for(
@@ -168,10 +187,10 @@ def urls_for(
     backend = "rpc://" if results == "rpc" else redis_url
     if broker == "redis":
         return URLs(redis_url, backend)
-    if contestant.name == "celery":
+    if contestant.library == "celery":
         # Celery compat: kombu's pure-Python AMQP transport, named explicitly.
         return URLs("py" + amqp_url, backend)
-    if contestant.name == "dramatiq" and amqp_url.endswith("//"):
+    if contestant.library == "dramatiq" and amqp_url.endswith("//"):
         # pika spells the default vhost "/" as %2F.
         return URLs(amqp_url[:-1] + "%2F", backend)
     return URLs(amqp_url, backend)

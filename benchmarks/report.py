@@ -15,8 +15,14 @@ from typing import Any
 
 __all__ = ["METRICS", "Metric", "Row", "render", "summarize"]
 
-# The column every ratio is taken against.
-REFERENCE = "celery"
+# The column every ratio is taken against: Celery, or Celery with events when only that
+# one runs (`-c celeriac,celeriac+E,celery+E`).
+REFERENCES = ("celery", "celery+E")
+
+
+def reference_for(contestants: list[str]) -> str | None:
+    """The contestant ratios are taken against, if one of them runs."""
+    return next((name for name in REFERENCES if name in contestants), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +31,14 @@ class Metric:
     key: str
     label: str
     higher_is_better: bool
-    style: str  # "rate", "ms", "s", "mib", "percent"
+    style: str  # "rate", "ms", "us", "s", "mib", "percent"
 
 
 METRICS: tuple[Metric, ...] = (
     Metric("s1", "enqueue", "enqueue, delay() loop (tasks/s)", True, "rate"),
     Metric("s1", "enqueue_bulk", "enqueue, bulk group (tasks/s)", True, "rate"),
     Metric("s1", "drain", "drain, first start to last end (tasks/s)", True, "rate"),
+    Metric("s1", "cpu_us_per_task", "worker CPU per task, whole tree (µs)", False, "us"),
     Metric("s1", "peak_rss_mib", "worker peak RSS, whole tree (MiB)", False, "mib"),
     Metric("s2", "p50_ms", "delay().get() p50 (ms)", False, "ms"),
     Metric("s2", "p95_ms", "delay().get() p95 (ms)", False, "ms"),
@@ -61,8 +68,8 @@ class Row:
     metric: Metric
     cells: dict[str, Cell]
 
-    def ratio(self, contestant: str) -> float | None:
-        mine, theirs = self.cells.get(contestant), self.cells.get(REFERENCE)
+    def ratio(self, contestant: str, reference: str = REFERENCES[0]) -> float | None:
+        mine, theirs = self.cells.get(contestant), self.cells.get(reference)
         if mine is None or theirs is None or mine.median is None or not theirs.median:
             return None
         return mine.median / theirs.median
@@ -135,7 +142,7 @@ def _format(value: float, style: str) -> str:
         return f"{value:.2f}"
     if style == "s":
         return f"{value:.2f}"
-    if style == "mib":
+    if style in ("mib", "us"):
         return f"{value:,.0f}"
     return f"{value:.0%}"
 
@@ -157,8 +164,9 @@ def _cell_text(cell: Cell | None, style: str, *, show_pool: bool) -> str:
 
 def render(rows: list[Row], contestants: list[str], *, markdown: bool = False) -> str:
     """The table: ratio columns against Celery first, then the medians."""
-    others = [c for c in contestants if c != REFERENCE]
-    ratio_columns = [f"{c}/{REFERENCE}" for c in others] if REFERENCE in contestants else []
+    reference = reference_for(contestants)
+    others = [c for c in contestants if c != reference]
+    ratio_columns = [f"{c}/{reference}" for c in others] if reference is not None else []
     header = ["scenario", "broker", "metric", "", *ratio_columns, *contestants]
     body: list[list[str]] = []
     for row in rows:
@@ -166,7 +174,7 @@ def render(rows: list[Row], contestants: list[str], *, markdown: bool = False) -
         ratios = []
         if ratio_columns:
             for name in others:
-                ratio = row.ratio(name)
+                ratio = row.ratio(name, reference or REFERENCES[0])
                 ratios.append(f"{ratio:.2f}" if ratio is not None else "-")
         values = [
             _cell_text(row.cells.get(name), row.metric.style, show_pool=row.scenario == "s4")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.agents.recorder import Counters
-from benchmarks.processes import MemorySampler, WorkerProcess, run_agent, tail
+from benchmarks.processes import MemorySampler, WorkerProcess, run_agent, tail, tree_cpu_seconds
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -102,7 +102,7 @@ class RunContext:
     def agent(self, *args: str) -> dict[str, Any]:
         return run_agent(
             self.env.python,
-            [self.contestant.name, *args],
+            [self.contestant.library, *args],
             env=self.process_env,
             cwd=self.workdir,
             timeout=self.timeout,
@@ -169,7 +169,7 @@ def _drain(
     try:
         if sampler is not None:
             sampler.start()
-        done, first, last = _wait_for_count(ctx, worker, counters, expected)
+        done, first, last, cpu = _wait_for_count(ctx, worker, counters, expected)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -180,6 +180,8 @@ def _drain(
     assert first is not None
     assert last is not None
     metrics = {"drain": done / (last - first)}
+    if cpu is not None:
+        metrics["cpu_us_per_task"] = cpu * 1e6
     ctx.raw["drain"] = {
         "finished": done,
         "seconds": last - first,
@@ -199,14 +201,22 @@ def _drain(
 
 def _wait_for_count(
     ctx: RunContext, worker: WorkerProcess, counters: Counters, expected: int
-) -> tuple[int, float | None, float | None]:
+) -> tuple[int, float | None, float | None, float | None]:
+    """(finished, first start, last end, worker CPU seconds per task after the first
+    finished ones: what the load of a shared machine changes least)."""
     deadline = time.monotonic() + ctx.timeout
     progress_at = time.monotonic()
     seen = -1
+    cpu_from: tuple[int, float] | None = None
     while True:
         done, first, last = counters.read()
+        if cpu_from is None and done > 0:
+            cpu_from = (done, tree_cpu_seconds(worker.pid))
         if done >= expected:
-            return done, first, last
+            cpu = None
+            if cpu_from is not None and done > cpu_from[0]:
+                cpu = (tree_cpu_seconds(worker.pid) - cpu_from[1]) / (done - cpu_from[0])
+            return done, first, last, cpu
         now = time.monotonic()
         if done != seen:
             seen, progress_at = done, now
