@@ -69,6 +69,9 @@ class Signal:
         # so `send` iterates a snapshot without a lock.
         self._entries: list[tuple[Hashable, Callable[..., Any] | _Ref, Any]] = []
         self._lock = threading.Lock()
+        # `receivers` of the entries list it was made from, when that holds no weak
+        # reference (a cache of weakly held receivers would keep them alive).
+        self._live: tuple[list[Any], list[tuple[Callable[..., Any], Any]]] = ([], [])
 
     def __repr__(self) -> str:
         return f"<Signal: {self.name}>"
@@ -77,13 +80,21 @@ class Signal:
     def receivers(self) -> list[tuple[Callable[..., Any], Any]]:
         """The live receivers, as `(receiver, sender)` pairs (empty and cheap when
         nothing is connected: the worker checks it before building a signal's arguments)."""
-        if not self._entries:
+        entries = self._entries
+        if not entries:
             return []
+        made_from, live = self._live
+        if made_from is entries:
+            return list(live)
         live = []
-        for _, held, sender in self._entries:
+        weak = False
+        for _, held, sender in entries:
+            weak = weak or isinstance(held, weakref.ref)
             receiver = _resolve(held)
             if receiver is not None:
                 live.append((receiver, sender))
+        if not weak:
+            self._live = (entries, live)
         return live
 
     @overload

@@ -116,6 +116,13 @@ def test_events_dump_shows_a_task_after_enable_events(fleet: Fleet, run_worker: 
     succeeded = next(e for e in events if e["type"] == "task-succeeded")
     assert succeeded["result"] == "3"
     assert succeeded["hostname"] == node
+    assert succeeded["runtime"] >= 0
+    received = next(e for e in events if e["type"] == "task-received")
+    assert (received["name"], received["args"], received["kwargs"]) == ("rc.add", "(1, 2)", "{}")
+    assert (received["root_id"], received["retries"]) == (done.id, 0)
+    for event in events:
+        for field in ("hostname", "clock", "utcoffset", "pid", "timestamp", "type"):
+            assert field in event, (field, event)
     beats = [e for e in events if e["type"] == "worker-heartbeat"]
     assert beats
     for field in ("freq", "active", "processed", "loadavg", "sw_ident", "sw_ver", "sw_sys"):

@@ -8,11 +8,15 @@ as Celery does), and, while task events are on (`-E`, `worker_send_task_events`,
 
 Task events hang on the worker's signals: their receivers are connected only while task
 events are on, so with events off the task path pays nothing (a signal with no
-receivers is not even sent). With them on, the task path only appends the event to a
-buffer: a flusher thread publishes what gathered as one list under the routing key
-`task.multi` (as Celery's workers do) every `FLUSH_INTERVAL`, so a burst of tasks costs
-one publish per flush, not three round trips per task. A failed publish is logged at
-debug level and dropped: events are fire-and-forget, as in Celery.
+receivers is not even sent). With them on, the task path serializes each event at once
+(orjson, behind the fields every event of the process shares, serialized once a
+minute) and appends the bytes to a bounded buffer: bytes are not tracked by the garbage
+collector, so thousands of waiting events do not make its collections longer or more
+frequent. A flusher thread joins what gathered into one JSON list and publishes it under
+the routing key `task.multi` (as Celery's workers do) every `FLUSH_INTERVAL`, so a burst
+of tasks costs one publish per flush, not three round trips per task. A failed publish is logged
+at debug level and dropped, as is the oldest of more than `MAX_BUFFERED` waiting:
+events are fire-and-forget, as in Celery.
 
 The heartbeat has no timer of its own: `tick` is called by a consuming process's presence
 thread after each presence tick (`holdings.py`, every `HEARTBEAT_INTERVAL`) and sends one
@@ -24,6 +28,9 @@ and counts read from the shared slot table.
 
 from __future__ import annotations
 
+import collections
+import itertools
+import json
 import logging
 import os
 import platform
@@ -31,10 +38,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from celeriac import signals
 from celeriac._version import __version__
 from celeriac.app.events import utcoffset
 from celeriac.brokers.mailbox import pack
+from celeriac.protocol.message import Message
 from celeriac.worker.presence import HEARTBEAT_INTERVAL
 
 if TYPE_CHECKING:
@@ -50,9 +60,11 @@ logger = logging.getLogger("celeriac.worker")
 HEARTBEAT_FREQ = 2.0
 # Celery truncates `result` reprs in task-succeeded to this length.
 RESULT_REPR_MAX = 1024
-# How often buffered task events are published, and the most in one message.
+# How often buffered task events are published, the most in one message, and the most
+# waiting (the oldest go first when the broker is away that long).
 FLUSH_INTERVAL = 0.1
-MAX_BATCH = 500
+MAX_BATCH = 1000
+MAX_BUFFERED = 100_000
 
 
 class EventDispatcher:
@@ -83,8 +95,8 @@ class EventDispatcher:
         self.mailbox = mailbox
         self.freq = freq
         self.counts = counts or (lambda: (0, 0))
-        self._clock_value = 0
-        self._clock = clock or self._next_clock
+        # A process of its own (a prefork child) counts its own clock.
+        self._clock = clock or itertools.count(1).__next__
         self._started_at: dict[str, float] = {}
         self._task_events = False
         self._online = False
@@ -96,29 +108,34 @@ class EventDispatcher:
         self._fixed_pid = pid
         self._pid = 0
         self._offset_until = float("-inf")
-        self._buffer: list[dict[str, Any]] = []
-        self._buffer_lock = threading.Lock()
+        # `{"hostname":...,"utcoffset":...,"pid":...,` opening every buffered task event.
+        self._opening = b""
+        # Serialized task events: appended by the task path, taken by the flusher (deque
+        # ends are thread-safe).
+        self._pending: collections.deque[bytes] = collections.deque(maxlen=MAX_BUFFERED)
+        # One flush at a time (the flusher thread's, or a last one at stop).
+        self._flush_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         self.task_events = task_events
 
-    def _next_clock(self) -> int:
-        self._clock_value += 1
-        return self._clock_value
-
     # -- sending ------------------------------------------------------------------------
 
-    def _event(self, type: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _shared(self) -> dict[str, Any]:
+        """The fields every event of this process carries."""
         now = time.monotonic()
         if now >= self._offset_until:
             # Read at most once a minute: it changes only with daylight saving time.
             self._offset = utcoffset()
             self._pid = self._fixed_pid or os.getpid()
             self._offset_until = now + 60.0
+            shared = {"hostname": self.hostname, "utcoffset": self._offset, "pid": self._pid}
+            self._opening = orjson.dumps(shared)[:-1] + b","
+        return {"hostname": self.hostname, "utcoffset": self._offset, "pid": self._pid}
+
+    def _event(self, type: str, fields: dict[str, Any]) -> dict[str, Any]:
         return {
-            "hostname": self.hostname,
-            "utcoffset": self._offset,
-            "pid": self._pid,
+            **self._shared(),
             "clock": self._clock(),
             **fields,
             "timestamp": time.time(),
@@ -127,18 +144,34 @@ class EventDispatcher:
 
     def send_task_event(self, type: str, **fields: Any) -> None:
         """Buffer one task event; the flusher thread publishes it shortly."""
-        event = self._event(type, fields)
-        with self._buffer_lock:
-            self._buffer.append(event)
+        fields.update(clock=self._clock(), timestamp=time.time(), type=type)
+        self._buffer(fields)
+
+    def _buffer(self, event: dict[str, Any]) -> None:
+        """Serialize `event` (without the shared fields) behind the shared fields."""
+        try:
+            data = orjson.dumps(event)
+        except TypeError:  # an integer beyond 64 bits, an object orjson does not know
+            data = json.dumps(event, default=repr).encode()
+        self._pending.append(self._opening + data[1:])
 
     def flush(self) -> None:
         """Publish the buffered task events now, as `task.multi` lists."""
-        while True:
-            with self._buffer_lock:
-                batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            if not batch:
-                return
-            message = pack(batch, headers={"hostname": self.hostname})
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        self._shared()  # the shared fields, read again once a minute
+        while pending:
+            take = pending.popleft
+            batch = [take() for _ in range(min(len(pending), MAX_BATCH))]
+            message = Message(
+                headers={"hostname": self.hostname},
+                body=b"[" + b",".join(batch) + b"]",
+                content_type="application/json",
+                content_encoding="utf-8",
+            )
             try:
                 self.mailbox.publish_event("task.multi", message)
             except Exception as exc:  # isolation boundary: events are fire-and-forget
@@ -223,10 +256,13 @@ class EventDispatcher:
         ]
         for signal, receiver in hooks:
             if on:
-                signal.connect(receiver)
+                # Held strongly (this dispatcher holds them back): no weak reference to
+                # resolve on every send.
+                signal.connect(receiver, weak=False)
             else:
                 signal.disconnect(receiver)
         if on:
+            self._shared()
             self._flusher_stop = threading.Event()
             self._flusher = threading.Thread(
                 target=self._flush_loop, name="celeriac-events", daemon=True
@@ -241,22 +277,33 @@ class EventDispatcher:
     def _on_received(self, sender: Any = None, request: Any = None, **kwargs: Any) -> None:
         call = request.call
         headers = request.delivery.message.headers
-        self.send_task_event(
-            "task-received",
-            uuid=call.id,
-            name=call.name,
-            args=headers.get("argsrepr") or repr(call.args),
-            kwargs=headers.get("kwargsrepr") or repr(call.kwargs),
-            root_id=headers.get("root_id"),
-            parent_id=headers.get("parent_id"),
-            retries=headers.get("retries") or 0,
-            eta=headers.get("eta"),
-            expires=headers.get("expires"),
+        self._buffer(
+            {
+                "clock": self._clock(),
+                "uuid": call.id,
+                "name": call.name,
+                "args": headers.get("argsrepr") or repr(call.args),
+                "kwargs": headers.get("kwargsrepr") or repr(call.kwargs),
+                "root_id": headers.get("root_id"),
+                "parent_id": headers.get("parent_id"),
+                "retries": headers.get("retries") or 0,
+                "eta": headers.get("eta"),
+                "expires": headers.get("expires"),
+                "timestamp": time.time(),
+                "type": "task-received",
+            }
         )
 
     def _on_prerun(self, sender: Any = None, task_id: str = "", **kwargs: Any) -> None:
         self._started_at[task_id] = time.monotonic()
-        self.send_task_event("task-started", uuid=task_id)
+        self._buffer(
+            {
+                "clock": self._clock(),
+                "uuid": task_id,
+                "timestamp": time.time(),
+                "type": "task-started",
+            }
+        )
 
     def _on_postrun(
         self, sender: Any = None, task_id: str = "", retval: Any = None, state: str = "", **kw: Any
@@ -265,8 +312,15 @@ class EventDispatcher:
         if state != "SUCCESS":
             return
         runtime = time.monotonic() - started if started is not None else 0.0
-        self.send_task_event(
-            "task-succeeded", uuid=task_id, result=repr(retval)[:RESULT_REPR_MAX], runtime=runtime
+        self._buffer(
+            {
+                "clock": self._clock(),
+                "uuid": task_id,
+                "result": "None" if retval is None else repr(retval)[:RESULT_REPR_MAX],
+                "runtime": runtime,
+                "timestamp": time.time(),
+                "type": "task-succeeded",
+            }
         )
 
     def _on_failure(
