@@ -22,6 +22,7 @@ from celeriac.worker.pools.aio import AsyncioPool
 from celeriac.worker.pools.prefork import PreforkPool
 from celeriac.worker.pools.solo import SoloPool
 from celeriac.worker.pools.threads import ThreadsPool
+from celeriac.worker.sdnotify import notify
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
@@ -127,9 +128,11 @@ class Worker:
         remote = start_remote(self.app, self.options, pool)
         logger.info("celeriac worker %s ready", self.options.hostname)
         signals.worker_ready.send(sender=self)
+        notify("READY=1", f"STATUS=ready: {self.options.hostname}")
         try:
             return pool.run()
         finally:
+            notify("STOPPING=1")
             if embedded is not None:
                 embedded.stop()
             if remote is not None:
