@@ -131,6 +131,7 @@ def _run_code(block: Block, namespace: dict[str, Any]) -> None:
 def run_page(page: Path, directory: Path) -> None:
     """Run the marked blocks of `page` in `directory` (the current directory and on
     `sys.path` meanwhile); raise `BlockFailed` naming the page and line of a failure."""
+    from celeriac import Celeriac
     from celeriac.testing import start_worker
 
     written: list[str] = []
@@ -151,5 +152,10 @@ def run_page(page: Path, directory: Path) -> None:
                     _run_code(block, namespace)
     finally:
         sys.path.remove(str(directory))
+        apps = [value for value in namespace.values() if isinstance(value, Celeriac)]
         for name in written:
-            sys.modules.pop(name, None)
+            if name in sys.modules:
+                contents = vars(sys.modules.pop(name))
+                apps.extend(value for value in contents.values() if isinstance(value, Celeriac))
+        for app in apps:
+            app.close()  # its connections and SQLite files, before the directory goes
