@@ -36,15 +36,18 @@ READY_WITHIN = 30.0
 STOPPED_WITHIN = 30.0
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads", "asyncio", "solo"])
 def test_worker_notifies_systemd_when_ready_and_when_stopping(
-    tasks_dir: Path, run_worker: RunWorker
+    pool: str, tasks_dir: Path, run_worker: RunWorker
 ) -> None:
+    # The SIGTERM follows READY=1 at once, as a `systemctl stop` right after the start
+    # would: a warm shutdown even before the pool has installed its own handlers.
     write_tasks(tasks_dir, SOURCE)
     path = tasks_dir / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(str(path))
         listener.settimeout(READY_WITHIN)
-        worker = run_worker("-P", "solo", env={"NOTIFY_SOCKET": str(path)}, wait=False)
+        worker = run_worker("-P", pool, "-c", "2", env={"NOTIFY_SOCKET": str(path)}, wait=False)
         ready = listener.recv(4096).decode()
         assert ready.splitlines()[0] == "READY=1"
         assert "ready" in worker.output()  # the worker consumes by the time it says so
