@@ -703,11 +703,11 @@ class Celeriac:
     @property
     def Task(self) -> type[Task[Any, Any]]:
         """A `Task` base class bound to this app, for class-based tasks."""
-        cls = self.__dict__.get("_task_class")
+        cls = self.__dict__.get("_bound_task_class")
         if cls is None:
             base = self._task_class(is_async=False)  # `task_cls` when set, as Celery's
             cls = type("Task", (base,), {"_bound_app": self, "__module__": base.__module__})
-            self.__dict__["_task_class"] = cls
+            self.__dict__["_bound_task_class"] = cls
         return cls
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from celeriac.worker.pools.aio import AsyncioPool
 from celeriac.worker.pools.prefork import PreforkPool
 from celeriac.worker.pools.solo import SoloPool
 from celeriac.worker.pools.threads import ThreadsPool
+from celeriac.worker.sdnotify import notify
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
@@ -125,11 +127,17 @@ class Worker:
             )
         embedded = self._start_beat() if self.beat else None
         remote = start_remote(self.app, self.options, pool)
+        # Once it says ready, a service manager may stop it at any moment: a SIGTERM that
+        # comes before the pool installs its own handlers asks for the same warm shutdown,
+        # instead of killing the process.
+        signal.signal(signal.SIGTERM, lambda signum, frame: pool.request_shutdown())
         logger.info("celeriac worker %s ready", self.options.hostname)
         signals.worker_ready.send(sender=self)
+        notify("READY=1", f"STATUS=ready: {self.options.hostname}")
         try:
             return pool.run()
         finally:
+            notify("STOPPING=1")
             if embedded is not None:
                 embedded.stop()
             if remote is not None:
