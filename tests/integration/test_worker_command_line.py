@@ -316,6 +316,13 @@ def test_workdir_finds_the_app_in_that_directory(app_dir: Path, tmp_path: Path, 
         assert psutil.Process(process.pid).cwd() == str(app_dir)
 
 
+def test_umask_applies_to_the_files_the_worker_creates(app_dir: Path) -> None:
+    pidfile = app_dir / "umask.pid"
+    args = ["-A", "tasks", "worker", "-P", "solo", "-l", "info", "--umask", "077"]
+    with started(app_dir, *args, "--pidfile", str(pidfile)):
+        assert pidfile.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize("where", ["global", "worker"])
 def test_the_broker_option_overrides_the_apps(app_dir: Path, where: str) -> None:
     url = f"sqlite:///{app_dir / 'other.db'}"
