@@ -46,6 +46,27 @@ def _check_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+class _Concurrency(click.ParamType[int | str]):
+    """`-c N` or `-c auto` (Celery's)."""
+
+    name = "integer|auto"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | str:
+        if isinstance(value, int):
+            return value
+        if value == "auto":
+            return "auto"
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or auto", param, ctx)
+
+
+_CONCURRENCY = _Concurrency()
+
+
 @cli.command()
 @click.option(
     "-l",
@@ -65,9 +86,10 @@ def _check_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option(
     "-c",
     "--concurrency",
-    type=int,
+    type=_CONCURRENCY,
     default=None,
-    help="Tasks run at once (default: the number of CPUs).",
+    help="Tasks run at once (default: the number of CPUs); auto: the CPUs this process may "
+    "use (prefork: within the cgroup CPU quota).",
 )
 @click.option(
     "-P",

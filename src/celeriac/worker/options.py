@@ -14,7 +14,13 @@ from celeriac.exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
 
-__all__ = ["OPTIMIZATIONS", "WorkerOptions", "expand_hostname", "expand_logfile"]
+__all__ = [
+    "OPTIMIZATIONS",
+    "WorkerOptions",
+    "auto_concurrency",
+    "expand_hostname",
+    "expand_logfile",
+]
 
 # `-O`: Celery's optimization profiles. fair: a consumer holds no message beyond its free
 # slots (prefetch multiplier 1); default: the prefetch multiplier as set.
@@ -49,7 +55,7 @@ class WorkerOptions:
         cls,
         app: Celeriac,
         *,
-        concurrency: int | None = None,
+        concurrency: int | str | None = None,
         pool: str | None = None,
         queues: str | tuple[str, ...] | None = None,
         hostname: str | None = None,
@@ -74,6 +80,10 @@ class WorkerOptions:
             raise ImproperlyConfigured(
                 f"unknown pool {pool!r}: use prefork, threads, solo or asyncio"
             )
+        if concurrency == "auto":
+            concurrency = auto_concurrency(pool)
+        elif isinstance(concurrency, str):
+            raise ImproperlyConfigured(f"concurrency must be a number or auto, got {concurrency!r}")
         if concurrency is None:
             concurrency = conf.worker_concurrency or (os.cpu_count() or 1)
         if pool == "solo":
@@ -158,6 +168,29 @@ def expand_hostname(template: str) -> str:
     if "@" not in template:
         template = f"{template}@{host}"
     return template
+
+
+# Where cgroup v2 keeps the CPU quota of this process's group ("max 100000": none).
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def auto_concurrency(pool: str) -> int:
+    """`-c auto` (Celery's): the CPUs this process may run on; for prefork, also at most
+    the cgroup CPU quota, rounded up."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    if pool != "prefork":
+        return max(1, cpus)
+    try:
+        with open(CGROUP_CPU_MAX, encoding="ascii") as handle:
+            quota, _, period = handle.read().strip().partition(" ")
+        if quota != "max" and int(period) > 0:
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 # `--logfile` expansions (Celery's): %p node name, %n its name part, %h its host part,

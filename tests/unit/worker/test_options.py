@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import pytest
 
 from celeriac.exceptions import ImproperlyConfigured
+from celeriac.worker import options
 from celeriac.worker.options import WorkerOptions, expand_logfile
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from celeriac import Celeriac
 
 
@@ -52,3 +56,20 @@ def test_excluding_every_queue_is_refused(app: Celeriac) -> None:
 def test_a_heartbeat_interval_must_be_positive(app: Celeriac) -> None:
     with pytest.raises(ImproperlyConfigured, match="--heartbeat-interval must be above 0"):
         WorkerOptions.resolve(app, heartbeat_interval=0)
+
+
+def test_auto_concurrency_keeps_prefork_within_the_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    monkeypatch.setattr(options, "CGROUP_CPU_MAX", str(quota))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert options.auto_concurrency("prefork") == 2
+    assert options.auto_concurrency("threads") == 4
+    quota.write_text("max 100000\n")
+    assert options.auto_concurrency("prefork") == 4
+
+
+def test_concurrency_auto_resolves_to_a_number(app: Celeriac) -> None:
+    assert WorkerOptions.resolve(app, concurrency="auto").concurrency >= 1
