@@ -115,6 +115,15 @@ class Worker:
 
     def start(self) -> int:
         """Check, print the banner, run the pool; return the exit code."""
+        logfile = self.options.logfile
+        try:
+            configure_logging(
+                self.app,
+                loglevel=self.options.loglevel,
+                logfile=expand_logfile(logfile, self.options.hostname) if logfile else None,
+            )
+        except OSError as exc:
+            raise ImproperlyConfigured(f"cannot open the log file: {exc}") from exc
         pidfile = None
         if self.options.pidfile:
             from celeriac.worker.pidfile import PidFile
@@ -128,15 +137,6 @@ class Worker:
                 pidfile.release()
 
     def _start(self) -> int:
-        logfile = self.options.logfile
-        try:
-            configure_logging(
-                self.app,
-                loglevel=self.options.loglevel,
-                logfile=expand_logfile(logfile, self.options.hostname) if logfile else None,
-            )
-        except OSError as exc:
-            raise ImproperlyConfigured(f"cannot open the log file: {exc}") from exc
         for note in self.notes:
             logger.info(note)
         self.app.finalize()
