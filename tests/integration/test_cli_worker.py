@@ -1,9 +1,9 @@
 """`celeriac worker` start-up failures exit with the documented codes.
 
-Checks docs/worker.md, "The worker" (the paragraph after the options table): "a broker
-that does not answer stop[s] the worker at once with one line on stderr and a non-zero
-exit code (64 usage, 69 broker unreachable, 70 import failure, 78 configuration)"; with
-docs/configuration.md, "Broker and results" ("An unknown scheme raises
+Checks docs/worker.md, "The command line" (the paragraph after the daemon notes): "a
+broker that does not answer stop[s] the worker at once with one line on stderr and a
+non-zero exit code (64 usage, 69 broker unreachable, 70 import failure, 73 pid file held,
+78 configuration)"; with docs/configuration.md, "Broker and results" ("An unknown scheme raises
 `ImproperlyConfigured` listing them") and docs/redis.md, "Connection loss" (the retry
 loop, "about 6.5 s by default", that bounds how long an unreachable Redis is tried).
 Exit codes 64 and 70 are covered in `test_worker_pools.py`.

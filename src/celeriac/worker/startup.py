@@ -18,7 +18,9 @@ from celeriac._version import __version__
 from celeriac.app.queues import parse_queues
 from celeriac.exceptions import BrokerError, CeleriacError, ImproperlyConfigured
 from celeriac.worker.control import start_remote
+from celeriac.worker.daemon import root_warning
 from celeriac.worker.logs import configure_logging
+from celeriac.worker.options import expand_logfile
 from celeriac.worker.pools.aio import AsyncioPool
 from celeriac.worker.pools.prefork import PreforkPool
 from celeriac.worker.pools.solo import SoloPool
@@ -26,6 +28,8 @@ from celeriac.worker.pools.threads import ThreadsPool
 from celeriac.worker.sdnotify import notify
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from celeriac.app.base import Celeriac
     from celeriac.beat.service import EmbeddedBeat
     from celeriac.worker.options import WorkerOptions
@@ -50,10 +54,21 @@ class WorkerStartError(CeleriacError):
 class Worker:
     """Runs `app`'s tasks with the pool and options given."""
 
-    def __init__(self, app: Celeriac, options: WorkerOptions, *, beat: bool = False) -> None:
+    def __init__(
+        self,
+        app: Celeriac,
+        options: WorkerOptions,
+        *,
+        beat: bool = False,
+        notes: tuple[str, ...] = (),
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
         self.options = options
         self.beat = beat
+        # Info lines for the log once it is set up (options accepted as no-ops).
+        self.notes = notes
+        self.on_ready = on_ready
 
     def check_broker(self) -> list[str]:
         """Connect once, declare the queues; return warnings worth printing.
@@ -94,26 +109,50 @@ class Worker:
             f"  broker:       {broker}\n"
             f"  results:      {_redact(app.result_backend_url)}\n"
             f"  pool:         {pool.name} (concurrency {options.concurrency})\n"
-            f"  prefetch:     {options.prefetch_multiplier} per slot\n"
+            f"  prefetch:     {options.prefetch_multiplier} per slot"
+            f"{'  (-O fair)' if options.optimization == 'fair' else ''}\n"
             f"  queues:       {', '.join(options.queues)}\n"
             f"[tasks]\n{tasks}\n"
         )
 
     def start(self) -> int:
         """Check, print the banner, run the pool; return the exit code."""
+        logfile = self.options.logfile
         try:
             configure_logging(
-                self.app, loglevel=self.options.loglevel, logfile=self.options.logfile
+                self.app,
+                loglevel=self.options.loglevel,
+                logfile=expand_logfile(logfile, self.options.hostname) if logfile else None,
             )
         except OSError as exc:
             raise ImproperlyConfigured(f"cannot open the log file: {exc}") from exc
+        pidfile = None
+        if self.options.pidfile:
+            from celeriac.worker.pidfile import PidFile
+
+            pidfile = PidFile(expand_logfile(self.options.pidfile, self.options.hostname))
+            pidfile.acquire()
+        try:
+            return self._start()
+        finally:
+            if pidfile is not None:
+                pidfile.release()
+
+    def _start(self) -> int:
+        for note in self.notes:
+            logger.info(note)
         self.app.finalize()
         signals.worker_init.send(sender=self)
         self._check_signing()
         self._apply_limits()
         warnings = self.check_broker()
+        if self.options.purge:
+            self._purge()
         pool = POOLS[self.options.pool](self.app, self.options)
         print(self.banner(pool), file=sys.stderr, flush=True)
+        root = root_warning()
+        if root is not None:
+            warnings.append(root)
         for warning in warnings:
             logger.warning(warning)
         if self.options.soft_time_limit and not pool.supports_soft_time_limit:
@@ -134,6 +173,8 @@ class Worker:
         logger.info("celeriac worker %s ready", self.options.hostname)
         signals.worker_ready.send(sender=self)
         notify("READY=1", f"STATUS=ready: {self.options.hostname}")
+        if self.on_ready is not None:
+            self.on_ready()
         try:
             return pool.run()
         finally:
@@ -143,6 +184,22 @@ class Worker:
             if remote is not None:
                 remote.stop()
             signals.worker_shutdown.send(sender=self)
+
+    def _purge(self) -> None:
+        """`--purge`: empty this worker's queues before consuming (Celery's line)."""
+        broker = self.app.create_broker(consumer_id=f"{self.options.hostname}:purge")
+        try:
+            count = sum(broker.purge(queue) for queue in self.options.queues)
+        except BrokerError as exc:
+            raise WorkerStartError(
+                f"cannot purge the queues at {broker.safe_url()}: {exc}"
+            ) from exc
+        finally:
+            with contextlib.suppress(BrokerError):
+                broker.close()
+        if count:
+            messages = "message" if count == 1 else "messages"
+            print(f"purge: Erased {count} {messages} from the queue.\n", flush=True)
 
     def _start_beat(self) -> EmbeddedBeat:
         """`-B`: beat as a thread of this (supervisor) process."""

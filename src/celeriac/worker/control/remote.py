@@ -71,6 +71,7 @@ def start_remote(app: Celeriac, options: WorkerOptions, pool: Any) -> Remote | N
         task_events=in_process and bool(app.conf.worker_send_task_events),
         counts=counts,
         clock=clock.forward,
+        **({"freq": options.heartbeat_interval} if options.heartbeat_interval else {}),
     )
     server = ControlServer(app, options, pool, mailbox, events=events, clock=clock)
     server.start()

@@ -51,6 +51,15 @@ def child_main(
     """Run one prefork child until it is told to stop; return its exit code."""
     # Celery compat: children log as ForkPoolWorker-<n>.
     multiprocessing.current_process().name = f"ForkPoolWorker-{index + 1}"
+    if options.logfile:
+        # `-f worker%I.log`: each child logs to its own file (process index 1..N).
+        from celeriac.worker.logs import reopen_logfile
+        from celeriac.worker.options import expand_logfile
+
+        mine = expand_logfile(options.logfile, options.hostname, index + 1)
+        supervisor = expand_logfile(options.logfile, options.hostname, 0)
+        if mine != supervisor:
+            reopen_logfile(supervisor, mine)
     shutdown = Shutdown()
 
     def on_term(signum: int, frame: FrameType | None) -> None:
