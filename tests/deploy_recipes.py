@@ -105,7 +105,7 @@ def command_lines() -> list[CommandLine]:
 def parse_celeriac(argv: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
     """Parse a `celeriac ...` command line as the real CLI does (options, choices, value
     checks), without running it; return the subcommand and its parameters. A bad option
-    raises click's UsageError, naming it."""
+    raises a click error naming it."""
     cli = load_commands()
     with cli.make_context("celeriac", list(argv[1:])) as context:
         # The subcommand and its arguments (click 8.2 moved them from `protected_args`).
