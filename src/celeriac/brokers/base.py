@@ -61,6 +61,7 @@ __all__ = [
     "Deferral",
     "Delivery",
     "Outgoing",
+    "QueueDepth",
     "clamp_priority",
 ]
 
@@ -188,6 +189,25 @@ class ConsumerRecord:
     held: int
     running: tuple[str, ...]
     age: float
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """What waits in one queue, as the broker sees it now (for monitors).
+
+    Attributes:
+        ready: Messages a consumer can take now.
+        delayed: Messages waiting broker-side for their ETA or countdown.
+        held: Messages leased to a consumer (prefetched or running), not yet acked.
+        oldest_age: Seconds the longest-waiting message has waited since it could run,
+            for the messages whose time the broker knows; None when it knows none.
+    """
+
+    ready: int
+    delayed: int
+    held: int
+    oldest_age: float | None = None
 
 
 @final
@@ -429,6 +449,11 @@ class Broker(ABC):
     def purge_dead_letters(self) -> int:
         """Delete every dead letter; return how many."""
 
+    def dead_letter_count(self) -> int:
+        """How many dead letters the store holds (brokers with an index count it at once;
+        this default lists them, up to 100,000)."""
+        return len(self.list_dead_letters(limit=100_000))
+
     # -- queues ---------------------------------------------------------------------
 
     @abstractmethod
@@ -438,6 +463,14 @@ class Broker(ABC):
     @abstractmethod
     def purge(self, queue: str) -> int:
         """Delete every waiting message in `queue`; return how many."""
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
+        """Ready, delayed and held messages of each queue, read in one pass.
+
+        Raises:
+            NotImplementedError: the broker cannot tell them apart (see `size`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot split a queue's depth")
 
     # -- rate limits ----------------------------------------------------------------
 

@@ -195,6 +195,18 @@ _CONCURRENCY = _Concurrency()
     help="fork (the only one: prefork children are forked).",
 )
 # -----------------------------------------------------------------------------------------
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve this worker's Prometheus metrics at /metrics on this port.",
+)
+@click.option(
+    "--metrics-bind",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint listens on.",
+)
 @click.pass_obj
 def worker(ctx: AppContext, /, **params: Any) -> None:
     """Start a worker: a supervisor and one child process per CPU by default."""
@@ -269,6 +281,16 @@ def _run(
         drop_privileges(uid=setup["uid"], gid=setup["gid"])
     except ImproperlyConfigured as exc:
         fail(str(exc), EX_CONFIG)
+    metrics_port, metrics_bind = params.pop("metrics_port"), params.pop("metrics_bind")
+    metrics = None
+    if metrics_port is not None:
+        from celeriac.metrics.worker import WorkerMetrics
+
+        try:
+            # Before the app is imported: the app may import prometheus_client too.
+            metrics = WorkerMetrics.prepare()
+        except ImproperlyConfigured as exc:
+            fail(str(exc), EX_CONFIG)
     app = ctx.app
     for module in (setup["include"] or "").split(","):
         if module.strip():
@@ -294,6 +316,8 @@ def _run(
                 detached.ready(output)
 
         worker = Worker(app, options, beat=beat, notes=setup["notes"], on_ready=on_ready)
+        if metrics is not None:
+            metrics.start(port=metrics_port, bind=metrics_bind)
         return worker.start()
     except ImproperlyConfigured as exc:
         fail(str(exc), EX_CONFIG)
@@ -301,3 +325,6 @@ def _run(
         fail(str(exc), EX_CANTCREAT)
     except WorkerStartError as exc:
         fail(str(exc), EX_UNAVAILABLE)
+    finally:
+        if metrics is not None:
+            metrics.close()

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import redis.exceptions as redis_errors
 
 from celeriac._crashpoints import armed, crash_point
-from celeriac.brokers.base import Broker, Delivery, Outgoing, clamp_priority
+from celeriac.brokers.base import Broker, Delivery, Outgoing, QueueDepth, clamp_priority
 from celeriac.brokers.redis.dead_letters import DeadLetters
 from celeriac.brokers.redis.defer import Deferrals
+from celeriac.brokers.redis.depth import count_dead_letters, read_depths
 from celeriac.brokers.redis.envelope import (
     encode_envelope,
     envelope_of_entry,
@@ -754,6 +755,12 @@ class RedisBroker(Broker):
 
     def purge_dead_letters(self) -> int:
         return self._dead_letters.purge()
+
+    def dead_letter_count(self) -> int:
+        return count_dead_letters(self._redis, self._keys)
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
+        return read_depths(self._redis, self._keys, queues)
 
     # -- queues ---------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeriac import states
+from celeriac import signals, states
 from celeriac._crashpoints import crash_point
 from celeriac.exceptions import TimeLimitExceeded
 from celeriac.protocol.errors import encode_exception
@@ -227,6 +227,22 @@ class Supervisor:
             )
             what = f" while running {running.name}[{running.task_id}]" if running else ""
             logger.error("Child %d died (%s)%s", child.pid, how, what)
+            if signals.worker_process_lost.receivers:
+                signals.worker_process_lost.send(
+                    sender=None,
+                    pid=child.pid,
+                    exitcode=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                    signum=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                    task_id=running.task_id if running else None,
+                    task_name=running.name if running else None,
+                    reason=(
+                        "time_limit"
+                        if child.timed_out is not None
+                        else "terminated"
+                        if child.terminated is not None
+                        else "crashed"
+                    ),
+                )
         self._recover(consumer_id, running_tags)
         if not self.shutdown.is_requested():
             lived = time.monotonic() - child.started
