@@ -93,9 +93,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 @pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
-def test_a_prefork_worker_counts_tasks_by_name_and_state(
-    tasks: Any, run_worker: RunWorker
-) -> None:
+def test_a_prefork_worker_counts_tasks_by_name_and_state(tasks: Any, run_worker: RunWorker) -> None:
     port = free_port()
     worker = run_worker("-c", "2", "--metrics-port", str(port))
     results = [tasks.add.delay(i, i) for i in range(6)]
@@ -105,10 +103,10 @@ def test_a_prefork_worker_counts_tasks_by_name_and_state(
         with pytest.raises(ValueError, match="boom"):
             failure.get(timeout=20)
 
-    def counted() -> Samples | None:
+    def counted() -> Samples:
         samples = scrape(port)
         done = value(samples, "celeriac_tasks_total", task="tasks.add", state="success")
-        return samples if done == 6 else None
+        return samples if done == 6 else {}
 
     samples = wait_for(counted, timeout=10, what="six successes counted")
     assert value(samples, "celeriac_tasks_total", task="tasks.boom", state="failure") == 2
@@ -140,10 +138,10 @@ def test_a_killed_child_counts_as_a_crash_and_its_message_as_a_redelivery(
     os.kill(int(wait_for(marker.read_text, timeout=5)), signal.SIGKILL)
     assert result.get(timeout=30) == "victim"
 
-    def counted() -> Samples | None:
+    def counted() -> Samples:
         samples = scrape(port)
         ran = value(samples, "celeriac_tasks_total", task="tasks.nap", state="success")
-        return samples if ran == 1 else None
+        return samples if ran == 1 else {}
 
     samples = wait_for(counted, timeout=10, what="the rerun counted")
     assert value(samples, "celeriac_worker_crashes_total", reason="crashed") == 1
@@ -227,6 +225,7 @@ def test_an_overdue_message_reports_its_age(tasks: Any, run_worker: RunWorker) -
             timeout=10,
             what="an overdue age",
         )
+        assert age is not None
         assert 0 < age < 10
     finally:
         for pid in stalled:

@@ -26,9 +26,13 @@ from typing import TYPE_CHECKING, Any
 from celeriac.metrics.client import CONTENT_TYPE, require_client
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 
     from celeriac.app.base import Celeriac
+
+    Scope = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+    Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 __all__ = ["CONTENT_TYPE", "asgi_app", "render"]
 
@@ -55,13 +59,13 @@ def render(app: Celeriac, *, queues: Sequence[str] | None = None) -> bytes:
 
 def asgi_app(
     app: Celeriac, *, queues: Sequence[str] | None = None
-) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]:
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """An ASGI app answering GET with `render(app)` (run in a thread: it reads the broker),
     for mounting at `/metrics` in Starlette, FastAPI or any ASGI router."""
     require_client()
     import asyncio
 
-    async def metrics(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         if scope.get("method") not in ("GET", "HEAD"):
@@ -73,7 +77,7 @@ def asgi_app(
     return metrics
 
 
-async def _respond(send: Any, status: int, body: bytes, content_type: str) -> None:
+async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
     await send(
         {
             "type": "http.response.start",

@@ -223,7 +223,7 @@ class WorkerMetrics:
         # A prefork child must not hold the listening socket: a child outliving its
         # supervisor would keep the port busy.
         os.register_at_fork(after_in_child=server.socket.close)
-        host, bound_port = server.server_address[:2]
+        host, bound_port = bind, server.server_address[1]
         # Printed like the banner: logging is configured only once the worker starts.
         print(
             f"Serving metrics on http://{host}:{bound_port}/metrics (values in {self.directory})",
