@@ -9,19 +9,21 @@ import re
 import signal
 import socket
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac.metrics import CONTENT_TYPE, asgi_app, render
-from tests.helpers import unique, wait_for
+from tests.helpers import require_redis, unique, wait_for
 from tests.integration.conftest import RunWorker, import_tasks, write_tasks
 from tests.integration.worker_tasks import APP
 
-if TYPE_CHECKING:
-    from pathlib import Path
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "observability"
+EXAMPLE = EXAMPLES / "dashboard_metrics.py"
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -249,3 +251,30 @@ def test_the_asgi_app_serves_the_fleet_view(tasks: Any) -> None:
     assert response.headers["content-type"] == CONTENT_TYPE
     samples = parse(response.text)
     assert value(samples, "celeriac_queue_messages", queue=queue, state="ready") == 1
+
+
+def test_the_starlette_example_serves_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import httpx
+
+    monkeypatch.setenv("BROKER_URL", require_redis())
+    spec = importlib.util.spec_from_file_location("dashboard_metrics", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    async def call() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=module.web)
+        async with httpx.AsyncClient(transport=transport, base_url="http://web") as client:
+            return await client.get("/metrics"), await client.post("/metrics")
+
+    try:
+        response, refused = asyncio.run(call())
+    finally:
+        module.app.close()
+    assert response.status_code == 200
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert {"celeriac_queue_messages", "celeriac_dead_letters", "celeriac_workers_present"} <= names
+    assert refused.status_code == 405

@@ -10,10 +10,10 @@ Two views, each served by whoever can see it:
   redeliveries and prefork children lost.
 
 ```python
-from starlette.routing import Mount
+from starlette.routing import Route
 from celeriac.metrics import asgi_app
 
-routes = [Mount("/metrics", app=asgi_app(app))]
+routes = [Route("/metrics", asgi_app(app))]
 ```
 
 Nothing here imports `prometheus_client` until it is used.
@@ -21,7 +21,8 @@ Nothing here imports `prometheus_client` until it is used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+from typing import TYPE_CHECKING, Any, final
 
 from celeriac.metrics.client import CONTENT_TYPE, require_client
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
     Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-__all__ = ["CONTENT_TYPE", "asgi_app", "render"]
+__all__ = ["CONTENT_TYPE", "MetricsApp", "asgi_app", "render"]
 
 
 def render(app: Celeriac, *, queues: Sequence[str] | None = None) -> bytes:
@@ -57,24 +58,31 @@ def render(app: Celeriac, *, queues: Sequence[str] | None = None) -> bytes:
     return generate_latest(registry)
 
 
-def asgi_app(
-    app: Celeriac, *, queues: Sequence[str] | None = None
-) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """An ASGI app answering GET with `render(app)` (run in a thread: it reads the broker),
-    for mounting at `/metrics` in Starlette, FastAPI or any ASGI router."""
+def asgi_app(app: Celeriac, *, queues: Sequence[str] | None = None) -> MetricsApp:
+    """An ASGI app answering GET with `render(app)`, for `/metrics` in Starlette, FastAPI
+    or any ASGI router (an ASGI object, not a function: Starlette's `Route` passes it
+    the raw request then, as `Mount` does)."""
     require_client()
-    import asyncio
+    return MetricsApp(app, queues=queues)
 
-    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+
+@final
+class MetricsApp:
+    """The ASGI app `asgi_app` returns."""
+
+    def __init__(self, app: Celeriac, *, queues: Sequence[str] | None = None) -> None:
+        self.app = app
+        self.queues = queues
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         if scope.get("method") not in ("GET", "HEAD"):
             await _respond(send, 405, b"only GET\n", "text/plain; charset=utf-8")
             return
-        body = await asyncio.to_thread(render, app, queues=queues)
+        # In a thread: it reads the broker, which blocks.
+        body = await asyncio.to_thread(render, self.app, queues=self.queues)
         await _respond(send, 200, b"" if scope["method"] == "HEAD" else body, CONTENT_TYPE)
-
-    return metrics
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
