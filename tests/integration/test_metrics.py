@@ -278,3 +278,16 @@ def test_the_starlette_example_serves_metrics(monkeypatch: pytest.MonkeyPatch) -
     names = {family.name for family in text_string_to_metric_families(response.text)}
     assert {"celeriac_queue_messages", "celeriac_dead_letters", "celeriac_workers_present"} <= names
     assert refused.status_code == 405
+
+
+@pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
+def test_a_busy_metrics_port_stops_the_worker_with_a_clear_error(
+    tasks: Any, run_worker: RunWorker
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        worker = run_worker("--metrics-port", str(port), wait=False)
+        assert worker.wait(timeout=30) == 78  # EX_CONFIG
+    assert f"--metrics-port {port} --metrics-bind 127.0.0.1: cannot listen" in worker.output()
