@@ -265,3 +265,41 @@ def test_a_stock_celery_worker_joins_the_trace_of_a_celeriac_producer(
         if keys:
             client.delete(*keys)
         client.close()
+
+
+@pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
+def test_a_celeriac_worker_joins_the_trace_of_a_stock_celery_producer(
+    tasks: Any, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    import celery
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
+    instrumentor.instrument(tracer_provider=provider)
+    prefix = os.environ["TEST_KEY_PREFIX"]
+    producer = celery.Celery(
+        "stock", broker=require_redis(), backend=require_redis(), set_as_current=False
+    )
+    producer.conf.update(
+        task_default_queue=os.environ["TEST_QUEUE"],
+        broker_transport_options={"global_keyprefix": prefix},
+        result_backend_transport_options={"global_keyprefix": prefix},
+    )
+    run_worker("-c", "1")
+    try:
+        with provider.get_tracer("test").start_as_current_span("request") as request_span:
+            result = producer.send_task("tasks.traced")
+        trace_id = request_span.get_span_context().trace_id
+        assert result.get(timeout=30) == format(trace_id, "032x")
+        publish = published(memory, "tasks.traced")
+        assert publish.context is not None
+        [run] = wait_for(lambda: worker_spans(tasks_dir, "run/tasks.traced"), timeout=10)
+        assert run["trace_id"] == trace_id
+        assert run["parent"] == publish.context.span_id
+    finally:
+        instrumentor.uninstrument()
+        producer.close()
+        provider.shutdown()
