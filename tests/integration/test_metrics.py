@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -291,3 +293,24 @@ def test_a_busy_metrics_port_stops_the_worker_with_a_clear_error(
         worker = run_worker("--metrics-port", str(port), wait=False)
         assert worker.wait(timeout=30) == 78  # EX_CONFIG
     assert f"--metrics-port {port} --metrics-bind 127.0.0.1: cannot listen" in worker.output()
+
+
+@pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
+def test_promtool_accepts_the_worker_and_fleet_views(tasks: Any, run_worker: RunWorker) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Prometheus' own linter; the parser checks above)")
+    port = free_port()
+    run_worker("-c", "2", "--metrics-port", str(port))
+    assert tasks.add.delay(1, 2).get(timeout=20) == 3
+    with pytest.raises(ValueError, match="boom"):
+        tasks.boom.delay().get(timeout=20)
+    failed = {"task": "tasks.boom", "state": "failure"}
+    wait_for(lambda: value(scrape(port), "celeriac_tasks_total", **failed))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        worker_view = response.read()
+    for view in (worker_view, render(tasks.app)):
+        checked = subprocess.run(
+            [promtool, "check", "metrics"], input=view, capture_output=True, timeout=30
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr

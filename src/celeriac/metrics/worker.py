@@ -107,6 +107,9 @@ class TaskMetrics:
             ["reason"],
             registry=None,
         )
+        # Known label values start at 0, so a rate over them is defined before the first.
+        for reason in ("crashed", "time_limit"):
+            self.crashes.labels(reason=reason)
         self._started: dict[str, float] = {}
 
     def connect(self) -> None:
