@@ -411,3 +411,45 @@ def test_a_small_body_is_kept_whole(broker_factory: BrokerFactory) -> None:
     [letter] = wait_for(lambda: broker.list_dead_letters(), timeout=5)
     assert letter.body_size is None
     assert letter.message.body == message.body
+
+
+def test_dead_letter_count_counts_the_store(broker_factory: BrokerFactory) -> None:
+    broker = broker_factory()
+    queue = unique("q")
+    broker.declare(queue)
+    assert broker.dead_letter_count() == 0
+    for n in range(3):
+        broker.publish(make_message(n), queue=queue)
+    for delivery in receive_all(broker, queue, 3):
+        broker.dead_letter(delivery, reason="bad")
+    wait_for(lambda: broker.dead_letter_count() == 3, timeout=5)
+
+
+def test_queue_depths_split_ready_delayed_and_held(broker_factory: BrokerFactory) -> None:
+    broker = broker_factory()
+    queue, other = unique("q"), unique("q")
+    for name in (queue, other):
+        broker.declare(name)
+    try:
+        broker.queue_depths([queue])
+    except NotImplementedError:
+        capability_skip(broker, "split queue depth")
+    if broker.supports_presence:
+        # Held messages are read from the leases of the consumers present.
+        identity: dict[str, str | int] = {
+            "worker": "w@h",
+            "host": "h",
+            "pid": 1,
+            "pool": "solo",
+            "concurrency": 1,
+        }
+        broker.heartbeat(identity, held=0, running=[], register=True)
+    for n in range(4):
+        broker.publish(make_message(n), queue=queue)
+    broker.publish(make_message(9), queue=queue, eta=utcnow() + timedelta(hours=1))
+    held = receive_all(broker, queue, 1)
+    depths = broker.queue_depths([queue, other])
+    assert (depths[queue].ready, depths[queue].delayed, depths[queue].held) == (3, 1, 1)
+    assert depths[queue].oldest_age is None  # the ETA is an hour away
+    assert (depths[other].ready, depths[other].delayed, depths[other].held) == (0, 0, 0)
+    broker.ack(held[0])

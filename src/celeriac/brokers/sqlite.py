@@ -14,6 +14,7 @@ results (`celeriac.backends.sqlite`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -29,6 +30,7 @@ from celeriac.brokers.base import (
     DeadLetter,
     Delivery,
     Outgoing,
+    QueueDepth,
     clamp_priority,
 )
 from celeriac.brokers.sqlite_rows import (
@@ -40,6 +42,7 @@ from celeriac.brokers.sqlite_rows import (
     COUNT_CRASH_OF,
     DEAD_BODY_SIZE,
     DEAD_LETTER,
+    DEPTHS,
     EXPIRE_DEAD,
     EXTEND,
     FORGET,
@@ -515,12 +518,33 @@ class SQLiteBroker(Broker):
         with self._db.use() as connection:
             return int(connection.execute("DELETE FROM dead_letter").rowcount)
 
+    def dead_letter_count(self) -> int:
+        with self._db.use() as connection:
+            return int(connection.execute("SELECT count(*) FROM dead_letter").fetchone()[0])
+
     # -- queues ----------------------------------------------------------------------
 
     def size(self, queue: str) -> int:
         with self._db.use() as connection:
             row = connection.execute(SIZE, {"queue": queue, "now": self.clock.time()}).fetchone()
         return int(row[0])
+
+    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
+        now = self.clock.time()
+        with self._db.use() as connection:
+            rows = connection.execute(
+                DEPTHS, {"queues": json.dumps(list(queues)), "now": now}
+            ).fetchall()
+        found = {
+            queue: QueueDepth(
+                ready=int(ready or 0),
+                delayed=int(delayed or 0),
+                held=int(held or 0),
+                oldest_age=now - due if due is not None else None,
+            )
+            for queue, ready, delayed, held, due in rows
+        }
+        return {queue: found.get(queue, QueueDepth(0, 0, 0)) for queue in queues}
 
     def purge(self, queue: str) -> int:
         # Two statements so each can use an index; leased messages stay (their holder
