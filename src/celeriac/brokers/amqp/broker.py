@@ -534,6 +534,13 @@ class AMQPBroker(Broker):
 
         return self._publisher.run(op, what="purge dead letters")
 
+    def dead_letter_count(self) -> int:
+        """The dead-letter queue's ready count (no fetch: listing would redeliver them)."""
+        return self._publisher.run(
+            lambda link: self._passive_count(link, self.dead_letter_queue) or 0,
+            what="count dead letters",
+        )
+
     # -- queues --------------------------------------------------------------------------
 
     def size(self, queue: str) -> int:
