@@ -314,3 +314,14 @@ def test_promtool_accepts_the_worker_and_fleet_views(tasks: Any, run_worker: Run
             [promtool, "check", "metrics"], input=view, capture_output=True, timeout=30
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
+def test_a_threads_worker_serves_the_same_metrics(tasks: Any, run_worker: RunWorker) -> None:
+    port = free_port()
+    run_worker("-P", "threads", "-c", "4", "--metrics-port", str(port))
+    results = [tasks.add.delay(i, 1) for i in range(5)]
+    assert [r.get(timeout=20) for r in results] == [i + 1 for i in range(5)]
+    success = {"task": "tasks.add", "state": "success"}
+    wait_for(lambda: value(scrape(port), "celeriac_tasks_total", **success) == 5, timeout=10)
+    assert value(scrape(port), "celeriac_task_runtime_seconds_count", task="tasks.add") == 5
