@@ -18,6 +18,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from celeriac.exceptions import TimeLimitExceeded
 from celeriac.metrics import CONTENT_TYPE, asgi_app, render
 from tests.helpers import require_redis, unique, wait_for
 from tests.integration.conftest import RunWorker, import_tasks, write_tasks
@@ -325,3 +326,36 @@ def test_a_threads_worker_serves_the_same_metrics(tasks: Any, run_worker: RunWor
     success = {"task": "tasks.add", "state": "success"}
     wait_for(lambda: value(scrape(port), "celeriac_tasks_total", **success) == 5, timeout=10)
     assert value(scrape(port), "celeriac_task_runtime_seconds_count", task="tasks.add") == 5
+
+
+@pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
+def test_a_child_killed_at_its_hard_time_limit_counts_as_a_time_limit_crash(
+    tasks: Any, run_worker: RunWorker
+) -> None:
+    port = free_port()
+    run_worker("-c", "1", "--time-limit", "1", "--metrics-port", str(port))
+    result = tasks.nap.delay(30, "overtime")
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=30)
+    reason = {"reason": "time_limit"}
+    wait_for(lambda: value(scrape(port), "celeriac_worker_crashes_total", **reason) == 1)
+    assert value(scrape(port), "celeriac_worker_crashes_total", reason="crashed") == 0
+
+
+@pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
+def test_a_given_multiprocess_directory_is_used_and_kept(
+    tasks: Any, tmp_path: Path, run_worker: RunWorker
+) -> None:
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    port = free_port()
+    worker = run_worker(
+        "-c", "1", "--metrics-port", str(port), env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    )
+    assert tasks.add.delay(2, 2).get(timeout=20) == 4
+    success = {"task": "tasks.add", "state": "success"}
+    wait_for(lambda: value(scrape(port), "celeriac_tasks_total", **success) == 1, timeout=10)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    # Left in place, with the values written there.
+    assert {path.name.split("_")[0] for path in directory.iterdir()} >= {"counter", "histogram"}
