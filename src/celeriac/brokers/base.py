@@ -194,20 +194,22 @@ class ConsumerRecord:
 @final
 @dataclass(frozen=True, slots=True)
 class QueueDepth:
-    """What waits in one queue, as the broker sees it now (for monitors).
+    """What waits in one queue, by kind (the dashboard's queue page reads these).
 
     Attributes:
-        ready: Messages a consumer can take now.
-        delayed: Messages waiting broker-side for their ETA or countdown.
-        held: Messages leased to a consumer (prefetched or running), not yet acked.
-        oldest_age: Seconds the longest-waiting message has waited since it could run,
-            for the messages whose time the broker knows; None when it knows none.
+        queue: The queue's name.
+        ready: Messages a worker can fetch now.
+        delayed: Messages waiting broker-side for their ETA; None when the broker cannot
+            tell them apart from ready ones.
+        held: Messages leased by a consumer (fetched, not yet acked); None when unknown.
+        oldest_id: The task id of the message next in line to be fetched, if any.
     """
 
+    queue: str
     ready: int
-    delayed: int
-    held: int
-    oldest_age: float | None = None
+    delayed: int | None = None
+    held: int | None = None
+    oldest_id: str | None = None
 
 
 @final
@@ -464,13 +466,9 @@ class Broker(ABC):
     def purge(self, queue: str) -> int:
         """Delete every waiting message in `queue`; return how many."""
 
-    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
-        """Ready, delayed and held messages of each queue, read in one pass.
-
-        Raises:
-            NotImplementedError: the broker cannot tell them apart (see `size`).
-        """
-        raise NotImplementedError(f"{type(self).__name__} cannot split a queue's depth")
+    def depth(self, queue: str) -> QueueDepth:
+        """What waits in `queue`, by kind as far as this broker can tell."""
+        return QueueDepth(queue=queue, ready=self.size(queue))
 
     # -- rate limits ----------------------------------------------------------------
 
@@ -533,6 +531,16 @@ class Broker(ABC):
     def startup_warnings(self) -> list[str]:
         """Problems worth a warning when a worker starts (e.g. an evicting Redis)."""
         return []
+
+    def overdue_age(self, queue: str) -> float | None:
+        """Seconds the most overdue ETA message of `queue` has waited past its due time
+        without being moved into the queue (its workers are stalled or gone); None when
+        none is overdue (for monitors).
+
+        Raises:
+            NotImplementedError: the broker keeps no due times it can read back.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot tell how overdue a message is")
 
     def stats(self) -> BrokerStats:
         return BrokerStats(

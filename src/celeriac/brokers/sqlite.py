@@ -14,7 +14,6 @@ results (`celeriac.backends.sqlite`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -42,7 +41,7 @@ from celeriac.brokers.sqlite_rows import (
     COUNT_CRASH_OF,
     DEAD_BODY_SIZE,
     DEAD_LETTER,
-    DEPTHS,
+    DEPTH,
     EXPIRE_DEAD,
     EXTEND,
     FORGET,
@@ -61,6 +60,7 @@ from celeriac.brokers.sqlite_rows import (
     SIZE,
     TRIM_DEAD,
     dump_json,
+    json_object,
     lease_statement,
     parse_tag,
     row_delivery,
@@ -518,10 +518,6 @@ class SQLiteBroker(Broker):
         with self._db.use() as connection:
             return int(connection.execute("DELETE FROM dead_letter").rowcount)
 
-    def dead_letter_count(self) -> int:
-        with self._db.use() as connection:
-            return int(connection.execute("SELECT count(*) FROM dead_letter").fetchone()[0])
-
     # -- queues ----------------------------------------------------------------------
 
     def size(self, queue: str) -> int:
@@ -529,22 +525,19 @@ class SQLiteBroker(Broker):
             row = connection.execute(SIZE, {"queue": queue, "now": self.clock.time()}).fetchone()
         return int(row[0])
 
-    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
-        now = self.clock.time()
+    def depth(self, queue: str) -> QueueDepth:
         with self._db.use() as connection:
-            rows = connection.execute(
-                DEPTHS, {"queues": json.dumps(list(queues)), "now": now}
-            ).fetchall()
-        found = {
-            queue: QueueDepth(
-                ready=int(ready or 0),
-                delayed=int(delayed or 0),
-                held=int(held or 0),
-                oldest_age=now - due if due is not None else None,
-            )
-            for queue, ready, delayed, held, due in rows
-        }
-        return {queue: found.get(queue, QueueDepth(0, 0, 0)) for queue in queues}
+            row = connection.execute(DEPTH, {"queue": queue, "now": self.clock.time()}).fetchone()
+        ready, due, delayed, held, headers = row
+        oldest = json_object(headers) if headers is not None else None
+        task_id = oldest.get("id") if oldest else None
+        return QueueDepth(
+            queue=queue,
+            ready=int(ready) + int(due),
+            delayed=int(delayed),
+            held=int(held),
+            oldest_id=str(task_id) if task_id is not None else None,
+        )
 
     def purge(self, queue: str) -> int:
         # Two statements so each can use an index; leased messages stay (their holder
@@ -563,6 +556,22 @@ class SQLiteBroker(Broker):
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
         return reserve_rate_slot(self._db, key, now=self.clock.time(), interval=interval)
+
+    # -- monitors --------------------------------------------------------------------
+
+    def dead_letter_count(self) -> int:
+        with self._db.use() as connection:
+            return int(connection.execute("SELECT count(*) FROM dead_letter").fetchone()[0])
+
+    def overdue_age(self, queue: str) -> float | None:
+        now = self.clock.time()
+        with self._db.use() as connection:
+            # The earliest due time of the queue's ETA messages due but not yet fetched.
+            row = connection.execute(
+                "SELECT min(due) FROM message WHERE queue = ? AND owner IS NULL AND due <= ?",
+                (queue, now),
+            ).fetchone()
+        return now - float(row[0]) if row[0] is not None and now > row[0] else None
 
 
 def _without_size(message: Message) -> Message:

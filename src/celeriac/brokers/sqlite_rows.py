@@ -25,7 +25,6 @@ __all__ = [
     "COUNT_CRASH",
     "COUNT_CRASH_OF",
     "DEAD_LETTER",
-    "DEPTHS",
     "EXTEND",
     "FORGET",
     "HEARTBEAT",
@@ -215,21 +214,23 @@ REPLAY_DEAD: Final = (
     "SELECT queue, priority, NULL, exchange, routing_key, content_type, content_encoding, "
     "headers, properties, body FROM dead_letter WHERE id = ?"
 )
-# Per queue: ready (never leased, or due and not yet promoted, or a lapsed lease), delayed
-# (an ETA ahead), held (a live lease), and the oldest overdue ETA's due time. One pass
-# over the queue's rows (for monitors, not the hot path).
-DEPTHS: Final = (
-    "SELECT queue, "
-    "sum(due IS NULL OR due <= :now), "
-    "sum(owner IS NULL AND due > :now), "
-    "sum(owner IS NOT NULL AND due > :now), "
-    "min(CASE WHEN owner IS NULL AND due <= :now THEN due END) "
-    "FROM message WHERE queue IN (SELECT value FROM json_each(:queues)) GROUP BY queue"
-)
 SIZE: Final = (
     "SELECT (SELECT count(*) FROM message WHERE queue = :queue AND due IS NULL) + "
     "(SELECT count(*) FROM message WHERE due IS NOT NULL AND queue = :queue "
     "AND (owner IS NULL OR due <= :now))"
+)
+
+# What waits in one queue, by kind: ready (never delayed, due, or a lapsed lease),
+# delayed (an ETA still ahead), held (a lease still running); and the next one out.
+DEPTH: Final = (
+    "SELECT (SELECT count(*) FROM message WHERE queue = :queue AND due IS NULL), "
+    "(SELECT count(*) FROM message WHERE due IS NOT NULL AND queue = :queue AND due <= :now), "
+    "(SELECT count(*) FROM message WHERE due IS NOT NULL AND queue = :queue "
+    "AND owner IS NULL AND due > :now), "
+    "(SELECT count(*) FROM message WHERE due IS NOT NULL AND queue = :queue "
+    "AND owner IS NOT NULL AND due > :now), "
+    "(SELECT headers FROM message WHERE queue = :queue AND due IS NULL "
+    "ORDER BY priority DESC, id LIMIT 1)"
 )
 
 

@@ -8,9 +8,10 @@
 | `celeriac_workers_present` | | workers with a fresh presence record |
 | `celeriac_worker_processes_present` | | consuming processes with a fresh record |
 
-A broker that cannot split a queue's depth reports its `size` as `state="waiting"`; one
-without presence records reports no presence gauges. A scrape that cannot reach the
-broker fails (Prometheus records the target as down) rather than reporting zeros.
+The depth comes from `Broker.depth`: a broker that cannot tell delayed or held messages
+apart reports only `state="ready"` (its whole size); one without presence records reports
+no presence gauges. A scrape that cannot reach the broker fails (Prometheus records the
+target as down) rather than reporting zeros.
 """
 
 from __future__ import annotations
@@ -57,18 +58,20 @@ class FleetCollector:
             "(only messages whose due time the broker records).",
             labels=["queue"],
         )
-        try:
-            depths = broker.queue_depths(queues)
-        except NotImplementedError:
-            for queue in queues:
-                messages.add_metric([queue, "waiting"], broker.size(queue))
-        else:
-            for queue, depth in depths.items():
-                messages.add_metric([queue, "ready"], depth.ready)
+        for queue in queues:
+            depth = broker.depth(queue)
+            messages.add_metric([queue, "ready"], depth.ready)
+            # None: this broker cannot tell them apart (its ready count includes them).
+            if depth.delayed is not None:
                 messages.add_metric([queue, "delayed"], depth.delayed)
+            if depth.held is not None:
                 messages.add_metric([queue, "held"], depth.held)
-                if depth.oldest_age is not None:
-                    oldest.add_metric([queue], depth.oldest_age)
+            try:
+                age = broker.overdue_age(queue)
+            except NotImplementedError:
+                age = None
+            if age is not None:
+                oldest.add_metric([queue], age)
         yield messages
         yield oldest
         yield GaugeMetricFamily(

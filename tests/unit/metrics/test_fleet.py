@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
 
 
-def test_a_broker_without_split_depth_reports_waiting_messages(app: Celeriac) -> None:
+def test_a_broker_without_split_depth_reports_its_size_as_ready(app: Celeriac) -> None:
     @app.task(name="shop.pack")
     def pack() -> None: ...
 
@@ -24,6 +24,6 @@ def test_a_broker_without_split_depth_reports_waiting_messages(app: Celeriac) ->
         for sample in family.samples
     }
     queue = app.conf.task_default_queue
-    assert samples[("celeriac_queue_messages", (("queue", queue), ("state", "waiting")))] == 2
+    assert samples[("celeriac_queue_messages", (("queue", queue), ("state", "ready")))] == 2
     assert samples[("celeriac_dead_letters", ())] == 0
     assert samples[("celeriac_workers_present", ())] == 0

@@ -12,13 +12,13 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import orjson
 import redis.exceptions as redis_errors
 
 from celeriac._crashpoints import armed, crash_point
 from celeriac.brokers.base import Broker, Delivery, Outgoing, QueueDepth, clamp_priority
 from celeriac.brokers.redis.dead_letters import DeadLetters
 from celeriac.brokers.redis.defer import Deferrals
-from celeriac.brokers.redis.depth import count_dead_letters, read_depths
 from celeriac.brokers.redis.envelope import (
     encode_envelope,
     envelope_of_entry,
@@ -26,6 +26,7 @@ from celeriac.brokers.redis.envelope import (
     read_delivery,
 )
 from celeriac.brokers.redis.keys import Keys, Plan
+from celeriac.brokers.redis.monitor import count_dead_letters, overdue_age
 from celeriac.brokers.redis.presence import Presence
 from celeriac.brokers.redis.recovery import Recovery
 from celeriac.connections.redis import (
@@ -735,6 +736,12 @@ class RedisBroker(Broker):
     def consumers(self) -> list[ConsumerRecord]:
         return self._presence.consumers()
 
+    def dead_letter_count(self) -> int:
+        return count_dead_letters(self._redis, self._keys)
+
+    def overdue_age(self, queue: str) -> float | None:
+        return overdue_age(self._redis, self._keys, queue)
+
     def withdraw(self, *, hand_off: bool = False) -> None:
         self._presence.forget(self.consumer_id)
         if hand_off and self._eta_by_presence:
@@ -756,12 +763,6 @@ class RedisBroker(Broker):
     def purge_dead_letters(self) -> int:
         return self._dead_letters.purge()
 
-    def dead_letter_count(self) -> int:
-        return count_dead_letters(self._redis, self._keys)
-
-    def queue_depths(self, queues: Sequence[str]) -> dict[str, QueueDepth]:
-        return read_depths(self._redis, self._keys, queues)
-
     # -- queues ---------------------------------------------------------------------
 
     def size(self, queue: str) -> int:
@@ -773,6 +774,45 @@ class RedisBroker(Broker):
                 return pipe.execute()
 
         return sum(int(n) for n in self._redis.run(f"size of {queue}", count))
+
+    def depth(self, queue: str) -> QueueDepth:
+        keys = self._keys
+        step_keys = keys.step_keys(queue)
+
+        def read(client: redis.Redis) -> Any:
+            consumers: Any = client.zrange(keys.presence, 0, -1)
+            with client.pipeline(transaction=False) as pipe:
+                for key in step_keys:
+                    pipe.llen(key)
+                    # LPUSH in, RPOP out: the next one out is the last element.
+                    pipe.lindex(key, -1)
+                pipe.zcard(keys.delayed(queue))
+                for member in consumers:
+                    pipe.hvals(keys.held_of(member.decode()))
+                return pipe.execute()
+
+        replies = self._redis.run(f"depth of {queue}", read)
+        lists = replies[: 2 * len(step_keys)]
+        ready = sum(int(n) for n in lists[0::2])
+        oldest_id = None
+        for head in lists[1::2]:
+            if head is not None:
+                oldest_id = _task_id(head)
+                break
+        suffix = f"|{queue}".encode()
+        held = sum(
+            1
+            for values in replies[2 * len(step_keys) + 1 :]
+            for value in values
+            if value.endswith(suffix)
+        )
+        return QueueDepth(
+            queue=queue,
+            ready=ready,
+            delayed=int(replies[2 * len(step_keys)]),
+            held=held,
+            oldest_id=oldest_id,
+        )
 
     def purge(self, queue: str) -> int:
         delayed = self._keys.delayed(queue)
@@ -796,6 +836,16 @@ class RedisBroker(Broker):
         return self._redis.reserve_rate_slot(
             key, prefix=self._keys.prefix, interval=interval, now=self.clock.time
         )
+
+
+def _task_id(envelope: bytes) -> str | None:
+    """The task id in a kombu envelope's headers, None if it cannot be read."""
+    try:
+        headers = orjson.loads(envelope).get("headers") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    value = headers.get("id") if isinstance(headers, dict) else None
+    return str(value) if value is not None else None
 
 
 def _scripts() -> dict[str, str]:
