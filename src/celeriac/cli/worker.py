@@ -72,6 +72,12 @@ def _check_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--without-heartbeat", is_flag=True, default=False, help="Do not send worker heartbeats."
 )
 @click.option(
+    "--autoscale",
+    default=None,
+    metavar="MAX,MIN",
+    help="Prefork: grow to MAX children under load, shrink back to MIN when idle.",
+)
+@click.option(
     "-B",
     "--beat",
     is_flag=True,
