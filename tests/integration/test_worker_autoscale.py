@@ -148,6 +148,8 @@ def test_the_autoscale_command_changes_max_and_min(fleet: Fleet, run_worker: Run
     stats = _json(fleet.run("celery", "inspect", "stats", "-d", node, "-j"))[node]
     assert stats["autoscaler"]["max"] == 6
     assert stats["autoscaler"]["min"] == 3
+    assert stats["autoscaler"]["current"] == 3
+    assert len(stats["pool"]["processes"]) == 3
     # Resizing by hand is refused while autoscaling, in Celery's words.
     assert _json(fleet.run("celery", "control", "pool_grow", "1", "-d", node, "-j")) == [
         {node: {"error": GROW_WITH_AUTOSCALE}}

@@ -138,7 +138,7 @@ class PoolSize:
             self.max_concurrency, self.min_concurrency = autoscale
             initial = max(1, self.min_concurrency)
         self.target = max(1, min(initial, capacity))
-        # What the supervisor saw last (for `stats`).
+        # Children now (kept by the supervisor) and the load it weighed last (for `stats`).
         self.processes = 0
         self.qty = 0
         self._received = 0

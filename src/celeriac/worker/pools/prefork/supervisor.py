@@ -429,6 +429,7 @@ class Supervisor:
                 self._respawn_delay.pop(index, None)
         elif missing < 0:
             self._retire(-missing, idle_only=self.size.is_autoscaling)
+        self.size.processes = len(self._wanted)
 
     def _is_busy(self, index: int) -> bool:
         return self.slots.read(index) is not None or self.slots.held(index) > 0
