@@ -379,6 +379,8 @@ class Supervisor:
     def run(self) -> int:
         """Run until shut down; return the exit code."""
         self.install_signals()
+        if self.size.min_concurrency == 0:
+            logger.info("autoscale min 0: one child stays, to fetch work (children are consumers)")
         for index in range(self.size.wanted()):
             self._wanted.add(index)
             self._spawn(index)
