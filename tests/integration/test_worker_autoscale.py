@@ -1,7 +1,8 @@
-"""Prefork pool size at run time, with real workers on Redis.
+"""Prefork pool size at run time, with real workers on Redis (and RabbitMQ where marked).
 
 - `--autoscale=max,min`: a burst grows the pool to max, idleness shrinks it back to min,
   and the ledger the tasks write shows every message ran exactly once.
+- Shrinking busy children: each finishes its task and gives back what it prefetched.
 - `pool_grow`/`pool_shrink` from celeriac's control and from stock `celery control`
   change the number of children; `autoscale` changes max and min (`stats` shows them).
 
@@ -11,6 +12,7 @@ Children are counted from /proc (live, non-zombie processes whose parent is the 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,7 +63,9 @@ def tasks(tasks_dir: Path, broker_env: str) -> Any:
     module.app.close()
 
 
-@pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
+@pytest.mark.parametrize(
+    "broker_env", ["redis", pytest.param("amqp", marks=pytest.mark.rabbitmq)], indirect=True
+)
 @pytest.mark.parametrize("prefetch", ["1", "4"])
 def test_a_burst_grows_the_pool_to_max_and_idleness_shrinks_it_back(
     tasks: Any, tasks_dir: Path, run_worker: RunWorker, prefetch: str
@@ -86,8 +90,38 @@ def test_a_burst_grows_the_pool_to_max_and_idleness_shrinks_it_back(
     assert starts == ends == Counter(keys), "a message was lost or ran twice"
     assert len({e["pid"] for e in log}) >= 3, "the burst ran on one or two children"
     output = worker.output()
+    assert "pool:         prefork (autoscale: min 1, max 4)" in output
     assert "Scaling up" in output
     assert "Retiring child" in output
+
+
+@pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
+def test_shrinking_busy_children_neither_loses_nor_repeats_a_message(
+    tasks: Any, tasks_dir: Path, run_worker: RunWorker
+) -> None:
+    # Its own node name: the command goes to this worker only.
+    node = f"{os.environ['TEST_QUEUE']}@test"
+    worker = run_worker("-c", "4", "--prefetch-multiplier", "4", "-n", node)
+    wait_for(lambda: len(children_of(worker.pid)) == 4, timeout=10, what="four children")
+    keys = [f"busy-{n}" for n in range(40)]
+    results = [tasks.sleeper.delay(0.3, key) for key in keys]
+    wait_for(
+        lambda: sum(e["event"] == "start" for e in events(tasks_dir)) >= 4,
+        timeout=15,
+        what="every child busy",
+    )
+    # Every child runs a task and holds prefetched ones: three are retired mid-work.
+    assert tasks.app.control.pool_shrink(3, destination=[node], reply=True) == [
+        {node: {"ok": "pool will shrink"}}
+    ]
+    wait_for(lambda: len(children_of(worker.pid)) == 1, timeout=15, what="one child left")
+    assert [r.get(timeout=60) for r in results] == keys
+    log = [e for e in events(tasks_dir) if e["key"] in keys]
+    starts = Counter(e["key"] for e in log if e["event"] == "start")
+    ends = Counter(e["key"] for e in log if e["event"] == "end")
+    assert starts == ends == Counter(keys), "a message was lost or ran twice"
+    # The retired children gave back what they had prefetched.
+    assert "prefetched message(s) to the queue" in worker.output()
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -95,7 +129,7 @@ def _json(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout.strip().splitlines()[0])
 
 
-@pytest.mark.parametrize("fleet", ["redis"], indirect=True)
+@pytest.mark.parametrize("fleet", ["redis", "amqp"], indirect=True)
 def test_pool_grow_and_shrink_from_celeriac_and_stock_celery_change_the_children(
     fleet: Fleet, run_worker: RunWorker
 ) -> None:
