@@ -1,4 +1,4 @@
-"""Prefork pool size at run time, with real workers on Redis (and RabbitMQ where marked).
+"""Prefork pool size at run time, with real workers (Redis; the burst on SQLite and RabbitMQ too).
 
 - `--autoscale=max,min`: a burst grows the pool to max, idleness shrinks it back to min,
   and the ledger the tasks write shows every message ran exactly once.
@@ -64,7 +64,9 @@ def tasks(tasks_dir: Path, broker_env: str) -> Any:
 
 
 @pytest.mark.parametrize(
-    "broker_env", ["redis", pytest.param("amqp", marks=pytest.mark.rabbitmq)], indirect=True
+    "broker_env",
+    ["sqlite", "redis", pytest.param("amqp", marks=pytest.mark.rabbitmq)],
+    indirect=True,
 )
 @pytest.mark.parametrize("prefetch", ["1", "4"])
 def test_a_burst_grows_the_pool_to_max_and_idleness_shrinks_it_back(
