@@ -35,6 +35,7 @@ from celeriac.worker.consumer import consumer_id_for
 from celeriac.worker.control import running_info
 from celeriac.worker.holdings import Shutdown
 from celeriac.worker.pools.prefork.autoscale import MAX_CHILDREN, SCALE_INTERVAL, PoolSize
+from celeriac.worker.pools.prefork.backlog import BacklogGauge
 from celeriac.worker.pools.prefork.child import STOP_SIGNALS, child_main
 from celeriac.worker.revocations import Revocations
 from celeriac.worker.slots import RunningTask, SlotTable
@@ -84,11 +85,16 @@ class Supervisor:
         )
         self.slots = SlotTable(self.size.capacity)
         self.children: dict[int, _Child] = {}
-        # Slots that should have a child (alive or due to be respawned), and slots whose
-        # child is being retired (it stops as in a warm shutdown).
+        # Slots that should have a child (alive or due to be respawned); a child whose
+        # slot is not among them is being retired (it stops as in a warm shutdown).
         self._wanted: set[int] = set()
-        self._retiring: set[int] = set()
         self._next_scale = 0.0
+        self._backlog: BacklogGauge | None = None
+        if self.size.is_autoscaling:
+            self._backlog = BacklogGauge(
+                lambda: app.create_broker(consumer_id=f"{options.hostname}:autoscale"),
+                options.queues,
+            )
         self._pid_to_index: dict[int, int] = {}
         self._respawn_at: dict[int, float] = {}
         self._respawn_delay: dict[int, float] = {}
@@ -222,7 +228,6 @@ class Supervisor:
         self.slots.clear(index)
         self.slots.set_held(index, 0)
         retired = index not in self._wanted
-        self._retiring.discard(index)
         consumer_id = consumer_id_for(self.options.hostname, child.pid)
         crashed = not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
         if child.timed_out is not None:
@@ -384,6 +389,8 @@ class Supervisor:
         for index in range(self.size.wanted()):
             self._wanted.add(index)
             self._spawn(index)
+        if self._backlog is not None:
+            self._backlog.start()
         try:
             while True:
                 self._reap()
@@ -404,6 +411,8 @@ class Supervisor:
                     self._respawn_missing()
                 time.sleep(TICK)
         finally:
+            if self._backlog is not None:
+                self._backlog.stop()
             if self._broker is not None:
                 self._broker.close()
 
@@ -450,7 +459,6 @@ class Supervisor:
             self._wanted.discard(index)
             self._respawn_at.pop(index, None)
             if child is not None:
-                self._retiring.add(index)
                 logger.info("Retiring child %d (slot %d)", child.pid, index)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGTERM)
@@ -460,16 +468,10 @@ class Supervisor:
         held = [self.slots.held(i) for i in self._wanted if i in self.children]
         qty = sum(held)
         full = max(1, self.options.prefetch_multiplier)
-        if held and len(held) == len(self._wanted) and min(held) >= full:
-            qty += self._backlog()
+        every_child_full = bool(held) and len(held) == len(self._wanted) and min(held) >= full
+        if self._backlog is not None and every_child_full:
+            qty += self._backlog.latest()
         return qty
-
-    def _backlog(self) -> int:
-        try:
-            return sum(self.broker.size(queue) for queue in self.options.queues)
-        except Exception:  # isolation boundary: the load is then what the children hold
-            logger.debug("Could not measure the queues' backlog", exc_info=True)
-            return 0
 
     def _received(self) -> int:
         """Grows whenever a child takes a message: finished plus held."""
