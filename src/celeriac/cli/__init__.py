@@ -139,6 +139,7 @@ def load_commands() -> click.Group:
         beat,
         call,
         control,
+        dashboard,
         dlq,
         events,
         inspect,

@@ -1,0 +1,147 @@
+"""The dashboard's pages and actions over the memory broker and backend, through
+Starlette's test client (the browser test runs them on Redis with a real worker)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from starlette.testclient import TestClient
+
+from celeriac.backends.base import ResultMeta
+from celeriac.dashboard import create_app
+from celeriac.dashboard.feed import EventFeed
+
+
+@pytest.fixture
+def feed(app):
+    return EventFeed(app)
+
+
+@pytest.fixture
+def client(app, feed):
+    with TestClient(create_app(app, feed=feed)) as test_client:
+        yield test_client
+
+
+def _token(client: TestClient, path: str = "/dead-letters") -> str:
+    page = client.get(path)
+    match = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+    assert match, page.text
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    "path", ["/workers", "/queues", "/tasks", "/dead-letters", "/charts", "/tasks?state=SUCCESS"]
+)
+def test_every_page_renders_whole_and_as_a_fragment(client, path):
+    whole = client.get(path)
+    assert whole.status_code == 200
+    assert '<div id="live">' in whole.text
+    assert "default-src 'self'" in whole.headers["content-security-policy"]
+    joiner = "&" if "?" in path else "?"
+    part = client.get(f"{path}{joiner}fragment=1")
+    assert part.status_code == 200
+    assert "<html" not in part.text
+
+
+def test_broker_password_is_masked(app, feed):
+    app.conf.broker_url = "memory://user:hunter2@localhost/"
+    with TestClient(create_app(app, feed=feed)) as client:
+        page = client.get("/workers").text
+    assert "hunter2" not in page
+    assert "user:***@localhost" in page
+
+
+def test_task_page_reads_the_backend_and_escapes_args(app, client):
+    long_args = ["<script>alert(1)</script>" + "x" * 500]
+    app.backend.store(
+        ResultMeta(task_id="t-1", status="SUCCESS", result=3, name="tasks.add", args=long_args)
+    )
+    page = client.get("/tasks/t-1").text
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "x" * 300 not in page  # truncated
+    assert "tasks.add" in page
+    assert "SUCCESS" in page
+
+
+def test_unknown_task_is_a_404_naming_it(client):
+    response = client.get("/tasks/nope")
+    assert response.status_code == 404
+    assert "nope" in response.text
+
+
+def test_task_search_finds_tasks_from_events(client, feed):
+    now = time.time()
+    feed.fold({"type": "task-received", "uuid": "a1", "name": "tasks.add", "timestamp": now})
+    feed.fold({"type": "task-succeeded", "uuid": "a1", "runtime": 0.5, "timestamp": now})
+    feed.fold({"type": "task-received", "uuid": "b2", "name": "tasks.mul", "timestamp": now})
+    found = client.get("/tasks?name=add&state=SUCCESS&since=5m").text
+    assert 'data-id="a1"' in found
+    assert 'data-id="b2"' not in found
+    assert client.get("/tasks?state=BOGUS").status_code == 400
+
+
+def test_actions_refuse_a_post_without_the_csrf_token(app, client):
+    app.backend.store(ResultMeta(task_id="t-2", status="STARTED", name="tasks.add"))
+    response = client.post("/actions/revoke", data={"task_id": "t-2"}, follow_redirects=False)
+    assert response.status_code == 403
+    assert app.backend.get("t-2").status == "STARTED"
+
+
+def test_actions_refuse_a_get(client):
+    assert client.get("/actions/revoke").status_code == 405
+
+
+def test_revoke_with_the_token_records_the_revocation(app, client):
+    app.backend.store(ResultMeta(task_id="t-3", status="STARTED", name="tasks.add"))
+    token = _token(client, "/tasks/t-3")
+    response = client.post(
+        "/actions/revoke",
+        data={"task_id": "t-3", "csrf_token": token, "next": "/tasks/t-3"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/tasks/t-3?notice=revoked")
+    assert app.backend.get("t-3").status == "REVOKED"
+
+
+def test_a_cross_origin_post_is_refused(client):
+    token = _token(client)
+    response = client.post(
+        "/actions/purge-dead-letters",
+        data={"csrf_token": token, "confirm": "yes"},
+        headers={"Origin": "http://evil.example"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 403
+
+
+def test_purging_a_queue_needs_its_name_as_confirmation(app, client):
+    app.send_task("tasks.add", (1, 2))
+    token = _token(client)
+    queue = app.conf.task_default_queue
+    refused = client.post(
+        "/actions/purge-queue", data={"csrf_token": token, "queue": queue, "confirm": "yes"}
+    )
+    assert refused.status_code == 400
+    assert app.broker.size(queue) == 1
+    done = client.post(
+        "/actions/purge-queue",
+        data={"csrf_token": token, "queue": queue, "confirm": queue},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    assert app.broker.size(queue) == 0
+
+
+def test_redirect_after_an_action_stays_on_this_site(client):
+    token = _token(client)
+    response = client.post(
+        "/actions/purge-dead-letters",
+        data={"csrf_token": token, "confirm": "yes", "next": "https://evil.example/"},
+        follow_redirects=False,
+    )
+    assert response.headers["location"].startswith("/dead-letters?notice=purged")
