@@ -261,7 +261,7 @@ class Sources:
                 view.traceback = cached.traceback
             if meta is None or meta.status == "PENDING":
                 view.state = cached.state
-            view.timeline = list(cached.timeline)
+            view.timeline = sorted(cached.timeline, key=lambda entry: entry[1])
         view.graph = self.graph(task_id)
         return view
 
