@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celeriac.dashboard.charts import Series
-from celeriac.exceptions import CeleriacError
+from celeriac.exceptions import CeleriacError, ImproperlyConfigured
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
@@ -66,6 +66,19 @@ _FIELDS = (
     "parent_id",
     "queue",
 )
+
+
+# States a later event of a non-final kind does not undo (events from the producer and
+# from workers arrive out of order: a `task-sent` may come after `task-succeeded`).
+_FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
+
+
+def _next_state(current: str, new: str) -> str:
+    if new == "PENDING" and current != "PENDING":
+        return current
+    if current in _FINAL and new not in _FINAL:
+        return current
+    return new
 
 
 @dataclass(slots=True)
@@ -183,6 +196,11 @@ class EventFeed:
                     if self._stop.is_set():
                         return
                 return
+            except ImproperlyConfigured as exc:
+                # This broker carries no events: say so once, on every page.
+                self.error = f"no live events: {exc}"
+                logger.warning("Dashboard shows no live events: %s", exc)
+                return
             except CeleriacError as exc:
                 self.error = f"events: {exc}"
                 logger.warning("Dashboard cannot read events: %s", exc)
@@ -241,8 +259,8 @@ class EventFeed:
                 self._tasks.popitem(last=False)
         else:
             self._tasks.move_to_end(uuid)
-        task.state = _STATES.get(kind, task.state)
-        task.updated = timestamp
+        task.state = _next_state(task.state, _STATES.get(kind, task.state))
+        task.updated = max(task.updated, timestamp)
         if kind != "task-sent":
             task.hostname = hostname
         for name in _FIELDS:

@@ -45,3 +45,15 @@ def test_series_keeps_only_the_window():
 def test_stored_children_give_the_ids_of_results_and_group_members():
     children = [[["a", None], None], [["g", None], [[["b", None], None], [["c", None], None]]]]
     assert _child_ids(children) == [("a", None), ("b", "g"), ("c", "g")]
+
+
+def test_a_late_task_sent_event_does_not_undo_a_finished_state(app):
+    feed = EventFeed(app)
+    feed.fold({"type": "task-succeeded", "uuid": "u", "timestamp": 5.0})
+    feed.fold({"type": "task-sent", "uuid": "u", "name": "t", "timestamp": 6.0})
+    feed.fold({"type": "task-started", "uuid": "u", "timestamp": 4.0})
+    task = feed.task("u")
+    assert task is not None
+    assert task.state == "SUCCESS"
+    assert task.name == "t"
+    assert task.updated == 6.0

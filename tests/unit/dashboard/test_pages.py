@@ -145,3 +145,21 @@ def test_redirect_after_an_action_stays_on_this_site(client):
         follow_redirects=False,
     )
     assert response.headers["location"].startswith("/dead-letters?notice=purged")
+
+
+def test_chart_draws_a_lone_point_and_gaps():
+    from celeriac.dashboard.pages.charts import chart
+
+    drawn = chart([None, 1.0, None, 2.0, 2.0], unit="s")
+    assert len(drawn["lines"]) == 2
+    assert all(len(line.split()) >= 2 for line in drawn["lines"])
+    assert drawn["top"] == 2.0
+
+
+def test_queue_page_shows_what_waits(app, client):
+    app.send_task("tasks.add", (1, 2))
+    app.send_task("tasks.add", (3, 4))
+    assert app.broker.depth(app.conf.task_default_queue).ready == 2
+    html = client.get("/queues?fragment=1").text
+    row = html[html.index(f"<td>{app.conf.task_default_queue}</td>") :]
+    assert '<td class="n">2</td>' in row.split("</tr>")[0]

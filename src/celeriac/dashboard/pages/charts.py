@@ -38,6 +38,9 @@ def chart(values: list[float | None], *, unit: str) -> dict[str, Any]:
                 current = []
             continue
         current.append(f"{i * step:.1f},{HEIGHT - value / top * (HEIGHT - 10):.1f}")
+        if len(current) == 1 and (i + 1 == len(values) or values[i + 1] is None):
+            # A lone point: a short stroke, so that it shows.
+            current.append(f"{max(0.0, i * step - 3):.1f},{current[0].split(',')[1]}")
     if current:
         lines.append(" ".join(current))
     return {"lines": lines, "top": top, "unit": unit, "width": WIDTH, "height": HEIGHT}
