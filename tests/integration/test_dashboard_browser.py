@@ -140,7 +140,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     worker = _start(
         directory, "worker.log", "worker", "-l", "info", "-E", "-P", "threads", "-c", "2"
     )
-    dashboard = _start(directory, "dashboard.log", "dashboard", "--port", str(port))
+    # The worker sends task events (-E): the dashboard need not broadcast
+    # enable_events to every worker on the shared server.
+    dashboard = _start(
+        directory, "dashboard.log", "dashboard", "--port", str(port), "--no-enable-events"
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(

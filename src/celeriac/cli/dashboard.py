@@ -16,6 +16,8 @@ __all__ = ["dashboard"]
 
 # Flower's port: a Celery user's bookmarks keep working.
 DEFAULT_PORT = 5555
+# Seconds a stopping dashboard waits for open requests (live streams never end).
+SHUTDOWN_GRACE = 3
 
 
 @cli.command()
@@ -68,4 +70,12 @@ def dashboard(
         enable_events=enable_events,
     )
     click.echo(f"celeriac dashboard on http://{host}:{port}/ for {app.broker.safe_url()}")
-    uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
+    # Open live streams must not hold a shutdown up for long.
+    uvicorn.run(
+        web,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )

@@ -290,6 +290,11 @@ class Sources:
             following: list[tuple[str, str | None]] = []
             if meta is not None:
                 following += _child_ids(meta.children)
+                if meta.group_id and depth == 0:
+                    # A group's members side by side, when the group was saved.
+                    for member, _ in self._group_members(meta.group_id):
+                        if member != current:
+                            frontier.append((member, None, meta.group_id, 0))
             following += [(c.uuid, None) for c in self.feed.children_of(current)]
             for child, child_group in following:
                 if child not in nodes:
@@ -299,6 +304,16 @@ class Sources:
             node.column = columns[node.depth]
             columns[node.depth] += 1
         return list(nodes.values())
+
+    def _group_members(self, group_id: str) -> list[tuple[str, str | None]]:
+        try:
+            stored = self.app.backend.get_group(group_id)
+        except (CeleriacError, NotImplementedError):
+            return []
+        # A saved GroupResult is its `as_tuple()`: [[group_id, parent], [members...]].
+        if isinstance(stored, list | tuple) and len(stored) == 2:
+            return _child_ids([_as_lists(stored)])
+        return []
 
     # -- actions --------------------------------------------------------------------
 
@@ -362,6 +377,13 @@ def _child_ids(children: Any, group: str | None = None) -> list[tuple[str, str |
         else:
             found.append((head[0], group))
     return found
+
+
+def _as_lists(value: Any) -> Any:
+    """Tuples (as a backend may decode them) as lists, at any depth."""
+    if isinstance(value, list | tuple):
+        return [_as_lists(item) for item in value]
+    return value
 
 
 def _reason_kind(reason: str) -> str:

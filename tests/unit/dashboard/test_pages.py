@@ -163,3 +163,27 @@ def test_queue_page_shows_what_waits(app, client):
     html = client.get("/queues?fragment=1").text
     row = html[html.index(f"<td>{app.conf.task_default_queue}</td>") :]
     assert '<td class="n">2</td>' in row.split("</tr>")[0]
+
+
+def test_group_members_are_drawn_side_by_side(app, client):
+    from celeriac.result import AsyncResult, GroupResult
+
+    for member in ("m1", "m2"):
+        app.backend.store(
+            ResultMeta(task_id=member, status="SUCCESS", result=1, name="t", group_id="g")
+        )
+    GroupResult("g", [AsyncResult("m1", app=app), AsyncResult("m2", app=app)], app=app).save()
+    page = client.get("/tasks/m1?fragment=1").text
+    assert 'data-id="m1"' in page
+    assert 'data-id="m2"' in page
+
+
+def test_rate_limit_action_says_what_happened(client):
+    token = _token(client, "/workers")
+    response = client.post(
+        "/actions/rate-limit",
+        data={"csrf_token": token, "task_name": "tasks.add", "rate": "10/m", "next": "/workers"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert "notice=" in response.headers["location"]
