@@ -1,11 +1,11 @@
 """Who may see the dashboard: a token or HTTP basic auth, and the loopback rule.
 
 `--auth token:SECRET` lets in a request carrying `Authorization: Bearer SECRET`, or a
-browser that opened any page once with `?token=SECRET` (the token then rides in an
-HttpOnly, SameSite=Strict cookie). `--auth basic:USER:PASSWORD` asks the browser for a
-user and password. Without `--auth` the dashboard binds only to a loopback address:
-`check_bind` refuses any other address, so a fleet's controls are never open to a
-network by accident.
+browser that opened any page once with `?token=SECRET` (redirected to the page without
+it, the token then rides in an HttpOnly, SameSite=Strict cookie).
+`--auth basic:USER:PASSWORD` asks the browser for a user and password. Without
+`--auth` the dashboard binds only to a loopback address: `check_bind` refuses any
+other address, so a fleet's controls are never open to a network by accident.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import ipaddress
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Literal, final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["TOKEN_COOKIE", "Auth", "AuthMiddleware", "check_bind", "is_loopback", "parse_auth"]
 
@@ -104,7 +104,7 @@ class AuthMiddleware:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         offered = query.get("token", [""])[0]
         if offered and _same(offered, self.auth.secret):
-            await self._with_cookie(scope, receive, send)
+            await self._keep_token(scope, query, send)
             return
         bearer = headers.get("authorization", "")
         cookie = SimpleCookie(headers.get("cookie", ""))
@@ -126,18 +126,19 @@ class AuthMiddleware:
         user, _, password = decoded.partition(":")
         return _same(user, self.auth.user) & _same(password, self.auth.secret)
 
-    async def _with_cookie(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cookie = f"{TOKEN_COOKIE}={self.auth.secret}; Path=/; HttpOnly; SameSite=Strict".encode(
-            "latin-1"
-        )
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), (b"set-cookie", cookie)]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, sending)
+    async def _keep_token(self, scope: Scope, query: dict[str, list[str]], send: Send) -> None:
+        """Answer `?token=` with the cookie and a redirect to the same page without the
+        token (out of the address bar, the history and the logs)."""
+        cookie = f"{TOKEN_COOKIE}={self.auth.secret}; Path=/; HttpOnly; SameSite=Strict"
+        rest = urlencode([(k, v) for k, values in query.items() if k != "token" for v in values])
+        location = str(scope.get("path") or "/") + (f"?{rest}" if rest else "")
+        headers = [
+            (b"location", location.encode("utf-8")),
+            (b"set-cookie", cookie.encode("latin-1")),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 303, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
 
 def _same(given: str, expected: str) -> bool:

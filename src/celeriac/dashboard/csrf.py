@@ -29,14 +29,17 @@ FIELD = "csrf_token"
 def token_for(request: Request) -> str:
     """The browser's token, or a new one (`remember` sets it on the response)."""
     token = request.cookies.get(COOKIE, "")
-    if len(token) < 32:
-        token = request.state.__dict__.setdefault("csrf_new", secrets.token_urlsafe(32))
-    return token
+    if len(token) >= 32:
+        return token
+    new: str | None = getattr(request.state, "csrf_new", None)
+    if new is None:
+        new = request.state.csrf_new = secrets.token_urlsafe(32)
+    return new
 
 
 def remember(request: Request, response: Response) -> None:
     """Set the cookie when `token_for` made a new token for this request."""
-    new = request.state.__dict__.get("csrf_new")
+    new = getattr(request.state, "csrf_new", None)
     if new:
         response.set_cookie(COOKIE, new, httponly=True, samesite="strict", path="/")
 

@@ -179,7 +179,7 @@ class Sources:
                     heartbeat_age=age,
                     loadavg=" ".join(f"{x:.2f}" for x in (beat.loadavg or [])) if beat else "",
                     rss_kib=int(rusage["maxrss"]) if "maxrss" in rusage else None,
-                    processed=beat.processed if beat else reply.get("total_count"),
+                    processed=beat.processed if beat else _processed(reply),
                     active=beat.active if beat else None,
                 )
             )
@@ -244,8 +244,9 @@ class Sources:
         cached = self.feed.task(task_id)
         if meta is None and cached is None:
             return None
-        view = TaskView(id=task_id, state=meta.status if meta else cached.state)  # type: ignore[union-attr]
+        view = TaskView(id=task_id, state="PENDING")
         if meta is not None:
+            view.state = meta.status
             _fill_from_meta(view, meta)
         if cached is not None:
             view.name = view.name or (cached.name or "")
@@ -333,6 +334,14 @@ class Sources:
 
     def purge_queue(self, queue: str) -> int:
         return self.app.broker.purge(queue)
+
+
+def _processed(reply: dict[str, Any]) -> int | None:
+    """Tasks run, from a `stats` reply (`total`: task name -> count)."""
+    total = reply.get("total")
+    if isinstance(total, dict):
+        return sum(int(n) for n in total.values() if isinstance(n, int))
+    return None
 
 
 def _fill_from_meta(view: TaskView, meta: ResultMeta) -> None:

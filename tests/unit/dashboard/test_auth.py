@@ -43,8 +43,9 @@ def test_token_is_required_and_kept_in_a_cookie(app):
     with TestClient(web) as client:
         assert client.get("/queues").status_code == 401
         assert client.get("/queues?token=wrong").status_code == 401
-        first = client.get("/queues?token=s3cret")
-        assert first.status_code == 200
+        first = client.get("/queues?token=s3cret&x=1", follow_redirects=False)
+        assert first.status_code == 303
+        assert first.headers["location"] == "/queues?x=1"
         assert TOKEN_COOKIE in first.headers["set-cookie"]
         assert "HttpOnly" in first.headers["set-cookie"]
         assert client.get("/queues").status_code == 200  # the cookie now

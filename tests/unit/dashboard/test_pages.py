@@ -137,11 +137,14 @@ def test_purging_a_queue_needs_its_name_as_confirmation(app, client):
     assert app.broker.size(queue) == 0
 
 
-def test_redirect_after_an_action_stays_on_this_site(client):
+@pytest.mark.parametrize(
+    "target", ["https://evil.example/", "//evil.example/", "/\\evil.example/", "evil"]
+)
+def test_redirect_after_an_action_stays_on_this_site(client, target):
     token = _token(client)
     response = client.post(
         "/actions/purge-dead-letters",
-        data={"csrf_token": token, "confirm": "yes", "next": "https://evil.example/"},
+        data={"csrf_token": token, "confirm": "yes", "next": target},
         follow_redirects=False,
     )
     assert response.headers["location"].startswith("/dead-letters?notice=purged")

@@ -55,7 +55,13 @@ def _back(form: Form, default: str, notice: str) -> Response:
     target = str(form.get("next") or default)
     # Only a path on this site: never an open redirect.
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/"):
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+    ):
         target = default
     joiner = "&" if "?" in target else "?"
     return RedirectResponse(f"{target}{joiner}notice={quote(notice)}", status_code=303)
