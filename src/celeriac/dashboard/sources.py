@@ -270,11 +270,15 @@ class Sources:
         """The workflow around `task_id`: up to its root by `parent_id`, then down by
         the stored children and the events' parent links, groups side by side."""
         root = task_id
+        # The way back down from the root: the stored children may not name it (a
+        # chord's body is no child of its header), so it is kept from the walk up.
+        down: dict[str, str] = {}
         for _ in range(GRAPH_NODES):
             meta = self.app.backend.get(root)
             parent = (meta.parent_id if meta else None) or _cached_parent(self.feed, root)
-            if not parent or parent == root:
+            if not parent or parent == root or parent in down:
                 break
+            down[parent] = root
             root = parent
         nodes: dict[str, GraphNode] = {}
         frontier: list[tuple[str, str | None, str | None, int]] = [(root, None, None, 0)]
@@ -287,6 +291,7 @@ class Sources:
             name = (meta.name if meta else None) or (cached.name if cached else None) or "?"
             state = meta.status if meta and meta.status != "PENDING" else None
             state = state or (cached.state if cached else "PENDING")
+            group = (meta.group_id if meta else None) or group
             nodes[current] = GraphNode(current, name, state, parent, group, depth)
             following: list[tuple[str, str | None]] = []
             if meta is not None:
@@ -297,6 +302,8 @@ class Sources:
                         if member != current:
                             frontier.append((member, None, meta.group_id, 0))
             following += [(c.uuid, None) for c in self.feed.children_of(current)]
+            if current in down:
+                following.append((down[current], None))
             for child, child_group in following:
                 if child not in nodes:
                     frontier.append((child, current, child_group, depth + 1))

@@ -190,3 +190,15 @@ def test_rate_limit_action_says_what_happened(client):
     )
     assert response.status_code == 303
     assert "notice=" in response.headers["location"]
+
+
+def test_the_graph_reaches_the_task_from_its_root_by_parent_links(app, client):
+    # A chord's body names its header task as parent, but the header's stored children
+    # do not name the body: the way down is the way up.
+    app.backend.store(ResultMeta(task_id="head", status="SUCCESS", result=1, name="t"))
+    app.backend.store(
+        ResultMeta(task_id="body", status="SUCCESS", result=1, name="t", parent_id="head")
+    )
+    page = client.get("/tasks/body?fragment=1").text
+    assert 'data-id="head"' in page
+    assert 'data-id="body"' in page

@@ -107,14 +107,14 @@ def task(request: Request) -> Response:
 
 def _layout(nodes: list[GraphNode]) -> dict[str, Any]:
     """Positions for the inline SVG: a row per depth, a column per sibling."""
-    where = {node.id: (10 + node.column * 190, 10 + node.depth * 70) for node in nodes}
+    where = {node.id: (10 + node.column * 210, 10 + node.depth * 70) for node in nodes}
     placed = [{"node": node, "x": where[node.id][0], "y": where[node.id][1]} for node in nodes]
     edges = []
     for node in nodes:
         if node.parent in where:
             (px, py), (x, y) = where[node.parent], where[node.id]
-            edges.append((px + 85, py + 44, x + 85, y))
-    width = max((x for x, _ in where.values()), default=0) + 190
+            edges.append((px + 95, py + 44, x + 95, y))
+    width = max((x for x, _ in where.values()), default=0) + 210
     height = max((y for _, y in where.values()), default=0) + 60
     return {"nodes": placed, "edges": edges, "width": width, "height": height}
 
