@@ -33,7 +33,7 @@ from tests.integration.worker_tasks import APP
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-pytestmark = [pytest.mark.integration, pytest.mark.redis]
+pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = os.environ.get("CELERIAC_DASHBOARD_SCREENSHOTS", "")
