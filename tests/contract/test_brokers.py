@@ -299,6 +299,31 @@ def test_size_counts_waiting_and_delayed_messages_and_purge_clears_them(
     assert broker.size(queue) == 0
 
 
+def test_depth_tells_ready_delayed_and_held_apart(broker_factory: BrokerFactory) -> None:
+    broker = broker_factory()
+    if broker.supports_presence:
+        # A consumer present as a worker's is: its leases are listed, and on Redis an
+        # ETA message waits broker-side (with no celeriac consumer it goes to the list).
+        broker.heartbeat({"worker": "w@h"}, held=0, running=[], register=True)
+    queue = unique("q")
+    broker.declare(queue)
+    first = make_message(0)
+    broker.publish(first, queue=queue)
+    broker.publish(make_message(1), queue=queue)
+    broker.publish(make_message(9), queue=queue, eta=utcnow() + timedelta(hours=1))
+    assert wait_for(lambda: broker.size(queue) == 3, timeout=5)
+    depth = broker.depth(queue)
+    if depth.delayed is None:  # the broker cannot tell delayed from ready
+        assert depth.ready == 3
+        return
+    assert (depth.ready, depth.delayed, depth.held) == (2, 1, 0)
+    assert depth.oldest_id == first.headers["id"]
+    [delivery] = receive_all(broker, queue, 1)
+    depth = broker.depth(queue)
+    assert (depth.ready, depth.delayed, depth.held) == (1, 1, 1)
+    broker.ack(delivery)
+
+
 def test_publish_many_delivers_every_message(broker_factory: BrokerFactory) -> None:
     broker = broker_factory()
     queue = unique("q")

@@ -61,6 +61,7 @@ __all__ = [
     "Deferral",
     "Delivery",
     "Outgoing",
+    "QueueDepth",
     "clamp_priority",
 ]
 
@@ -188,6 +189,27 @@ class ConsumerRecord:
     held: int
     running: tuple[str, ...]
     age: float
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """What waits in one queue, by kind (the dashboard's queue page reads these).
+
+    Attributes:
+        queue: The queue's name.
+        ready: Messages a worker can fetch now.
+        delayed: Messages waiting broker-side for their ETA; None when the broker cannot
+            tell them apart from ready ones.
+        held: Messages leased by a consumer (fetched, not yet acked); None when unknown.
+        oldest_id: The task id of the message next in line to be fetched, if any.
+    """
+
+    queue: str
+    ready: int
+    delayed: int | None = None
+    held: int | None = None
+    oldest_id: str | None = None
 
 
 @final
@@ -438,6 +460,10 @@ class Broker(ABC):
     @abstractmethod
     def purge(self, queue: str) -> int:
         """Delete every waiting message in `queue`; return how many."""
+
+    def depth(self, queue: str) -> QueueDepth:
+        """What waits in `queue`, by kind as far as this broker can tell."""
+        return QueueDepth(queue=queue, ready=self.size(queue))
 
     # -- rate limits ----------------------------------------------------------------
 

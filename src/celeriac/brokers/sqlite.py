@@ -29,6 +29,7 @@ from celeriac.brokers.base import (
     DeadLetter,
     Delivery,
     Outgoing,
+    QueueDepth,
     clamp_priority,
 )
 from celeriac.brokers.sqlite_rows import (
@@ -40,6 +41,7 @@ from celeriac.brokers.sqlite_rows import (
     COUNT_CRASH_OF,
     DEAD_BODY_SIZE,
     DEAD_LETTER,
+    DEPTH,
     EXPIRE_DEAD,
     EXTEND,
     FORGET,
@@ -58,6 +60,7 @@ from celeriac.brokers.sqlite_rows import (
     SIZE,
     TRIM_DEAD,
     dump_json,
+    json_object,
     lease_statement,
     parse_tag,
     row_delivery,
@@ -521,6 +524,20 @@ class SQLiteBroker(Broker):
         with self._db.use() as connection:
             row = connection.execute(SIZE, {"queue": queue, "now": self.clock.time()}).fetchone()
         return int(row[0])
+
+    def depth(self, queue: str) -> QueueDepth:
+        with self._db.use() as connection:
+            row = connection.execute(DEPTH, {"queue": queue, "now": self.clock.time()}).fetchone()
+        ready, due, delayed, held, headers = row
+        oldest = json_object(headers) if headers is not None else None
+        task_id = oldest.get("id") if oldest else None
+        return QueueDepth(
+            queue=queue,
+            ready=int(ready) + int(due),
+            delayed=int(delayed),
+            held=int(held),
+            oldest_id=str(task_id) if task_id is not None else None,
+        )
 
     def purge(self, queue: str) -> int:
         # Two statements so each can use an index; leased messages stay (their holder

@@ -12,10 +12,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import orjson
 import redis.exceptions as redis_errors
 
 from celeriac._crashpoints import armed, crash_point
-from celeriac.brokers.base import Broker, Delivery, Outgoing, clamp_priority
+from celeriac.brokers.base import Broker, Delivery, Outgoing, QueueDepth, clamp_priority
 from celeriac.brokers.redis.dead_letters import DeadLetters
 from celeriac.brokers.redis.defer import Deferrals
 from celeriac.brokers.redis.envelope import (
@@ -767,6 +768,45 @@ class RedisBroker(Broker):
 
         return sum(int(n) for n in self._redis.run(f"size of {queue}", count))
 
+    def depth(self, queue: str) -> QueueDepth:
+        keys = self._keys
+        step_keys = keys.step_keys(queue)
+
+        def read(client: redis.Redis) -> Any:
+            consumers: Any = client.zrange(keys.presence, 0, -1)
+            with client.pipeline(transaction=False) as pipe:
+                for key in step_keys:
+                    pipe.llen(key)
+                    # LPUSH in, RPOP out: the next one out is the last element.
+                    pipe.lindex(key, -1)
+                pipe.zcard(keys.delayed(queue))
+                for member in consumers:
+                    pipe.hvals(keys.held_of(member.decode()))
+                return pipe.execute()
+
+        replies = self._redis.run(f"depth of {queue}", read)
+        lists = replies[: 2 * len(step_keys)]
+        ready = sum(int(n) for n in lists[0::2])
+        oldest_id = None
+        for head in lists[1::2]:
+            if head is not None:
+                oldest_id = _task_id(head)
+                break
+        suffix = f"|{queue}".encode()
+        held = sum(
+            1
+            for values in replies[2 * len(step_keys) + 1 :]
+            for value in values
+            if value.endswith(suffix)
+        )
+        return QueueDepth(
+            queue=queue,
+            ready=ready,
+            delayed=int(replies[2 * len(step_keys)]),
+            held=held,
+            oldest_id=oldest_id,
+        )
+
     def purge(self, queue: str) -> int:
         delayed = self._keys.delayed(queue)
 
@@ -789,6 +829,16 @@ class RedisBroker(Broker):
         return self._redis.reserve_rate_slot(
             key, prefix=self._keys.prefix, interval=interval, now=self.clock.time
         )
+
+
+def _task_id(envelope: bytes) -> str | None:
+    """The task id in a kombu envelope's headers, None if it cannot be read."""
+    try:
+        headers = orjson.loads(envelope).get("headers") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    value = headers.get("id") if isinstance(headers, dict) else None
+    return str(value) if value is not None else None
 
 
 def _scripts() -> dict[str, str]:
