@@ -772,3 +772,24 @@ def test_the_last_consumer_to_withdraw_hands_the_delayed_set_to_the_lists(
     assert not client.zscore(f"{prefix}_celeriac.delayed", "q")
     assert client.llen(f"{prefix}q") == 1
     assert client.llen(f"{prefix}q\x06\x169") == 1
+
+
+# -- depth (the dashboard's queue page) --------------------------------------------------
+
+
+def test_depth_tells_ready_delayed_and_held_apart(make_broker) -> None:
+    broker = make_broker()
+    first, second, later = make_message(1), make_message(2), make_message(3)
+    broker.publish(first, queue="q")
+    broker.publish(second, queue="q")
+    broker.publish(later, queue="q", eta=utcnow() + timedelta(hours=1))
+    depth = broker.depth("q")
+    assert (depth.ready, depth.delayed, depth.held) == (2, 1, 0)
+    assert depth.oldest_id == first.headers["id"]
+    [delivery] = broker.receive(["q"], limit=1, timeout=1.0)
+    depth = broker.depth("q")
+    assert (depth.ready, depth.delayed, depth.held) == (1, 1, 1)
+    assert depth.oldest_id == second.headers["id"]
+    broker.ack(delivery)
+    assert broker.depth("q").held == 0
+    assert broker.depth("other").held == 0

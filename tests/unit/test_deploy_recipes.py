@@ -62,7 +62,7 @@ def test_every_command_line_parses(line) -> None:
 
 
 def test_a_bad_option_in_a_recipe_would_be_caught() -> None:
-    with pytest.raises(click.ClickException, match="(?i)no such option"):
+    with pytest.raises(click.ClickException, match=r"(?i)no such option"):
         parse_celeriac(("celeriac", "-A", "proj", "worker", "--no-such-option"))
     with pytest.raises(click.UsageError):
         parse_celeriac(("celeriac", "-A", "proj", "worker", "--loglevel", "LOUD"))

@@ -106,6 +106,7 @@ DEFAULTS: dict[str, Any] = {
     # dead-lettered and recorded as WorkerLostError.
     "task_redelivery_limit": 3,
     # worker
+    "worker_autoscaler": "celery.worker.autoscale:Autoscaler",
     "worker_concurrency": None,
     "worker_pool": "prefork",
     "worker_prefetch_multiplier": 4,

@@ -192,6 +192,7 @@ def load_commands() -> click.Group:
         beat,
         call,
         control,
+        dashboard,
         dlq,
         events,
         inspect,

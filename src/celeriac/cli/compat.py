@@ -31,7 +31,6 @@ UNSUPPORTED: dict[str | None, dict[str, str]] = {
         "drop --statedb",
         "--executable": "start the worker with that interpreter instead: "
         "/path/to/python -m celeriac worker",
-        "--autoscale": "use -c/--concurrency for a fixed pool size",
     },
 }
 

@@ -118,6 +118,12 @@ _CONCURRENCY = _Concurrency()
     "--without-heartbeat", is_flag=True, default=False, help="Do not send worker heartbeats."
 )
 @click.option(
+    "--autoscale",
+    default=None,
+    metavar="MAX,MIN",
+    help="Prefork: grow to MAX children under load, shrink back to MIN when idle.",
+)
+@click.option(
     "-B",
     "--beat",
     is_flag=True,

@@ -44,6 +44,10 @@ class WorkerOptions:
     without_heartbeat: bool = False
     loglevel: str = "WARNING"
     logfile: str | None = None
+    #: `--autoscale`: (max, min) prefork children, following load; None: a fixed size.
+    autoscale: tuple[int, int] | None = None
+    #: Seconds without new work before the autoscaler retires children.
+    autoscale_keepalive: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)
     optimization: str = "default"
     purge: bool = False
@@ -72,6 +76,7 @@ class WorkerOptions:
         purge: bool = False,
         pidfile: str | None = None,
         heartbeat_interval: float | None = None,
+        autoscale: str | tuple[int, int] | None = None,
     ) -> WorkerOptions:
         """Fill unset options from the app's settings and the machine."""
         conf = app.conf
@@ -88,6 +93,10 @@ class WorkerOptions:
             concurrency = conf.worker_concurrency or (os.cpu_count() or 1)
         if pool == "solo":
             concurrency = 1
+        scaling, keepalive = _resolve_autoscale(autoscale, pool)
+        if scaling is not None:
+            # Celery compat: the pool starts with min children (at least one here).
+            concurrency = max(1, scaling[1])
         if concurrency < 1:
             raise ImproperlyConfigured(f"concurrency must be at least 1, got {concurrency}")
         if isinstance(queues, str):
@@ -155,7 +164,38 @@ class WorkerOptions:
             purge=purge,
             pidfile=pidfile,
             heartbeat_interval=heartbeat_interval,
+            autoscale=scaling,
+            autoscale_keepalive=keepalive,
         )
+
+
+def _resolve_autoscale(
+    autoscale: str | tuple[int, int] | None, pool: str
+) -> tuple[tuple[int, int] | None, float]:
+    """`--autoscale` as (max, min), and the keepalive (`AUTOSCALE_KEEPALIVE`)."""
+    from celeriac.worker.pools.prefork.autoscale import (
+        check_range,
+        keepalive_from_env,
+        parse_autoscale,
+    )
+
+    try:
+        keepalive = keepalive_from_env()
+        if autoscale is None:
+            return None, keepalive
+        if isinstance(autoscale, str):
+            scaling = parse_autoscale(autoscale)
+        else:
+            scaling = (int(autoscale[0]), int(autoscale[1]))
+            check_range(*scaling)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+    if pool != "prefork":
+        raise ImproperlyConfigured(
+            f"--autoscale needs the prefork pool: the {pool} pool runs a fixed number of "
+            "tasks at once (set --concurrency)"
+        )
+    return scaling, keepalive
 
 
 def expand_hostname(template: str) -> str:

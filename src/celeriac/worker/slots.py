@@ -2,7 +2,8 @@
 
 The supervisor reads it to enforce hard time limits (kill a child past its deadline) and,
 when a child dies, to know which message was running (it counts toward that message's
-redelivery cap; prefetched ones do not). One fixed-size record per child; a sequence
+redelivery cap; prefetched ones do not), and, for the autoscaler, how many messages each
+child holds. One fixed-size record per child; a sequence
 number makes reads consistent without locks (a writer bumps it to odd before writing and
 to even after).
 """
@@ -49,6 +50,8 @@ class SlotTable:
         self._map = mmap.mmap(-1, max(1, size) * _SIZE)
         # Tasks each slot has finished (written by its child only; summed for stats).
         self._done = mmap.mmap(-1, max(1, size) * 8)
+        # Messages each slot's child holds now, running or prefetched (the autoscaler's load).
+        self._held = mmap.mmap(-1, max(1, size) * 4)
 
     def _offset(self, index: int) -> int:
         if not 0 <= index < self.size:
@@ -122,6 +125,19 @@ class SlotTable:
             "<Q", self._done, offset, struct.unpack_from("<Q", self._done, offset)[0] + 1
         )
 
+    def set_held(self, index: int, count: int) -> None:
+        """Record how many messages slot `index` holds (its child, and the supervisor
+        when it replaces the child)."""
+        self._offset(index)
+        struct.pack_into("<I", self._held, index * 4, max(0, count))
+
+    def held(self, index: int) -> int:
+        """Messages slot `index` holds, running or prefetched (a single aligned word:
+        no torn reads)."""
+        self._offset(index)
+        value: int = struct.unpack_from("<I", self._held, index * 4)[0]
+        return value
+
     def done(self) -> int:
         """Tasks finished by every child so far."""
         return sum(struct.unpack_from(f"<{self.size}Q", self._done, 0)) if self.size else 0
@@ -129,3 +145,4 @@ class SlotTable:
     def close(self) -> None:
         self._map.close()
         self._done.close()
+        self._held.close()

@@ -108,7 +108,7 @@ class Worker:
             f"  app:          {app.main or '__main__'}\n"
             f"  broker:       {broker}\n"
             f"  results:      {_redact(app.result_backend_url)}\n"
-            f"  pool:         {pool.name} (concurrency {options.concurrency})\n"
+            f"  pool:         {pool.name} ({_concurrency(options)})\n"
             f"  prefetch:     {options.prefetch_multiplier} per slot"
             f"{'  (-O fair)' if options.optimization == 'fair' else ''}\n"
             f"  queues:       {', '.join(options.queues)}\n"
@@ -228,6 +228,13 @@ class Worker:
             conf.task_time_limit = self.options.time_limit
         if self.options.soft_time_limit is not None:
             conf.task_soft_time_limit = self.options.soft_time_limit
+
+
+def _concurrency(options: WorkerOptions) -> str:
+    if options.autoscale is not None:
+        high, low = options.autoscale
+        return f"autoscale: min {low}, max {high}"
+    return f"concurrency {options.concurrency}"
 
 
 def _redact(url: str) -> str:

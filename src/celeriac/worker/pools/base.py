@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from celeriac.brokers.base import Broker
     from celeriac.worker.execute import Executor, TimeLimits
     from celeriac.worker.options import WorkerOptions
+    from celeriac.worker.pools.prefork.autoscale import PoolSize
 
 __all__ = ["InProcessPool", "Pool", "PoolStats"]
 
@@ -77,6 +78,10 @@ class Pool(ABC):
 
     def processes(self) -> list[int]:
         return list(self.stats().processes)
+
+    def pool_size(self) -> PoolSize | None:
+        """What `pool_grow`, `pool_shrink` and `autoscale` change; None: a fixed size."""
+        return None
 
     @abstractmethod
     def request_shutdown(self) -> None:

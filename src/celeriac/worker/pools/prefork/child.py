@@ -36,6 +36,8 @@ logger = logging.getLogger("celeriac.worker")
 # Blocked in the supervisor around each fork, unblocked by the child once its handlers
 # are in place.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+# How often a child writes how many messages it holds into its slot.
+HELD_REPORT_INTERVAL = 0.2
 
 
 def child_main(
@@ -98,6 +100,9 @@ def child_main(
             parent_pid=parent_pid,
             pool="prefork",
         )
+        holdings = consumer.holdings
+        # What this child holds, for the supervisor's autoscaler (its measure of load).
+        holdings.every(HELD_REPORT_INTERVAL, lambda: slots.set_held(index, holdings.count()))
         events = task_event_dispatcher(app, options.hostname)
         if control_fd is not None:
             reader = ControlPipe(control_fd, app, consumer, events)

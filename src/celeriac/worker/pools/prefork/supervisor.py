@@ -6,6 +6,9 @@
 - A child past its hard time limit is killed; its task is recorded as
   `TimeLimitExceeded` before its message comes back, so the redelivered copy is not run
   again (the executor finds the stored failure and only propagates it).
+- The number of children follows `PoolSize` (`autoscale.py`): `--autoscale` and the
+  `pool_grow`/`pool_shrink`/`autoscale` commands change it, and a child beyond it is
+  retired as in a warm shutdown (it gives back what it prefetched and finishes what runs).
 - SIGTERM (or a first SIGINT) is a warm shutdown: children stop fetching, return what they
   prefetched at once, finish what runs, and the supervisor exits 0 once they are gone.
   A second SIGINT, or SIGQUIT, is a cold shutdown: children are killed and everything
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -30,6 +34,8 @@ from celeriac.protocol.errors import encode_exception
 from celeriac.worker.consumer import consumer_id_for
 from celeriac.worker.control import running_info
 from celeriac.worker.holdings import Shutdown
+from celeriac.worker.pools.prefork.autoscale import MAX_CHILDREN, SCALE_INTERVAL, PoolSize
+from celeriac.worker.pools.prefork.backlog import BacklogGauge
 from celeriac.worker.pools.prefork.child import STOP_SIGNALS, child_main
 from celeriac.worker.revocations import Revocations
 from celeriac.worker.slots import RunningTask, SlotTable
@@ -71,8 +77,24 @@ class Supervisor:
         self.app = app
         self.options = options
         self.shutdown = Shutdown()
-        self.slots = SlotTable(options.concurrency)
+        self.size = PoolSize(
+            options.concurrency,
+            autoscale=options.autoscale,
+            keepalive=options.autoscale_keepalive,
+            capacity=max(MAX_CHILDREN, options.concurrency),
+        )
+        self.slots = SlotTable(self.size.capacity)
         self.children: dict[int, _Child] = {}
+        # Slots that should have a child (alive or due to be respawned); a child whose
+        # slot is not among them is being retired (it stops as in a warm shutdown).
+        self._wanted: set[int] = set()
+        self._next_scale = 0.0
+        self._backlog: BacklogGauge | None = None
+        if self.size.is_autoscaling:
+            self._backlog = BacklogGauge(
+                lambda: app.create_broker(consumer_id=f"{options.hostname}:autoscale"),
+                options.queues,
+            )
         self._pid_to_index: dict[int, int] = {}
         self._respawn_at: dict[int, float] = {}
         self._respawn_delay: dict[int, float] = {}
@@ -117,7 +139,7 @@ class Supervisor:
         return self._broker
 
     def processes(self) -> list[int]:
-        return [child.pid for child in self.children.values()]
+        return [child.pid for index, child in self.children.items() if index in self._wanted]
 
     def active_requests(self) -> list[dict[str, Any]]:
         """What every child runs now (read from the slot table: no child is asked)."""
@@ -140,6 +162,7 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         self.slots.clear(index)
+        self.slots.set_held(index, 0)
         parent = os.getpid()
         # Stop signals are held back from the fork until the child has its own handlers
         # (child_main unblocks them): a SIGTERM that reached it earlier would run the
@@ -203,6 +226,8 @@ class Supervisor:
     def _child_gone(self, index: int, child: _Child, status: int) -> None:
         running = self.slots.read(index)
         self.slots.clear(index)
+        self.slots.set_held(index, 0)
+        retired = index not in self._wanted
         consumer_id = consumer_id_for(self.options.hostname, child.pid)
         crashed = not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
         if child.timed_out is not None:
@@ -244,7 +269,9 @@ class Supervisor:
                     ),
                 )
         self._recover(consumer_id, running_tags)
-        if not self.shutdown.is_requested():
+        if retired:
+            logger.info("Child %d retired (slot %d)", child.pid, index)
+        elif not self.shutdown.is_requested():
             lived = time.monotonic() - child.started
             delay = 0.0
             if crashed and lived < FAST_FAILURE:
@@ -362,7 +389,7 @@ class Supervisor:
 
     def _respawn_missing(self) -> None:
         now = time.monotonic()
-        for index in range(self.options.concurrency):
+        for index in sorted(self._wanted):
             if index in self.children:
                 continue
             if self._respawn_at.get(index, 0.0) <= now:
@@ -373,8 +400,13 @@ class Supervisor:
     def run(self) -> int:
         """Run until shut down; return the exit code."""
         self.install_signals()
-        for index in range(self.options.concurrency):
+        if self.size.min_concurrency == 0:
+            logger.info("autoscale min 0: one child stays, to fetch work (children are consumers)")
+        for index in range(self.size.wanted()):
+            self._wanted.add(index)
             self._spawn(index)
+        if self._backlog is not None:
+            self._backlog.start()
         try:
             while True:
                 self._reap()
@@ -391,11 +423,75 @@ class Supervisor:
                 else:
                     self._check_deadlines()
                     self._terminate_revoked()
+                    self._resize()
                     self._respawn_missing()
                 time.sleep(TICK)
         finally:
+            if self._backlog is not None:
+                self._backlog.stop()
             if self._broker is not None:
                 self._broker.close()
+
+    # -- pool size -----------------------------------------------------------------------
+
+    def _resize(self) -> None:
+        """Weigh the load (autoscaling), then add slots or retire children to match
+        the size wanted."""
+        now = time.monotonic()
+        if self.size.is_autoscaling and now >= self._next_scale:
+            self._next_scale = now + SCALE_INTERVAL
+            self.size.observe(
+                processes=len(self._wanted), qty=self._load(), received=self._received()
+            )
+        missing = self.size.wanted() - len(self._wanted)
+        if missing > 0:
+            free = (
+                index
+                for index in range(self.slots.size)
+                if index not in self._wanted and index not in self.children
+            )
+            for index in itertools.islice(free, missing):
+                self._wanted.add(index)
+                self._respawn_at.pop(index, None)
+                self._respawn_delay.pop(index, None)
+        elif missing < 0:
+            self._retire(-missing, idle_only=self.size.is_autoscaling)
+        self.size.processes = len(self._wanted)
+
+    def _is_busy(self, index: int) -> bool:
+        return self.slots.read(index) is not None or self.slots.held(index) > 0
+
+    def _retire(self, count: int, *, idle_only: bool) -> None:
+        """Retire `count` slots: those without a child first, then idle children, then
+        (unless `idle_only`) busy ones, which finish their task first."""
+        order = sorted(
+            self._wanted,
+            key=lambda i: (i in self.children, i in self.children and self._is_busy(i), -i),
+        )
+        for index in order[:count]:
+            child = self.children.get(index)
+            if child is not None and idle_only and self._is_busy(index):
+                return
+            self._wanted.discard(index)
+            self._respawn_at.pop(index, None)
+            if child is not None:
+                logger.info("Retiring child %d (slot %d)", child.pid, index)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+
+    def _load(self) -> int:
+        """What the children hold; plus the queues' backlog when every one is full."""
+        held = [self.slots.held(i) for i in self._wanted if i in self.children]
+        qty = sum(held)
+        full = max(1, self.options.prefetch_multiplier)
+        every_child_full = bool(held) and len(held) == len(self._wanted) and min(held) >= full
+        if self._backlog is not None and every_child_full:
+            qty += self._backlog.latest()
+        return qty
+
+    def _received(self) -> int:
+        """Grows whenever a child takes a message: finished plus held."""
+        return self.slots.done() + sum(self.slots.held(i) for i in self.children)
 
     def _signal_children(self, signum: int) -> None:
         for child in self.children.values():
