@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from celeriac.dashboard.auth import AuthMiddleware
@@ -23,6 +23,7 @@ from celeriac.dashboard.feed import EventFeed
 from celeriac.dashboard.pages import actions, charts, dead_letters, stream, tasks, workers
 from celeriac.dashboard.pages import queues as queue_pages
 from celeriac.dashboard.sources import Sources
+from celeriac.metrics import asgi_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -101,6 +102,9 @@ def create_app(
         *charts.routes,
         *actions.routes,
         *stream.routes,
+        # Prometheus' view of the fleet (the same gauges as celeriac.metrics.render),
+        # behind the same auth as the pages.
+        Route("/metrics", asgi_app(celery_app, queues=list(queues) or None)),
         Mount(
             "/static",
             app=StaticFiles(directory=str(Path(__file__).parent / "static")),

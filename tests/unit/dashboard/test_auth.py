@@ -64,3 +64,12 @@ def test_basic_auth_asks_for_a_password(app):
         bad = base64.b64encode(b"admin:nope").decode()
         assert client.get("/queues", headers={"Authorization": f"Basic {bad}"}).status_code == 401
         assert client.get("/queues", headers={"Authorization": f"Basic {good}"}).status_code == 200
+
+
+def test_metrics_need_the_same_auth_as_the_pages(app):
+    web = create_app(app, auth=parse_auth("token:s3cret"), feed=EventFeed(app))
+    with TestClient(web) as client:
+        assert client.get("/metrics").status_code == 401
+        answer = client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert answer.status_code == 200
+        assert "celeriac_workers_present" in answer.text

@@ -202,3 +202,21 @@ def test_the_graph_reaches_the_task_from_its_root_by_parent_links(app, client):
     page = client.get("/tasks/body?fragment=1").text
     assert 'data-id="head"' in page
     assert 'data-id="body"' in page
+
+
+def test_metrics_are_served_in_prometheus_text_format(app, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    queue = app.conf.task_default_queue
+    app.send_task("shop.pay", queue=queue)
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(answer.text)}
+    ready = [
+        s.value
+        for s in families["celeriac_queue_messages"].samples
+        if s.labels == {"queue": queue, "state": "ready"}
+    ]
+    assert ready == [1.0]
+    assert client.post("/metrics").status_code == 405
