@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from celeriac._imports import import_object
 from celeriac._proxy import AppProxy
@@ -36,7 +36,13 @@ from celeriac.app.queues import parse_queues
 from celeriac.app.registry import TaskRegistry
 from celeriac.app.routing import Router
 from celeriac.app.send import Sender
-from celeriac.app.task import AsyncTask, Task, TaskOptions, check_custom_attributes
+from celeriac.app.task import AsyncTask, Task
+from celeriac.app.task_options import (
+    BoundTaskDecorator,
+    TaskDecorator,
+    TaskOptions,
+    check_custom_attributes,
+)
 from celeriac.exceptions import ImproperlyConfigured
 
 if sys.version_info >= (3, 11):
@@ -81,22 +87,6 @@ def get_current_app() -> Celeriac:
 #: Celery's `current_app` proxy: `current_app.conf`, `current_app.tasks`, and
 #: `current_app()` for the app itself.
 current_app = AppProxy(get_current_app)
-
-
-class TaskDecorator(Protocol):
-    @overload
-    def __call__(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
-
-    @overload
-    def __call__(self, fun: Callable[P, R], /) -> Task[P, R]: ...
-
-
-class BoundTaskDecorator(Protocol):
-    @overload
-    def __call__(self, fun: Callable[..., Coroutine[Any, Any, R]], /) -> AsyncTask[..., R]: ...
-
-    @overload
-    def __call__(self, fun: Callable[..., R], /) -> Task[..., R]: ...
 
 
 def _default_nodename() -> str:
