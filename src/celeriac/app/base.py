@@ -21,7 +21,6 @@ import sys
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -30,7 +29,7 @@ from celeriac._imports import import_object
 from celeriac._proxy import AppProxy
 from celeriac._time import UTC, utcnow
 from celeriac.app.annotations import annotate
-from celeriac.app.config import Settings, old_style_settings
+from celeriac.app.config import Settings, settings_of
 from celeriac.app.discovery import Packages, discovery_packages, django_fixup, import_related
 from celeriac.app.embedded import app_directory, default_url, warn_if_unshared
 from celeriac.app.queues import parse_queues
@@ -47,6 +46,7 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     import contextlib
+    from collections.abc import Callable, Coroutine, Mapping, Sequence
     from datetime import tzinfo
 
     from celeriac import result as _result
@@ -182,24 +182,7 @@ class Celeriac:
                 if silent:
                     return
                 raise
-        items: Mapping[str, Any]
-        if isinstance(obj, Mapping):
-            items = obj
-        else:
-            items = {k: getattr(obj, k) for k in dir(obj) if not k.startswith("_")}
-        values: dict[str, Any] = {}
-        if namespace:
-            prefix = namespace.rstrip("_") + "_"
-            for key, value in items.items():
-                if key.startswith(prefix):
-                    values[key[len(prefix) :].lower()] = value
-        else:
-            for key, value in items.items():
-                if key == key.lower() and not callable(value) and not _is_module(value):
-                    values[key] = value
-            # Celery compat: Celery 3's upper-case names are read too (with a warning);
-            # other upper-case names (module constants, Django settings) are not settings.
-            values.update(old_style_settings(items))
+        values = settings_of(obj, namespace=namespace)
         self.conf.update(values)
         self._router = None
 
@@ -640,7 +623,3 @@ class Celeriac:
             cls = type("Task", (base,), {"_bound_app": self, "__module__": base.__module__})
             self.__dict__["_bound_task_class"] = cls
         return cls
-
-
-def _is_module(value: Any) -> bool:
-    return type(value).__name__ == "module"

@@ -23,6 +23,7 @@ import copy
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from celeriac.app import celery_settings
@@ -30,9 +31,9 @@ from celeriac.app.setting_checks import BARE_BACKENDS, VALIDATORS
 from celeriac.exceptions import CDeprecationWarning, ImproperlyConfigured
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator
 
-__all__ = ["DEFAULTS", "Settings", "new_setting_name"]
+__all__ = ["DEFAULTS", "Settings", "new_setting_name", "settings_of"]
 
 # One MiB: larger bodies are refused (and dead-lettered by workers).
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
@@ -313,6 +314,34 @@ def check_unknown(name: str, value: Any) -> None:
         )
 
 
+def settings_of(obj: Any, *, namespace: str | None = None) -> dict[str, Any]:
+    """The settings an object holds, by name: lower-case attributes or keys, else (with
+    `namespace="CELERY"`) upper-case names prefixed `CELERY_`.
+
+    Raises:
+        ImproperlyConfigured: Celery 3 upper-case names mixed with lower-case ones.
+    """
+    items: Mapping[str, Any]
+    if isinstance(obj, Mapping):
+        items = obj
+    else:
+        items = {k: getattr(obj, k) for k in dir(obj) if not k.startswith("_")}
+    values: dict[str, Any] = {}
+    if namespace:
+        prefix = namespace.rstrip("_") + "_"
+        for key, value in items.items():
+            if key.startswith(prefix):
+                values[key[len(prefix) :].lower()] = value
+    else:
+        for key, value in items.items():
+            if key == key.lower() and not callable(value) and not _is_module(value):
+                values[key] = value
+        # Celery compat: Celery 3's upper-case names are read too (with a warning);
+        # other upper-case names (module constants, Django settings) are not settings.
+        values.update(old_style_settings(items))
+    return values
+
+
 def old_style_settings(items: Mapping[str, Any]) -> dict[str, Any]:
     """The Celery 3 upper-case settings among `items` to read, by their old names.
 
@@ -393,3 +422,7 @@ def _from_environment(name: str) -> str | None:
                 )
             return value
     return None
+
+
+def _is_module(value: Any) -> bool:
+    return type(value).__name__ == "module"
