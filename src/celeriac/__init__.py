@@ -17,8 +17,8 @@ from celeriac._proxy import TaskProxy as _TaskProxy
 from celeriac._version import __version__ as __version__
 from celeriac.app.base import Celeriac as Celeriac
 from celeriac.app.base import current_app as current_app
-from celeriac.app.base import shared_task as shared_task
 from celeriac.app.context import current_task as _current_task_function
+from celeriac.app.shared import shared_task as shared_task
 from celeriac.app.task import AsyncTask as AsyncTask
 from celeriac.app.task import Task as Task
 from celeriac.canvas import Signature as Signature

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from celery.app import defaults as celery_defaults
 
-from celeriac.app import celery_settings, config
+from celeriac.app import celery_settings, setting_checks
 from celeriac.app.config import DEFAULTS, Settings, new_setting_name
 from celeriac.exceptions import CDeprecationWarning, ImproperlyConfigured
 
@@ -328,7 +328,7 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
 
 
 def test_every_validated_setting_has_a_bad_value_case() -> None:
-    assert set(BAD_VALUES) == set(config._VALIDATORS)
+    assert set(BAD_VALUES) == set(setting_checks.VALIDATORS)
 
 
 @pytest.mark.parametrize(("name", "case"), sorted(BAD_VALUES.items()))
