@@ -248,7 +248,8 @@ class Holdings:
     # -- keeper thread ----------------------------------------------------------------
 
     def every(self, seconds: float, job: Callable[[], object]) -> None:
-        """Also run `job` on the keeper thread every `seconds` (e.g. revocations)."""
+        """Also run `job` on the keeper thread every `seconds` (a quick local job: the
+        control pipe; never a call to a server that may hang)."""
         self._periodic.append((job, seconds, [0.0]))
 
     def start(self) -> None:
