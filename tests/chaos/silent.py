@@ -28,7 +28,7 @@ class SilentServer:
         self.accepted = 0
         self._clients: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._stopping = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="silent-server", daemon=True)
         self._thread.start()
 
@@ -36,13 +36,13 @@ class SilentServer:
         return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def _serve(self) -> None:
-        while not self._stopping:
+        while not self._stop.is_set():
             with self._lock:
                 sockets = [self._listener, *self._clients]
             try:
                 ready, _, _ = select.select(sockets, [], [], 0.2)
             except (OSError, ValueError):
-                if self._stopping:
+                if self._stop.is_set():
                     return
                 with self._lock:
                     self._clients = [c for c in self._clients if c.fileno() >= 0]
@@ -67,7 +67,7 @@ class SilentServer:
                     sock.close()
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stop.set()
         self._thread.join(2)
         with self._lock:
             clients, self._clients = self._clients, []

@@ -133,7 +133,7 @@ def first_run(directory: Path, what: str) -> tuple[int, float] | None:
 
 def is_alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -148,8 +148,11 @@ def test_a_backend_that_never_answers_stalls_no_supervisor_and_no_keeper(
 
     tasks.long.delay(LONG_TASK)
     tasks.stuck.delay()
-    long_pid, long_at = wait_for(lambda: first_run(tasks_dir, "long"), timeout=20)
-    stuck_pid, stuck_at = wait_for(lambda: first_run(tasks_dir, "stuck"), timeout=20)
+    long_run = wait_for(lambda: first_run(tasks_dir, "long"), timeout=20)
+    stuck_run = wait_for(lambda: first_run(tasks_dir, "stuck"), timeout=20)
+    assert long_run is not None
+    assert stuck_run is not None
+    (long_pid, long_at), (stuck_pid, stuck_at) = long_run, stuck_run
     assert silent_backend.accepted > 0  # the backend is in use, and silent
 
     # The hard time limit kills the stuck task on time.

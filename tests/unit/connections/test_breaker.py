@@ -43,7 +43,7 @@ def test_after_the_cool_down_one_probe_goes_through_and_closes_it() -> None:
     assert breaker.state == "half-open"
     assert not breaker.allow()  # only one at a time
     breaker.succeeded()
-    assert breaker.state == "closed"
+    assert breaker.stats().state == "closed"
     assert breaker.allow()
 
 
