@@ -6,14 +6,16 @@ never writes a byte); the broker is the shared Redis. A prefork worker runs thro
 - a hard time limit still kills a stuck task on time (the supervisor reads revocations
   on a thread of its own; the time limit failure is recorded on another);
 - a child killed with SIGKILL is replaced at once;
-- a task longer than three visibility timeouts runs once: its lease is renewed all along
-  (revocations are read beside the keeper thread, not on it), and after it finished its
-  message stays leased while its result waits in the spool;
+- every lease in the broker's index is renewed within the visibility timeout, and a task
+  longer than three of them runs once (revocations are read beside the keeper thread,
+  not on it); after it finished its message stays leased while its result waits in
+  the spool;
 - each process's circuit breaker opens once: a few timeouts, then calls fail at once.
 
 On main before the fix, the supervisor's loop waited on the backend for ~17 s per
 revocation check (11 attempts of the 1 s socket timeout plus backoff) and keepers the
-same, so the stuck task lived on and the long task's lease lapsed and it ran twice.
+same, so the stuck task lived on, and a lease went 12.1 s unrenewed (visibility timeout
+3 s).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import psutil
 import pytest
+import redis
 
 from tests.chaos.silent import SilentServer
 from tests.helpers import require_redis, unique, wait_for
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from tests.integration.conftest import RunWorker
+    from tests.integration.conftest import RunWorker, WorkerProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -138,6 +142,37 @@ def is_alive(pid: int) -> bool:
         return False
 
 
+class LeaseAges:
+    """Samples, on a thread, how long ago each lease in the broker's `unacked_index` was
+    taken or renewed (Redis server time minus its score); keeps the oldest seen."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.key = prefix + "unacked_index"
+        self.oldest = 0.0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> LeaseAges:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.client.close()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.25):
+            seconds, micros = self.client.time()
+            now = seconds + micros / 1e6
+            leases = self.client.zrange(self.key, 0, -1, withscores=True)
+            for _, score in cast("list[tuple[bytes, float]]", leases):
+                self.oldest = max(self.oldest, now - score)
+            self.samples += 1
+
+
 def test_a_backend_that_never_answers_stalls_no_supervisor_and_no_keeper(
     silent_backend: SilentServer, tasks_dir: Path, run_worker: RunWorker
 ) -> None:
@@ -146,6 +181,25 @@ def test_a_backend_that_never_answers_stalls_no_supervisor_and_no_keeper(
     worker = run_worker("-c", "3", "-P", "prefork")
     wait_for(lambda: len(worker.children()) == 3, timeout=10, what="three children")
 
+    leases = LeaseAges(os.environ["TEST_BROKER_URL"], os.environ["TEST_KEY_PREFIX"])
+    with leases:
+        run_the_scenario(tasks, tasks_dir, silent_backend, worker)
+    # Every lease was renewed within the visibility timeout (every third of it).
+    assert leases.samples > 20
+    assert leases.oldest < VISIBILITY_TIMEOUT, f"a lease went {leases.oldest:.1f} s unrenewed"
+    print(f"oldest lease seen: {leases.oldest:.2f} s over {leases.samples} samples")
+
+    # Each process's breaker opened once (the backend never answered, so it never
+    # closed): a few timeouts, then calls failed at once; no storm of retries.
+    output = worker.output()
+    openings = re.findall(r" (\d+)\] result backend \S+ did not answer", output)
+    assert openings, output
+    assert len(openings) == len(set(openings)), output
+
+
+def run_the_scenario(
+    tasks: Any, tasks_dir: Path, silent_backend: SilentServer, worker: WorkerProcess
+) -> None:
     tasks.long.delay(LONG_TASK)
     tasks.stuck.delay()
     long_run = wait_for(lambda: first_run(tasks_dir, "long"), timeout=20)
@@ -174,14 +228,9 @@ def test_a_backend_that_never_answers_stalls_no_supervisor_and_no_keeper(
 
     # The long task (over three visibility timeouts) finishes, and runs once: its
     # lease was renewed throughout, and still is while its result cannot be stored.
-    wait_for(lambda: first_run(tasks_dir, "long-done"), timeout=long_at + LONG_TASK + 10)
+    wait_for(
+        lambda: first_run(tasks_dir, "long-done"), timeout=long_at + LONG_TASK + 10 - time.time()
+    )
     time.sleep(2 * VISIBILITY_TIMEOUT)
     long_runs = [pid for what, pid, _ in runs(tasks_dir) if what == "long"]
     assert long_runs == [long_pid], f"the long task ran {len(long_runs)} times\n{worker.output()}"
-
-    # Each process's breaker opened once (the backend never answered, so it never
-    # closed): a few timeouts, then calls failed at once; no storm of retries.
-    output = worker.output()
-    openings = re.findall(r" (\d+)\] result backend \S+ did not answer", output)
-    assert openings, output
-    assert len(openings) == len(set(openings)), output
