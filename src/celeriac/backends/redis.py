@@ -108,8 +108,8 @@ class RedisBackend(ResultBackend):
 
     Transport options (`result_backend_transport_options`): global_keyprefix,
     result_chord_ordered (default True), connection_retries, connection_retry_backoff,
-    connection_retry_backoff_max, circuit_breaker_threshold (failed attempts in a row
-    after which calls fail at once, default 3; 0 turns the breaker off),
+    connection_retry_backoff_max, circuit_breaker_threshold (failed attempts in a row,
+    over at least 2 s, after which calls fail at once, default 3; 0 turns it off),
     circuit_breaker_cool_down (seconds before one call probes again, default 5) and the
     connection settings of `celeriac.connections.redis`.
     """

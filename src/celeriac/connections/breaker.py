@@ -6,7 +6,9 @@ call with the defaults), and every call to one that refuses runs the whole recon
 loop (about 6.5 s). One `CircuitBreaker` per server and process counts failed attempts:
 
 - closed (the normal state): every call goes through; `threshold` failed attempts in a
-  row open it (a success in between starts the count again);
+  row open it, once the first of them is at least `min_outage` seconds old (a success in
+  between starts again), so a server restart of a second or two is ridden out by the
+  retry loop as before, while one that hangs opens it at its third timeout;
 - open: calls fail at once, without touching the network, for `cool_down` seconds;
 - half-open: after the cool-down one call (the probe) goes through, the others still
   fail at once; its success closes the breaker, its failure opens it again.
@@ -28,7 +30,7 @@ from celeriac.exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["DEFAULT_COOL_DOWN", "DEFAULT_THRESHOLD", "BreakerStats", "CircuitBreaker"]
+__all__ = ["DEFAULT_COOL_DOWN", "DEFAULT_THRESHOLD", "MIN_OUTAGE", "BreakerStats", "CircuitBreaker"]
 
 logger = logging.getLogger("celeriac.connections")
 
@@ -36,6 +38,8 @@ logger = logging.getLogger("celeriac.connections")
 DEFAULT_THRESHOLD: Final = 3
 # Seconds an open breaker fails calls at once before it lets one probe through.
 DEFAULT_COOL_DOWN: Final = 5.0
+# Seconds a streak of failures must last before it opens the breaker.
+MIN_OUTAGE: Final = 2.0
 
 # A probe that neither succeeded nor failed this long ago (its thread was interrupted by
 # something else) no longer stops another one.
@@ -62,6 +66,7 @@ class CircuitBreaker:
         name: What the server is, for the log lines ("result backend at 10.0.0.5:6379").
         threshold: Failed attempts in a row that open it (0: never opens).
         cool_down: Seconds it stays open before one probe goes through.
+        min_outage: Seconds a streak of failures must last before it opens.
         clock: Monotonic seconds (injected by tests).
     """
 
@@ -71,6 +76,7 @@ class CircuitBreaker:
         *,
         threshold: int = DEFAULT_THRESHOLD,
         cool_down: float = DEFAULT_COOL_DOWN,
+        min_outage: float = MIN_OUTAGE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if threshold < 0 or cool_down < 0:
@@ -81,7 +87,9 @@ class CircuitBreaker:
         self.name = name
         self.threshold = threshold
         self.cool_down = cool_down
+        self.min_outage = min_outage
         self._clock = clock
+        self._first_failure = 0.0
         self._lock = threading.Lock()
         self._state: State = "closed"
         self._failures = 0
@@ -149,14 +157,21 @@ class CircuitBreaker:
     def failed(self, error: BaseException) -> bool:
         """An attempt could not reach the server; True when the breaker is open now."""
         with self._lock:
+            now = self._clock()
             self._failures += 1
+            if self._failures == 1:
+                self._first_failure = now
             self._last_error = str(error) or type(error).__name__
-            if self._state == "closed" and (not self.threshold or self._failures < self.threshold):
+            if self._state == "closed" and (
+                not self.threshold
+                or self._failures < self.threshold
+                or now - self._first_failure < self.min_outage
+            ):
                 return False
             opening = self._state == "closed"
             self._state = "open"
             self._probing = False
-            self._opened_at = self._clock()
+            self._opened_at = now
             if opening:
                 self._first_opened_at = self._opened_at
                 self._times_opened += 1

@@ -22,11 +22,14 @@ class Clock:
 
 
 def test_it_opens_after_threshold_failures_in_a_row() -> None:
-    breaker = CircuitBreaker("backend", threshold=3, cool_down=5, clock=Clock())
+    clock = Clock()
+    breaker = CircuitBreaker("backend", threshold=3, cool_down=5, clock=clock)
     assert not breaker.failed(OSError("a"))
     breaker.succeeded()  # a success starts the count again
-    assert not breaker.failed(OSError("b"))
-    assert not breaker.failed(OSError("c"))
+    for name in "bc":
+        clock.now += 1  # a socket timeout each
+        assert not breaker.failed(OSError(name))
+    clock.now += 1
     assert breaker.failed(OSError("d"))
     assert breaker.state == "open"
     assert not breaker.allow()
@@ -34,7 +37,7 @@ def test_it_opens_after_threshold_failures_in_a_row() -> None:
 
 def test_after_the_cool_down_one_probe_goes_through_and_closes_it() -> None:
     clock = Clock()
-    breaker = CircuitBreaker("backend", threshold=1, cool_down=5, clock=clock)
+    breaker = CircuitBreaker("backend", threshold=1, cool_down=5, min_outage=0, clock=clock)
     breaker.failed(OSError("down"))
     clock.now += 4.9
     assert not breaker.allow()
@@ -92,12 +95,14 @@ def test_negative_settings_are_refused_by_name() -> None:
 
 def test_the_retry_loop_stops_when_the_breaker_opens_and_then_fails_at_once() -> None:
     pool = connection_pool("redis://h/0")
-    breaker = CircuitBreaker("result backend", threshold=3, cool_down=60, clock=Clock())
+    clock = Clock()
+    breaker = CircuitBreaker("result backend", threshold=3, cool_down=60, clock=clock)
     attempts: list[int] = []
     sleeps: list[float] = []
 
     def hung() -> str:
         attempts.append(1)
+        clock.now += 1  # the socket timeout
         raise redis_errors.TimeoutError("Timeout reading from socket")
 
     def call() -> str:
@@ -137,3 +142,29 @@ def test_an_error_the_server_answers_with_counts_as_an_answer() -> None:
             breaker=breaker,
         )
     assert breaker.stats().failures == 0
+
+
+def test_a_restart_shorter_than_the_minimum_outage_is_ridden_out() -> None:
+    pool = connection_pool("redis://h/0")
+    clock = Clock()
+    breaker = CircuitBreaker("result backend", threshold=3, clock=clock)
+    attempts: list[int] = []
+
+    def restarting() -> str:
+        attempts.append(1)
+        if len(attempts) <= 6:  # refused at once, 0.1 s apart: a restart of 0.6 s
+            clock.now += 0.1
+            raise redis_errors.ConnectionError("Connection refused")
+        return "ok"
+
+    result = call_with_retry(
+        restarting,
+        pool=pool,
+        policy=RetryPolicy(max_retries=10, interval_start=0.01),
+        what="store a result",
+        error=BackendError,
+        sleep=lambda seconds: None,
+        breaker=breaker,
+    )
+    assert result == "ok"
+    assert breaker.state == "closed"
