@@ -19,6 +19,7 @@ from celeriac.exceptions import BrokerConnectionError
 from celeriac.worker.execute import Executor
 from celeriac.worker.fallback import FallbackRequeues
 from celeriac.worker.holdings import AckBuffer, Holdings
+from celeriac.worker.revocations import RevocationFollower
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,8 @@ RECEIVE_TIMEOUT = 1.0
 SPOOL_GRACE = 10.0
 # How often a consuming process reads new revocations.
 REVOCATION_REFRESH = 1.0
+# How long a consumer waits for its first read of revocations before it fetches.
+FIRST_REVOCATIONS_WAIT = 3.0
 # Pause between fetches while the broker is unreachable (its own retries gave up).
 OUTAGE_PAUSE = 1.0
 
@@ -129,7 +132,11 @@ class Consumer:
             local_crashes=local_crashes,
         )
         self.fallback = FallbackRequeues(broker)
-        self.holdings.every(REVOCATION_REFRESH, self.executor.revocations.refresh)
+        # Revocations are read on a thread of their own: a result backend that hangs
+        # must not hold up lease renewal (the keeper) or the receive loop.
+        self.revocations = RevocationFollower(
+            self.executor.revocations, interval=REVOCATION_REFRESH
+        )
         self._pool: ThreadPoolExecutor | None = None
         self._broker_lost = False
         self._handled = 0
@@ -143,8 +150,9 @@ class Consumer:
         reason = "shutdown"
         try:
             self._declare_queues()
-            # Know what was revoked before taking the first message.
-            self.executor.revocations.refresh()
+            # Know what was revoked before taking the first message (waiting a few
+            # seconds at most for a result backend that does not answer).
+            self.revocations.start(wait=FIRST_REVOCATIONS_WAIT)
             while not self.shutdown.is_requested():
                 if self.executor.spool.is_full:
                     # Results are waiting for the backend: stop taking new work.
@@ -178,6 +186,7 @@ class Consumer:
             # that is returned with its message (not acked) and runs again.
             self.executor.spool.wait_empty(SPOOL_GRACE)
             self.acks.flush()
+            self.revocations.stop()
             holdings.stop()
         return reason
 

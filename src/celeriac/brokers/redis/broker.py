@@ -28,6 +28,7 @@ from celeriac.brokers.redis.envelope import (
 from celeriac.brokers.redis.keys import Keys, Plan
 from celeriac.brokers.redis.monitor import count_dead_letters, overdue_age
 from celeriac.brokers.redis.presence import Presence
+from celeriac.brokers.redis.publish_token import TOKEN_TTL, PublishTokens
 from celeriac.brokers.redis.recovery import Recovery
 from celeriac.connections.redis import (
     RETRYABLE_ERRORS,
@@ -111,6 +112,7 @@ class RedisBroker(Broker):
         super().__init__(url, **kwargs)
         options = self.transport_options
         self._keys = keys = Keys(options, self.consumer_id)
+        self._tokens = PublishTokens(keys.prefix)
         default_sweep = max(0.05, min(self.visibility_timeout / 4, 60.0))
         self._sweep_interval = float(options.get("unacked_restore_interval", default_sweep))
         self._wakeup_interval = float(options.get("wakeup_interval", 2.0))
@@ -272,11 +274,6 @@ class RedisBroker(Broker):
         self._redis.run(f"declare queue {queue}", bind)
         self._declared.add(queue)
 
-    def _stage(self, pipe: Any, items: Sequence[Outgoing]) -> None:
-        """Queue the commands that publish `items` on `pipe`."""
-        for command in self._publish_commands(items):
-            pipe.execute_command(*command)
-
     def _publish_commands(self, items: Sequence[Outgoing]) -> list[tuple[Any, ...]]:
         """The commands that publish `items`: an ETA message goes to its sorted set, the
         others to their lists, one LPUSH per list in publish order (the first pushed is
@@ -331,19 +328,29 @@ class RedisBroker(Broker):
         """Count messages published by a caller's own atomic step (`plain_pushes`)."""
         self._published += count
 
-    def _send_replicated(self, items: Sequence[Outgoing], what: str) -> None:
-        """Publish `items` in one MULTI and wait for `replicas_to_confirm` replicas,
-        both on the same connection (WAIT counts this client's own writes)."""
+    def _send(self, items: Sequence[Outgoing], what: str) -> None:
+        """Publish `items` in one MULTI (all or nothing) that also writes this thread's
+        publish token; a retry after a lost reply sends nothing when the token shows
+        the MULTI ran (see publish_token.py). With `replicas_to_confirm`, then WAIT on
+        the same connection (WAIT counts this client's own writes)."""
         raw = self._redis.raw()
-        commands = self._publish_commands(items)
+        token_key, token = self._tokens.next()
+        commands = [
+            *self._publish_commands(items),
+            ("SET", token_key, token, "EX", TOKEN_TTL),
+        ]
         replicas = self._replicas_to_confirm
+        attempts = 0
 
         def send(client: redis.Redis) -> int:
-            replies = raw.transaction(*commands)
-            for reply in replies or ():
-                if isinstance(reply, Exception):  # a command EXEC ran and Redis refused
-                    raise reply
-            return int(raw.execute("WAIT", replicas, self._replica_wait_ms))
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1 or raw.execute("GET", token_key) != token.encode():
+                replies = raw.transaction(*commands)
+                for reply in replies or ():
+                    if isinstance(reply, Exception):  # a command EXEC ran and Redis refused
+                        raise reply
+            return int(raw.execute("WAIT", replicas, self._replica_wait_ms)) if replicas else 0
 
         confirmed = self._redis.run(what, send, error=PublishError)
         if confirmed < replicas:
@@ -362,7 +369,7 @@ class RedisBroker(Broker):
         if not self._handoff_checked:
             self._hand_off_once()
         if eta is None or not self._broker_side_eta:
-            # The hot path: one LPUSH, as kombu does.
+            # The hot path: one LPUSH, as kombu does (and the publish token behind it).
             level = clamp_priority(priority if priority is not None else message.priority)
             key = self._keys.list_key(queue, level)
             envelope = encode_envelope(
@@ -370,9 +377,18 @@ class RedisBroker(Broker):
             )
             raw = self._redis.raw()
             replicas = self._replicas_to_confirm
+            token_key, token = self._tokens.next()
+            attempts = 0
 
             def push(client: redis.Redis) -> int:
-                raw.execute("LPUSH", key, envelope)
+                nonlocal attempts
+                attempts += 1
+                # The token is written right behind the push, in the same write: a
+                # retry whose first attempt ran finds it and pushes nothing.
+                if attempts == 1 or raw.execute("GET", token_key) != token.encode():
+                    raw.pipeline(
+                        ("LPUSH", key, envelope), ("SET", token_key, token, "EX", TOKEN_TTL)
+                    )
                 # On the same connection: WAIT counts this client's own writes.
                 return int(raw.execute("WAIT", replicas, self._replica_wait_ms)) if replicas else 0
 
@@ -390,17 +406,8 @@ class RedisBroker(Broker):
             exchange=exchange,
             routing_key=routing_key,
         )
-
-        def send(client: redis.Redis) -> None:
-            # MULTI: an ETA message lands in its sorted set and the index together.
-            with client.pipeline(transaction=True) as pipe:
-                self._stage(pipe, [item])
-                pipe.execute()
-
-        if self._replicas_to_confirm:
-            self._send_replicated([item], f"publish to {queue}")
-        else:
-            self._redis.run(f"publish to {queue}", send, error=PublishError)
+        # MULTI: an ETA message lands in its sorted set and the index together.
+        self._send([item], f"publish to {queue}")
         self._published += 1
 
     def _unreplicated(self, queue: str, confirmed: int) -> None:
@@ -428,17 +435,9 @@ class RedisBroker(Broker):
             return
         if not self._handoff_checked:
             self._hand_off_once()
-
-        def send(client: redis.Redis) -> None:
-            # One MULTI: all or nothing, so a retry after a lost reply is exact.
-            with client.pipeline(transaction=True) as pipe:
-                self._stage(pipe, items)
-                pipe.execute()
-
-        if self._replicas_to_confirm:
-            self._send_replicated(items, f"publish {len(items)} messages")
-        else:
-            self._redis.run(f"publish {len(items)} messages", send, error=PublishError)
+        # One MULTI: all or nothing, and token-guarded, so a retry after a lost reply
+        # publishes each message once.
+        self._send(items, f"publish {len(items)} messages")
         self._published += len(items)
 
     def _hand_off_once(self) -> None:

@@ -13,6 +13,10 @@
   prefetched at once, finish what runs, and the supervisor exits 0 once they are gone.
   A second SIGINT, or SIGQUIT, is a cold shutdown: children are killed and everything
   they held is returned to the queue at once.
+- The main loop never waits on a server: revocations are read by a thread of their own
+  (`RevocationFollower`), and what a dead child leaves to do with the broker and the
+  result backend runs in order on another (`errands.py`). A backend or broker that hangs
+  delays those, never the reaping, the hard time limits or the respawns.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
 from celeriac._crashpoints import crash_point
-from celeriac.exceptions import TimeLimitExceeded
+from celeriac.exceptions import BackendError, TimeLimitExceeded
 from celeriac.protocol.errors import encode_exception
 from celeriac.worker.consumer import consumer_id_for
 from celeriac.worker.control import running_info
@@ -37,13 +42,15 @@ from celeriac.worker.holdings import Shutdown
 from celeriac.worker.pools.prefork.autoscale import MAX_CHILDREN, SCALE_INTERVAL, PoolSize
 from celeriac.worker.pools.prefork.backlog import BacklogGauge
 from celeriac.worker.pools.prefork.child import STOP_SIGNALS, child_main
-from celeriac.worker.revocations import Revocations
+from celeriac.worker.pools.prefork.errands import Errands
+from celeriac.worker.revocations import RevocationFollower, Revocations
 from celeriac.worker.slots import RunningTask, SlotTable
 
 if TYPE_CHECKING:
     from types import FrameType
 
     from celeriac.app.base import Celeriac
+    from celeriac.backends.base import Revocation
     from celeriac.brokers.base import Broker
     from celeriac.worker.options import WorkerOptions
 
@@ -58,6 +65,9 @@ FAST_FAILURE = 1.0
 MAX_RESPAWN_DELAY = 10.0
 # How often the supervisor looks for tasks revoked with terminate=True.
 REVOCATION_CHECK = 0.5
+# How long a stopping supervisor waits for its errands (returning the children's
+# messages) before it exits anyway: what is left comes back when its lease lapses.
+ERRANDS_GRACE = 10.0
 # Tasks whose deaths this worker remembers when nothing shared can count them.
 MAX_LOCAL_CRASHES = 10000
 
@@ -99,8 +109,12 @@ class Supervisor:
         self._respawn_at: dict[int, float] = {}
         self._respawn_delay: dict[int, float] = {}
         self._broker: Broker | None = None
-        self._revocations: Revocations | None = None
-        self._next_revocation_check = 0.0
+        self._broker_lock = threading.Lock()
+        self._revocations: RevocationFollower | None = None
+        # Task ids revoked with terminate=True, found by the follower thread.
+        self._doomed: set[str] = set()
+        self._doomed_lock = threading.Lock()
+        self.errands = Errands()
         self._sigint_count = 0
         self._signalled_children = False
         # Deaths per task id, kept here when neither the broker nor the result backend
@@ -135,7 +149,11 @@ class Supervisor:
     @property
     def broker(self) -> Broker:
         if self._broker is None:
-            self._broker = self.app.create_broker(consumer_id=f"{self.options.hostname}:supervisor")
+            with self._broker_lock:  # the main loop and the errand thread both use it
+                if self._broker is None:
+                    self._broker = self.app.create_broker(
+                        consumer_id=f"{self.options.hostname}:supervisor"
+                    )
         return self._broker
 
     def processes(self) -> list[int]:
@@ -230,20 +248,16 @@ class Supervisor:
         retired = index not in self._wanted
         consumer_id = consumer_id_for(self.options.hostname, child.pid)
         crashed = not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+        crash: RunningTask | None = None
         if child.timed_out is not None:
-            self._record_time_limit(child.timed_out)
             self._note_time_limit(child.timed_out)
-            running_tags: list[str] = []
         elif child.terminated is not None:
             # Killed on purpose (revoked with terminate): not the message's fault. It comes
             # back, and the next child skips it as revoked.
-            running_tags = []
+            pass
         elif crashed and running is not None and not self.shutdown.cold.is_set():
-            running_tags = [running.tag]
-        else:
-            running_tags = []
-        if running_tags and running is not None:
-            self._note_crash(running)
+            crash = running
+            self._note_local_crash_if_alone(running)
         if crashed and not self.shutdown.is_requested():
             how = (
                 f"signal {os.WTERMSIG(status)}"
@@ -268,7 +282,11 @@ class Supervisor:
                         else "crashed"
                     ),
                 )
-        self._recover(consumer_id, running_tags)
+        timed_out = child.timed_out
+        self.errands.submit(
+            f"settle child {child.pid}",
+            lambda: self._settle(consumer_id, timed_out=timed_out, crash=crash),
+        )
         if retired:
             logger.info("Child %d retired (slot %d)", child.pid, index)
         elif not self.shutdown.is_requested():
@@ -279,18 +297,41 @@ class Supervisor:
             self._respawn_delay[index] = delay
             self._respawn_at[index] = time.monotonic() + delay
 
+    def _settle(
+        self, consumer_id: str, *, timed_out: RunningTask | None, crash: RunningTask | None
+    ) -> None:
+        """What a dead child leaves to do with the servers (on the errand thread)."""
+        running_tags: list[str] = []
+        if timed_out is not None and not self._record_time_limit(timed_out):
+            # The failure is not recorded, so the redelivered copy would run (and be
+            # killed) again: the kill counts toward the message's redelivery cap instead.
+            running_tags = [timed_out.tag]
+            self._note_crash(timed_out)
+        if crash is not None:
+            running_tags = [crash.tag]
+            self._note_crash(crash)
+        self._recover(consumer_id, running_tags)
+
+    def _note_local_crash_if_alone(self, running: RunningTask) -> None:
+        """Where neither the broker nor the result backend can count a message's crashes
+        (RabbitMQ with rpc:// results), count it here before the next child is forked
+        (children inherit the counts)."""
+        try:
+            if not self.broker.supports_recover and not self.app.backend.supports_crash_ledger:
+                self._note_local_crash(running.task_id)
+        except Exception:  # isolation boundary
+            logger.exception("Could not count the crash of %s", running.task_id)
+
     def _note_crash(self, running: RunningTask) -> None:
         """Where the broker cannot count a message's crashes (RabbitMQ), count them in
-        the result backend's crash ledger, shared by every worker; without one
-        (rpc://), in this worker's own."""
+        the result backend's crash ledger, shared by every worker (on the errand thread;
+        without a ledger `_note_local_crash_if_alone` counted it already)."""
         try:
             if self.broker.supports_recover:
                 return
             backend = self.app.backend
             if backend.supports_crash_ledger:
                 backend.note_crash(running.task_id)
-            else:
-                self._note_local_crash(running.task_id)
         except Exception:  # isolation boundary
             logger.exception("Could not count the crash of %s", running.task_id)
 
@@ -327,7 +368,8 @@ class Supervisor:
                 consumer_id,
             )
 
-    def _record_time_limit(self, running: RunningTask) -> None:
+    def _record_time_limit(self, running: RunningTask) -> bool:
+        """Store the `TimeLimitExceeded` failure of `running`; False if it could not."""
         limit = (running.deadline or 0) - running.started
         logger.error(
             "Task %s[%s] killed: hard time limit (%.1fs) exceeded",
@@ -345,8 +387,18 @@ class Supervisor:
                     traceback=f"TimeLimitExceeded: hard time limit ({limit:.1f}s) exceeded",
                 )
             )
+        except BackendError as exc:
+            logger.error(
+                "Could not record the time limit failure of %s (%s); the kill counts toward "
+                "its redelivery cap instead",
+                running.task_id,
+                exc,
+            )
+            return False
         except Exception:  # isolation boundary
             logger.exception("Could not record the time limit failure of %s", running.task_id)
+            return False
+        return True
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()  # the slots' deadlines are monotonic (see limits.py)
@@ -359,21 +411,32 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGKILL)
 
+    def _follow_revocations(self) -> None:
+        """Read revocations on a thread of their own (a hung backend never stalls the
+        main loop); the ones with `terminate=True` are acted on by `_terminate_revoked`."""
+        try:
+            revocations = Revocations(self.app.backend)
+        except Exception:  # isolation boundary: revocations are best effort
+            logger.exception("Could not follow revocations")
+            return
+
+        def found(fresh: list[Revocation]) -> None:
+            doomed = {r.task_id for r in fresh if r.terminate}
+            if doomed:
+                with self._doomed_lock:
+                    self._doomed |= doomed
+
+        self._revocations = RevocationFollower(
+            revocations, interval=REVOCATION_CHECK, on_fresh=found
+        )
+        self._revocations.start()
+
     def _terminate_revoked(self) -> None:
         """Stop children running tasks revoked with `terminate=True`."""
-        now = time.monotonic()
-        if now < self._next_revocation_check:
+        if not self._doomed:
             return
-        self._next_revocation_check = now + REVOCATION_CHECK
-        try:
-            if self._revocations is None:
-                self._revocations = Revocations(self.app.backend)
-            doomed = {r.task_id for r in self._revocations.refresh() if r.terminate}
-        except Exception:  # isolation boundary: revocations are best effort
-            logger.exception("Could not read revocations")
-            return
-        if not doomed:
-            return
+        with self._doomed_lock:
+            doomed, self._doomed = self._doomed, set()
         for index, child in self.children.items():
             running = self.slots.read(index)
             if running is not None and running.task_id in doomed and child.terminated is None:
@@ -407,6 +470,7 @@ class Supervisor:
             self._spawn(index)
         if self._backlog is not None:
             self._backlog.start()
+        self._follow_revocations()
         try:
             while True:
                 self._reap()
@@ -429,6 +493,14 @@ class Supervisor:
         finally:
             if self._backlog is not None:
                 self._backlog.stop()
+            if self._revocations is not None:
+                self._revocations.stop()
+            if not self.errands.drain(ERRANDS_GRACE):
+                logger.warning(
+                    "Still returning the children's messages after %.0f s; leaving the "
+                    "rest to come back when their leases lapse",
+                    ERRANDS_GRACE,
+                )
             if self._broker is not None:
                 self._broker.close()
 
