@@ -13,7 +13,14 @@ from celeriac.exceptions import ImproperlyConfigured
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
 
-__all__ = ["WorkerOptions"]
+__all__ = ["EVENTLET_REFUSED", "POOL_NAMES", "WorkerOptions"]
+
+POOL_NAMES = ("prefork", "threads", "solo", "asyncio", "gevent")
+EVENTLET_REFUSED = (
+    "the eventlet pool is not supported: eventlet is deprecated by its own maintainers "
+    "(who advise moving off it); use -P gevent for sync I/O-bound tasks, or -P asyncio "
+    "for async def tasks"
+)
 
 
 @final
@@ -56,9 +63,11 @@ class WorkerOptions:
         """Fill unset options from the app's settings and the machine."""
         conf = app.conf
         pool = pool or conf.worker_pool
-        if pool not in ("prefork", "threads", "solo", "asyncio"):
+        if pool == "eventlet":
+            raise ImproperlyConfigured(EVENTLET_REFUSED)
+        if pool not in POOL_NAMES:
             raise ImproperlyConfigured(
-                f"unknown pool {pool!r}: use prefork, threads, solo or asyncio"
+                f"unknown pool {pool!r}: use prefork, threads, solo, asyncio or gevent"
             )
         if concurrency is None:
             concurrency = conf.worker_concurrency or (os.cpu_count() or 1)

@@ -19,6 +19,7 @@ from celeriac.exceptions import BrokerError, CeleriacError, ImproperlyConfigured
 from celeriac.worker.control import start_remote
 from celeriac.worker.logs import configure_logging
 from celeriac.worker.pools.aio import AsyncioPool
+from celeriac.worker.pools.gevent import GeventPool
 from celeriac.worker.pools.prefork import PreforkPool
 from celeriac.worker.pools.solo import SoloPool
 from celeriac.worker.pools.threads import ThreadsPool
@@ -38,6 +39,7 @@ POOLS: dict[str, type[Pool]] = {
     "threads": ThreadsPool,
     "solo": SoloPool,
     "asyncio": AsyncioPool,
+    "gevent": GeventPool,
 }
 
 
