@@ -18,16 +18,22 @@ How each figure is measured:
   chord of 10; the body's result is checked.
 - S4: N sleepers are queued, then a worker with SLOTS slots starts; the rate is N /
   (last task's end - first task's start), against the ideal SLOTS / sleep.
+- S4 sync: as S4 with plain (sync) task bodies: every other task calls `time.sleep`, the
+  others connect to a local TCP server (`agents/slow_server.py`, started for the run)
+  that answers after the same delay and block in `recv` until it does.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.agents.recorder import Counters
+from benchmarks.agents.slow_server import SERVER_VARIABLE
 from benchmarks.processes import MemorySampler, WorkerProcess, run_agent, tail
 
 if TYPE_CHECKING:
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SCENARIOS", "Counts", "RunContext", "ScenarioError", "percentile", "run_scenario"]
 
-SCENARIOS = ("s1", "s2", "s3", "s4")
+SCENARIOS = ("s1", "s2", "s3", "s4", "s4sync")
 # How often the runner reads the completion counters while a worker drains.
 POLL_INTERVAL = 0.01
 # A drain that makes no progress for this long has failed.
@@ -82,11 +88,13 @@ class RunContext:
     prefetch_multiplier: int = 4
     task_events: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def process_env(self) -> dict[str, str]:
         return {
             **self.base_env,
+            **self.extra_env,
             "BENCH_BROKER": self.urls.broker,
             "BENCH_BACKEND": self.urls.backend,
             "BENCH_QUEUE": self.queue,
@@ -137,6 +145,9 @@ def run_scenario(scenario: str, ctx: RunContext, *, pool: str | None = None) -> 
     if scenario == "s4":
         assert pool is not None
         return _s4(ctx, pool)
+    if scenario == "s4sync":
+        assert pool is not None
+        return _s4_sync(ctx, pool)
     raise ValueError(f"unknown scenario {scenario!r}")
 
 
@@ -278,6 +289,35 @@ def _s4(ctx: RunContext, pool: str) -> dict[str, float]:
     counts = ctx.counts
     ctx.agent("sleepers", "--n", str(counts.s4_tasks), "--seconds", str(counts.s4_sleep))
     drained = _drain(ctx, pool, counts.s4_slots, counts.s4_tasks, memory=False)
+    rate = drained["drain"]
+    ideal = counts.s4_slots / counts.s4_sleep
+    return {"rate": rate, "ideal_fraction": rate / ideal}
+
+
+def _s4_sync(ctx: RunContext, pool: str) -> dict[str, float]:
+    counts = ctx.counts
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.agents.slow_server", "--delay", str(counts.s4_sleep)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ctx.workdir,
+        env=ctx.base_env,
+    )
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        if not port.isdigit():
+            raise ScenarioError(f"the slow server did not start (said {port!r})")
+        ctx.extra_env[SERVER_VARIABLE] = f"127.0.0.1:{port}"
+        ctx.agent("sync-sleepers", "--n", str(counts.s4_tasks), "--seconds", str(counts.s4_sleep))
+        drained = _drain(ctx, pool, counts.s4_slots, counts.s4_tasks, memory=False)
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     rate = drained["drain"]
     ideal = counts.s4_slots / counts.s4_sleep
     return {"rate": rate, "ideal_fraction": rate / ideal}

@@ -60,22 +60,53 @@ def require_gevent() -> None:
 
 
 class GreenletRunner:
-    """Runs deliveries on at most `size` greenlets (the consumer's `Runner`)."""
+    """Runs deliveries on at most `size` greenlets (the consumer's `Runner`).
+
+    Greenlets are made as work needs them and then kept, each taking the next delivery
+    from a queue: a greenlet made per task cost about a seventh of the worker's CPU in a
+    profile of 100 ms sync tasks (gevent records each new greenlet's spawning stack).
+    """
 
     def __init__(self, size: int) -> None:
-        from gevent.pool import Pool as GreenletPool
+        from gevent.queue import Queue
 
-        self._greenlets = GreenletPool(size)
+        self.size = size
+        self._work: Any = Queue()
+        self._greenlets: list[Any] = []
+        # Greenlets waiting for work, less the deliveries already queued for them.
+        self._idle = 0
 
     def submit(self, fn: Callable[[Delivery], None], delivery: Delivery, /) -> object:
-        # The consumer never hands over more than the free slots, so this never waits.
-        return self._greenlets.spawn(fn, delivery)
+        # The consumer never hands over more than the free slots, so a delivery queued
+        # here is taken by a waiting greenlet or by the one made for it.
+        self._work.put((fn, delivery))
+        if self._idle > 0:
+            self._idle -= 1
+        elif len(self._greenlets) < self.size:
+            import gevent
+
+            self._greenlets.append(gevent.spawn(self._serve))
+        return None
+
+    def _serve(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            fn, delivery = item
+            fn(delivery)
+            self._idle += 1
 
     def shutdown(self, wait: bool = True) -> None:
+        import gevent
+
+        for _ in self._greenlets:
+            self._work.put(None)
         if wait:
-            self._greenlets.join()
+            gevent.joinall(self._greenlets)
         else:
-            self._greenlets.kill(block=False)
+            gevent.killall(self._greenlets, block=False)
+        self._greenlets = []
 
 
 class GreenletTimeLimits:
