@@ -43,6 +43,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("s4sync", "rate", "sync sleepers: sleep or socket (tasks/s)", True, "rate"),
     Metric("s4sync", "ideal_fraction", "share of ideal", True, "percent"),
 )
+# How a scenario is named in the table (else its name in capitals).
+_SCENARIO_LABELS = {"s4sync": "S4 sync"}
 # The metric that picks a contestant's best pool in a scenario with several.
 _PRIMARY = {"s4": "rate", "s4sync": "rate"}
 
@@ -177,7 +179,16 @@ def render(rows: list[Row], contestants: list[str], *, markdown: bool = False) -
             )
             for name in contestants
         ]
-        body.append([row.scenario.upper(), row.broker, row.metric.label, arrow, *ratios, *values])
+        body.append(
+            [
+                _SCENARIO_LABELS.get(row.scenario, row.scenario.upper()),
+                row.broker,
+                row.metric.label,
+                arrow,
+                *ratios,
+                *values,
+            ]
+        )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
