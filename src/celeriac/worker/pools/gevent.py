@@ -72,7 +72,7 @@ class GreenletRunner:
 
         self.size = size
         self._work: Any = Queue()
-        self._greenlets: list[Any] = []
+        self._greenlets: set[Any] = set()
         # Greenlets waiting for work, less the deliveries already queued for them.
         self._idle = 0
 
@@ -85,28 +85,35 @@ class GreenletRunner:
         elif len(self._greenlets) < self.size:
             import gevent
 
-            self._greenlets.append(gevent.spawn(self._serve))
+            self._greenlets.add(gevent.spawn(self._serve))
         return None
 
     def _serve(self) -> None:
-        while True:
-            item = self._work.get()
-            if item is None:
-                return
-            fn, delivery = item
-            fn(delivery)
-            self._idle += 1
+        from gevent import getcurrent
+
+        try:
+            while True:
+                item = self._work.get()
+                if item is None:
+                    return
+                fn, delivery = item
+                fn(delivery)
+                self._idle += 1
+        finally:
+            # Gone (shut down, or killed by what escaped the consumer's own handling):
+            # a later delivery gets a new greenlet in its place.
+            self._greenlets.discard(getcurrent())
 
     def shutdown(self, wait: bool = True) -> None:
         import gevent
 
-        for _ in self._greenlets:
+        greenlets = list(self._greenlets)
+        for _ in greenlets:
             self._work.put(None)
         if wait:
-            gevent.joinall(self._greenlets)
+            gevent.joinall(greenlets)
         else:
-            gevent.killall(self._greenlets, block=False)
-        self._greenlets = []
+            gevent.killall(greenlets, block=False)
 
 
 class GreenletTimeLimits:
