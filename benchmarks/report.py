@@ -42,6 +42,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("s4", "ideal_fraction", "share of ideal", True, "percent"),
     Metric("s4sync", "rate", "sync sleepers: sleep or socket (tasks/s)", True, "rate"),
     Metric("s4sync", "ideal_fraction", "share of ideal", True, "percent"),
+    Metric("s4sync", "cpu_ms_per_task", "worker CPU per task (ms)", False, "ms"),
 )
 # How a scenario is named in the table (else its name in capitals).
 _SCENARIO_LABELS = {"s4sync": "S4 sync"}
