@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-__all__ = ["AgentError", "MemorySampler", "WorkerProcess", "cpu_seconds", "run_agent", "tail"]
+__all__ = [
+    "AgentError",
+    "MemorySampler",
+    "WorkerProcess",
+    "cpu_seconds",
+    "run_agent",
+    "tail",
+    "tree_cpu_seconds",
+]
 
 # How often the memory sampler looks at the worker's process tree.
 SAMPLE_INTERVAL = 0.05
@@ -35,6 +43,22 @@ def cpu_seconds(process: psutil.Process) -> float:
     """User plus system CPU `process` has used so far."""
     times = process.cpu_times()
     return float(times.user + times.system)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User plus system CPU of process `pid` and its live descendants so far."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in tree:
+        try:
+            total += cpu_seconds(process)
+        except psutil.Error:
+            continue
+    return total
 
 
 class AgentError(RuntimeError):

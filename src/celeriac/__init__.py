@@ -13,6 +13,11 @@ add.delay(2, 2).get(timeout=10)  # 4, once `celeriac -A tasks worker` runs
 ```
 """
 
+# First of all: `celeriac worker -P gevent` patches before anything imports socket.
+from celeriac._patching import patch_for_command_line as _patch_for_command_line
+
+_patch_for_command_line()
+
 from celeriac._proxy import TaskProxy as _TaskProxy
 from celeriac._version import __version__ as __version__
 from celeriac.app.base import Celeriac as Celeriac

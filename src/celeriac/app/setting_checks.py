@@ -18,7 +18,7 @@ from celeriac.exceptions import ImproperlyConfigured
 __all__ = ["BARE_BACKENDS", "POOLS", "SERIALIZERS", "VALIDATORS"]
 
 SERIALIZERS = ("json", "msgpack", "pickle", "auth")
-POOLS = ("prefork", "threads", "solo", "asyncio")
+POOLS = ("prefork", "threads", "solo", "asyncio", "gevent")
 
 
 def _fail(name: str, value: Any, expected: str) -> ImproperlyConfigured:
@@ -157,6 +157,13 @@ def _routes(name: str, value: Any) -> Any:
 
 
 def _pool(name: str, value: Any) -> str:
+    if value == "eventlet":
+        raise _fail(
+            name,
+            value,
+            "eventlet is deprecated by its own maintainers and not supported: use gevent "
+            "for sync I/O-bound tasks, or asyncio for async def tasks",
+        )
     if value not in POOLS:
         raise _fail(name, value, f"use one of {', '.join(POOLS)}")
     return str(value)

@@ -94,9 +94,10 @@ _CONCURRENCY = _Concurrency()
 @click.option(
     "-P",
     "--pool",
-    type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
+    type=click.Choice(["prefork", "threads", "solo", "asyncio", "gevent", "eventlet"]),
     default=None,
-    help="Execution pool (default: prefork).",
+    help="Execution pool (default: prefork); gevent patches the standard library first "
+    "thing; eventlet is refused (deprecated upstream: use gevent).",
 )
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues to consume.")
 @click.option("-n", "--hostname", default=None, help="Node name (default: celeriac@%h).")

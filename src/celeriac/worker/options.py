@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
 
 __all__ = [
+    "EVENTLET_REFUSED",
     "OPTIMIZATIONS",
+    "POOL_NAMES",
     "WorkerOptions",
     "auto_concurrency",
     "expand_hostname",
@@ -25,6 +27,13 @@ __all__ = [
 # `-O`: Celery's optimization profiles. fair: a consumer holds no message beyond its free
 # slots (prefetch multiplier 1); default: the prefetch multiplier as set.
 OPTIMIZATIONS = ("default", "fair")
+
+POOL_NAMES = ("prefork", "threads", "solo", "asyncio", "gevent")
+EVENTLET_REFUSED = (
+    "the eventlet pool is not supported: eventlet is deprecated by its own maintainers "
+    "(who advise moving off it); use -P gevent for sync I/O-bound tasks, or -P asyncio "
+    "for async def tasks"
+)
 
 
 @final
@@ -81,9 +90,11 @@ class WorkerOptions:
         """Fill unset options from the app's settings and the machine."""
         conf = app.conf
         pool = pool or conf.worker_pool
-        if pool not in ("prefork", "threads", "solo", "asyncio"):
+        if pool == "eventlet":
+            raise ImproperlyConfigured(EVENTLET_REFUSED)
+        if pool not in POOL_NAMES:
             raise ImproperlyConfigured(
-                f"unknown pool {pool!r}: use prefork, threads, solo or asyncio"
+                f"unknown pool {pool!r}: use prefork, threads, solo, asyncio or gevent"
             )
         if concurrency == "auto":
             concurrency = auto_concurrency(pool)

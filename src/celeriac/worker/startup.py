@@ -22,6 +22,7 @@ from celeriac.worker.daemon import root_warning
 from celeriac.worker.logs import configure_logging
 from celeriac.worker.options import expand_logfile
 from celeriac.worker.pools.aio import AsyncioPool
+from celeriac.worker.pools.gevent import GeventPool
 from celeriac.worker.pools.prefork import PreforkPool
 from celeriac.worker.pools.solo import SoloPool
 from celeriac.worker.pools.threads import ThreadsPool
@@ -44,6 +45,7 @@ POOLS: dict[str, type[Pool]] = {
     "threads": ThreadsPool,
     "solo": SoloPool,
     "asyncio": AsyncioPool,
+    "gevent": GeventPool,
 }
 
 

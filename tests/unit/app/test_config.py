@@ -142,7 +142,7 @@ def test_update_validates_each_setting() -> None:
 
 def test_constructor_validates_its_values() -> None:
     with pytest.raises(ImproperlyConfigured, match="worker_pool"):
-        Settings({"worker_pool": "gevent"})
+        Settings({"worker_pool": "greenlets"})
 
 
 def test_unknown_lower_case_settings_are_kept() -> None:
@@ -302,7 +302,7 @@ BAD_VALUES: dict[str, tuple[Any, str]] = {
     "task_max_message_size": (1.5, "whole number >= 0"),
     "task_redelivery_limit": (None, "whole number >= 0"),
     "worker_concurrency": ("4", "whole number >= 0 or None"),
-    "worker_pool": ("eventlet", "use one of prefork, threads, solo, asyncio"),
+    "worker_pool": ("eventlet", "eventlet is deprecated by its own maintainers"),
     "worker_prefetch_multiplier": (None, "whole number >= 0"),
     "worker_max_tasks_per_child": (-1, "whole number"),
     "worker_max_memory_per_child": (2.5, "whole number"),

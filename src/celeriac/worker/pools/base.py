@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from celeriac.app.base import Celeriac
     from celeriac.brokers.base import Broker
+    from celeriac.worker.consumer import Runner
     from celeriac.worker.execute import Executor, TimeLimits
     from celeriac.worker.options import WorkerOptions
     from celeriac.worker.pools.prefork.autoscale import PoolSize
@@ -106,9 +107,14 @@ class InProcessPool(Pool):
         self.executor: Executor | None = None
 
     def consume(
-        self, *, limits: TimeLimits, run_async: Callable[[Any], Any], concurrency: int = 1
+        self,
+        *,
+        limits: TimeLimits,
+        run_async: Callable[[Any], Any] | None,
+        concurrency: int = 1,
+        runner: Callable[[int], Runner] | None = None,
     ) -> int:
-        """Run one consumer in this process until shut down (solo and threads)."""
+        """Run one consumer in this process until shut down (solo, threads, gevent)."""
         options = self.options
         broker = self.app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
         self.broker = broker
@@ -124,6 +130,7 @@ class InProcessPool(Pool):
                 shutdown=self.shutdown,
                 concurrency=concurrency,
                 pool=self.name,
+                runner=runner,
             )
             self.consumer.run()
             return 0
