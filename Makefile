@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck bytecode unit integration chaos bench clean
+.PHONY: demo test check lint typecheck docs bytecode unit integration chaos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ test: check bytecode
 bytecode: $(VENV)/.installed-dev
 	$(BIN)/python -m compileall -q src tests
 
-check: lint typecheck
+check: lint typecheck docs
 
 # Everything with Python in it.
 LINTED := src tests examples benchmarks
@@ -44,6 +44,10 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/mypy --config-file tests/typing/mypy.ini tests/typing
+
+## docs: build the docs site into site/ (mkdocs.yml), every warning an error
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 unit: bytecode
 	$(BIN)/pytest -q tests/unit tests/contract
@@ -61,4 +65,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist site

@@ -84,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
         "--celery-io-pool",
         type=_csv(("gevent", "threads")),
         default=None,
-        help="Celery's S4 pools (default: gevent,threads on Redis, threads on RabbitMQ; "
-        "the better one is compared)",
+        help="Celery's S4 and S4 sync pools (default: gevent,threads on Redis, threads on "
+        "RabbitMQ; the better one is compared)",
     )
     pick.add_argument(
         "-E",
@@ -161,6 +161,8 @@ def _unsupported(scenario: str, broker: str, results: str, contestant: Contestan
         return "n/a"
     if scenario == "s3" and not contestant.has_chord:
         return "n/a (no chord)"
+    if scenario == "s4sync" and not contestant.sync_io_pools:
+        return "not written"
     return None
 
 
@@ -291,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                     if scenario == "s1" and args.no_bulk:
                         unsupported[f"s1/{broker}/{results}/{name}/enqueue_bulk"] = "skipped"
                     pools: tuple[str, ...] = (contestant.cpu_pool(),)
-                    if scenario == "s4":
-                        pools = contestant.io_pools_for(broker)
+                    if scenario in ("s4", "s4sync"):
+                        pools = contestant.io_pools_for(broker, sync=scenario == "s4sync")
                         if contestant.library == "celery" and args.celery_io_pool:
                             pools = tuple(args.celery_io_pool)
                     for pool in pools:
@@ -371,7 +373,7 @@ def _run_once(
         task_events=args.task_events or contestant.task_events,
     )
     label = f"{scenario} {broker}{'+rpc' if results == 'rpc' else ''} {contestant.name}"
-    if scenario == "s4":
+    if scenario in ("s4", "s4sync"):
         label += f" [{pool}]"
     record: dict[str, Any] = {
         "scenario": scenario,
@@ -379,7 +381,7 @@ def _run_once(
         "results": results,
         "contestant": contestant.name,
         "pool": pool,
-        "concurrency": counts.s4_slots if scenario == "s4" else args.concurrency,
+        "concurrency": counts.s4_slots if scenario in ("s4", "s4sync") else args.concurrency,
         "run": run,
         "queue": queue,
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),

@@ -6,9 +6,10 @@ is the same for all (4 messages per slot by default: Celery's and celeriac's def
 `worker_prefetch_multiplier`; Dramatiq's own default is 2 per thread, and at one thread
 per process its consumer then spends most of a drain in back-off sleeps):
 
-- celeriac: `celeriac worker -P prefork -c N` (S1-S3), `-P asyncio -c SLOTS` (S4);
+- celeriac: `celeriac worker -P prefork -c N` (S1-S3), `-P asyncio -c SLOTS` (S4),
+  `-P gevent -c SLOTS` (S4 sync);
 - Celery: `celery worker -P prefork -c N` (S1-S3), `-P threads` and `-P gevent` with
-  `-c SLOTS` (S4, both measured, the better one compared);
+  `-c SLOTS` (S4 and S4 sync, both measured, the better one compared);
 - Dramatiq: `--processes N --threads 1` (S1-S3), `--processes 1 --threads SLOTS` (S4);
 - Huey: `-k process -w N` (S1-S3), `-k thread -w SLOTS` (S4).
 
@@ -44,6 +45,8 @@ class Contestant:
     brokers: tuple[str, ...]
     #: S4 pools, best first by expectation; all are measured.
     io_pools: tuple[str, ...]
+    #: S4 sync pools (plain task bodies); none: the variant is not written for it.
+    sync_io_pools: tuple[str, ...] = ()
     #: Result backends it can use on RabbitMQ ("redis", and "rpc" for rpc://).
     amqp_results: tuple[str, ...] = ("redis",)
     has_bulk: bool = False
@@ -61,14 +64,14 @@ class Contestant:
     def module(self) -> str:
         return f"benchmarks.agents.{self.library}_app"
 
-    def io_pools_for(self, broker: str) -> tuple[str, ...]:
-        """S4 pools on `broker`."""
+    def io_pools_for(self, broker: str, *, sync: bool = False) -> tuple[str, ...]:
+        """S4 pools on `broker` (`sync`: S4 sync's)."""
         if self.library == "celery" and broker == "rabbitmq":
             # Celery's gevent pool on RabbitMQ settles at about 10 tasks/s here after the
             # first few hundred (kombu's pyamqp under gevent): a 10,000-task run would
             # take a quarter of an hour, so only threads by default (--celery-io-pool).
             return ("threads",)
-        return self.io_pools
+        return self.sync_io_pools if sync else self.io_pools
 
     def cpu_pool(self) -> str:
         return {"celeriac": "prefork", "celery": "prefork", "dramatiq": "processes"}.get(
@@ -148,6 +151,7 @@ CONTESTANTS: dict[str, Contestant] = {
         "celeriac",
         brokers=("redis", "rabbitmq", "sqlite"),
         io_pools=("asyncio",),
+        sync_io_pools=("gevent",),
         amqp_results=("redis", "rpc"),
         has_bulk=True,
         has_chord=True,
@@ -156,6 +160,7 @@ CONTESTANTS: dict[str, Contestant] = {
         "celery",
         brokers=("redis", "rabbitmq"),
         io_pools=("gevent", "threads"),
+        sync_io_pools=("gevent", "threads"),
         amqp_results=("redis", "rpc"),
         has_bulk=True,
         has_chord=True,

@@ -75,7 +75,7 @@ def spec_for(name: str) -> EnvSpec:
     """The environment spec of contestant `name`."""
     if name == "celeriac":
         # Editable, so the lead's changes to src/ are measured without reinstalling.
-        return EnvSpec("celeriac", (f"{REPO_ROOT}[redis,amqp]",), editable=True)
+        return EnvSpec("celeriac", (f"{REPO_ROOT}[redis,amqp,gevent]",), editable=True)
     return EnvSpec(name, _REQUIREMENTS[name])
 
 

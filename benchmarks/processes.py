@@ -46,14 +46,14 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """User plus system CPU used so far by process `pid` and its live descendants."""
-    total = 0.0
+    """User plus system CPU of process `pid` and its live descendants so far."""
     try:
         root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        tree = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return total
-    for process in processes:
+        return 0.0
+    total = 0.0
+    for process in tree:
         try:
             total += cpu_seconds(process)
         except psutil.Error:

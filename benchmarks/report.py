@@ -4,7 +4,8 @@ A cell is the median of a contestant's successful runs; a ratio is the contestan
 median divided by Celery's median from the same benchmark invocation (runs of all
 contestants are interleaved, so both saw the same machine). Ratios are literal
 (contestant / Celery): above 1 is better for rates (↑), below 1 is better for times,
-latencies and memory (↓). For S4 each contestant's best pool is shown and compared.
+latencies and memory (↓). For S4 and S4 sync each contestant's best pool is shown and
+compared.
 """
 
 from __future__ import annotations
@@ -46,9 +47,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("s3", "seconds", "chord, call to body result (s)", False, "s"),
     Metric("s4", "rate", "sleepers (tasks/s)", True, "rate"),
     Metric("s4", "ideal_fraction", "share of ideal", True, "percent"),
+    Metric("s4sync", "rate", "sync sleepers: sleep or socket (tasks/s)", True, "rate"),
+    Metric("s4sync", "ideal_fraction", "share of ideal", True, "percent"),
+    Metric("s4sync", "cpu_ms_per_task", "worker CPU per task (ms)", False, "ms"),
 )
+# How a scenario is named in the table (else its name in capitals).
+_SCENARIO_LABELS = {"s4sync": "S4 sync"}
 # The metric that picks a contestant's best pool in a scenario with several.
-_PRIMARY = {"s4": "rate"}
+_PRIMARY = {"s4": "rate", "s4sync": "rate"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +183,21 @@ def render(rows: list[Row], contestants: list[str], *, markdown: bool = False) -
                 ratio = row.ratio(name, reference or REFERENCES[0])
                 ratios.append(f"{ratio:.2f}" if ratio is not None else "-")
         values = [
-            _cell_text(row.cells.get(name), row.metric.style, show_pool=row.scenario == "s4")
+            _cell_text(
+                row.cells.get(name), row.metric.style, show_pool=row.scenario in ("s4", "s4sync")
+            )
             for name in contestants
         ]
-        body.append([row.scenario.upper(), row.broker, row.metric.label, arrow, *ratios, *values])
+        body.append(
+            [
+                _SCENARIO_LABELS.get(row.scenario, row.scenario.upper()),
+                row.broker,
+                row.metric.label,
+                arrow,
+                *ratios,
+                *values,
+            ]
+        )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]

@@ -18,16 +18,26 @@ How each figure is measured:
   chord of 10; the body's result is checked.
 - S4: N sleepers are queued, then a worker with SLOTS slots starts; the rate is N /
   (last task's end - first task's start), against the ideal SLOTS / sleep.
+- S4 sync: as S4 with plain (sync) task bodies: every other task calls `time.sleep`, the
+  others connect to a local TCP server (`agents/slow_server.py`, started for the run)
+  that answers after the same delay and block in `recv` until it does. Also the CPU
+  the worker's process tree spent per task (user + system), from the first task's end
+  to the last: on a machine shared with other work the rate follows the CPU share the
+  worker gets (500 threads are scheduled as 500 claimants, a gevent process as one), the
+  CPU per task does not.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.agents.recorder import Counters
+from benchmarks.agents.slow_server import SERVER_VARIABLE
 from benchmarks.processes import MemorySampler, WorkerProcess, run_agent, tail, tree_cpu_seconds
 
 if TYPE_CHECKING:
@@ -38,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SCENARIOS", "Counts", "RunContext", "ScenarioError", "percentile", "run_scenario"]
 
-SCENARIOS = ("s1", "s2", "s3", "s4")
+SCENARIOS = ("s1", "s2", "s3", "s4", "s4sync")
 # How often the runner reads the completion counters while a worker drains.
 POLL_INTERVAL = 0.01
 # A drain that makes no progress for this long has failed.
@@ -82,11 +92,13 @@ class RunContext:
     prefetch_multiplier: int = 4
     task_events: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def process_env(self) -> dict[str, str]:
         return {
             **self.base_env,
+            **self.extra_env,
             "BENCH_BROKER": self.urls.broker,
             "BENCH_BACKEND": self.urls.backend,
             "BENCH_QUEUE": self.queue,
@@ -137,6 +149,9 @@ def run_scenario(scenario: str, ctx: RunContext, *, pool: str | None = None) -> 
     if scenario == "s4":
         assert pool is not None
         return _s4(ctx, pool)
+    if scenario == "s4sync":
+        assert pool is not None
+        return _s4_sync(ctx, pool)
     raise ValueError(f"unknown scenario {scenario!r}")
 
 
@@ -146,7 +161,11 @@ def _s1(ctx: RunContext) -> dict[str, float]:
     metrics = {"enqueue": n / answer["seconds"]}
     ctx.raw["enqueue_seconds"] = answer["seconds"]
     # The warm-up call queued one more no-op: N + 1 to drain.
-    drained = _drain(ctx, ctx.contestant.cpu_pool(), ctx.concurrency, n + 1, memory=True)
+    drained = _drain(ctx, ctx.contestant.cpu_pool(), ctx.concurrency, n + 1, memory=True, cpu=True)
+    cpu_ms = drained.pop("cpu_ms_per_task", None)
+    if cpu_ms is not None:
+        # A no-op's CPU is a tenth of a millisecond: shown in microseconds.
+        drained["cpu_us_per_task"] = cpu_ms * 1000
     metrics.update(drained)
     return metrics
 
@@ -160,16 +179,22 @@ def s1_bulk(ctx: RunContext) -> float:
 
 
 def _drain(
-    ctx: RunContext, pool: str, slots: int, expected: int, *, memory: bool
+    ctx: RunContext, pool: str, slots: int, expected: int, *, memory: bool, cpu: bool = False
 ) -> dict[str, float]:
-    """Start a worker on a full queue and wait until `expected` tasks have finished."""
+    """Start a worker on a full queue and wait until `expected` tasks have finished
+    (`cpu`: also the worker's CPU per task from its first task on)."""
     worker = ctx.start_worker(pool, slots, label=f"worker-{pool}")
     sampler = MemorySampler(worker.pid) if memory else None
     counters = Counters(ctx.stats_dir)
+    cpu_at: list[tuple[int, float]] = []
     try:
         if sampler is not None:
             sampler.start()
-        done, first, last, cpu = _wait_for_count(ctx, worker, counters, expected)
+        done, first, last = _wait_for_count(
+            ctx, worker, counters, expected, cpu_at=cpu_at if cpu else None
+        )
+        if cpu:
+            cpu_at.append((done, tree_cpu_seconds(worker.pid)))
     finally:
         if sampler is not None:
             sampler.stop()
@@ -180,13 +205,15 @@ def _drain(
     assert first is not None
     assert last is not None
     metrics = {"drain": done / (last - first)}
-    if cpu is not None:
-        metrics["cpu_us_per_task"] = cpu * 1e6
     ctx.raw["drain"] = {
         "finished": done,
         "seconds": last - first,
         "startup_seconds": first - worker.started_at,
     }
+    if len(cpu_at) == 2 and cpu_at[1][0] > cpu_at[0][0]:
+        (done_at_start, cpu_start), (done_at_end, cpu_end) = cpu_at
+        metrics["cpu_ms_per_task"] = (cpu_end - cpu_start) * 1000 / (done_at_end - done_at_start)
+        ctx.raw["cpu"] = {"samples": cpu_at}
     if sampler is not None:
         metrics["peak_rss_mib"] = sampler.peak_rss / 2**20
         metrics["peak_pss_mib"] = sampler.peak_pss / 2**20
@@ -200,23 +227,24 @@ def _drain(
 
 
 def _wait_for_count(
-    ctx: RunContext, worker: WorkerProcess, counters: Counters, expected: int
-) -> tuple[int, float | None, float | None, float | None]:
-    """(finished, first start, last end, worker CPU seconds per task after the first
-    finished ones: what the load of a shared machine changes least)."""
+    ctx: RunContext,
+    worker: WorkerProcess,
+    counters: Counters,
+    expected: int,
+    *,
+    cpu_at: list[tuple[int, float]] | None = None,
+) -> tuple[int, float | None, float | None]:
+    """Wait for `expected` finished tasks; into `cpu_at`, the tasks finished and the
+    worker's CPU seconds when the first one finished (start-up excluded)."""
     deadline = time.monotonic() + ctx.timeout
     progress_at = time.monotonic()
     seen = -1
-    cpu_from: tuple[int, float] | None = None
     while True:
         done, first, last = counters.read()
-        if cpu_from is None and done > 0:
-            cpu_from = (done, tree_cpu_seconds(worker.pid))
+        if cpu_at is not None and not cpu_at and done > 0:
+            cpu_at.append((done, tree_cpu_seconds(worker.pid)))
         if done >= expected:
-            cpu = None
-            if cpu_from is not None and done > cpu_from[0]:
-                cpu = (tree_cpu_seconds(worker.pid) - cpu_from[1]) / (done - cpu_from[0])
-            return done, first, last, cpu
+            return done, first, last
         now = time.monotonic()
         if done != seen:
             seen, progress_at = done, now
@@ -290,4 +318,39 @@ def _s4(ctx: RunContext, pool: str) -> dict[str, float]:
     drained = _drain(ctx, pool, counts.s4_slots, counts.s4_tasks, memory=False)
     rate = drained["drain"]
     ideal = counts.s4_slots / counts.s4_sleep
-    return {"rate": rate, "ideal_fraction": rate / ideal}
+    metrics = {"rate": rate, "ideal_fraction": rate / ideal}
+    if "cpu_ms_per_task" in drained:
+        metrics["cpu_ms_per_task"] = drained["cpu_ms_per_task"]
+    return metrics
+
+
+def _s4_sync(ctx: RunContext, pool: str) -> dict[str, float]:
+    counts = ctx.counts
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.agents.slow_server", "--delay", str(counts.s4_sleep)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ctx.workdir,
+        env=ctx.base_env,
+    )
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        if not port.isdigit():
+            raise ScenarioError(f"the slow server did not start (said {port!r})")
+        ctx.extra_env[SERVER_VARIABLE] = f"127.0.0.1:{port}"
+        ctx.agent("sync-sleepers", "--n", str(counts.s4_tasks), "--seconds", str(counts.s4_sleep))
+        drained = _drain(ctx, pool, counts.s4_slots, counts.s4_tasks, memory=False, cpu=True)
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    rate = drained["drain"]
+    ideal = counts.s4_slots / counts.s4_sleep
+    metrics = {"rate": rate, "ideal_fraction": rate / ideal}
+    if "cpu_ms_per_task" in drained:
+        metrics["cpu_ms_per_task"] = drained["cpu_ms_per_task"]
+    return metrics

@@ -78,6 +78,7 @@ def _cli() -> list[str]:
     from celery.bin.celery import celery as celery_cli
 
     from celeriac.cli import load_commands
+    from celeriac.cli.compat import UNSUPPORTED
 
     celeriac_cli = load_commands()
 
@@ -102,6 +103,11 @@ def _cli() -> list[str]:
             seen.add(str(param.name))
             same = [o for o in param.opts if o in mine]
             status = "yes" if same else "no (exits 64: no such option)"
+            if same and (mine[same[0]].help or "").startswith("Accepted"):
+                status = str(mine[same[0]].help)
+            refused = UNSUPPORTED.get(None if ours is celeriac_cli else ours.name, {})
+            if not same and param.opts[0] in refused:
+                status = f"no (exits 64: {refused[param.opts[0]]})"
             lines.append(f"| {_label(param)} | {status} |")
         theirs_opts = set(_options(theirs))
         only: list[Any] = []

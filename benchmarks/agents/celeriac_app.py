@@ -13,12 +13,16 @@ import time
 from typing import Any
 
 from benchmarks.agents.recorder import task_finished, task_started
+from benchmarks.agents.slow_server import read_slow_reply
 from benchmarks.agents.timing import round_trips, timed_chord
 from celeriac import Celeriac, chord, group
 
 BROKER = os.environ.get("BENCH_BROKER", "")
 BACKEND = os.environ.get("BENCH_BACKEND") or None
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+
+# S4 sync: every other task sleeps, the others read from the slow server.
+SYNC_KINDS = ("sleep", "socket")
 
 _transport: dict[str, Any] = {}
 if BROKER.startswith("amqp"):
@@ -66,6 +70,16 @@ async def sleeper(seconds: float) -> None:
     task_finished()
 
 
+@app.task(ignore_result=True)
+def sync_sleeper(seconds: float, kind: str) -> None:
+    task_started()
+    if kind == "socket":
+        read_slow_reply()
+    else:
+        time.sleep(seconds)
+    task_finished()
+
+
 def enqueue(n: int, *, bulk: bool) -> dict[str, Any]:
     noop.delay()  # connect and declare outside the timed part
     if bulk:
@@ -85,6 +99,14 @@ def sleepers(n: int, seconds: float) -> dict[str, Any]:
     with app.producer_batch():
         for _ in range(n):
             sleeper.delay(seconds)
+    app.close()
+    return {"count": n}
+
+
+def sync_sleepers(n: int, seconds: float) -> dict[str, Any]:
+    with app.producer_batch():
+        for i in range(n):
+            sync_sleeper.delay(seconds, SYNC_KINDS[i % 2])
     app.close()
     return {"count": n}
 

@@ -14,11 +14,15 @@ from typing import Any
 from celery import Celery, chord, group
 
 from benchmarks.agents.recorder import task_finished, task_started
+from benchmarks.agents.slow_server import read_slow_reply
 from benchmarks.agents.timing import round_trips, timed_chord
 
 BROKER = os.environ.get("BENCH_BROKER", "")
 BACKEND = os.environ.get("BENCH_BACKEND") or None
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+
+# S4 sync: every other task sleeps, the others read from the slow server.
+SYNC_KINDS = ("sleep", "socket")
 
 app = Celery("bench", broker=BROKER, backend=BACKEND)
 app.conf.update(task_default_queue=QUEUE, broker_connection_retry_on_startup=True)
@@ -52,6 +56,16 @@ def sleeper(seconds: float) -> None:
     task_finished()
 
 
+@app.task(ignore_result=True)
+def sync_sleeper(seconds: float, kind: str) -> None:
+    task_started()
+    if kind == "socket":
+        read_slow_reply()
+    else:
+        time.sleep(seconds)
+    task_finished()
+
+
 def enqueue(n: int, *, bulk: bool) -> dict[str, Any]:
     noop.delay()  # connect and declare outside the timed part
     if bulk:
@@ -69,6 +83,12 @@ def enqueue(n: int, *, bulk: bool) -> dict[str, Any]:
 
 def sleepers(n: int, seconds: float) -> dict[str, Any]:
     group(sleeper.s(seconds) for _ in range(n)).apply_async()
+    app.close()
+    return {"count": n}
+
+
+def sync_sleepers(n: int, seconds: float) -> dict[str, Any]:
+    group(sync_sleeper.s(seconds, SYNC_KINDS[i % 2]) for i in range(n)).apply_async()
     app.close()
     return {"count": n}
 

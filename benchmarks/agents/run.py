@@ -10,6 +10,8 @@ Commands (every app module implements the ones its library can do):
 - `enqueue --n N [--bulk]`: publish one no-op (warm-up), then time N more, one `delay()`
   each, or as one bulk call (`--bulk`); reports `seconds`.
 - `sleepers --n N --seconds S`: publish N tasks that sleep S seconds (S4); untimed.
+- `sync-sleepers --n N --seconds S`: publish N sync tasks (S4 sync), every other one
+  sleeping S seconds, the others reading from the slow server; untimed.
 - `latency --n N --warmup W`: W untimed, then N timed `delay(i).get()` round trips;
   reports every round trip in `samples` (seconds).
 - `chord --n N --warmup W`: a warm-up chord of W, then a timed chord of N `add(i, i)`
@@ -30,7 +32,9 @@ LIBRARIES = ("celeriac", "celery", "dramatiq", "huey")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.agents.run")
     parser.add_argument("library", choices=LIBRARIES)
-    parser.add_argument("command", choices=("enqueue", "sleepers", "latency", "chord"))
+    parser.add_argument(
+        "command", choices=("enqueue", "sleepers", "sync-sleepers", "latency", "chord")
+    )
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--bulk", action="store_true")
     parser.add_argument("--warmup", type=int, default=0)
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         result = module.enqueue(args.n, bulk=args.bulk)
     elif args.command == "sleepers":
         result = module.sleepers(args.n, args.seconds)
+    elif args.command == "sync-sleepers":
+        result = module.sync_sleepers(args.n, args.seconds)
     elif args.command == "latency":
         result = module.latency(args.n, warmup=args.warmup, timeout=args.timeout)
     else:

@@ -13,12 +13,17 @@ add.delay(2, 2).get(timeout=10)  # 4, once `celeriac -A tasks worker` runs
 ```
 """
 
+# First of all: `celeriac worker -P gevent` patches before anything imports socket.
+from celeriac._patching import patch_for_command_line as _patch_for_command_line
+
+_patch_for_command_line()
+
 from celeriac._proxy import TaskProxy as _TaskProxy
 from celeriac._version import __version__ as __version__
 from celeriac.app.base import Celeriac as Celeriac
 from celeriac.app.base import current_app as current_app
-from celeriac.app.base import shared_task as shared_task
 from celeriac.app.context import current_task as _current_task_function
+from celeriac.app.shared import shared_task as shared_task
 from celeriac.app.task import AsyncTask as AsyncTask
 from celeriac.app.task import Task as Task
 from celeriac.canvas import Signature as Signature

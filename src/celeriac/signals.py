@@ -50,6 +50,7 @@ __all__ = [
     "task_unknown",
     "worker_init",
     "worker_process_init",
+    "worker_process_lost",
     "worker_process_shutdown",
     "worker_ready",
     "worker_shutdown",
@@ -269,6 +270,12 @@ worker_ready = Signal("worker_ready")
 worker_shutdown = Signal("worker_shutdown")
 worker_process_init = Signal("worker_process_init")
 worker_process_shutdown = Signal("worker_process_shutdown")
+# celeriac: sent in the prefork supervisor when a child died without being asked to
+# (crashed or killed, stopped at a hard time limit, or stopped by a revoke with
+# terminate): `pid`, `exitcode` (None when a signal ended it), `signum` (None when it
+# exited), the `task_id` and `task_name` it was running (None when idle), and `reason`:
+# "crashed", "time_limit" or "terminated". Celery has no such signal.
+worker_process_lost = Signal("worker_process_lost")
 
 # Logging set-up in a worker: with a `setup_logging` receiver connected, the worker
 # configures no logging at all (the receiver does); otherwise it configures the root and

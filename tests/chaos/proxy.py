@@ -11,6 +11,9 @@ time and applying to both directions:
 - `black_hole()`: each connection open now stops forwarding for good, without closing
   (what a dead peer or a pulled cable looks like); what arrives is read and dropped, so
   the proxy sees when a client gives the connection up. New connections pass.
+- `lose_replies(n)`: the next `n` chunks the server sends (on any connection) are
+  dropped, and the connection each came on is reset: the server ran the command, the
+  client never hears so (a reply lost to a broken link), and retries on a new one.
 - `clear()`: back to plain forwarding (a black-holed connection stays dead).
 
 Each connection's accept and client-close times are recorded (`accepted`, `closed`,
@@ -64,6 +67,8 @@ class FaultProxy:
         self._links: list[_Link] = []
         self._latency = 0.0
         self._trickle: tuple[int, float] | None = None
+        self._replies_to_lose = 0
+        self.lost_replies = 0
         self._stopping = False
         self.accepted: dict[int, float] = {}
         self.closed: dict[int, float] = {}
@@ -95,9 +100,23 @@ class FaultProxy:
             link.dead = True
         return [link.port for link in links]
 
+    def lose_replies(self, n: int = 1) -> None:
+        """Drop the next `n` server replies, resetting their connections."""
+        with self._lock:
+            self._replies_to_lose = n
+
+    def _lose_reply(self) -> bool:
+        with self._lock:
+            if self._replies_to_lose <= 0:
+                return False
+            self._replies_to_lose -= 1
+            self.lost_replies += 1
+            return True
+
     def clear(self) -> None:
         self._latency = 0.0
         self._trickle = None
+        self._replies_to_lose = 0
         with self._lock:
             for link in self._links:
                 link.budget = None
@@ -173,6 +192,9 @@ class FaultProxy:
                 break
             if link.dead:
                 continue  # dropped: nothing goes through a black hole
+            if not up and self._lose_reply():
+                self._close(link, reset=True)
+                break
             if not self._forward(link, target, data):
                 break
         if not link.dead or self._stopping:

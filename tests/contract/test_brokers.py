@@ -299,6 +299,31 @@ def test_size_counts_waiting_and_delayed_messages_and_purge_clears_them(
     assert broker.size(queue) == 0
 
 
+def test_depth_tells_ready_delayed_and_held_apart(broker_factory: BrokerFactory) -> None:
+    broker = broker_factory()
+    if broker.supports_presence:
+        # A consumer present as a worker's is: its leases are listed, and on Redis an
+        # ETA message waits broker-side (with no celeriac consumer it goes to the list).
+        broker.heartbeat({"worker": "w@h"}, held=0, running=[], register=True)
+    queue = unique("q")
+    broker.declare(queue)
+    first = make_message(0)
+    broker.publish(first, queue=queue)
+    broker.publish(make_message(1), queue=queue)
+    broker.publish(make_message(9), queue=queue, eta=utcnow() + timedelta(hours=1))
+    assert wait_for(lambda: broker.size(queue) == 3, timeout=5)
+    depth = broker.depth(queue)
+    if depth.delayed is None:  # the broker cannot tell delayed from ready
+        assert depth.ready == 3
+        return
+    assert (depth.ready, depth.delayed, depth.held) == (2, 1, 0)
+    assert depth.oldest_id == first.headers["id"]
+    [delivery] = receive_all(broker, queue, 1)
+    depth = broker.depth(queue)
+    assert (depth.ready, depth.delayed, depth.held) == (1, 1, 1)
+    broker.ack(delivery)
+
+
 def test_publish_many_delivers_every_message(broker_factory: BrokerFactory) -> None:
     broker = broker_factory()
     queue = unique("q")
@@ -340,6 +365,38 @@ def test_purge_dead_letters_empties_the_store(broker_factory: BrokerFactory) -> 
     wait_for(lambda: len(broker.list_dead_letters()) == 2, timeout=5)
     assert broker.purge_dead_letters() == 2
     assert broker.list_dead_letters() == []
+
+
+def test_dead_letter_count_counts_the_store(broker_factory: BrokerFactory) -> None:
+    broker = broker_factory()
+    queue = unique("q")
+    broker.declare(queue)
+    assert broker.dead_letter_count() == 0
+    for n in range(3):
+        broker.publish(make_message(n), queue=queue)
+    for delivery in receive_all(broker, queue, 3):
+        broker.dead_letter(delivery, reason="bad")
+    wait_for(lambda: broker.dead_letter_count() == 3, timeout=5)
+
+
+def test_an_eta_message_is_overdue_only_once_its_time_has_passed(
+    broker_factory: BrokerFactory,
+) -> None:
+    broker = broker_factory()
+    if broker.supports_presence:
+        # On Redis an ETA message waits broker-side only while a celeriac consumer is present.
+        broker.heartbeat({"worker": "w@h"}, held=0, running=[], register=True)
+    queue = unique("q")
+    broker.declare(queue)
+    broker.publish(make_message(1), queue=queue, eta=utcnow() + timedelta(hours=1))
+    try:
+        assert broker.overdue_age(queue) is None
+    except NotImplementedError:
+        capability_skip(broker, "readable due times")
+    broker.publish(make_message(2), queue=queue, eta=utcnow() + timedelta(seconds=0.2))
+    age = wait_for(lambda: broker.overdue_age(queue), timeout=5)
+    assert age is not None
+    assert 0 < age < 5
 
 
 def test_rate_slots_are_spaced_by_the_interval(broker_factory: BrokerFactory) -> None:

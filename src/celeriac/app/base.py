@@ -21,22 +21,22 @@ import sys
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from celeriac._imports import import_object
 from celeriac._proxy import AppProxy
 from celeriac._time import UTC, utcnow
 from celeriac.app.annotations import annotate
-from celeriac.app.config import Settings, old_style_settings
+from celeriac.app.config import Settings, settings_of
+from celeriac.app.discovery import Packages, discovery_packages, django_fixup, import_related
 from celeriac.app.embedded import app_directory, default_url, warn_if_unshared
 from celeriac.app.queues import parse_queues
 from celeriac.app.registry import TaskRegistry
 from celeriac.app.routing import Router
 from celeriac.app.send import Sender
-from celeriac.app.task import AsyncTask, Task, TaskOptions, check_custom_attributes
+from celeriac.app.task_factory import create_task, task_class
 from celeriac.exceptions import ImproperlyConfigured
 
 if sys.version_info >= (3, 11):
@@ -46,6 +46,7 @@ else:  # pragma: no cover
 
 if TYPE_CHECKING:
     import contextlib
+    from collections.abc import Callable, Coroutine, Mapping, Sequence
     from datetime import tzinfo
 
     from celeriac import result as _result
@@ -53,12 +54,13 @@ if TYPE_CHECKING:
     from celeriac.app.control import Control
     from celeriac.app.events import Events
     from celeriac.app.send import SendConf
+    from celeriac.app.task import AsyncTask, Task
+    from celeriac.app.task_options import BoundTaskDecorator, TaskDecorator, TaskOptions
     from celeriac.backends.base import ResultBackend
     from celeriac.brokers.base import Broker
     from celeriac.canvas import Signature
-    from celeriac.contrib.django.fixup import DjangoFixup
 
-__all__ = ["Celeriac", "current_app", "get_current_app", "shared_task"]
+__all__ = ["Celeriac", "current_app", "get_current_app"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,22 +83,6 @@ def get_current_app() -> Celeriac:
 #: Celery's `current_app` proxy: `current_app.conf`, `current_app.tasks`, and
 #: `current_app()` for the app itself.
 current_app = AppProxy(get_current_app)
-
-
-class TaskDecorator(Protocol):
-    @overload
-    def __call__(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
-
-    @overload
-    def __call__(self, fun: Callable[P, R], /) -> Task[P, R]: ...
-
-
-class BoundTaskDecorator(Protocol):
-    @overload
-    def __call__(self, fun: Callable[..., Coroutine[Any, Any, R]], /) -> AsyncTask[..., R]: ...
-
-    @overload
-    def __call__(self, fun: Callable[..., R], /) -> Task[..., R]: ...
 
 
 def _default_nodename() -> str:
@@ -151,11 +137,11 @@ class Celeriac:
         self._backend: ResultBackend | None = None
         self._router: Router | None = None
         self._control: Control | None = None
-        self._autodiscover: list[tuple[_Packages, str]] = []
+        self._autodiscover: list[tuple[Packages, str]] = []
         self._local = threading.local()
         self.sender = Sender(self)
         self._finalized = False
-        self._django = _django_fixup(self)
+        self._django = django_fixup(self)
         # None: the system clock. Tests put a FakeClock here (`celeriac_clock`): sending
         # (ETAs), the memory broker (what is due) and workers (early and expired
         # messages) then all read it.
@@ -196,24 +182,7 @@ class Celeriac:
                 if silent:
                     return
                 raise
-        items: Mapping[str, Any]
-        if isinstance(obj, Mapping):
-            items = obj
-        else:
-            items = {k: getattr(obj, k) for k in dir(obj) if not k.startswith("_")}
-        values: dict[str, Any] = {}
-        if namespace:
-            prefix = namespace.rstrip("_") + "_"
-            for key, value in items.items():
-                if key.startswith(prefix):
-                    values[key[len(prefix) :].lower()] = value
-        else:
-            for key, value in items.items():
-                if key == key.lower() and not callable(value) and not _is_module(value):
-                    values[key] = value
-            # Celery compat: Celery 3's upper-case names are read too (with a warning);
-            # other upper-case names (module constants, Django settings) are not settings.
-            values.update(old_style_settings(items))
+        values = settings_of(obj, namespace=namespace)
         self.conf.update(values)
         self._router = None
 
@@ -239,7 +208,7 @@ class Celeriac:
 
     def autodiscover_tasks(
         self,
-        packages: _Packages = None,
+        packages: Packages = None,
         related_name: str = "tasks",
         force: bool = False,
     ) -> None:
@@ -250,33 +219,9 @@ class Celeriac:
         None means every installed Django app (with `DJANGO_SETTINGS_MODULE` set).
         """
         if force or self._finalized:
-            self._import_related(self._discovery_packages(packages), related_name)
+            import_related(discovery_packages(packages, self._django), related_name)
         else:
             self._autodiscover.append((packages, related_name))
-
-    def _discovery_packages(self, packages: _Packages) -> Sequence[str]:
-        if callable(packages):
-            return list(packages())
-        if packages is not None:
-            return list(packages)
-        if self._django is None:
-            raise ImproperlyConfigured(
-                "autodiscover_tasks() without packages searches the installed Django apps, "
-                "but DJANGO_SETTINGS_MODULE is not set: pass the packages, e.g. "
-                "app.autodiscover_tasks(['proj.orders', 'proj.billing'])"
-            )
-        return self._django.installed_apps()
-
-    def _import_related(self, packages: Sequence[str], related_name: str) -> None:
-        for name in packages:
-            package = _app_package(name)
-            module_name = f"{package}.{related_name}" if related_name else package
-            try:
-                importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                # Only a missing `<pkg>.tasks` is fine; a broken import inside it is not.
-                if exc.name != module_name:
-                    raise
 
     def finalize(self) -> None:
         """Import `include`/`imports` modules and autodiscovered task modules (once)."""
@@ -292,7 +237,7 @@ class Celeriac:
                 importlib.import_module(module)
             pending, self._autodiscover = self._autodiscover, []
             for packages, related_name in pending:
-                self._import_related(self._discovery_packages(packages), related_name)
+                import_related(discovery_packages(packages, self._django), related_name)
             if self.conf.task_annotations is not None:
                 for name in list(self.tasks):
                     annotate(self.tasks[name], self.conf.task_annotations)
@@ -360,28 +305,7 @@ class Celeriac:
     def _create_task(
         self, fun: Callable[..., Any], *, shared: bool = False, **options: Any
     ) -> Task[Any, Any]:
-        name = options.pop("name", None) or self.gen_task_name(fun)
-        base: type[Task[Any, Any]] = options.pop("base", None) or self._task_class(
-            is_async=_is_coroutine_function(fun)
-        )
-        bind = bool(options.pop("bind", False))
-        check_custom_attributes(name, options)
-        if options.get("rate_limit") is not None:
-            from celeriac.app.ratelimit import parse_rate
-
-            parse_rate(options["rate_limit"])
-        soft, hard = options.get("soft_time_limit"), options.get("time_limit")
-        if soft is not None and hard is not None and soft > hard:
-            raise ImproperlyConfigured(
-                f"{name}: soft_time_limit ({soft}) must not exceed time_limit ({hard})"
-            )
-        if "typing" not in options and not self.strict_typing:
-            options["typing"] = False
-        task = base(fun, app=None if shared else self, name=name, bind=bind, **options)
-        if self.conf.task_annotations is not None:
-            annotate(task, self.conf.task_annotations)
-        self.tasks.register(task)
-        return task
+        return create_task(self, fun, shared=shared, **options)
 
     def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]]) -> Task[Any, Any]:
         """Register a class-based task (an instance, or a class to instantiate).
@@ -399,19 +323,9 @@ class Celeriac:
         return task
 
     def _task_class(self, *, is_async: bool) -> type[Task[Any, Any]]:
-        """The class of a new task: `task_cls` when set (Flask's `FlaskTask` pattern),
-        else `Task` (`AsyncTask` for an `async def` function)."""
-        chosen: type[Task[Any, Any]] | str | None = self.conf.task_cls
-        if chosen is None:
-            return AsyncTask if is_async else Task
-        if isinstance(chosen, str):
-            self.conf.task_cls = import_object(chosen)  # validated now that it is imported
-            chosen = self.conf.task_cls
-        assert isinstance(chosen, type)
-        assert issubclass(chosen, Task)
-        if is_async and not issubclass(chosen, AsyncTask):
-            return _async_variant(chosen)
-        return chosen
+        """The class of a new task: `task_cls` when set, else `Task` (`AsyncTask` for an
+        `async def` function)."""
+        return task_class(self, is_async=is_async)
 
     def gen_task_name(self, fun: Callable[..., Any]) -> str:
         module = getattr(fun, "__module__", None) or "__main__"
@@ -703,101 +617,9 @@ class Celeriac:
     @property
     def Task(self) -> type[Task[Any, Any]]:
         """A `Task` base class bound to this app, for class-based tasks."""
-        cls = self.__dict__.get("_task_class")
+        cls = self.__dict__.get("_bound_task_class")
         if cls is None:
             base = self._task_class(is_async=False)  # `task_cls` when set, as Celery's
             cls = type("Task", (base,), {"_bound_app": self, "__module__": base.__module__})
-            self.__dict__["_task_class"] = cls
+            self.__dict__["_bound_task_class"] = cls
         return cls
-
-
-# What `autodiscover_tasks` takes: packages, a callable giving them, or None (Django's apps).
-_Packages = Sequence[str] | Callable[[], Sequence[str]] | None
-
-
-def _django_fixup(app: Celeriac) -> DjangoFixup | None:
-    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
-        return None
-    from celeriac.contrib.django.fixup import fixup
-
-    return fixup(app)
-
-
-_ASYNC_VARIANTS: dict[type[Task[Any, Any]], type[Task[Any, Any]]] = {}
-
-
-def _async_variant(cls: type[Task[Any, Any]]) -> type[Task[Any, Any]]:
-    """`task_cls` for an `async def` function: the class with `AsyncTask`'s behaviour (its
-    hooks and attributes kept; a custom `__call__` wraps the creation of the coroutine)."""
-    variant = _ASYNC_VARIANTS.get(cls)
-    if variant is None:
-        variant = type(cls.__name__, (cls, AsyncTask), {"__module__": cls.__module__})
-        _ASYNC_VARIANTS[cls] = variant
-    return variant
-
-
-def _app_package(name: str) -> str:
-    """The package of an `INSTALLED_APPS` entry: itself, or the `name` of the AppConfig
-    class it points to ("billing.apps.BillingConfig" → "billing")."""
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        parent, _, attr = name.rpartition(".")
-        if not parent or exc.name != name:
-            raise
-        config = getattr(importlib.import_module(parent), attr, None)
-        package = getattr(config, "name", None)
-        if not isinstance(package, str):
-            raise
-        return package
-    return name
-
-
-def _is_module(value: Any) -> bool:
-    return type(value).__name__ == "module"
-
-
-def _is_coroutine_function(fun: Callable[..., Any]) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(fun)
-
-
-@overload
-def shared_task(fun: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
-
-
-@overload
-def shared_task(fun: Callable[P, R], /) -> Task[P, R]: ...
-
-
-@overload
-def shared_task(*, bind: Literal[True], **options: Unpack[TaskOptions]) -> BoundTaskDecorator: ...
-
-
-@overload
-def shared_task(
-    *, bind: Literal[False] = False, **options: Unpack[TaskOptions]
-) -> TaskDecorator: ...
-
-
-def shared_task(*args: Any, **options: Any) -> Any:
-    """Define a task usable by every app (Celery's `shared_task`)."""
-
-    def create(fun: Callable[..., Any]) -> Task[Any, Any]:
-        _shared_tasks.append((fun, options))
-        # Every app gets the task; the caller gets the current app's (as Celery's proxy
-        # resolves to), not whichever app the set happened to yield last.
-        current = _current_app.get() or _default_app
-        created: Task[Any, Any] | None = None
-        for app in list(_all_apps):
-            task = app._create_task(fun, shared=True, **dict(options))
-            if created is None or app is current:
-                created = task
-        if created is None:
-            created = current_app()._create_task(fun, shared=True, **dict(options))
-        return created
-
-    if len(args) == 1 and callable(args[0]) and not options:
-        return create(args[0])
-    return create

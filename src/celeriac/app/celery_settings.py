@@ -371,7 +371,6 @@ UNSUPPORTED: dict[str, str] = {
         "times; set that instead"
     ),
     "worker_agent": _WORKER_FIXED,
-    "worker_autoscaler": "there is no autoscaler; set worker_concurrency",
     "worker_cancel_long_running_tasks_on_connection_loss": (
         "a running task always finishes and its message is redelivered if the connection "
         "was lost; remove the setting"
@@ -442,6 +441,11 @@ FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
         (100,),
         "celeriac bounds reconnection by time, not tries: set the broker's transport "
         "options (Redis connection_retry_backoff_max, RabbitMQ publish_retry_timeout)",
+    ),
+    "worker_autoscaler": (
+        ("celery.worker.autoscale:Autoscaler",),
+        "celeriac's autoscaler is Celery's default one (`worker --autoscale=max,min`); "
+        "a class of your own is not supported",
     ),
 }
 

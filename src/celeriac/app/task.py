@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import random
 import sys
 import types
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypeVar
 
 from celeriac import states
 from celeriac.app.context import Context, current_task, pop_context, push_context, request_of
+from celeriac.app.retry_policy import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    DEFAULT_RETRY_DELAY,
+    backoff_countdown,
+)
 from celeriac.app.send import resolve_eta
 from celeriac.exceptions import (
     Ignore,
@@ -39,92 +44,15 @@ if TYPE_CHECKING:
     from celeriac.canvas import Signature
     from celeriac.result import AsyncResult, EagerResult
 
-__all__ = ["AsyncTask", "Task", "TaskOptions", "backoff_countdown", "task_entry"]
+__all__ = ["AsyncTask", "Task", "task_entry"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# Celery's defaults for retries.
-DEFAULT_MAX_RETRIES = 3
-DEFAULT_RETRY_DELAY = 180.0
-DEFAULT_RETRY_BACKOFF_MAX = 600.0
-
-
-class TaskOptions(TypedDict, total=False):
-    """Options accepted by `@app.task(...)` (Celery's names)."""
-
-    name: str
-    base: type[Task[Any, Any]]
-    typing: bool
-    ignore_result: bool
-    store_errors_even_if_ignored: bool
-    rate_limit: str | float | None
-    max_retries: int | None
-    default_retry_delay: float
-    autoretry_for: tuple[type[BaseException], ...]
-    dont_autoretry_for: tuple[type[BaseException], ...]
-    retry_kwargs: dict[str, Any]
-    retry_backoff: bool | float
-    retry_backoff_max: float
-    retry_jitter: bool
-    acks_late: bool
-    acks_on_failure_or_timeout: bool
-    reject_on_worker_lost: bool | None
-    time_limit: float | None
-    soft_time_limit: float | None
-    expires: float | datetime | None
-    priority: int | None
-    queue: str | None
-    routing_key: str | None
-    exchange: str | None
-    serializer: str | None
-    compression: str | None
-    track_started: bool
-    throws: tuple[type[BaseException], ...]
-    trail: bool
-    send_events: bool
-    pydantic: bool
-    pydantic_strict: bool
-    pydantic_context: dict[str, Any] | None
-    pydantic_dump_kwargs: dict[str, Any] | None
-
-
-def check_custom_attributes(name: str, options: Mapping[str, Any]) -> None:
-    """Options of `@task(...)` that are not Celery's become task attributes (as in
-    Celery), unless they look like a misspelt option.
-
-    Raises:
-        ImproperlyConfigured: an option close to a known one (e.g. `max_retires`).
-    """
-    import difflib
-
-    known = sorted(TaskOptions.__annotations__)
-    for key in options:
-        if key in TaskOptions.__annotations__:
-            continue
-        if key.startswith("_"):
-            raise ImproperlyConfigured(
-                f"@task option {key!r} for {name}: names must not start with _"
-            )
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
-        if close:
-            raise ImproperlyConfigured(
-                f"@task got unknown option {key!r} for {name}: did you mean {close[0]!r}? "
-                "(a custom attribute needs a name that is not close to a task option)"
-            )
 
 
 def _class_task_name(cls: type[Any]) -> str:
     # Celery compat: a class-based task without a name is `<module>.<ClassName>`.
     return f"{cls.__module__}.{cls.__name__}"
-
-
-def backoff_countdown(factor: float, retries: int, maximum: float, *, full_jitter: bool) -> float:
-    """Celery's exponential backoff: `factor * 2**retries`, capped, with full jitter."""
-    countdown = min(maximum, factor * float(2**retries))
-    if full_jitter:
-        countdown = random.uniform(0, countdown)
-    return max(0.0, countdown)
 
 
 class Task(Generic[P, R]):

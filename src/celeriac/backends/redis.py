@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac import states
+from celeriac._urls import redact_url
 from celeriac.backends.base import (
     GROUP_KEY_PREFIX,
     REVOCATION_TTL,
@@ -35,6 +36,7 @@ from celeriac.backends.base import (
     ResultMeta,
     Revocation,
 )
+from celeriac.connections.breaker import DEFAULT_COOL_DOWN, DEFAULT_THRESHOLD, CircuitBreaker
 from celeriac.connections.redis import (
     RETRYABLE_ERRORS,
     RedisClient,
@@ -43,7 +45,7 @@ from celeriac.connections.redis import (
 )
 from celeriac.connections.redis_clock import ServerClock, read_server_time
 from celeriac.connections.redis_packing import pack_commands
-from celeriac.exceptions import BackendError, ResultLost, ResultTimeout
+from celeriac.exceptions import BackendError, ImproperlyConfigured, ResultLost, ResultTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -91,12 +93,25 @@ def _global_prefix(options: dict[str, Any]) -> str:
     return prefix
 
 
+def _number(options: dict[str, Any], name: str, default: float) -> float:
+    value = options.get(name, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(
+            f"result_backend_transport_options {name}={value!r} is not a number"
+        ) from exc
+
+
 class RedisBackend(ResultBackend):
     """Results in Redis, readable by stock Celery and the other way round.
 
     Transport options (`result_backend_transport_options`): global_keyprefix,
     result_chord_ordered (default True), connection_retries, connection_retry_backoff,
-    connection_retry_backoff_max and the connection settings of `celeriac.connections.redis`.
+    connection_retry_backoff_max, circuit_breaker_threshold (failed attempts in a row,
+    over at least 2 s, after which calls fail at once, default 3; 0 turns it off),
+    circuit_breaker_cool_down (seconds before one call probes again, default 5) and the
+    connection settings of `celeriac.connections.redis`.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "redis+socket", "sentinel")
@@ -116,8 +131,20 @@ class RedisBackend(ResultBackend):
         self._revoked_key = prefix + REVOKED_KEY
         self._revoked_terminate_key = prefix + REVOKED_TERMINATE_KEY
         self._ordered = bool(options.get("result_chord_ordered", True))
+        # One per process (a forked child makes its own backend): a backend that stops
+        # answering costs each process a few timeouts, then calls fail at once.
+        self.breaker = CircuitBreaker(
+            f"result backend {redact_url(url)}",
+            threshold=int(_number(options, "circuit_breaker_threshold", DEFAULT_THRESHOLD)),
+            cool_down=_number(options, "circuit_breaker_cool_down", DEFAULT_COOL_DOWN),
+        )
         self._redis = RedisClient(
-            url, options, scripts=_compose, error=BackendError, unreachable=BackendError
+            url,
+            options,
+            scripts=_compose,
+            error=BackendError,
+            unreachable=BackendError,
+            breaker=self.breaker,
         )
         if kwargs.get("clock") is None:
             # Revocation times are shared: stamp them with the server's clock.

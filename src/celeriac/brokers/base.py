@@ -61,6 +61,7 @@ __all__ = [
     "Deferral",
     "Delivery",
     "Outgoing",
+    "QueueDepth",
     "clamp_priority",
 ]
 
@@ -188,6 +189,27 @@ class ConsumerRecord:
     held: int
     running: tuple[str, ...]
     age: float
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """What waits in one queue, by kind (the dashboard's queue page reads these).
+
+    Attributes:
+        queue: The queue's name.
+        ready: Messages a worker can fetch now.
+        delayed: Messages waiting broker-side for their ETA; None when the broker cannot
+            tell them apart from ready ones.
+        held: Messages leased by a consumer (fetched, not yet acked); None when unknown.
+        oldest_id: The task id of the message next in line to be fetched, if any.
+    """
+
+    queue: str
+    ready: int
+    delayed: int | None = None
+    held: int | None = None
+    oldest_id: str | None = None
 
 
 @final
@@ -429,6 +451,11 @@ class Broker(ABC):
     def purge_dead_letters(self) -> int:
         """Delete every dead letter; return how many."""
 
+    def dead_letter_count(self) -> int:
+        """How many dead letters the store holds (brokers with an index count it at once;
+        this default lists them, up to 100,000)."""
+        return len(self.list_dead_letters(limit=100_000))
+
     # -- queues ---------------------------------------------------------------------
 
     @abstractmethod
@@ -438,6 +465,10 @@ class Broker(ABC):
     @abstractmethod
     def purge(self, queue: str) -> int:
         """Delete every waiting message in `queue`; return how many."""
+
+    def depth(self, queue: str) -> QueueDepth:
+        """What waits in `queue`, by kind as far as this broker can tell."""
+        return QueueDepth(queue=queue, ready=self.size(queue))
 
     # -- rate limits ----------------------------------------------------------------
 
@@ -500,6 +531,16 @@ class Broker(ABC):
     def startup_warnings(self) -> list[str]:
         """Problems worth a warning when a worker starts (e.g. an evicting Redis)."""
         return []
+
+    def overdue_age(self, queue: str) -> float | None:
+        """Seconds the most overdue ETA message of `queue` has waited past its due time
+        without being moved into the queue (its workers are stalled or gone); None when
+        none is overdue (for monitors).
+
+        Raises:
+            NotImplementedError: the broker keeps no due times it can read back.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot tell how overdue a message is")
 
     def stats(self) -> BrokerStats:
         return BrokerStats(

@@ -29,6 +29,7 @@ from celeriac.brokers.base import (
     DeadLetter,
     Delivery,
     Outgoing,
+    QueueDepth,
     clamp_priority,
 )
 from celeriac.brokers.sqlite_rows import (
@@ -40,6 +41,7 @@ from celeriac.brokers.sqlite_rows import (
     COUNT_CRASH_OF,
     DEAD_BODY_SIZE,
     DEAD_LETTER,
+    DEPTH,
     EXPIRE_DEAD,
     EXTEND,
     FORGET,
@@ -58,6 +60,7 @@ from celeriac.brokers.sqlite_rows import (
     SIZE,
     TRIM_DEAD,
     dump_json,
+    json_object,
     lease_statement,
     parse_tag,
     row_delivery,
@@ -522,6 +525,20 @@ class SQLiteBroker(Broker):
             row = connection.execute(SIZE, {"queue": queue, "now": self.clock.time()}).fetchone()
         return int(row[0])
 
+    def depth(self, queue: str) -> QueueDepth:
+        with self._db.use() as connection:
+            row = connection.execute(DEPTH, {"queue": queue, "now": self.clock.time()}).fetchone()
+        ready, due, delayed, held, headers = row
+        oldest = json_object(headers) if headers is not None else None
+        task_id = oldest.get("id") if oldest else None
+        return QueueDepth(
+            queue=queue,
+            ready=int(ready) + int(due),
+            delayed=int(delayed),
+            held=int(held),
+            oldest_id=str(task_id) if task_id is not None else None,
+        )
+
     def purge(self, queue: str) -> int:
         # Two statements so each can use an index; leased messages stay (their holder
         # acks or rejects them).
@@ -539,6 +556,22 @@ class SQLiteBroker(Broker):
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
         return reserve_rate_slot(self._db, key, now=self.clock.time(), interval=interval)
+
+    # -- monitors --------------------------------------------------------------------
+
+    def dead_letter_count(self) -> int:
+        with self._db.use() as connection:
+            return int(connection.execute("SELECT count(*) FROM dead_letter").fetchone()[0])
+
+    def overdue_age(self, queue: str) -> float | None:
+        now = self.clock.time()
+        with self._db.use() as connection:
+            # The earliest due time of the queue's ETA messages due but not yet fetched.
+            row = connection.execute(
+                "SELECT min(due) FROM message WHERE queue = ? AND owner IS NULL AND due <= ?",
+                (queue, now),
+            ).fetchone()
+        return now - float(row[0]) if row[0] is not None and now > row[0] else None
 
 
 def _without_size(message: Message) -> Message:

@@ -220,6 +220,19 @@ SIZE: Final = (
     "AND (owner IS NULL OR due <= :now))"
 )
 
+# What waits in one queue, by kind: ready (never delayed, due, or a lapsed lease),
+# delayed (an ETA still ahead), held (a lease still running); and the next one out.
+DEPTH: Final = (
+    "SELECT (SELECT count(*) FROM message WHERE queue = :queue AND due IS NULL), "
+    "(SELECT count(*) FROM message WHERE due IS NOT NULL AND queue = :queue AND due <= :now), "
+    "(SELECT count(*) FROM message WHERE due IS NOT NULL AND queue = :queue "
+    "AND owner IS NULL AND due > :now), "
+    "(SELECT count(*) FROM message WHERE due IS NOT NULL AND queue = :queue "
+    "AND owner IS NOT NULL AND due > :now), "
+    "(SELECT headers FROM message WHERE queue = :queue AND due IS NULL "
+    "ORDER BY priority DESC, id LIMIT 1)"
+)
+
 
 def lease_statement(queue_count: int) -> str:
     """`UPDATE … RETURNING` leasing the first ready messages of `queue_count` queues.

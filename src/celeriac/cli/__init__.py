@@ -16,17 +16,30 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from celeriac._version import __version__
+from celeriac.cli.compat import CompatGroup
 from celeriac.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
 
-__all__ = ["EX_CONFIG", "EX_OK", "EX_SOFTWARE", "EX_UNAVAILABLE", "EX_USAGE", "load_app", "main"]
+__all__ = [
+    "EX_CANTCREAT",
+    "EX_CONFIG",
+    "EX_OK",
+    "EX_SOFTWARE",
+    "EX_UNAVAILABLE",
+    "EX_USAGE",
+    "change_directory",
+    "load_app",
+    "main",
+    "use_broker",
+]
 
 # Exit codes (BSD sysexits, as Celery uses).
 EX_OK = 0
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
 EX_SOFTWARE = 70
 EX_CONFIG = 78
 
@@ -116,7 +129,28 @@ class AppContext:
         return self._app
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def use_broker(url: str | None, result_backend: str | None = None) -> None:
+    """`-b`/`--result-backend`: override the app's URLs (Celery's way: through the
+    environment, so every process the command starts sees them too)."""
+    if url:
+        os.environ["CELERIAC_BROKER_URL"] = url
+    if result_backend:
+        os.environ["CELERIAC_RESULT_BACKEND"] = result_backend
+
+
+def change_directory(workdir: str | None) -> None:
+    """`--workdir`: run from this directory (before the app is imported)."""
+    if workdir:
+        try:
+            os.chdir(workdir)
+        except OSError as exc:
+            fail(f"cannot change to --workdir {workdir}: {exc.strerror}", EX_CONFIG)
+
+
+@click.group(
+    cls=CompatGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "-A",
     "--app",
@@ -125,10 +159,29 @@ class AppContext:
     envvar="CELERIAC_APP",
     help="The module defining the app (and its tasks).",
 )
+@click.option("-b", "--broker", default=None, help="Broker URL (overrides the app's).")
+@click.option("--result-backend", default=None, help="Result backend URL (overrides the app's).")
+@click.option("--workdir", default=None, help="Change to this directory before importing the app.")
+@click.option(
+    "-C",
+    "--no-color",
+    is_flag=True,
+    default=False,
+    help="Accepted, no effect: celeriac prints no colour.",
+)
 @click.version_option(__version__, prog_name="celeriac")
 @click.pass_context
-def cli(ctx: click.Context, app_spec: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    app_spec: str | None,
+    broker: str | None,
+    result_backend: str | None,
+    workdir: str | None,
+    no_color: bool,
+) -> None:
     """celeriac: a distributed task queue with Celery's API."""
+    change_directory(workdir)
+    use_broker(broker, result_backend)
     ctx.obj = AppContext(app_spec)
 
 
@@ -139,6 +192,7 @@ def load_commands() -> click.Group:
         beat,
         call,
         control,
+        dashboard,
         dlq,
         events,
         inspect,

@@ -84,8 +84,9 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
             return True
         if self.sock is None:
             raise OSError("the connection is closed")
-        if self.sock.gettimeout() is not None:
-            # Python would poll for the whole timeout before a flagged recv.
+        if self.sock.gettimeout() is not None or _is_green(self.sock):
+            # Python would poll for the whole timeout before a flagged recv; a gevent
+            # socket waits for bytes whatever the flag says.
             return bool(select.select([self.sock], [], [], 0)[0]) and self._take_in(0)
         return self._take_in(socket.MSG_DONTWAIT)
 
@@ -120,6 +121,11 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
             self.connected = False
             raise OSError("Server unexpectedly closed connection")
         frames += data
+
+
+def _is_green(sock: Any) -> bool:
+    """A gevent socket (`worker -P gevent` patched the standard library)."""
+    return type(sock).__module__.startswith("gevent")
 
 
 class Connection(amqp.Connection):  # type: ignore[misc]  # py-amqp is untyped

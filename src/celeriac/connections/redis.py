@@ -46,6 +46,8 @@ from celeriac.exceptions import CeleriacError, ImproperlyConfigured
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
+    from celeriac.connections.breaker import CircuitBreaker
+
 __all__ = [
     "RATE_PREFIX",
     "RETRYABLE_ERRORS",
@@ -302,6 +304,7 @@ def call_with_retry(
     error: type[CeleriacError],
     unreachable: type[CeleriacError] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    breaker: CircuitBreaker | None = None,
 ) -> T:
     """Run `operation`, reconnecting with backoff while Redis cannot be reached.
 
@@ -315,14 +318,20 @@ def call_with_retry(
         what: What was being done, for the error message ("publish to celery").
         error: The celeriac exception for a failed operation.
         unreachable: The celeriac exception once retries are exhausted.
+        breaker: This server's circuit breaker: while open, fail at once; a failed
+            attempt that opens it ends the retries.
     """
     delays = policy.delays()
     attempts = 0
     while True:
         attempts += 1
+        if breaker is not None and not breaker.allow():
+            raise (unreachable or error)(f"{what}: {breaker.describe()}")
         try:
-            return operation()
+            result = operation()
         except _FATAL_ERRORS as exc:
+            if breaker is not None:
+                breaker.succeeded()  # it answered
             raise (unreachable or error)(
                 f"{what}: Redis refused the credentials ({exc}); check the user and "
                 "password in the URL"
@@ -335,6 +344,9 @@ def call_with_retry(
                     "is for, and ssl_certfile/ssl_keyfile if the server wants a client "
                     "certificate"
                 ) from exc
+            if breaker is not None and breaker.failed(exc):
+                pool.disconnect(inuse_connections=False)
+                raise (unreachable or error)(f"{what}: {breaker.describe()}") from exc
             delay = next(delays, None)
             host = _describe(pool)
             if delay is None:
@@ -356,7 +368,13 @@ def call_with_retry(
             pool.disconnect(inuse_connections=False)
             sleep(delay)
         except redis_errors.RedisError as exc:
+            if breaker is not None:
+                breaker.succeeded()  # it answered
             raise error(f"{what}: Redis answered with an error: {exc}") from exc
+        else:
+            if breaker is not None:
+                breaker.succeeded()
+            return result
 
 
 # OpenSSL's words for a certificate check that failed, on either side: no retry fixes it.
@@ -510,6 +528,7 @@ class RedisClient:
             rate-slot script is registered as "rate" beside them.
         error: The celeriac exception for an operation Redis refused.
         unreachable: The celeriac exception once the retries are exhausted.
+        breaker: Fail at once while the server does not answer (see `breaker.py`).
     """
 
     def __init__(
@@ -520,8 +539,10 @@ class RedisClient:
         scripts: Callable[[], Mapping[str, str]],
         error: type[CeleriacError],
         unreachable: type[CeleriacError],
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.url = url
+        self.breaker = breaker
         self.policy = RetryPolicy.from_options(options)
         self._options = options
         self._sources = scripts
@@ -599,6 +620,7 @@ class RedisClient:
             what=what,
             error=error or self._error,
             unreachable=unreachable or self._unreachable,
+            breaker=self.breaker,
         )
 
     def reserve_rate_slot(

@@ -72,6 +72,28 @@ class RawCommands:
             conn.disconnect()
             raise
 
+    def pipeline(self, *commands: Sequence[Any]) -> list[Any]:
+        """Send `commands` in one write, run one after the other (no MULTI); return their
+        replies. An error reply is raised once every reply has been read."""
+        conn = self._connection()
+        packed = pack_commands(conn, commands)
+        replies: list[Any] = []
+        refused: redis_errors.ResponseError | None = None
+        try:
+            conn.send_packed_command(packed)
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis_errors.ResponseError as exc:
+                    refused = refused or exc
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        if refused is not None:
+            raise refused
+        return replies
+
     def transaction(self, *commands: Sequence[Any]) -> Any:
         """Run `commands` in one MULTI/EXEC, written in one go; return EXEC's reply."""
         conn = self._connection()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.app.context import Context
 from celeriac.exceptions import (
+    BackendError,
     ContentDisallowed,
     InvalidTaskError,
     MessageTooLarge,
@@ -252,6 +253,9 @@ class Admission:
             return max(delivery.crashes, self.local_crashes.get(call.id, 0))
         try:
             return max(delivery.crashes, backend.crash_count(call.id))
+        except BackendError as exc:  # unreachable: no traceback, the breaker logs it
+            logger.warning("Task %s[%s]: cannot read its crash count (%s)", call.name, call.id, exc)
+            return delivery.crashes
         except Exception:  # isolation boundary: the cap is a safety net, not a must
             logger.warning(
                 "Task %s[%s]: cannot read its crash count", call.name, call.id, exc_info=True
@@ -262,6 +266,14 @@ class Admission:
         """The stored final result of `call`, if it already has one."""
         try:
             meta = self.app.backend.get(call.id)
+        except BackendError as exc:  # unreachable: no traceback, the breaker logs it
+            logger.warning(
+                "Task %s[%s]: cannot read its state to drop a duplicate (%s)",
+                call.name,
+                call.id,
+                exc,
+            )
+            return None
         except Exception:  # isolation boundary: the check is an optimisation only
             logger.warning(
                 "Task %s[%s]: cannot read its state to drop a duplicate",

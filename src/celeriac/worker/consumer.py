@@ -12,13 +12,14 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from celeriac._crashpoints import crash_point
 from celeriac.exceptions import BrokerConnectionError
 from celeriac.worker.execute import Executor
 from celeriac.worker.fallback import FallbackRequeues
 from celeriac.worker.holdings import AckBuffer, Holdings
+from celeriac.worker.revocations import RevocationFollower
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from celeriac.worker.execute import TimeLimits
     from celeriac.worker.holdings import Shutdown
 
-__all__ = ["Consumer", "consumer_id_for"]
+__all__ = ["Consumer", "Runner", "consumer_id_for"]
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -39,8 +40,18 @@ RECEIVE_TIMEOUT = 1.0
 SPOOL_GRACE = 10.0
 # How often a consuming process reads new revocations.
 REVOCATION_REFRESH = 1.0
+# How long a consumer waits for its first read of revocations before it fetches.
+FIRST_REVOCATIONS_WAIT = 3.0
 # Pause between fetches while the broker is unreachable (its own retries gave up).
 OUTAGE_PAUSE = 1.0
+
+
+class Runner(Protocol):
+    """Runs deliveries side by side: a thread pool, or a greenlet pool (`-P gevent`)."""
+
+    def submit(self, fn: Callable[[Delivery], None], delivery: Delivery, /) -> object: ...
+
+    def shutdown(self, wait: bool = True) -> None: ...
 
 
 def consumer_id_for(hostname: str, pid: int) -> str:
@@ -72,6 +83,8 @@ class Consumer:
         prefetch: Messages fetched ahead per slot (the prefetch multiplier).
         shutdown: Stop requests.
         concurrency: Tasks run at once (threads); 1 runs them inline in this thread.
+        runner: Makes what runs tasks side by side when `concurrency` is above 1
+            (default: a thread pool of that many threads).
         max_tasks: Leave after this many tasks (`--max-tasks-per-child`).
         max_memory_kib: Leave after a task once resident memory passes this.
         parent_pid: Exit when this process stops being our parent (prefork children).
@@ -100,6 +113,7 @@ class Consumer:
         receive_timeout: float = RECEIVE_TIMEOUT,
         pool: str = "solo",
         before_dispatch: Callable[[], object] | None = None,
+        runner: Callable[[int], Runner] | None = None,
     ) -> None:
         self.broker = broker
         self.receive_timeout = receive_timeout
@@ -129,8 +143,13 @@ class Consumer:
             local_crashes=local_crashes,
         )
         self.fallback = FallbackRequeues(broker)
-        self.holdings.every(REVOCATION_REFRESH, self.executor.revocations.refresh)
-        self._pool: ThreadPoolExecutor | None = None
+        # Revocations are read on a thread of their own: a result backend that hangs
+        # must not hold up lease renewal (the keeper) or the receive loop.
+        self.revocations = RevocationFollower(
+            self.executor.revocations, interval=REVOCATION_REFRESH
+        )
+        self._make_runner = runner or _thread_runner
+        self._pool: Runner | None = None
         self._broker_lost = False
         self._handled = 0
 
@@ -139,12 +158,13 @@ class Consumer:
         holdings = self.holdings
         holdings.start()
         if self.concurrency > 1:
-            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="celeriac-task")
+            self._pool = self._make_runner(self.concurrency)
         reason = "shutdown"
         try:
             self._declare_queues()
-            # Know what was revoked before taking the first message.
-            self.executor.revocations.refresh()
+            # Know what was revoked before taking the first message (waiting a few
+            # seconds at most for a result backend that does not answer).
+            self.revocations.start(wait=FIRST_REVOCATIONS_WAIT)
             while not self.shutdown.is_requested():
                 if self.executor.spool.is_full:
                     # Results are waiting for the backend: stop taking new work.
@@ -178,6 +198,7 @@ class Consumer:
             # that is returned with its message (not acked) and runs again.
             self.executor.spool.wait_empty(SPOOL_GRACE)
             self.acks.flush()
+            self.revocations.stop()
             holdings.stop()
         return reason
 
@@ -248,3 +269,7 @@ class Consumer:
             return []
         self._found()
         return batch
+
+
+def _thread_runner(concurrency: int) -> Runner:
+    return ThreadPoolExecutor(concurrency, thread_name_prefix="celeriac-task")

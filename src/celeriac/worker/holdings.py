@@ -10,8 +10,9 @@ keeper thread beside the consumer that:
   the messages of consumers that fell silent (`presence.py`), and on the same tick sends
   the worker's event heartbeat (`events.py`);
 - now and then makes lapsed leases of dead consumers visible again;
-- in a prefork child, notices the supervisor's death, returns everything this process
-  holds and exits (no orphan keeps working).
+- beside it, in a prefork child, a watcher thread notices the supervisor's death,
+  returns everything this process holds and exits (no orphan keeps working, even when
+  the broker hangs).
 
 `AckBuffer` batches the acks of finished tasks (and the deferrals of early messages) so
 they go out with the next fetch. The consumer and the executor both use them; `Shutdown`
@@ -50,6 +51,8 @@ SWEEP_INTERVAL = 10.0
 # How long an orphaned process waits for a fetch under way before returning what it
 # holds (a fetch blocks at most RECEIVE_TIMEOUT plus its round trip).
 ORPHAN_FETCH_WAIT = 5.0
+# How long an orphaned process tries to return what it holds before it exits anyway.
+ORPHAN_LEAVE_WAIT = 15.0
 
 
 class Shutdown:
@@ -250,7 +253,8 @@ class Holdings:
     # -- keeper thread ----------------------------------------------------------------
 
     def every(self, seconds: float, job: Callable[[], object]) -> None:
-        """Also run `job` on the keeper thread every `seconds` (e.g. revocations)."""
+        """Also run `job` on the keeper thread every `seconds` (a quick local job: the
+        control pipe; never a call to a server that may hang)."""
         self._periodic.append((job, seconds, [0.0]))
 
     def on_presence_tick(self, job: Callable[[], object]) -> None:
@@ -274,6 +278,11 @@ class Holdings:
             self._presence_thread.start()
         self._thread = threading.Thread(target=self._keep, name="celeriac-keeper", daemon=True)
         self._thread.start()
+        if self.parent_pid is not None:
+            # Apart from the keeper, whose broker calls may hang: an orphan always exits.
+            threading.Thread(
+                target=self._watch_parent, name="celeriac-orphan-watch", daemon=True
+            ).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -293,8 +302,6 @@ class Holdings:
         last_renew = last_sweep = time.monotonic()
         while not self._stop.wait(KEEPER_TICK):
             try:
-                if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                    self._orphaned()
                 if self.shutdown.warm.is_set() and not self._returned_prefetch:
                     self._returned_prefetch = True
                     self.broker.stop_consuming()
@@ -332,16 +339,27 @@ class Holdings:
         if held or not self.broker.supports_leases:
             self.broker.extend(held, seconds=self.broker.visibility_timeout)
 
+    def _watch_parent(self) -> None:
+        while not self._stop.wait(KEEPER_TICK):
+            if os.getppid() != self.parent_pid:
+                self._orphaned()
+
     def _orphaned(self) -> None:
         logger.error("Supervisor %s is gone; returning held messages and exiting", self.parent_pid)
+        leaving = threading.Thread(target=self._leave_quietly, name="celeriac-leave", daemon=True)
+        leaving.start()
+        # A broker that hangs must not keep an orphan alive: past this, what it holds
+        # comes back when its leases lapse.
+        leaving.join(ORPHAN_LEAVE_WAIT)
+        os._exit(70)
+
+    def _leave_quietly(self) -> None:
         try:
             self.leave()
         except Exception:
             logger.exception(
                 "Could not return the held messages; they come back when their leases lapse"
             )
-        finally:
-            os._exit(70)
 
 
 class AckBuffer:

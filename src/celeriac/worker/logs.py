@@ -16,6 +16,7 @@ it is ours to take.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,14 @@ from celeriac.utils.log import TaskFormatter, task_logger
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
 
-__all__ = ["LEVELS", "LOG_FORMAT", "TASK_LOG_FORMAT", "configure_logging", "parse_level"]
+__all__ = [
+    "LEVELS",
+    "LOG_FORMAT",
+    "TASK_LOG_FORMAT",
+    "configure_logging",
+    "parse_level",
+    "reopen_logfile",
+]
 
 # The worker's formats: Celery's, with the process id.
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s %(process)d] %(message)s"
@@ -98,3 +106,23 @@ def configure_logging(app: Celeriac, *, loglevel: str, logfile: str | None = Non
     signals.after_setup_task_logger.send(
         sender=None, logger=task_logger, **{**details, "format": TASK_LOG_FORMAT}
     )
+
+
+def reopen_logfile(old: str, new: str) -> None:
+    """Point the handlers writing to `old` at `new` (a prefork child's own `%i` file).
+
+    Raises:
+        OSError: `new` cannot be opened.
+    """
+    old_path, new_path = os.path.abspath(old), os.path.abspath(new)
+    for logger in (logging.getLogger(), task_logger):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename == old_path:
+                handler.acquire()
+                try:
+                    if handler.stream is not None:
+                        handler.stream.close()
+                    handler.baseFilename = new_path
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()

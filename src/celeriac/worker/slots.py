@@ -2,7 +2,8 @@
 
 The supervisor reads it to enforce hard time limits (kill a child past its deadline) and,
 when a child dies, to know which message was running (it counts toward that message's
-redelivery cap; prefetched ones do not). One fixed-size record per child; a sequence
+redelivery cap; prefetched ones do not), and, for the autoscaler, how many messages each
+child holds. One fixed-size record per child; a sequence
 number makes reads consistent without locks (a writer bumps it to odd before writing and
 to even after).
 
@@ -57,8 +58,10 @@ class SlotTable:
         self._map = mmap.mmap(-1, max(1, size) * _SIZE)
         # Tasks each slot has finished (written by its child only; summed for stats).
         self._done = mmap.mmap(-1, max(1, size) * 8)
+        # Messages each slot's child holds now, running or prefetched (the autoscaler's load).
+        self._held = mmap.mmap(-1, max(1, size) * 4)
         # What each child holds, as it last posted it (pages are touched only when used).
-        self._held = mmap.mmap(-1, max(1, size) * HELD_SIZE)
+        self._posted = mmap.mmap(-1, max(1, size) * HELD_SIZE)
 
     def _offset(self, index: int) -> int:
         if not 0 <= index < self.size:
@@ -132,6 +135,19 @@ class SlotTable:
             "<Q", self._done, offset, struct.unpack_from("<Q", self._done, offset)[0] + 1
         )
 
+    def set_held(self, index: int, count: int) -> None:
+        """Record how many messages slot `index` holds (its child, and the supervisor
+        when it replaces the child)."""
+        self._offset(index)
+        struct.pack_into("<I", self._held, index * 4, max(0, count))
+
+    def held(self, index: int) -> int:
+        """Messages slot `index` holds, running or prefetched (a single aligned word:
+        no torn reads)."""
+        self._offset(index)
+        value: int = struct.unpack_from("<I", self._held, index * 4)[0]
+        return value
+
     def done(self) -> int:
         """Tasks finished by every child so far."""
         return sum(struct.unpack_from(f"<{self.size}Q", self._done, 0)) if self.size else 0
@@ -143,12 +159,12 @@ class SlotTable:
         if len(payload) > HELD_SIZE - _HELD_HEADER_SIZE:
             return False
         offset = index * HELD_SIZE
-        seq = struct.unpack_from("<Q", self._held, offset)[0]
+        seq = struct.unpack_from("<Q", self._posted, offset)[0]
         odd = seq + 1 if seq % 2 == 0 else seq
-        struct.pack_into(_HELD_HEADER, self._held, offset, odd, len(payload))
+        struct.pack_into(_HELD_HEADER, self._posted, offset, odd, len(payload))
         start = offset + _HELD_HEADER_SIZE
-        self._held[start : start + len(payload)] = payload
-        struct.pack_into("<Q", self._held, offset, odd + 1)
+        self._posted[start : start + len(payload)] = payload
+        struct.pack_into("<Q", self._posted, offset, odd + 1)
         return True
 
     def read_held(self, index: int) -> bytes:
@@ -157,12 +173,12 @@ class SlotTable:
         self._offset(index)
         offset = index * HELD_SIZE
         for _ in range(100):
-            seq, length = struct.unpack_from(_HELD_HEADER, self._held, offset)
+            seq, length = struct.unpack_from(_HELD_HEADER, self._posted, offset)
             if seq % 2 == 1:
                 continue
             start = offset + _HELD_HEADER_SIZE
-            payload = self._held[start : start + min(length, HELD_SIZE - _HELD_HEADER_SIZE)]
-            if struct.unpack_from("<Q", self._held, offset)[0] == seq:
+            payload = self._posted[start : start + min(length, HELD_SIZE - _HELD_HEADER_SIZE)]
+            if struct.unpack_from("<Q", self._posted, offset)[0] == seq:
                 return payload
         return b""
 
@@ -170,3 +186,4 @@ class SlotTable:
         self._map.close()
         self._done.close()
         self._held.close()
+        self._posted.close()

@@ -156,6 +156,7 @@ def test_strict_typing_false_makes_tasks_skip_the_argument_check() -> None:
 OTHER_VALUES: dict[str, Any] = {
     "broker_connection_retry": False,
     "broker_connection_max_retries": None,
+    "worker_autoscaler": "myproj.scaling:Autoscaler",
 }
 
 

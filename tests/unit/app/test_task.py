@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from celeriac import Celeriac, states
-from celeriac.app.task import backoff_countdown
+from celeriac.app.retry_policy import backoff_countdown
 from celeriac.exceptions import MaxRetriesExceededError, Retry
 from celeriac.result import EagerResult
 from celeriac.testing import memory_app

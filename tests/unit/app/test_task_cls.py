@@ -90,3 +90,25 @@ def test_set_default_makes_the_app_current_apps_fallback() -> None:
     thread.start()
     thread.join()
     assert seen == [app]
+
+
+def test_function_tasks_still_work_after_a_class_based_one() -> None:
+    # `app.Task` once cached itself under the name of the method that picks a task's
+    # class, so every `@app.task` after a class-based task raised TypeError.
+    app = memory_app()
+
+    class Multiply(app.Task):  # type: ignore[name-defined,misc]
+        name = "tests.multiply"
+
+        def run(self, x: int, y: int) -> int:
+            return x * y
+
+    multiply = app.register_task(Multiply())
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add(2, 2) == 4
+    assert multiply(6, 7) == 42
+    assert app.Task is app.Task  # still made once

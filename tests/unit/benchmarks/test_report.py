@@ -62,6 +62,30 @@ def test_the_best_pool_of_a_contestant_is_shown_in_s4():
     assert share.cells["celery"].pool == "threads"
 
 
+def test_s4_sync_has_rows_of_its_own_with_the_best_pool_shown():
+    records = [
+        _run("celery", _sync(900.0, 0.5), scenario="s4sync", pool="gevent"),
+        _run("celery", _sync(700.0, 0.4), scenario="s4sync", pool="threads"),
+        _run("celeriac", _sync(3600.0, 0.2), scenario="s4sync", pool="gevent"),
+        _run("celeriac", {"rate": 4000.0, "ideal_fraction": 0.8}, scenario="s4", pool="asyncio"),
+    ]
+    rows = summarize(records, ["celeriac", "celery"], {})
+    sync = [row for row in rows if row.scenario == "s4sync"]
+    assert [row.metric.key for row in sync] == ["rate", "ideal_fraction", "cpu_ms_per_task"]
+    assert sync[0].cells["celery"].pool == "gevent"
+    assert sync[0].ratio("celeriac") == 4.0
+    # The CPU of the pool compared on rate, not the lowest CPU of any pool.
+    assert sync[2].cells["celery"].median == 0.5
+    assert sync[2].ratio("celeriac") == 0.4
+    table = render(rows, ["celeriac", "celery"], markdown=True)
+    assert "| S4 sync | redis | sync sleepers: sleep or socket (tasks/s) |" in table
+    assert "3,600 [gevent]" in table
+
+
+def _sync(rate: float, cpu_ms: float) -> dict[str, float]:
+    return {"rate": rate, "ideal_fraction": rate / 5000, "cpu_ms_per_task": cpu_ms}
+
+
 def test_unsupported_combinations_read_na_and_have_no_ratio():
     records = [_run("celery", {"seconds": 4.0}, scenario="s3")]
     unsupported = {"s3/redis/redis/huey": "n/a (no chord)"}

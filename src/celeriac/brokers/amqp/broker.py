@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac.brokers.amqp.consumer import Consumer
@@ -66,6 +67,8 @@ DEFAULT_DEAD_LETTER_QUEUE = "celeriac.dead_letter"
 DEFAULT_CONFIRM_TIMEOUT = 30.0
 DEFAULT_PUBLISH_RETRY_TIMEOUT = 10.0
 DEFAULT_POOL_LIMIT = 10
+# Waits before looking for a dead letter again that a scan missed (see _find_dead_letter).
+REPLAY_RESCANS = (0.05, 0.2, 0.5)
 DEFAULT_RETRY_INTERVAL_MAX = 5.0
 
 
@@ -468,12 +471,9 @@ class AMQPBroker(Broker):
             # The scan keeps what it passed unacked on the admin channel; resetting
             # that channel puts them back in order.
             try:
-                hits = self._fetch_dead_letters(
-                    link, limit=None, stop=lambda m: read_dead_letter(m).id == dead_letter_id
-                )
-                if not hits or read_dead_letter(hits[-1]).id != dead_letter_id:
+                found = self._find_dead_letter(link, dead_letter_id)
+                if found is None:
                     return False
-                found = hits[-1]
                 dead = read_dead_letter(found)
                 if dead.body_size is not None:
                     raise BrokerError(
@@ -492,6 +492,25 @@ class AMQPBroker(Broker):
                 link.reset_admin()
 
         return self._publisher.run(op, what="replay a dead letter")
+
+    def _find_dead_letter(self, link: Link, dead_letter_id: str) -> amqp.Message | None:
+        """The dead letter `dead_letter_id`, fetched unacked on the admin channel.
+
+        Messages an earlier scan left unacked go back to the queue when its channel
+        closes, but RabbitMQ puts them back asynchronously: a scan started at once can
+        miss them. A miss is therefore looked for again, after short waits.
+        """
+        for wait in (*REPLAY_RESCANS, None):
+            hits = self._fetch_dead_letters(
+                link, limit=None, stop=lambda m: read_dead_letter(m).id == dead_letter_id
+            )
+            if hits and read_dead_letter(hits[-1]).id == dead_letter_id:
+                return hits[-1]
+            if wait is None:
+                return None
+            link.reset_admin()
+            time.sleep(wait)
+        return None
 
     def _fetch_dead_letters(
         self, link: Link, *, limit: int | None, stop: Callable[[amqp.Message], bool]
@@ -514,6 +533,13 @@ class AMQPBroker(Broker):
             return int(link.channel.queue_purge(self.dead_letter_queue) or 0)
 
         return self._publisher.run(op, what="purge dead letters")
+
+    def dead_letter_count(self) -> int:
+        """The dead-letter queue's ready count (no fetch: listing would redeliver them)."""
+        return self._publisher.run(
+            lambda link: self._passive_count(link, self.dead_letter_queue) or 0,
+            what="count dead letters",
+        )
 
     # -- queues --------------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import orjson
 import redis.exceptions as redis_errors
 
 from celeriac._crashpoints import armed, crash_point
-from celeriac.brokers.base import Broker, Delivery, Outgoing, clamp_priority
+from celeriac.brokers.base import Broker, Delivery, Outgoing, QueueDepth, clamp_priority
 from celeriac.brokers.redis.dead_letters import DeadLetters
 from celeriac.brokers.redis.defer import Deferrals
 from celeriac.brokers.redis.envelope import (
@@ -25,7 +26,9 @@ from celeriac.brokers.redis.envelope import (
     read_delivery,
 )
 from celeriac.brokers.redis.keys import Keys, Plan
+from celeriac.brokers.redis.monitor import count_dead_letters, overdue_age
 from celeriac.brokers.redis.presence import Presence
+from celeriac.brokers.redis.publish_token import TOKEN_TTL, PublishTokens
 from celeriac.brokers.redis.recovery import Recovery
 from celeriac.connections.redis import (
     RETRYABLE_ERRORS,
@@ -109,6 +112,7 @@ class RedisBroker(Broker):
         super().__init__(url, **kwargs)
         options = self.transport_options
         self._keys = keys = Keys(options, self.consumer_id)
+        self._tokens = PublishTokens(keys.prefix)
         default_sweep = max(0.05, min(self.visibility_timeout / 4, 60.0))
         self._sweep_interval = float(options.get("unacked_restore_interval", default_sweep))
         self._wakeup_interval = float(options.get("wakeup_interval", 2.0))
@@ -270,11 +274,6 @@ class RedisBroker(Broker):
         self._redis.run(f"declare queue {queue}", bind)
         self._declared.add(queue)
 
-    def _stage(self, pipe: Any, items: Sequence[Outgoing]) -> None:
-        """Queue the commands that publish `items` on `pipe`."""
-        for command in self._publish_commands(items):
-            pipe.execute_command(*command)
-
     def _publish_commands(self, items: Sequence[Outgoing]) -> list[tuple[Any, ...]]:
         """The commands that publish `items`: an ETA message goes to its sorted set, the
         others to their lists, one LPUSH per list in publish order (the first pushed is
@@ -329,19 +328,29 @@ class RedisBroker(Broker):
         """Count messages published by a caller's own atomic step (`plain_pushes`)."""
         self._published += count
 
-    def _send_replicated(self, items: Sequence[Outgoing], what: str) -> None:
-        """Publish `items` in one MULTI and wait for `replicas_to_confirm` replicas,
-        both on the same connection (WAIT counts this client's own writes)."""
+    def _send(self, items: Sequence[Outgoing], what: str) -> None:
+        """Publish `items` in one MULTI (all or nothing) that also writes this thread's
+        publish token; a retry after a lost reply sends nothing when the token shows
+        the MULTI ran (see publish_token.py). With `replicas_to_confirm`, then WAIT on
+        the same connection (WAIT counts this client's own writes)."""
         raw = self._redis.raw()
-        commands = self._publish_commands(items)
+        token_key, token = self._tokens.next()
+        commands = [
+            *self._publish_commands(items),
+            ("SET", token_key, token, "EX", TOKEN_TTL),
+        ]
         replicas = self._replicas_to_confirm
+        attempts = 0
 
         def send(client: redis.Redis) -> int:
-            replies = raw.transaction(*commands)
-            for reply in replies or ():
-                if isinstance(reply, Exception):  # a command EXEC ran and Redis refused
-                    raise reply
-            return int(raw.execute("WAIT", replicas, self._replica_wait_ms))
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1 or raw.execute("GET", token_key) != token.encode():
+                replies = raw.transaction(*commands)
+                for reply in replies or ():
+                    if isinstance(reply, Exception):  # a command EXEC ran and Redis refused
+                        raise reply
+            return int(raw.execute("WAIT", replicas, self._replica_wait_ms)) if replicas else 0
 
         confirmed = self._redis.run(what, send, error=PublishError)
         if confirmed < replicas:
@@ -360,7 +369,7 @@ class RedisBroker(Broker):
         if not self._handoff_checked:
             self._hand_off_once()
         if eta is None or not self._broker_side_eta:
-            # The hot path: one LPUSH, as kombu does.
+            # The hot path: one LPUSH, as kombu does (and the publish token behind it).
             level = clamp_priority(priority if priority is not None else message.priority)
             key = self._keys.list_key(queue, level)
             envelope = encode_envelope(
@@ -368,9 +377,18 @@ class RedisBroker(Broker):
             )
             raw = self._redis.raw()
             replicas = self._replicas_to_confirm
+            token_key, token = self._tokens.next()
+            attempts = 0
 
             def push(client: redis.Redis) -> int:
-                raw.execute("LPUSH", key, envelope)
+                nonlocal attempts
+                attempts += 1
+                # The token is written right behind the push, in the same write: a
+                # retry whose first attempt ran finds it and pushes nothing.
+                if attempts == 1 or raw.execute("GET", token_key) != token.encode():
+                    raw.pipeline(
+                        ("LPUSH", key, envelope), ("SET", token_key, token, "EX", TOKEN_TTL)
+                    )
                 # On the same connection: WAIT counts this client's own writes.
                 return int(raw.execute("WAIT", replicas, self._replica_wait_ms)) if replicas else 0
 
@@ -388,17 +406,8 @@ class RedisBroker(Broker):
             exchange=exchange,
             routing_key=routing_key,
         )
-
-        def send(client: redis.Redis) -> None:
-            # MULTI: an ETA message lands in its sorted set and the index together.
-            with client.pipeline(transaction=True) as pipe:
-                self._stage(pipe, [item])
-                pipe.execute()
-
-        if self._replicas_to_confirm:
-            self._send_replicated([item], f"publish to {queue}")
-        else:
-            self._redis.run(f"publish to {queue}", send, error=PublishError)
+        # MULTI: an ETA message lands in its sorted set and the index together.
+        self._send([item], f"publish to {queue}")
         self._published += 1
 
     def _unreplicated(self, queue: str, confirmed: int) -> None:
@@ -426,17 +435,9 @@ class RedisBroker(Broker):
             return
         if not self._handoff_checked:
             self._hand_off_once()
-
-        def send(client: redis.Redis) -> None:
-            # One MULTI: all or nothing, so a retry after a lost reply is exact.
-            with client.pipeline(transaction=True) as pipe:
-                self._stage(pipe, items)
-                pipe.execute()
-
-        if self._replicas_to_confirm:
-            self._send_replicated(items, f"publish {len(items)} messages")
-        else:
-            self._redis.run(f"publish {len(items)} messages", send, error=PublishError)
+        # One MULTI: all or nothing, and token-guarded, so a retry after a lost reply
+        # publishes each message once.
+        self._send(items, f"publish {len(items)} messages")
         self._published += len(items)
 
     def _hand_off_once(self) -> None:
@@ -734,6 +735,12 @@ class RedisBroker(Broker):
     def consumers(self) -> list[ConsumerRecord]:
         return self._presence.consumers()
 
+    def dead_letter_count(self) -> int:
+        return count_dead_letters(self._redis, self._keys)
+
+    def overdue_age(self, queue: str) -> float | None:
+        return overdue_age(self._redis, self._keys, queue)
+
     def withdraw(self, *, hand_off: bool = False) -> None:
         self._presence.forget(self.consumer_id)
         if hand_off and self._eta_by_presence:
@@ -767,6 +774,45 @@ class RedisBroker(Broker):
 
         return sum(int(n) for n in self._redis.run(f"size of {queue}", count))
 
+    def depth(self, queue: str) -> QueueDepth:
+        keys = self._keys
+        step_keys = keys.step_keys(queue)
+
+        def read(client: redis.Redis) -> Any:
+            consumers: Any = client.zrange(keys.presence, 0, -1)
+            with client.pipeline(transaction=False) as pipe:
+                for key in step_keys:
+                    pipe.llen(key)
+                    # LPUSH in, RPOP out: the next one out is the last element.
+                    pipe.lindex(key, -1)
+                pipe.zcard(keys.delayed(queue))
+                for member in consumers:
+                    pipe.hvals(keys.held_of(member.decode()))
+                return pipe.execute()
+
+        replies = self._redis.run(f"depth of {queue}", read)
+        lists = replies[: 2 * len(step_keys)]
+        ready = sum(int(n) for n in lists[0::2])
+        oldest_id = None
+        for head in lists[1::2]:
+            if head is not None:
+                oldest_id = _task_id(head)
+                break
+        suffix = f"|{queue}".encode()
+        held = sum(
+            1
+            for values in replies[2 * len(step_keys) + 1 :]
+            for value in values
+            if value.endswith(suffix)
+        )
+        return QueueDepth(
+            queue=queue,
+            ready=ready,
+            delayed=int(replies[2 * len(step_keys)]),
+            held=held,
+            oldest_id=oldest_id,
+        )
+
     def purge(self, queue: str) -> int:
         delayed = self._keys.delayed(queue)
 
@@ -789,6 +835,16 @@ class RedisBroker(Broker):
         return self._redis.reserve_rate_slot(
             key, prefix=self._keys.prefix, interval=interval, now=self.clock.time
         )
+
+
+def _task_id(envelope: bytes) -> str | None:
+    """The task id in a kombu envelope's headers, None if it cannot be read."""
+    try:
+        headers = orjson.loads(envelope).get("headers") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    value = headers.get("id") if isinstance(headers, dict) else None
+    return str(value) if value is not None else None
 
 
 def _scripts() -> dict[str, str]:

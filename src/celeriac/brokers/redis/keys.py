@@ -16,6 +16,8 @@ celeriac's own keys:
   _celeriac.held.<consumer_id>       hash: tag -> "<lease score>|<queue>" (for recover)
   _celeriac.crashes                  hash: tag -> consumers that died running it
   _celeriac.fetch.<consumer_id>      string: last fetch token + tags (replay after a lost reply)
+  _celeriac.publish.<producer>       string: token of a producing thread's last publish
+                                     (a retry after a lost reply pushes nothing)
   _celeriac.dead                     hash: dead-letter id -> JSON record
   _celeriac.dead_index               zset: dead-letter id -> time it was dead-lettered
   _celeriac.rate.<key>               string: last reserved rate-limit slot

@@ -13,6 +13,7 @@ from celeriac.worker.control.commands import COMMANDS, request_info, running_inf
 from celeriac.worker.control.remote import (
     Remote,
     event_mailbox,
+    heartbeat_freq,
     sends_heartbeats,
     start_remote,
     task_event_dispatcher,
@@ -29,6 +30,7 @@ __all__ = [
     "WorkerState",
     "apply_control",
     "event_mailbox",
+    "heartbeat_freq",
     "request_info",
     "running_info",
     "sends_heartbeats",

@@ -81,14 +81,15 @@ def stats(server: ControlServer, **kwargs: Any) -> dict[str, Any]:
     scheme, _, rest = url.partition("://")
     host = rest.rsplit("@", 1)[-1].split("/", 1)[0]
     hostname, _, port = host.partition(":")
-    return {
+    size = server.state.pool_size()
+    reply = {
         "total": server.state.processed(),
         "pid": os.getpid(),
         "clock": str(server.clock.value),
         "uptime": int(time.monotonic() - server.started),
         "pool": {
             "implementation": f"celeriac:{options.pool}",
-            "max-concurrency": options.concurrency,
+            "max-concurrency": size.wanted() if size is not None else options.concurrency,
             "processes": server.state.processes(),
             "max-tasks-per-child": options.max_tasks_per_child,
             "put-guarded-by-semaphore": False,
@@ -110,7 +111,8 @@ def stats(server: ControlServer, **kwargs: Any) -> dict[str, Any]:
             "failover_strategy": "round-robin",
             "alternates": [],
         },
-        "prefetch_count": options.concurrency * options.prefetch_multiplier,
+        "prefetch_count": (size.wanted() if size is not None else options.concurrency)
+        * options.prefetch_multiplier,
         "rusage": {
             "utime": usage.ru_utime,
             "stime": usage.ru_stime,
@@ -132,6 +134,10 @@ def stats(server: ControlServer, **kwargs: Any) -> dict[str, Any]:
         "sw_ident": "celeriac",
         "sw_ver": __version__,
     }
+    autoscaler = size.info() if size is not None else None
+    if autoscaler is not None:
+        reply["autoscaler"] = autoscaler
+    return reply
 
 
 @command("active", "dump_active")
@@ -410,13 +416,63 @@ def cancel_consumer(server: ControlServer, queue: str = "", **kwargs: Any) -> di
     return _ok(f"no longer consuming from {queue}")
 
 
-def _no_pool_resize(server: ControlServer, **kwargs: Any) -> dict[str, Any]:
-    # Loud, never silent: the pool size is fixed for the worker's life.
+def _fixed_size(server: ControlServer) -> dict[str, Any]:
+    # Loud, never silent: only prefork children come and go at run time.
     return {"error": f"the {server.options.pool} pool cannot change its size at run time"}
 
 
-for _name in ("pool_grow", "pool_shrink", "autoscale", "pool_restart"):
-    COMMANDS[_name] = _no_pool_resize
+def _count(value: Any, what: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} takes a whole number, got {value!r}") from None
+
+
+@command("pool_grow")
+def pool_grow(server: ControlServer, n: Any = 1, **kwargs: Any) -> dict[str, Any]:
+    size = server.state.pool_size()
+    if size is None:
+        return _fixed_size(server)
+    try:
+        size.grow(_count(n, "pool_grow"))
+    except ValueError as exc:
+        return {"error": str(exc)}
+    return _ok("pool will grow")
+
+
+@command("pool_shrink")
+def pool_shrink(server: ControlServer, n: Any = 1, **kwargs: Any) -> dict[str, Any]:
+    size = server.state.pool_size()
+    if size is None:
+        return _fixed_size(server)
+    try:
+        size.shrink(_count(n, "pool_shrink"))
+    except ValueError as exc:
+        return {"error": str(exc)}
+    return _ok("pool will shrink")
+
+
+@command("autoscale")
+def autoscale(
+    server: ControlServer, max: Any = None, min: Any = None, **kwargs: Any
+) -> dict[str, Any]:
+    size = server.state.pool_size()
+    if size is None:
+        return _fixed_size(server)
+    try:
+        high = None if max is None else _count(max, "autoscale max")
+        low = None if min is None else _count(min, "autoscale min")
+        high, low = size.update(high, low)
+    except ValueError as exc:
+        # Celery answers kombu's repr of its ValueError ("Autoscale not enabled").
+        return {"error": repr(exc)}
+    return _ok(f"autoscale now max={high} min={low}")
+
+
+@command("pool_restart")
+def pool_restart(server: ControlServer, **kwargs: Any) -> dict[str, Any]:
+    # Celery's reply when worker_pool_restarts is off, which celeriac does not offer.
+    return {"error": repr(ValueError("Pool restarts not enabled"))}
 
 
 def request_info(delivery: Delivery, hostname: str, worker_pid: int | None) -> dict[str, Any]:

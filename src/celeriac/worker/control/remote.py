@@ -19,6 +19,7 @@ logger = logging.getLogger("celeriac.worker")
 __all__ = [
     "Remote",
     "event_mailbox",
+    "heartbeat_freq",
     "sends_heartbeats",
     "start_remote",
     "task_event_dispatcher",
@@ -33,18 +34,30 @@ def event_mailbox(app: Celeriac) -> Mailbox | None:
 
 
 def task_event_dispatcher(
-    app: Celeriac, hostname: str, *, pid: int | None = None
+    app: Celeriac, hostname: str, *, pid: int | None = None, freq: float | None = None
 ) -> EventDispatcher | None:
     """The task event sender of a process that runs tasks (off until enabled); `pid` is
-    the pid its events name (a prefork child's heartbeats name the supervisor's)."""
-    from celeriac.worker.events import EventDispatcher
+    the pid its events name (a prefork child's heartbeats name the supervisor's), `freq`
+    its heartbeat interval if it sends them."""
+    from celeriac.worker.events import HEARTBEAT_FREQ, EventDispatcher
 
     mailbox = event_mailbox(app)
     if mailbox is None:
         return None
     return EventDispatcher(
-        hostname, mailbox, task_events=bool(app.conf.worker_send_task_events), pid=pid
+        hostname,
+        mailbox,
+        task_events=bool(app.conf.worker_send_task_events),
+        pid=pid,
+        freq=freq or HEARTBEAT_FREQ,
     )
+
+
+def heartbeat_freq(options: WorkerOptions) -> float:
+    """Seconds between the worker's heartbeats (`--heartbeat-interval`, else Celery's 2)."""
+    from celeriac.worker.events import HEARTBEAT_FREQ
+
+    return options.heartbeat_interval or HEARTBEAT_FREQ
 
 
 def sends_heartbeats(app: Celeriac, options: WorkerOptions) -> bool:
@@ -90,6 +103,7 @@ def start_remote(app: Celeriac, options: WorkerOptions, pool: Any) -> Remote | N
         task_events=in_process and bool(app.conf.worker_send_task_events),
         counts=counts,
         clock=clock.forward,
+        freq=heartbeat_freq(options),
     )
     server = ControlServer(app, options, pool, mailbox, events=events, clock=clock)
     server.start()

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from celeriac.protocol.message import Message
     from celeriac.worker.events import EventDispatcher
     from celeriac.worker.options import WorkerOptions
+    from celeriac.worker.pools.prefork.autoscale import PoolSize
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -81,6 +82,9 @@ class WorkerState(Protocol):
 
     def request_shutdown(self) -> None:
         """Begin a warm shutdown."""
+
+    def pool_size(self) -> PoolSize | None:
+        """The resizable pool's size (prefork), or None for a fixed size."""
 
     def forward_control(self, method: str, arguments: dict[str, Any]) -> None:
         """Pass a change made by `method` on to the processes running tasks."""

@@ -1,1 +1,1 @@
-"""Execution pools: prefork (default), threads, solo and asyncio."""
+"""Execution pools: prefork (default), threads, solo, asyncio and gevent."""

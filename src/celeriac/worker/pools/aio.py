@@ -22,6 +22,7 @@ from celeriac.app.context import pop_context, push_context
 from celeriac.app.task import task_entry
 from celeriac.exceptions import BrokerConnectionError, SoftTimeLimitExceeded, TimeLimitExceeded
 from celeriac.worker.consumer import (
+    FIRST_REVOCATIONS_WAIT,
     OUTAGE_PAUSE,
     RECEIVE_TIMEOUT,
     REVOCATION_REFRESH,
@@ -33,6 +34,7 @@ from celeriac.worker.holdings import AckBuffer, Holdings
 from celeriac.worker.limits import ThreadTimeLimits
 from celeriac.worker.pools.base import InProcessPool
 from celeriac.worker.pools.batched import BatchedCalls
+from celeriac.worker.revocations import RevocationFollower
 from celeriac.worker.settle import Outcome
 
 if TYPE_CHECKING:
@@ -90,7 +92,8 @@ class AsyncioPool(InProcessPool):
             limits=ThreadTimeLimits(),
         )
         self.executor = executor
-        holdings.every(REVOCATION_REFRESH, executor.revocations.refresh)
+        # On a thread of its own: a result backend that hangs must not stop lease renewal.
+        revocations = RevocationFollower(executor.revocations, interval=REVOCATION_REFRESH)
         slots = asyncio.Semaphore(options.concurrency)
         running: set[asyncio.Task[None]] = set()
 
@@ -129,7 +132,7 @@ class AsyncioPool(InProcessPool):
                 except BrokerConnectionError as exc:
                     logger.warning("Broker unreachable; waiting for it: %s", exc)
                     await asyncio.sleep(OUTAGE_PAUSE)
-            await blocking(executor.revocations.refresh)
+            await blocking(revocations.start, FIRST_REVOCATIONS_WAIT)
             holdings.start()
             while not self.shutdown.is_requested():
                 if executor.spool.is_full:
@@ -153,6 +156,7 @@ class AsyncioPool(InProcessPool):
                 await asyncio.gather(*running, return_exceptions=True)
             await blocking(acks.flush)
         finally:
+            revocations.stop()
             holdings.stop()
             await blocking(broker.close)
             io.shutdown(wait=True)

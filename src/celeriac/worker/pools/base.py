@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
     from celeriac.app.base import Celeriac
     from celeriac.brokers.base import Broker
+    from celeriac.worker.consumer import Runner
     from celeriac.worker.execute import Executor, TimeLimits
     from celeriac.worker.options import WorkerOptions
+    from celeriac.worker.pools.prefork.autoscale import PoolSize
 
 __all__ = ["InProcessPool", "Pool", "PoolStats"]
 
@@ -81,6 +83,10 @@ class Pool(ABC):
     def processes(self) -> list[int]:
         return list(self.stats().processes)
 
+    def pool_size(self) -> PoolSize | None:
+        """What `pool_grow`, `pool_shrink` and `autoscale` change; None: a fixed size."""
+        return None
+
     @abstractmethod
     def request_shutdown(self) -> None:
         """Begin a warm shutdown (the `shutdown` command)."""
@@ -104,9 +110,14 @@ class InProcessPool(Pool):
         self.executor: Executor | None = None
 
     def consume(
-        self, *, limits: TimeLimits, run_async: Callable[[Any], Any], concurrency: int = 1
+        self,
+        *,
+        limits: TimeLimits,
+        run_async: Callable[[Any], Any] | None,
+        concurrency: int = 1,
+        runner: Callable[[int], Runner] | None = None,
     ) -> int:
-        """Run one consumer in this process until shut down (solo and threads)."""
+        """Run one consumer in this process until shut down (solo, threads, gevent)."""
         options = self.options
         broker = self.app.create_broker(consumer_id=consumer_id_for(options.hostname, os.getpid()))
         self.broker = broker
@@ -122,6 +133,7 @@ class InProcessPool(Pool):
                 shutdown=self.shutdown,
                 concurrency=concurrency,
                 pool=self.name,
+                runner=runner,
             )
             for job in self.presence_jobs:
                 self.consumer.holdings.on_presence_tick(job)

@@ -10,6 +10,7 @@ import pytest
 from celeriac.brokers.mailbox import Mailbox, pack, unpack
 from celeriac.worker.control import ControlServer
 from celeriac.worker.options import WorkerOptions
+from celeriac.worker.pools.prefork.autoscale import PoolSize
 
 if TYPE_CHECKING:
     from celeriac import Celeriac
@@ -47,9 +48,13 @@ class MemoryMailbox(Mailbox):
 
 
 class FakePool:
-    def __init__(self) -> None:
+    def __init__(self, size: PoolSize | None = None) -> None:
         self.forwarded: list[tuple[str, dict[str, Any]]] = []
         self.shutdown_requested = False
+        self.size = size
+
+    def pool_size(self) -> PoolSize | None:
+        return self.size
 
     def active_requests(self) -> list[dict[str, Any]]:
         return [{"id": "t-1", "name": "tests.add"}]
@@ -174,6 +179,58 @@ def test_shutdown_answers_nothing_and_stops_the_pool(server: ControlServer) -> N
 def test_pool_resizing_is_refused_loudly(server: ControlServer) -> None:
     reply = call(server, "pool_grow", arguments={"n": 1})
     assert reply == {"w1@host": {"error": "the threads pool cannot change its size at run time"}}
+
+
+def _prefork_server(app: Celeriac, size: PoolSize) -> ControlServer:
+    options = WorkerOptions.resolve(app, pool="prefork", concurrency=2, hostname="w1@host")
+    return ControlServer(app, options, FakePool(size), MemoryMailbox())
+
+
+def test_pool_grow_and_shrink_change_a_prefork_pool_with_celerys_replies(app: Celeriac) -> None:
+    size = PoolSize(2)
+    server = _prefork_server(app, size)
+    assert call(server, "pool_grow", arguments={"n": 2}) == {"w1@host": {"ok": "pool will grow"}}
+    assert size.wanted() == 4
+    assert call(server, "pool_shrink", arguments={"n": 3}) == {
+        "w1@host": {"ok": "pool will shrink"}
+    }
+    assert size.wanted() == 1
+    assert call(server, "stats")["w1@host"]["pool"]["max-concurrency"] == 1
+
+
+def test_pool_shrink_keeps_one_child(app: Celeriac) -> None:
+    server = _prefork_server(app, PoolSize(1))
+    reply = call(server, "pool_shrink", arguments={"n": 1})["w1@host"]
+    assert "keeps at least one" in reply["error"]
+
+
+def test_pool_grow_is_refused_with_celerys_words_while_autoscaling(app: Celeriac) -> None:
+    server = _prefork_server(app, PoolSize(1, autoscale=(4, 1)))
+    assert call(server, "pool_grow", arguments={"n": 1}) == {
+        "w1@host": {
+            "error": "pool_grow is not supported with autoscale. Adjust autoscale range instead."
+        }
+    }
+    assert call(server, "pool_shrink")["w1@host"]["error"].startswith("pool_shrink is not")
+
+
+def test_autoscale_changes_max_and_min_and_stats_show_them(app: Celeriac) -> None:
+    size = PoolSize(1, autoscale=(4, 1))
+    server = _prefork_server(app, size)
+    assert call(server, "autoscale", arguments={"max": 6, "min": 2}) == {
+        "w1@host": {"ok": "autoscale now max=6 min=2"}
+    }
+    assert size.wanted() == 2
+    autoscaler = call(server, "stats")["w1@host"]["autoscaler"]
+    assert (autoscaler["max"], autoscaler["min"]) == (6, 2)
+
+
+def test_autoscale_without_autoscaling_answers_celerys_error(app: Celeriac) -> None:
+    server = _prefork_server(app, PoolSize(2))
+    assert call(server, "autoscale", arguments={"max": 6, "min": 2}) == {
+        "w1@host": {"error": "ValueError('Autoscale not enabled')"}
+    }
+    assert "autoscaler" not in call(server, "stats")["w1@host"]
 
 
 def test_add_and_cancel_consumer_change_the_queues(server: ControlServer) -> None:

@@ -1,8 +1,8 @@
 """The prefork pool: a supervisor process keeping one consuming child per slot.
 
 `supervisor.py` spawns, watches and replaces the children; `child.py` is what runs
-inside each of them (a complete consumer of its own); `held.py` is how children tell the
-supervisor what they hold.
+inside each of them (a complete consumer of its own); `autoscale.py` decides how many
+there are; `held.py` is how children tell the supervisor what they hold.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from celeriac.worker.pools.prefork.supervisor import Supervisor
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
     from celeriac.worker.options import WorkerOptions
+    from celeriac.worker.pools.prefork.autoscale import PoolSize
 
 __all__ = ["PreforkPool"]
 
@@ -32,7 +33,11 @@ class PreforkPool(Pool):
         return self.supervisor.run()
 
     def stats(self) -> PoolStats:
-        return PoolStats(self.name, self.options.concurrency, tuple(self.supervisor.processes()))
+        supervisor = self.supervisor
+        return PoolStats(self.name, supervisor.size.wanted(), tuple(supervisor.processes()))
+
+    def pool_size(self) -> PoolSize:
+        return self.supervisor.size
 
     def active_requests(self) -> list[dict[str, Any]]:
         return self.supervisor.requests()[0]

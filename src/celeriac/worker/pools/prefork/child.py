@@ -20,6 +20,7 @@ from celeriac.worker.consumer import Consumer, consumer_id_for
 from celeriac.worker.control import (
     CONTROL_PIPE_INTERVAL,
     ControlPipe,
+    heartbeat_freq,
     sends_heartbeats,
     task_event_dispatcher,
 )
@@ -42,6 +43,8 @@ logger = logging.getLogger("celeriac.worker")
 # Blocked in the supervisor around each fork, unblocked by the child once its handlers
 # are in place.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+# How often a child writes how many messages it holds into its slot.
+HELD_REPORT_INTERVAL = 0.2
 
 
 def child_main(
@@ -57,6 +60,15 @@ def child_main(
     """Run one prefork child until it is told to stop; return its exit code."""
     # Celery compat: children log as ForkPoolWorker-<n>.
     multiprocessing.current_process().name = f"ForkPoolWorker-{index + 1}"
+    if options.logfile:
+        # `-f worker%I.log`: each child logs to its own file (process index 1..N).
+        from celeriac.worker.logs import reopen_logfile
+        from celeriac.worker.options import expand_logfile
+
+        mine = expand_logfile(options.logfile, options.hostname, index + 1)
+        supervisor = expand_logfile(options.logfile, options.hostname, 0)
+        if mine != supervisor:
+            reopen_logfile(supervisor, mine)
     shutdown = Shutdown()
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -95,14 +107,19 @@ def child_main(
             parent_pid=parent_pid,
             pool="prefork",
         )
-        events = task_event_dispatcher(app, options.hostname, pid=parent_pid)
+        holdings = consumer.holdings
+        # What this child holds, for the supervisor's autoscaler (its measure of load).
+        holdings.every(HELD_REPORT_INTERVAL, lambda: slots.set_held(index, holdings.count()))
+        events = task_event_dispatcher(
+            app, options.hostname, pid=parent_pid, freq=heartbeat_freq(options)
+        )
         if events is not None and index == 0 and sends_heartbeats(app, options):
             # The worker's heartbeat rides on the first child's presence tick.
             events.counts = lambda: _counts(slots)
-            consumer.holdings.on_presence_tick(events.tick)
-        poster = HeldPoster(consumer.holdings, slots, index, options.hostname)
+            holdings.on_presence_tick(events.tick)
+        poster = HeldPoster(holdings, slots, index, options.hostname)
         poster.post()  # over what a replaced child in this slot left
-        consumer.holdings.every(POST_INTERVAL, poster.post)
+        holdings.every(POST_INTERVAL, poster.post)
         if control_fd is not None:
             reader = ControlPipe(control_fd, app, consumer, events)
             consumer.holdings.every(CONTROL_PIPE_INTERVAL, reader.read)

@@ -1,24 +1,15 @@
-"""Results as the caller sees them: `AsyncResult`, `GroupResult`, `EagerResult`.
-
-Reading never runs stored code: a stored failure is rebuilt by
-`protocol.errors.decode_exception`, which only uses exception classes already loaded in
-this process. `get()` blocks on the backend's notification (pub/sub on Redis, a data
-version check on SQLite, a condition in memory), never a busy loop.
-"""
+"""One task's result: `AsyncResult`, and `EagerResult` for runs in this process."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from celeriac import states
 from celeriac.exceptions import (
-    BackendError,
     ImproperlyConfigured,
     IncompleteStream,
     ResultTimeout,
@@ -26,80 +17,18 @@ from celeriac.exceptions import (
 from celeriac.protocol.errors import decode_exception
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator
     from datetime import datetime
 
     from celeriac.app.base import Celeriac
     from celeriac.backends.base import ResultBackend, ResultMeta
-
-__all__ = [
-    "AsyncResult",
-    "EagerResult",
-    "GroupResult",
-    "ResultSet",
-    "allow_join_result",
-    "denied_join_result",
-    "result_from_tuple",
-]
+    from celeriac.result.sets import GroupResult, ResultSet
+from celeriac.result.joins import assert_will_not_block
+from celeriac.result.reading import MetaField, exception_of, revoke_ids, value_of
 
 logger = logging.getLogger(__name__)
 
 R_co = TypeVar("R_co", covariant=True)
-T = TypeVar("T")
-
-
-# Set by `allow_join_result()`: waiting inside a task is allowed in this context.
-_join_allowed: ContextVar[bool] = ContextVar("celeriac_join_allowed", default=False)
-
-
-@contextlib.contextmanager
-def allow_join_result() -> Iterator[None]:
-    """Allow `result.get()` inside a task, for the block (Celery's `allow_join_result`).
-
-    Waiting in a task for another task can deadlock a worker whose slots are all busy
-    waiting: prefer a chain or a chord.
-    """
-    token = _join_allowed.set(True)
-    try:
-        yield
-    finally:
-        _join_allowed.reset(token)
-
-
-@contextlib.contextmanager
-def denied_join_result() -> Iterator[None]:
-    """Refuse `result.get()` inside a task again, for the block (Celery's name)."""
-    token = _join_allowed.set(False)
-    try:
-        yield
-    finally:
-        _join_allowed.reset(token)
-
-
-def _assert_will_not_block() -> None:
-    from celeriac.app.context import current_request
-
-    if _join_allowed.get():
-        return
-    request = current_request()
-    if request is not None and not request.is_eager and not request.called_directly:
-        raise RuntimeError(
-            "never call result.get() within a task: it can deadlock the worker; "
-            "use a chain or a chord, or wrap the call in `with allow_join_result():` "
-            "(or pass disable_sync_subtasks=False) if you must"
-        )
-
-
-class _MetaField(Generic[T]):
-    """A read-only attribute of an `AsyncResult`: the same field of its stored meta, None
-    while nothing is stored."""
-
-    def __set_name__(self, owner: type[Any], name: str) -> None:
-        self._name = name
-
-    def __get__(self, result: AsyncResult[Any], owner: type[Any] | None = None) -> T | None:
-        meta = result._meta()
-        return cast("T | None", getattr(meta, self._name)) if meta is not None else None
 
 
 class AsyncResult(Generic[R_co]):
@@ -186,21 +115,23 @@ class AsyncResult(Generic[R_co]):
         meta = self._meta()
         if meta is None:
             return None
-        return _value_of(meta)
+        return value_of(meta)
 
     info = result
 
     # Fields of the stored meta (None while nothing is stored).
-    traceback: _MetaField[str] = _MetaField()
-    date_done: _MetaField[datetime] = _MetaField()
-    args: _MetaField[list[Any]] = _MetaField()
-    kwargs: _MetaField[dict[str, Any]] = _MetaField()
-    worker: _MetaField[str] = _MetaField()
-    retries: _MetaField[int] = _MetaField()
-    queue: _MetaField[str] = _MetaField()
+    traceback: MetaField[str] = MetaField()
+    date_done: MetaField[datetime] = MetaField()
+    args: MetaField[list[Any]] = MetaField()
+    kwargs: MetaField[dict[str, Any]] = MetaField()
+    worker: MetaField[str] = MetaField()
+    retries: MetaField[int] = MetaField()
+    queue: MetaField[str] = MetaField()
 
     @property
     def children(self) -> list[AsyncResult[Any] | GroupResult]:
+        from celeriac.result.sets import result_from_tuple  # sets holds AsyncResults
+
         meta = self._meta()
         if meta is None:
             return []
@@ -248,7 +179,7 @@ class AsyncResult(Generic[R_co]):
         """
         del no_ack
         if disable_sync_subtasks:
-            _assert_will_not_block()
+            assert_will_not_block()
         if follow_parents and propagate:
             self._raise_failed_parent()
         meta = self._cache
@@ -261,8 +192,8 @@ class AsyncResult(Generic[R_co]):
         elif on_message is not None:
             on_message(meta.to_dict())
         if propagate and meta.status in states.PROPAGATE_STATES:
-            raise _exception_of(meta)
-        value = cast("R_co", _value_of(meta))
+            raise exception_of(meta)
+        value = cast("R_co", value_of(meta))
         if callback is not None:
             callback(self.id, value)
         return value
@@ -288,8 +219,8 @@ class AsyncResult(Generic[R_co]):
             metas = await self.backend.wait_many_async([self.id], timeout=timeout)
             meta = self._cache = metas[self.id]
         if propagate and meta.status in states.PROPAGATE_STATES:
-            raise _exception_of(meta)
-        return cast("R_co", _value_of(meta))
+            raise exception_of(meta)
+        return cast("R_co", value_of(meta))
 
     def _watch(
         self,
@@ -386,17 +317,19 @@ class AsyncResult(Generic[R_co]):
         return thread
 
     def _raise_failed_parent(self) -> None:
+        from celeriac.result.sets import ResultSet  # sets holds AsyncResults
+
         node = self.parent
         while node is not None:
             if isinstance(node, ResultSet):
                 # A group or chord header before us: its first failure is ours.
                 for member_meta in node._metas().values():
                     if member_meta.status in states.PROPAGATE_STATES:
-                        raise _exception_of(member_meta)
+                        raise exception_of(member_meta)
             else:
                 meta = node._meta()
                 if meta is not None and meta.status in states.PROPAGATE_STATES:
-                    raise _exception_of(meta)
+                    raise exception_of(meta)
             node = node.parent
 
     def forget(self) -> None:
@@ -419,287 +352,12 @@ class AsyncResult(Generic[R_co]):
         (SIGTERM by default), a celeriac prefork worker kills the child. `wait` collects
         the workers' replies for up to `timeout` seconds (1 s by default).
         """
-        _revoke(self.app, [self.id], connection, terminate, signal, wait, timeout)
+        revoke_ids(self.app, [self.id], connection, terminate, signal, wait, timeout)
 
     def as_tuple(self) -> list[Any]:
         """Celery's compact form `[[id, parent_tuple], None]`."""
         parent = self.parent.as_tuple() if self.parent is not None else None
         return [[self.id, parent], None]
-
-
-def _revoke(
-    app: Celeriac,
-    ids: list[str],
-    connection: Any,
-    terminate: bool,
-    signal: str | int | None,
-    wait: bool,
-    timeout: float | None,
-) -> None:
-    from celeriac.app.control import TERM_SIGNAME
-
-    app.control.revoke(
-        ids,
-        connection=connection,
-        terminate=terminate,
-        signal=TERM_SIGNAME if signal is None else signal,
-        reply=wait,
-        timeout=1.0 if timeout is None else timeout,
-    )
-
-
-def _value_of(meta: ResultMeta) -> Any:
-    if meta.status in states.EXCEPTION_STATES:
-        return decode_exception(meta.result)
-    return meta.result
-
-
-def _exception_of(meta: ResultMeta) -> Exception:
-    exc = decode_exception(meta.result)
-    if meta.traceback and not getattr(exc, "remote_traceback", None):
-        with contextlib.suppress(AttributeError):  # classes with __slots__
-            exc.remote_traceback = meta.traceback  # type: ignore[attr-defined]
-    return exc
-
-
-class ResultSet:
-    """A set of results waited on together."""
-
-    def __init__(
-        self, results: Sequence[AsyncResult[Any] | ResultSet], *, app: Celeriac | None = None
-    ) -> None:
-        self.results: list[Any] = list(results)
-        if app is None and self.results:
-            app = self.results[0].app
-        if app is None:
-            from celeriac.app.base import current_app
-
-            app = current_app()
-        self.app = app
-
-    def __iter__(self) -> Iterator[AsyncResult[Any]]:
-        return iter(self.results)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.results[index]
-
-    def _metas(self) -> dict[str, ResultMeta]:
-        ids = [r.id for r in self._leaves()]
-        return self.app.backend.get_many(ids)
-
-    def _leaves(self) -> list[AsyncResult[Any]]:
-        leaves: list[AsyncResult[Any]] = []
-        for result in self.results:
-            if isinstance(result, GroupResult):
-                leaves.extend(result._leaves())
-            else:
-                leaves.append(result)
-        return leaves
-
-    def completed_count(self) -> int:
-        """How many members finished successfully."""
-        return sum(1 for meta in self._metas().values() if meta.status == states.SUCCESS)
-
-    def ready(self) -> bool:
-        metas = self._metas()
-        return all(
-            r.id in metas and metas[r.id].status in states.READY_STATES for r in self._leaves()
-        )
-
-    def successful(self) -> bool:
-        metas = self._metas()
-        return all(r.id in metas and metas[r.id].status == states.SUCCESS for r in self._leaves())
-
-    def failed(self) -> bool:
-        return any(meta.status == states.FAILURE for meta in self._metas().values())
-
-    def waiting(self) -> bool:
-        return not self.ready()
-
-    def join(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.5,
-        disable_sync_subtasks: bool = True,
-    ) -> list[Any]:
-        """Wait for every member; return their values in call order.
-
-        Raises:
-            ResultTimeout: not all ready within `timeout`.
-            Exception: the first failed member's exception, when `propagate`.
-        """
-        del interval
-        if disable_sync_subtasks:
-            _assert_will_not_block()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if propagate:
-            self._wait_in_order(timeout=timeout)
-        else:
-            pending = [r for r in self._leaves() if r._cache is None]
-            if pending:
-                metas = self.app.backend.wait_many([r.id for r in pending], timeout=timeout)
-                for result in pending:
-                    result._cache = metas[result.id]
-        values: list[Any] = []
-        for result in self.results:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if isinstance(result, GroupResult):
-                values.append(
-                    result.join(timeout=remaining, propagate=propagate, disable_sync_subtasks=False)
-                )
-            else:
-                values.append(
-                    result.get(
-                        timeout=remaining,
-                        propagate=propagate,
-                        disable_sync_subtasks=False,
-                        follow_parents=False,
-                    )
-                )
-        return values
-
-    def _wait_in_order(self, *, timeout: float | None) -> None:
-        """Wait until every member is ready, or raise the failure of the first failed
-        member in call order as soon as every member before it is ready (Celery's
-        `join`: a failure is not hidden behind members that are still running).
-
-        One query reads every pending member after each wake-up, so members that
-        finish together cost one round trip, not one each.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        backend = self.app.backend
-        leaves = self._leaves()
-        while True:
-            pending: dict[str, list[AsyncResult[Any]]] = {}
-            for result in leaves:
-                if result._cache is None:
-                    pending.setdefault(result.id, []).append(result)
-            if pending:
-                for task_id, meta in backend.get_many(list(pending)).items():
-                    if meta.is_ready:
-                        for result in pending[task_id]:
-                            result._cache = meta
-            blocking: AsyncResult[Any] | None = None
-            for result in leaves:
-                known = result._cache
-                if known is None:
-                    blocking = result
-                    break
-                if known.status in states.PROPAGATE_STATES:
-                    # Raised by the member itself: an eager result holds the exception.
-                    result.get(propagate=True, disable_sync_subtasks=False, follow_parents=False)
-            if blocking is None:
-                return
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            blocking._cache = backend.wait(blocking.id, timeout=remaining)
-
-    get = join
-    join_native = join
-
-    async def ajoin(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
-        """`join()` for asyncio code: every member's value, in call order.
-
-        With `propagate`, members are awaited in call order and the first failure is
-        raised as soon as it is known (as `join` does); otherwise all are awaited at once.
-
-        Raises:
-            ResultTimeout: not all ready within `timeout`.
-            Exception: the first failed member's exception, when `propagate`.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pending = [r for r in self._leaves() if r._cache is None]
-        if pending and not propagate:
-            metas = await self.app.backend.wait_many_async([r.id for r in pending], timeout=timeout)
-            for result in pending:
-                result._cache = metas[result.id]
-        values: list[Any] = []
-        for result in self.results:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if isinstance(result, ResultSet):
-                values.append(await result.ajoin(timeout=remaining, propagate=propagate))
-            else:
-                values.append(
-                    await result.aget(timeout=remaining, propagate=propagate, follow_parents=False)
-                )
-        return values
-
-    aget = ajoin
-
-    def revoke(
-        self,
-        connection: Any = None,
-        terminate: bool = False,
-        signal: str | int | None = None,
-        wait: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        """Revoke every member (the arguments are `AsyncResult.revoke`'s)."""
-        _revoke(
-            self.app, [r.id for r in self._leaves()], connection, terminate, signal, wait, timeout
-        )
-
-    def forget(self) -> None:
-        for result in self._leaves():
-            result.forget()
-
-
-class GroupResult(ResultSet):
-    """The results of a group, in call order.
-
-    Args:
-        id: The group id.
-        results: Member results, in call order.
-    """
-
-    def __init__(
-        self,
-        id: str,
-        results: Sequence[AsyncResult[Any] | ResultSet],
-        *,
-        app: Celeriac | None = None,
-        parent: AsyncResult[Any] | GroupResult | None = None,
-    ) -> None:
-        super().__init__(results, app=app)
-        self.id = id
-        self.parent = parent
-
-    def __repr__(self) -> str:
-        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
-
-    @property
-    def children(self) -> list[AsyncResult[Any]]:
-        return self.results
-
-    def as_tuple(self) -> list[Any]:
-        parent = self.parent.as_tuple() if self.parent is not None else None
-        return [[self.id, parent], [r.as_tuple() for r in self.results]]
-
-    def save(self) -> GroupResult:
-        """Store the group so that `GroupResult.restore(id)` finds it."""
-        self.app.backend.save_group(self.id, self.as_tuple())
-        return self
-
-    def delete(self) -> None:
-        self.app.backend.delete_group(self.id)
-
-    @classmethod
-    def restore(cls, id: str, *, app: Celeriac | None = None) -> GroupResult | None:
-        """The saved group `id`, or None."""
-        if app is None:
-            from celeriac.app.base import current_app
-
-            app = current_app()
-        stored = app.backend.get_group(id)
-        if stored is None:
-            return None
-        restored = result_from_tuple(stored, app=app)
-        if not isinstance(restored, GroupResult):
-            raise ImproperlyConfigured(f"stored group {id} is not a group result")
-        return restored
 
 
 class EagerResult(AsyncResult[R_co]):
@@ -765,21 +423,3 @@ class EagerResult(AsyncResult[R_co]):
 
     def forget(self) -> None:
         pass
-
-
-def result_from_tuple(value: Any, *, app: Celeriac | None = None) -> Any:
-    """Rebuild an `AsyncResult`/`GroupResult` from Celery's `as_tuple()` form."""
-    if isinstance(value, AsyncResult | ResultSet):
-        return value
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise BackendError(f"not a result tuple: {value!r}")
-    (task_id, parent), nodes = value
-    parent_result = result_from_tuple(parent, app=app) if parent else None
-    if nodes is not None:
-        return GroupResult(
-            task_id,
-            [result_from_tuple(node, app=app) for node in nodes],
-            app=app,
-            parent=parent_result,
-        )
-    return AsyncResult(task_id, app=app, parent=parent_result)
