@@ -114,7 +114,7 @@ def test_stock_control_revokes_limits_and_stops_a_celeriac_worker(
         result = fleet.run("celery", "control", "revoke", later.id, "-d", node, "-j")
         assert result.returncode == 0, result.stdout + result.stderr
         assert later.id in result.stdout
-        wait_for(lambda: later.state == "REVOKED", timeout=10, what="REVOKED to be stored")
+        wait_for(lambda: later.state == "REVOKED", timeout=30, what="REVOKED to be stored")
         # A task sent after it, due after it, runs: so the revoked one had its chance.
         after = cproj.nap.apply_async((0, "after"), countdown=4)
         assert after.get(timeout=30) == "after"
