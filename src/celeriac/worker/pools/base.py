@@ -113,6 +113,7 @@ class InProcessPool(Pool):
         run_async: Callable[[Any], Any] | None,
         concurrency: int = 1,
         runner: Callable[[int], Runner] | None = None,
+        fetch_batch: int = 1,
     ) -> int:
         """Run one consumer in this process until shut down (solo, threads, gevent)."""
         options = self.options
@@ -131,6 +132,7 @@ class InProcessPool(Pool):
                 concurrency=concurrency,
                 pool=self.name,
                 runner=runner,
+                fetch_batch=fetch_batch,
             )
             self.consumer.run()
             return 0
