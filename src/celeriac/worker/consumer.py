@@ -92,6 +92,8 @@ class Consumer:
         pool: The pool's name (for the presence record).
         before_dispatch: Called before each fetched batch runs (a prefork child reads
             the remote control changes its supervisor passed on).
+        fetch_batch: Wait for this many free places before fetching while as many
+            fetched deliveries wait to start (1: fetch as soon as one place is free).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class Consumer:
         pool: str = "solo",
         before_dispatch: Callable[[], object] | None = None,
         runner: Callable[[int], Runner] | None = None,
+        fetch_batch: int = 1,
     ) -> None:
         self.broker = broker
         self.receive_timeout = receive_timeout
@@ -123,6 +126,7 @@ class Consumer:
         self.shutdown = shutdown
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
+        self.fetch_batch = max(1, fetch_batch)
         self.holdings = Holdings(
             broker,
             shutdown,
@@ -170,7 +174,7 @@ class Consumer:
                     # Results are waiting for the backend: stop taking new work.
                     self.shutdown.warm.wait(self.receive_timeout)
                     continue
-                free = holdings.room(wait=self.receive_timeout)
+                free = holdings.room(wait=self.receive_timeout, batch=self.fetch_batch)
                 if free <= 0:
                     continue
                 batch = self._receive(free)

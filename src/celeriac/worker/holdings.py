@@ -130,12 +130,26 @@ class Holdings:
 
     # -- bookkeeping ------------------------------------------------------------------
 
-    def room(self, *, wait: float | None = None) -> int:
-        """Free places in the window (waiting up to `wait` seconds for one)."""
+    def room(self, *, wait: float | None = None, batch: int = 1) -> int:
+        """Free places in the window, waiting up to `wait` seconds for one.
+
+        With `batch` above 1, waits for that many while at least as many held deliveries
+        wait to start: they keep the slots busy meanwhile, and fewer, larger fetches
+        cost the consuming thread less (a round trip and a turn of the loop each).
+        """
         with self._changed:
-            if wait is not None and len(self._held) >= self.window:
-                self._changed.wait(wait)
+            if wait is not None:
+                deadline = time.monotonic() + wait
+                while len(self._held) > self.window - self._wanted(batch):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self.shutdown.is_requested():
+                        break
+                    self._changed.wait(remaining)
             return self.window - len(self._held)
+
+    def _wanted(self, batch: int) -> int:
+        waiting = len(self._held) - len(self._running)
+        return min(batch, self.window) if waiting >= batch else 1
 
     def hold(self, deliveries: Sequence[Delivery]) -> None:
         with self._lock:

@@ -1,4 +1,5 @@
-"""`basic.publish` frames, encoded ahead of time so a batch goes out in one write.
+"""`basic.publish` and `basic.ack` frames, encoded ahead of time so a batch goes out
+in one write.
 
 py-amqp writes each published message with its own `sendall` (and first reads the
 socket for a `connection.blocked` notice), which dominates the cost of a batch. Here
@@ -6,7 +7,8 @@ the three AMQP 0-9-1 frames of a publish (method, content header, body) are buil
 byte-for-byte as py-amqp (and so Celery/kombu) would send them (the properties by
 `table`), and all the frames of a batch are joined and written at once.
 Encoding happens before anything is written: a value a field table cannot carry fails
-the whole batch cleanly.
+the whole batch cleanly. Acks are the same: a worker whose tasks finish out of order acks
+most deliveries one by one, and py-amqp writes each `basic.ack` with its own `sendall`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from celeriac.brokers.amqp.table import encode_properties
 from celeriac.exceptions import SerializationError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from amqp import Message
 
-__all__ = ["encode_publish"]
+__all__ = ["encode_acks", "encode_publish"]
 
 # Frame types and the end-of-frame octet (AMQP 0-9-1 §4.2.3).
 FRAME_METHOD = 1
@@ -37,6 +41,8 @@ FRAME_END = b"\xce"
 BASIC_CLASS = 60
 PUBLISH_METHOD = pack(">HH", 60, 40)
 PUBLISH_ARGS = "Bssbb"
+# basic.ack is class 60, method 80: delivery tag (longlong), then the multiple bit.
+ACK = ">HHQB"
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
@@ -92,3 +98,11 @@ def encode_publish(
     for start in range(0, len(body), chunk):
         parts.append(_frame(FRAME_BODY, channel, bytes(body[start : start + chunk])))
     return b"".join(parts)
+
+
+def encode_acks(channel: int, acks: Iterable[tuple[int, bool]]) -> bytes:
+    """The `basic.ack` frames of `acks` ((delivery tag, multiple) pairs) on `channel`."""
+    return b"".join(
+        _frame(FRAME_METHOD, channel, pack(ACK, BASIC_CLASS, 80, tag, multiple))
+        for tag, multiple in acks
+    )

@@ -116,6 +116,7 @@ class InProcessPool(Pool):
         run_async: Callable[[Any], Any] | None,
         concurrency: int = 1,
         runner: Callable[[int], Runner] | None = None,
+        fetch_batch: int = 1,
     ) -> int:
         """Run one consumer in this process until shut down (solo, threads, gevent)."""
         options = self.options
@@ -134,6 +135,7 @@ class InProcessPool(Pool):
                 concurrency=concurrency,
                 pool=self.name,
                 runner=runner,
+                fetch_batch=fetch_batch,
             )
             for job in self.presence_jobs:
                 self.consumer.holdings.on_presence_tick(job)

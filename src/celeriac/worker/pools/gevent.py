@@ -37,6 +37,12 @@ __all__ = ["GeventPool", "GreenletRunner", "GreenletTimeLimits", "require_gevent
 
 logger = logging.getLogger("celeriac.worker")
 
+# Fetch once an eighth of the window is free, while as many fetched deliveries wait for a
+# greenlet: every fetch is a turn of the consumer and a round trip or two, in the thread
+# all the greenlets share. In S4 sync on RabbitMQ (window 2,000) fetching at every free
+# place averaged 60 deliveries a fetch and cost 8-15 points of the ideal rate.
+FETCH_SHARE = 8
+
 INSTALL_HINT = 'the gevent pool needs gevent: pip install "celeriac[gevent]"'
 NOT_PATCHED = (
     "the gevent pool needs the standard library monkey-patched before anything imports "
@@ -156,11 +162,14 @@ class GeventPool(InProcessPool):
 
     def run(self) -> int:
         self.install_signals()
+        concurrency = self.options.concurrency
+        window = concurrency * max(1, self.options.prefetch_multiplier)
         return self.consume(
             limits=GreenletTimeLimits(),
             run_async=None,
-            concurrency=self.options.concurrency,
+            concurrency=concurrency,
             runner=GreenletRunner,
+            fetch_batch=max(1, window // FETCH_SHARE),
         )
 
     def install_signals(self) -> None:

@@ -12,7 +12,7 @@ from amqp import spec
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
-from celeriac.brokers.amqp.frames import encode_publish
+from celeriac.brokers.amqp.frames import encode_acks, encode_publish
 from celeriac.exceptions import SerializationError
 from celeriac.protocol.codec import TaskCall, encode_task
 
@@ -82,3 +82,16 @@ def test_a_value_a_table_cannot_carry_is_a_serialization_error_naming_it() -> No
 def test_a_routing_key_over_255_bytes_is_a_serialization_error() -> None:
     with pytest.raises(SerializationError):
         encode_publish(1, "", "q" * 300, amqp.Message(b""), mandatory=False, frame_max=131072)
+
+
+@pytest.mark.parametrize(("tag", "multiple"), [(1, False), (2**40 + 5, True)])
+def test_ack_frames_match_py_amqp(tag: int, multiple: bool) -> None:
+    transport = _Transport()
+    write = frame_writer(_Connection(131072), transport)
+    write(1, 3, spec.Basic.Ack, dumps("Lb", (tag, multiple)), None)
+    assert encode_acks(3, [(tag, multiple)]) == b"".join(transport.written)
+
+
+def test_acks_are_joined_in_order() -> None:
+    acks = [(9, True), (12, False), (15, False)]
+    assert encode_acks(1, acks) == b"".join(encode_acks(1, [ack]) for ack in acks)
