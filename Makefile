@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck docs bytecode unit integration chaos bench clean
+.PHONY: demo test check lint typecheck docs bytecode unit integration full chaos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,8 @@ demo: $(VENV)/.installed
 	cd examples/demo && ../../$(BIN)/python run_demo.py
 
 ## test: set up .venv with the dev tools, lint, type-check and run the whole suite
+## (the default profile: a path that is the same on every broker, pool or prefetch runs
+## on one of them; `make full` runs the others too)
 test: check bytecode
 	$(BIN)/pytest -q
 
@@ -55,9 +57,14 @@ unit: bytecode
 integration: bytecode
 	$(BIN)/pytest -q tests/integration
 
+## full: the whole suite with the parameters marked `full` (TEST_PROFILE=full): the same
+## paths on the other brokers, pools and prefetch values; the chaos suite in its small profile
+full: bytecode
+	TEST_PROFILE=full $(BIN)/pytest -q
+
 ## chaos: the reliability suite (tests/chaos) in its full profile; CI runs the small one
 chaos: bytecode
-	CHAOS_PROFILE=full $(BIN)/pytest -q -m chaos tests/chaos
+	CHAOS_PROFILE=full TEST_PROFILE=full $(BIN)/pytest -q -m chaos tests/chaos
 
 ## bench: run the comparison with Celery (benchmarks/README.md); pass options in BENCH_ARGS,
 ## e.g. make bench BENCH_ARGS="--scenario s2 --broker redis --contestant celeriac,celery"

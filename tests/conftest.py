@@ -1,7 +1,13 @@
-"""Fixtures shared by every suite: an app on its own memory broker, and worker threads."""
+"""Fixtures shared by every suite: an app on its own memory broker, and worker threads.
+
+The test profile: tests (or parameters) marked `full` repeat a path another test already
+runs (the same code on another broker, pool or prefetch). They are deselected unless
+`TEST_PROFILE=full` (what `make full` sets).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
@@ -15,6 +21,18 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from celeriac import Celeriac
+
+FULL = os.environ.get("TEST_PROFILE", "default") == "full"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Outside the full profile, leave out what is marked `full`."""
+    if FULL:
+        return
+    dropped = [item for item in items if item.get_closest_marker("full")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("full")]
 
 
 class StartWorker(Protocol):

@@ -26,6 +26,17 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+def full(value: object, *marks: pytest.MarkDecorator) -> Any:
+    """A parameter that runs only in the full profile (`TEST_PROFILE=full`): the same path
+    as the parameter kept in the default run, on another broker, pool or prefetch."""
+    return pytest.param(value, marks=[pytest.mark.full, *marks])
+
+
+# `broker_env` parameters for a test whose code under test is the same on every broker:
+# Redis in the default run, SQLite and RabbitMQ in the full profile.
+ONE_BROKER = ["redis", full("sqlite"), full("amqp", pytest.mark.rabbitmq)]
+
+
 def wait_for(
     predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
 ) -> T:

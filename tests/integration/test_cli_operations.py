@@ -87,16 +87,18 @@ def test_events_dump_shows_a_task_after_enable_events(fleet: Fleet, run_worker: 
     assert json.loads(enabled.stdout) == {node: {"ok": "task events enabled"}}
     dump = subprocess.Popen(
         [sys.executable, "-m", "celeriac", "-A", "cproj", "events", "--dump", "--json",
-         "--timeout", "12"],
+         "--timeout", "30"],
         cwd=fleet.directory,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+    lines: list[str] = []
     try:
         assert dump.stdout is not None
         # The receiver wakes the workers: a heartbeat comes first.
-        first = json.loads(dump.stdout.readline())
+        lines.append(dump.stdout.readline())
+        first = json.loads(lines[0])
         assert first["type"] in ("worker-heartbeat", "worker-online")
         assert first["hostname"] == node
         cproj = import_module(fleet.directory, "cproj")
@@ -105,12 +107,21 @@ def test_events_dump_shows_a_task_after_enable_events(fleet: Fleet, run_worker: 
             assert done.get(timeout=20) == 3
         finally:
             cproj.app.close()
-        out, err = dump.communicate(timeout=30)
+        # Read until the task's last event and a heartbeat have come (or the dump's own
+        # end, at its timeout).
+        seen: set[str] = {first["type"]}
+        while line := dump.stdout.readline():
+            lines.append(line)
+            event = json.loads(line)
+            if event.get("uuid") == done.id or event["type"] == "worker-heartbeat":
+                seen.add(event["type"])
+            if {"task-succeeded", "worker-heartbeat"} <= seen:
+                break
     finally:
         if dump.poll() is None:
             dump.kill()
-            dump.wait(timeout=10)
-    events = [json.loads(line) for line in out.splitlines()]
+        _, err = dump.communicate(timeout=10)
+    events = [json.loads(line) for line in lines]
     mine = [e["type"] for e in events if e.get("uuid") == done.id]
     assert mine == ["task-received", "task-started", "task-succeeded"], err
     succeeded = next(e for e in events if e["type"] == "task-succeeded")

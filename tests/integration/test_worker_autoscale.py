@@ -1,4 +1,5 @@
-"""Prefork pool size at run time, with real workers (Redis; the burst on SQLite and RabbitMQ too).
+"""Prefork pool size at run time, with real workers (Redis; the burst on SQLite and RabbitMQ
+too in the full profile).
 
 - `--autoscale=max,min`: a burst grows the pool to max, idleness shrinks it back to min,
   and the ledger the tasks write shows every message ran exactly once.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import ONE_BROKER, full, wait_for
 from tests.integration.conftest import import_tasks, write_tasks
 from tests.integration.interop_redis import import_module
 from tests.integration.worker_tasks import SOURCE, events
@@ -63,12 +64,10 @@ def tasks(tasks_dir: Path, broker_env: str) -> Any:
     module.app.close()
 
 
-@pytest.mark.parametrize(
-    "broker_env",
-    ["sqlite", "redis", pytest.param("amqp", marks=pytest.mark.rabbitmq)],
-    indirect=True,
-)
-@pytest.mark.parametrize("prefetch", ["1", "4"])
+# The autoscaler is the same on every broker and prefetch: Redis with a prefetch of 4
+# (children holding messages) by default, the others in the full profile.
+@pytest.mark.parametrize("broker_env", ONE_BROKER, indirect=True)
+@pytest.mark.parametrize("prefetch", [full("1"), "4"])
 def test_a_burst_grows_the_pool_to_max_and_idleness_shrinks_it_back(
     tasks: Any, tasks_dir: Path, run_worker: RunWorker, prefetch: str
 ) -> None:

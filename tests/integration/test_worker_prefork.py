@@ -1,7 +1,9 @@
-"""The prefork worker with real processes on the embedded SQLite broker.
+"""The prefork worker with real processes, on each broker.
 
-Each test starts `celeriac -A tasks worker` on its own SQLite file and checks one
-promise of the worker: what a user would see from outside (results, processes, queues).
+Each test starts `celeriac -A tasks worker` on its own queue and checks one promise of
+the worker: what a user would see from outside (results, processes, queues). Where the
+broker plays no part (the pool, time limits, recycling), Redis runs by default and the
+other brokers in the full profile (`ONE_BROKER`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 
 from celeriac import states
 from celeriac.exceptions import TimeLimitExceeded, WorkerLostError
-from tests.helpers import wait_for
+from tests.helpers import ONE_BROKER, wait_for
 from tests.integration.conftest import (
     RunWorker,
     WorkerProcess,
@@ -47,6 +49,7 @@ def started(directory: Path, key: str) -> list[dict[str, Any]]:
     return [e for e in events(directory) if e["event"] == "start" and e["key"] == key]
 
 
+@pytest.mark.parametrize("broker_env", ONE_BROKER, indirect=True)
 def test_the_supervisor_runs_no_task(tasks: Any, run_worker: RunWorker) -> None:
     worker = run_worker("-c", "2")
     placement = tasks.where.delay().get(timeout=10)
@@ -55,6 +58,7 @@ def test_the_supervisor_runs_no_task(tasks: Any, run_worker: RunWorker) -> None:
     assert placement["pid"] in worker.children()
 
 
+@pytest.mark.parametrize("broker_env", ONE_BROKER, indirect=True)
 def test_default_concurrency_is_one_child_per_cpu(tasks: Any, run_worker: RunWorker) -> None:
     worker = run_worker()
     wait_for(lambda: len(worker.children()) == (os.cpu_count() or 1), timeout=10)
@@ -168,6 +172,7 @@ def test_cold_shutdown_returns_running_tasks_at_once(
     assert result.state == states.PENDING
 
 
+@pytest.mark.parametrize("broker_env", ONE_BROKER, indirect=True)
 def test_soft_time_limit_raises_inside_the_task(tasks: Any, run_worker: RunWorker) -> None:
     run_worker("-c", "1")
     assert tasks.soft.delay().get(timeout=10) == "soft limit caught"
@@ -223,6 +228,7 @@ def test_rate_limit_holds_across_workers_and_children(
     assert len(pids) > 1  # really spread over several processes
 
 
+@pytest.mark.parametrize("broker_env", ONE_BROKER, indirect=True)
 def test_max_tasks_per_child_recycles_children(tasks: Any, run_worker: RunWorker) -> None:
     run_worker("-c", "1", "--max-tasks-per-child", "2")
     pids = [tasks.where.delay().get(timeout=10)["pid"] for _ in range(6)]
@@ -230,6 +236,7 @@ def test_max_tasks_per_child_recycles_children(tasks: Any, run_worker: RunWorker
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
 
 
+@pytest.mark.parametrize("broker_env", ONE_BROKER, indirect=True)
 def test_max_memory_per_child_recycles_a_bloated_child(tasks: Any, run_worker: RunWorker) -> None:
     run_worker("-c", "1", "--max-memory-per-child", str(150 * 1024))
     first = tasks.hog.delay(200).get(timeout=20)
@@ -260,11 +267,13 @@ def test_a_task_longer_than_the_visibility_timeout_runs_once(
     assert len(started(tasks_dir, "long")) == 1
 
 
+@pytest.mark.parametrize("broker_env", ONE_BROKER, indirect=True)
 def test_async_tasks_run_on_prefork(tasks: Any, run_worker: RunWorker) -> None:
     run_worker("-c", "1")
     assert tasks.nap.delay(0.01, "awake").get(timeout=10) == "awake"
 
 
+@pytest.mark.parametrize("broker_env", ONE_BROKER, indirect=True)
 def test_a_hard_time_limit_fails_the_rest_of_a_chain(
     tasks: Any, tasks_dir: Path, run_worker: RunWorker
 ) -> None:
