@@ -63,8 +63,17 @@ def beats(fleet: Fleet) -> Iterator[Beats]:
         collector.cproj.app.close()
 
 
-@pytest.mark.parametrize("fleet", ["redis", "amqp"], indirect=True)
-@pytest.mark.parametrize("pool", ["prefork", "threads"])
+# Each pool on one broker by default (about 15 s each); the other pairs in the full profile.
+@pytest.mark.parametrize(
+    ("fleet", "pool"),
+    [
+        ("redis", "prefork"),
+        ("amqp", "threads"),
+        pytest.param("redis", "threads", marks=pytest.mark.full),
+        pytest.param("amqp", "prefork", marks=pytest.mark.full),
+    ],
+    indirect=["fleet"],
+)
 def test_heartbeats_stop_while_the_worker_is_stopped_and_resume(
     fleet: Fleet, run_worker: RunWorker, beats: Beats, pool: str
 ) -> None:
