@@ -29,7 +29,7 @@ from celeriac import states
 from celeriac.exceptions import ResultLost
 from tests.chaos.conftest import size
 from tests.chaos.outages import Producer, wait_all_finished
-from tests.helpers import wait_for
+from tests.helpers import ONE_BROKER, wait_for
 from tests.integration.conftest import import_tasks
 from tests.private_servers import PrivateRedis, require_redis_server
 
@@ -107,6 +107,9 @@ def test_tasks_run_through_a_backend_outage_and_their_results_land_after(
     assert worker.process.poll() is None, detail
 
 
+# The spool and its budget are the same on every broker: Redis by default, the others in
+# the full profile (about 9 s each).
+@pytest.mark.parametrize("broker_env", ONE_BROKER, indirect=True)
 def test_a_longer_outage_than_the_retry_budget_marks_the_result_lost(
     results_server: PrivateRedis,
     ledger: Ledger,
