@@ -7,7 +7,7 @@ import random
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -296,3 +296,25 @@ def test_revocations_are_logged_and_read_since_a_cursor(backend_factory: Backend
     newer, _ = reader.revoked_since(cursor)
     assert "d" in {r.task_id for r in newer}
     assert "a" not in {r.task_id for r in newer if r.at < cursor}
+
+
+def test_recent_lists_the_newest_results_first(backend_factory: BackendFactory) -> None:
+    backend = backend_factory()
+    if not backend.supports_recent:
+        with pytest.raises(NotImplementedError):
+            backend.recent(10)
+        return
+    base = datetime.now(timezone.utc)
+    ids = [new_id() for _ in range(4)]
+    for offset, task_id in enumerate(ids):
+        done = base.replace(microsecond=0) + timedelta(seconds=offset)
+        backend.store(
+            ResultMeta(task_id=task_id, status=states.SUCCESS, result=offset, date_done=done)
+        )
+    backend.forget(ids[0])
+    newest = backend.recent(2)
+    assert [meta.task_id for meta in newest] == [ids[3], ids[2]]
+    assert newest[0].result == 3
+    assert [meta.task_id for meta in backend.recent(10)] == [ids[3], ids[2], ids[1]]
+    with pytest.raises(ValueError, match="limit"):
+        backend.recent(0)

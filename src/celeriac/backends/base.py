@@ -39,8 +39,10 @@ __all__ = [
     "ResultBackend",
     "ResultMeta",
     "Revocation",
+    "check_limit",
     "chord_key",
     "group_key",
+    "newest_first",
     "task_key",
 ]
 
@@ -60,6 +62,23 @@ def task_key(task_id: str) -> str:
 
 def group_key(group_id: str) -> str:
     return f"{GROUP_KEY_PREFIX}{group_id}"
+
+
+def newest_first(metas: Iterable[ResultMeta], limit: int) -> list[ResultMeta]:
+    """The `limit` newest of `metas` by `date_done` (records without one last; ties keep
+    the order given)."""
+    ordered = sorted(
+        metas,
+        key=lambda meta: meta.date_done.timestamp() if meta.date_done else float("-inf"),
+        reverse=True,
+    )
+    return ordered[:limit]
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a `recent` limit below 1."""
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"recent(limit={limit!r}): the limit must be a positive integer")
 
 
 def chord_key(group_id: str, suffix: str) -> str:
@@ -205,6 +224,8 @@ class ResultBackend(ABC):
     supports_rate_limit: ClassVar[bool] = False
     #: `revoke`/`revoked_since` keep a revocation log that workers follow.
     supports_revocation: ClassVar[bool] = False
+    #: `recent` lists the newest stored results (the dashboard's search reads it).
+    supports_recent: ClassVar[bool] = False
     #: Seconds between polls in the default `wait`, growing to `_max_poll`.
     _min_poll: ClassVar[float] = 0.005
     _max_poll: ClassVar[float] = 0.2
@@ -272,6 +293,17 @@ class ResultBackend(ABC):
             if meta is not None:
                 found[task_id] = meta
         return found
+
+    def recent(self, limit: int) -> list[ResultMeta]:
+        """Up to `limit` of the most recently stored results, newest first (by
+        `date_done`; records without one come last). Each backend says how far it looks.
+
+        Raises:
+            NotImplementedError: this backend cannot list its results (`rpc://` sends
+                each result to its caller; `django-db://` has no such query yet).
+            ValueError: `limit` is below 1.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list its stored results")
 
     @abstractmethod
     def forget(self, task_id: str) -> None:

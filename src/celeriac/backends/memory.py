@@ -18,6 +18,8 @@ from celeriac.backends.base import (
     ResultBackend,
     ResultMeta,
     Revocation,
+    check_limit,
+    newest_first,
 )
 from celeriac.exceptions import ResultTimeout
 
@@ -56,6 +58,7 @@ class MemoryBackend(ResultBackend):
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
     supports_crash_ledger: ClassVar[bool] = True
     supports_revocation: ClassVar[bool] = True
+    supports_recent: ClassVar[bool] = True
 
     def __init__(self, url: str = "memory://", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -94,6 +97,19 @@ class MemoryBackend(ResultBackend):
         with self._store.lock:
             raw = self._get_raw(f"task:{task_id}")
         return None if raw is None else self.decode_meta(raw, task_id=task_id)
+
+    def recent(self, limit: int) -> list[ResultMeta]:
+        """The newest `limit` results by `date_done`, of every live one stored."""
+        check_limit(limit)
+        with self._store.lock:
+            raws = [
+                (key[len("task:") :], raw)
+                for key in list(self._store.values)
+                if key.startswith("task:") and (raw := self._get_raw(key)) is not None
+            ]
+        # Newest stored first, so that records without a date keep that order.
+        metas = [self.decode_meta(raw, task_id=task_id) for task_id, raw in reversed(raws)]
+        return newest_first(metas, limit)
 
     def forget(self, task_id: str) -> None:
         with self._store.lock:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac import states
@@ -35,6 +36,8 @@ from celeriac.backends.base import (
     ResultBackend,
     ResultMeta,
     Revocation,
+    check_limit,
+    newest_first,
 )
 from celeriac.connections.breaker import DEFAULT_COOL_DOWN, DEFAULT_THRESHOLD, CircuitBreaker
 from celeriac.connections.redis import (
@@ -45,7 +48,14 @@ from celeriac.connections.redis import (
 )
 from celeriac.connections.redis_clock import ServerClock, read_server_time
 from celeriac.connections.redis_packing import pack_commands
-from celeriac.exceptions import BackendError, ImproperlyConfigured, ResultLost, ResultTimeout
+from celeriac.connections.redis_scan import read_prefixed
+from celeriac.exceptions import (
+    BackendError,
+    CeleriacError,
+    ImproperlyConfigured,
+    ResultLost,
+    ResultTimeout,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -84,6 +94,8 @@ _MAX_SOCKET_WAIT = 1.0
 # MSS 1460) and runs all of its commands before any other client's; a longer one may be
 # read, and run, in pieces (Redis reads 16 KiB at a time).
 _ONE_READ_BYTES = 1400
+# Result keys `recent` reads at most.
+RECENT_KEYS_READ = 10_000
 
 
 def _global_prefix(options: dict[str, Any]) -> str:
@@ -118,6 +130,7 @@ class RedisBackend(ResultBackend):
     supports_crash_ledger: ClassVar[bool] = True
     supports_rate_limit: ClassVar[bool] = True
     supports_revocation: ClassVar[bool] = True
+    supports_recent: ClassVar[bool] = True
     supports_native_join: ClassVar[bool] = True
 
     def __init__(self, url: str, **kwargs: Any) -> None:
@@ -211,6 +224,21 @@ class RedisBackend(ResultBackend):
             for task_id, raw in zip(task_ids, raws, strict=True)
             if raw is not None
         }
+
+    def recent(self, limit: int) -> list[ResultMeta]:
+        """The newest `limit` results by `date_done`, among at most `RECENT_KEYS_READ`
+        (10,000) of this app's result keys (SCAN, then MGET in batches). SCAN has no
+        order: with more keys than that, the newest may be among those left unread.
+        Records that do not decode are left out."""
+        check_limit(limit)
+        read = partial(read_prefixed, prefix=self._task_prefix, cap=RECENT_KEYS_READ)
+        metas = []
+        for task_id, raw in self._redis.run("list the recent results", read):
+            try:
+                metas.append(self.decode_meta(raw, task_id=task_id))
+            except CeleriacError:  # not a result record (BackendError, SerializationError)
+                continue
+        return newest_first(metas, limit)
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
         return self._redis.reserve_rate_slot(

@@ -24,6 +24,8 @@ from celeriac.backends.base import (
     ResultBackend,
     ResultMeta,
     Revocation,
+    check_limit,
+    newest_first,
 )
 from celeriac.connections.sqlite import (
     RATE_SLOT_SCHEMA,
@@ -120,6 +122,8 @@ _GET_MANY: Final = (
     "SELECT task_id, meta FROM result "
     f"WHERE task_id IN (SELECT value FROM json_each(:ids)) AND {_LIVE}"
 )
+# Rows are first inserted in rowid order (an update keeps the row's id).
+_RECENT: Final = f"SELECT task_id, meta FROM result WHERE {_LIVE} ORDER BY rowid DESC LIMIT :limit"
 _SAVE_GROUP: Final = (
     "INSERT INTO group_result (group_id, value, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (group_id) DO UPDATE SET value = excluded.value, "
@@ -176,6 +180,7 @@ class SQLiteBackend(ResultBackend):
     supports_crash_ledger: ClassVar[bool] = True
     supports_rate_limit: ClassVar[bool] = True
     supports_revocation: ClassVar[bool] = True
+    supports_recent: ClassVar[bool] = True
 
     def __init__(self, url: str = "sqlite:///celeriac.db", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -237,6 +242,17 @@ class SQLiteBackend(ResultBackend):
             for task_id in task_ids
             if task_id in rows
         }
+
+    def recent(self, limit: int) -> list[ResultMeta]:
+        """The `limit` live results most recently first stored (by row id), newest
+        `date_done` first."""
+        check_limit(limit)
+        params = {"limit": limit, "now": self.clock.time()}
+        with self._db.use() as connection:
+            rows = connection.execute(_RECENT, params).fetchall()
+        return newest_first(
+            (self.decode_meta(meta, task_id=task_id) for task_id, meta in rows), limit
+        )
 
     def reserve_rate_slot(self, key: str, *, interval: float) -> float:
         return reserve_rate_slot(self._db, key, now=self.clock.time(), interval=interval)

@@ -14,16 +14,17 @@ FLAGS = (
     "supports_crash_ledger",
     "supports_rate_limit",
     "supports_revocation",
+    "supports_recent",
 )
 
 # class → its flags, in the order of FLAGS
 CAPABILITIES: dict[str, tuple[bool, ...]] = {
-    #                join   lookup crashes rate   revocation
-    "MemoryBackend": (True,  True,  True,   False, True),
-    "SQLiteBackend": (True,  True,  True,   True,  True),
-    "RedisBackend":  (True,  True,  True,   True,  True),
-    "RPCBackend":    (False, False, False,  False, False),
-    "DjangoBackend": (True,  True,  False,  False, True),
+    #                join   lookup crashes rate   revocation recent
+    "MemoryBackend": (True,  True,  True,   False, True,      True),
+    "SQLiteBackend": (True,  True,  True,   True,  True,      True),
+    "RedisBackend":  (True,  True,  True,   True,  True,      True),
+    "RPCBackend":    (False, False, False,  False, False,     False),
+    "DjangoBackend": (True,  True,  False,  False, True,      False),
 }  # fmt: skip
 
 
