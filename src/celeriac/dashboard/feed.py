@@ -1,12 +1,12 @@
 """The events feed: a background thread folding the fleet's events into what the pages
 show live.
 
-It holds, in memory and bounded, a cache of recent tasks (`TaskRecord`, for the search
-and the timeline; the task page reads the result backend first, so it works by id after
-a restart), the workers' last heartbeat events, per-queue arrival and departure counts
-and the charts' `Series`. A second thread asks the workers for `stats` every
-`STATS_INTERVAL` (RSS, processes) and, unless told not to, turns their task events on
-(`enable_events`, as Flower does).
+It holds, in memory and bounded, a cache of recent tasks (`TaskRecord`, for the search,
+which adds the backend's newest results, and the timeline; the task page reads the
+result backend first, so it works by id after a restart), the workers' last heartbeat
+events, per-queue arrival and departure counts and the charts' `Series`. A second
+thread asks the workers for `stats` every `STATS_INTERVAL` (RSS, processes) and, unless
+told not to, turns their task events on (`enable_events`, as Flower does).
 
 `version` grows with every event: the live stream sends an update when it moved.
 """
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
     from celeriac.app.events import EventReceiver
 
-__all__ = ["STATS_INTERVAL", "EventFeed", "TaskRecord", "WorkerBeat"]
+__all__ = ["STATS_INTERVAL", "EventFeed", "TaskRecord", "WorkerBeat", "matches"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,24 @@ class WorkerBeat:
     processed: int | None = None
     loadavg: list[float] | None = None
     offline: bool = False
+
+
+def matches(
+    task: TaskRecord,
+    *,
+    name: str = "",
+    state: str = "",
+    since: float | None = None,
+    until: float | None = None,
+) -> bool:
+    """Whether `task` passes the search: name (substring), state and time."""
+    if name and name not in (task.name or ""):
+        return False
+    if state and task.state != state:
+        return False
+    if since is not None and task.updated < since:
+        return False
+    return until is None or task.first_seen <= until
 
 
 class _Rates:
@@ -309,13 +327,7 @@ class EventFeed:
         found: list[TaskRecord] = []
         with self._lock:
             for task in reversed(self._tasks.values()):
-                if name and name not in (task.name or ""):
-                    continue
-                if state and task.state != state:
-                    continue
-                if since is not None and task.updated < since:
-                    continue
-                if until is not None and task.first_seen > until:
+                if not matches(task, name=name, state=state, since=since, until=until):
                     continue
                 found.append(task)
                 if len(found) >= limit:

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celeriac._urls import redact_url
+from celeriac.dashboard.feed import TaskRecord, matches
 from celeriac.exceptions import BrokerError, CeleriacError
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
     from celeriac.backends.base import ResultMeta
     from celeriac.brokers.base import DeadLetter
-    from celeriac.dashboard.feed import EventFeed, TaskRecord
+    from celeriac.dashboard.feed import EventFeed
 
 __all__ = ["ARGS_SHOWN", "QueueRow", "Sources", "TaskView", "WorkerRow", "truncate"]
 
@@ -33,6 +34,8 @@ ARGS_SHOWN = 200
 DEAD_LETTERS_SHOWN = 200
 # Nodes one workflow graph draws at most.
 GRAPH_NODES = 60
+# Newest stored results the task search reads besides the events cache.
+SEARCH_STORED = 2_000
 
 
 def truncate(value: Any, limit: int = ARGS_SHOWN) -> str:
@@ -238,6 +241,38 @@ class Sources:
 
     # -- tasks ----------------------------------------------------------------------
 
+    def search(
+        self,
+        *,
+        name: str = "",
+        state: str = "",
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> tuple[list[TaskRecord], str]:
+        """Tasks newest first, filtered by name (substring), state and time, from the
+        events cache and the backend's `SEARCH_STORED` newest results (a task in both is
+        shown as the cache has it); and why the backend was left out, if it was.
+
+        A stored record has a name only with `result_extended = True`."""
+        cached = self.feed.search(name=name, state=state, since=since, until=until, limit=limit)
+        try:
+            stored = self.app.backend.recent(SEARCH_STORED)
+        except NotImplementedError:
+            note = "This result backend cannot list its results: tasks seen in events only."
+            return cached, note
+        except CeleriacError as exc:
+            return cached, f"Cannot read the result backend ({exc}): tasks seen in events only."
+        found = list(cached)
+        for meta in stored:
+            if self.feed.task(meta.task_id) is not None:
+                continue
+            record = _record_of(meta)
+            if matches(record, name=name, state=state, since=since, until=until):
+                found.append(record)
+        found.sort(key=lambda task: task.updated, reverse=True)
+        return found[:limit], ""
+
     def task(self, task_id: str) -> TaskView | None:
         """The task by id from the backend (the events cache fills the gaps)."""
         meta = self.app.backend.get(task_id)
@@ -369,6 +404,24 @@ def _fill_from_meta(view: TaskView, meta: ResultMeta) -> None:
     view.date_done = meta.date_done.isoformat() if meta.date_done else ""
     view.parent_id = meta.parent_id
     view.group_id = meta.group_id
+
+
+def _record_of(meta: ResultMeta) -> TaskRecord:
+    """A stored result as the search lists it."""
+    done = meta.date_done.timestamp() if meta.date_done else 0.0
+    return TaskRecord(
+        meta.task_id,
+        state=meta.status,
+        name=meta.name,
+        hostname=meta.worker,
+        args=repr(meta.args) if meta.args is not None else None,
+        kwargs=repr(meta.kwargs) if meta.kwargs is not None else None,
+        retries=meta.retries,
+        parent_id=meta.parent_id,
+        queue=meta.queue,
+        first_seen=done,
+        updated=done,
+    )
 
 
 def _cached_parent(feed: EventFeed, task_id: str) -> str | None:

@@ -220,3 +220,37 @@ def test_metrics_are_served_in_prometheus_text_format(app, client):
     ]
     assert ready == [1.0]
     assert client.post("/metrics").status_code == 405
+
+
+def test_a_fresh_dashboard_finds_stored_tasks_by_name_and_state(app, client):
+    # Stored before this dashboard started (its feed saw no event), with result_extended.
+    app.backend.store(ResultMeta(task_id="old-1", status="FAILURE", name="tasks.fetch"))
+    app.backend.store(ResultMeta(task_id="old-2", status="SUCCESS", name="tasks.fetch"))
+    app.backend.store(ResultMeta(task_id="old-3", status="FAILURE", name="tasks.parse"))
+    found = client.get("/tasks?name=fetch&state=FAILURE").text
+    assert 'data-id="old-1"' in found
+    assert 'data-id="old-2"' not in found
+    assert 'data-id="old-3"' not in found
+    assert 'data-id="old-2"' in client.get("/tasks?name=fetch").text
+
+
+def test_search_shows_the_events_record_of_a_task_also_stored(app, client, feed):
+    app.backend.store(ResultMeta(task_id="both", status="STARTED", name="tasks.add"))
+    now = time.time()
+    feed.fold({"type": "task-received", "uuid": "both", "name": "tasks.add", "timestamp": now})
+    feed.fold({"type": "task-succeeded", "uuid": "both", "runtime": 0.5, "timestamp": now})
+    found = client.get("/tasks?name=add").text
+    assert found.count('data-id="both"') == 1
+    assert "0.500s" in found
+    assert 'data-id="both"' not in client.get("/tasks?state=STARTED").text
+
+
+def test_search_says_when_the_backend_cannot_list_results(app, client, feed, monkeypatch):
+    def cannot(limit: int) -> list[ResultMeta]:
+        raise NotImplementedError("no listing")
+
+    monkeypatch.setattr(app.backend, "recent", cannot)
+    feed.fold({"type": "task-received", "uuid": "ev-1", "name": "tasks.add"})
+    found = client.get("/tasks").text
+    assert 'data-id="ev-1"' in found
+    assert "cannot list its results" in found

@@ -1,7 +1,9 @@
 """The tasks pages: search (by id, name, state and time) and one task by id.
 
 A task id goes straight to the result backend, so a task's page works after a restart;
-the search by name, state and time looks through the events cache (recent tasks only).
+the search by name, state and time looks through the events cache and the backend's
+newest stored results (`Sources.search`). The handlers are plain functions, which
+Starlette runs in its thread pool: their blocking reads stay off the event loop.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def tasks(request: Request) -> Response:
     if state and state not in STATES:
         raise HTTPException(400, f"state={state!r}: use one of {', '.join(STATES)}")
     since = params.get("since", "all")
-    found = sources_of(request).feed.search(name=name, state=state, since=_since(since))
+    found, partial = sources_of(request).search(name=name, state=state, since=_since(since))
     rows = [
         {
             "id": t.uuid,
@@ -74,6 +76,7 @@ def tasks(request: Request) -> Response:
         "tasks",
         {
             "tasks": rows,
+            "partial": partial,
             "name": name,
             "state": state,
             "since": since,
