@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from celeriac.backends.base import ResultMeta
-from celeriac.dashboard import create_app
+from celeriac.dashboard import create_app, sources
 from celeriac.dashboard.feed import EventFeed
 
 
@@ -254,3 +254,23 @@ def test_search_says_when_the_backend_cannot_list_results(app, client, feed, mon
     found = client.get("/tasks").text
     assert 'data-id="ev-1"' in found
     assert "cannot list its results" in found
+
+
+def test_search_reads_the_backend_once_per_refresh_window(app, client, monkeypatch):
+    reads: list[int] = []
+    real = app.backend.recent
+
+    def counted(limit: int) -> list[ResultMeta]:
+        reads.append(limit)
+        found: list[ResultMeta] = real(limit)
+        return found
+
+    monkeypatch.setattr(app.backend, "recent", counted)
+    app.backend.store(ResultMeta(task_id="s-1", status="SUCCESS", name="tasks.add"))
+    for _ in range(3):
+        assert 'data-id="s-1"' in client.get("/tasks?fragment=1").text
+    assert reads == [sources.SEARCH_STORED]
+    monkeypatch.setattr(sources, "SEARCH_STORED_FOR", 0.0)
+    app.backend.store(ResultMeta(task_id="s-2", status="SUCCESS", name="tasks.add"))
+    assert 'data-id="s-2"' in client.get("/tasks?fragment=1").text
+    assert len(reads) == 2
