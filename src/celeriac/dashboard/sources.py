@@ -374,7 +374,14 @@ class Sources:
         # A saved GroupResult is its `as_tuple()`: [[group_id, parent], [members...]].
         if isinstance(stored, list | tuple) and len(stored) == 2:
             return _child_ids([_as_lists(stored)])
-        return []
+        # Not saved (a plain group, a chord's header): the newest stored results that
+        # carry the group's id (task events do not name a task's group).
+        try:
+            newest = self._newest_stored()
+        except (CeleriacError, NotImplementedError):
+            newest = []
+        members = sorted({meta.task_id for meta in newest if meta.group_id == group_id})
+        return [(member, group_id) for member in members]
 
     # -- actions --------------------------------------------------------------------
 

@@ -181,6 +181,19 @@ def test_group_members_are_drawn_side_by_side(app, client):
     assert 'data-id="m2"' in page
 
 
+def test_members_of_an_unsaved_group_are_found_among_the_stored_results(app, client):
+    # A plain group or a chord's header is never saved: its members carry its id.
+    for member in ("u1", "u2", "u3"):
+        app.backend.store(
+            ResultMeta(task_id=member, status="SUCCESS", result=1, name="t", group_id="ug")
+        )
+    app.backend.store(ResultMeta(task_id="other", status="SUCCESS", result=1, name="t"))
+    page = client.get("/tasks/u2?fragment=1").text
+    for member in ("u1", "u2", "u3"):
+        assert f'data-id="{member}"' in page
+    assert 'data-id="other"' not in page
+
+
 def test_rate_limit_action_says_what_happened(client):
     token = _token(client, "/workers")
     response = client.post(
