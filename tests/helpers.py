@@ -147,3 +147,16 @@ def capability_skip(implementation: object, lacks: str) -> NoReturn:
     leases". That the flag itself is right is pinned in `tests/unit/*/test_capabilities.py`.
     """
     pytest.skip(f"{type(implementation).__name__} has no {lacks}")
+
+
+def delete_redis_keys(url: str, prefix: str) -> None:
+    """Delete every key under `prefix` on the Redis at `url` (a test's own keys only)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

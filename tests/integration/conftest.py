@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.contract.conftest import broker_factory  # noqa: F401  (brokers for worker-part tests)
-from tests.helpers import require_rabbitmq, require_redis, unique, wait_for
+from tests.helpers import delete_redis_keys, require_rabbitmq, require_redis, unique, wait_for
 from tests.integration.mixed_fleet import fleet  # noqa: F401  (celeriac + stock Celery projects)
 
 if TYPE_CHECKING:
@@ -130,15 +130,7 @@ def broker_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         finally:
             broker.close()
     if redis_url is not None:
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        delete_redis_keys(redis_url, prefix)
 
 
 @pytest.fixture

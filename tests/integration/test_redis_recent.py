@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import pytest
-import redis
 from starlette.testclient import TestClient
 
 from celeriac import Celeriac, states
@@ -18,20 +17,10 @@ from celeriac.backends.redis import RedisBackend
 from celeriac.dashboard import create_app
 from celeriac.dashboard.feed import EventFeed
 from celeriac.testing import TestWorker
-from tests.helpers import require_redis, unique
+from tests.helpers import delete_redis_keys, require_redis, unique
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-def _delete_keys(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture
@@ -39,7 +28,7 @@ def prefix() -> Iterator[str]:
     """A key prefix of this test's own; its keys are deleted afterwards."""
     name = unique("p")
     yield name
-    _delete_keys(require_redis(), name)
+    delete_redis_keys(require_redis(), name)
 
 
 def _store(backend: RedisBackend, count: int) -> list[str]:
