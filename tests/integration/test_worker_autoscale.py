@@ -104,8 +104,11 @@ def test_shrinking_busy_children_neither_loses_nor_repeats_a_message(
     node = f"{os.environ['TEST_QUEUE']}@test"
     worker = run_worker("-c", "4", "--prefetch-multiplier", "4", "-n", node)
     wait_for(lambda: len(children_of(worker.pid)) == 4, timeout=10, what="four children")
-    keys = [f"busy-{n}" for n in range(40)]
-    results = [tasks.sleeper.delay(0.3, key) for key in keys]
+    # 24 tasks of 0.5 s: 16 held at once (4 children x 4), so when three children are
+    # retired after the first starts, each still holds prefetched ones (with 0.3 s tasks
+    # a loaded machine could drain them first).
+    keys = [f"busy-{n}" for n in range(24)]
+    results = [tasks.sleeper.delay(0.5, key) for key in keys]
     wait_for(
         lambda: sum(e["event"] == "start" for e in events(tasks_dir)) >= 4,
         timeout=15,
