@@ -156,6 +156,20 @@ def published(memory: InMemorySpanExporter, name: str) -> ReadableSpan:
     return span
 
 
+def assert_one_trace(
+    request_span: Any, result: Any, memory: InMemorySpanExporter, tasks_dir: Path, *, timeout: float
+) -> None:
+    """The task ran inside the request's trace, and the worker's span is the child of the
+    producer's publish span."""
+    trace_id = request_span.get_span_context().trace_id
+    assert result.get(timeout=timeout) == format(trace_id, "032x")
+    publish = published(memory, "tasks.traced")
+    assert publish.context is not None
+    [run] = wait_for(lambda: worker_spans(tasks_dir, "run/tasks.traced"), timeout=10)
+    assert run["trace_id"] == trace_id
+    assert run["parent"] == publish.context.span_id
+
+
 @pytest.mark.parametrize("broker_env", ["redis"], indirect=True)
 def test_the_worker_span_continues_the_producer_trace(
     tasks: Any, tasks_dir: Path, run_worker: RunWorker, exporter: Any
@@ -244,13 +258,7 @@ def test_a_stock_celery_worker_joins_the_trace_of_a_celeriac_producer(
     try:
         with provider.get_tracer("test").start_as_current_span("request") as request_span:
             result = app.send_task("tasks.traced")
-        trace_id = request_span.get_span_context().trace_id
-        assert result.get(timeout=60) == format(trace_id, "032x")
-        publish = published(memory, "tasks.traced")
-        assert publish.context is not None
-        [run] = wait_for(lambda: worker_spans(tasks_dir, "run/tasks.traced"), timeout=10)
-        assert run["trace_id"] == trace_id
-        assert run["parent"] == publish.context.span_id
+        assert_one_trace(request_span, result, memory, tasks_dir, timeout=60)
     finally:
         worker.terminate()
         try:
@@ -303,13 +311,7 @@ def test_a_celeriac_worker_joins_the_trace_of_a_stock_celery_producer(
             # abort the publish span (the task is not found either way: send_task).
             warnings.simplefilter("ignore", DuplicateTaskNameWarning)
             result = producer.send_task("tasks.traced")
-        trace_id = request_span.get_span_context().trace_id
-        assert result.get(timeout=30) == format(trace_id, "032x")
-        publish = published(memory, "tasks.traced")
-        assert publish.context is not None
-        [run] = wait_for(lambda: worker_spans(tasks_dir, "run/tasks.traced"), timeout=10)
-        assert run["trace_id"] == trace_id
-        assert run["parent"] == publish.context.span_id
+        assert_one_trace(request_span, result, memory, tasks_dir, timeout=30)
     finally:
         instrumentor.uninstrument()
         producer.close()
