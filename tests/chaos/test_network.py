@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from celeriac.connections.redis import DEFAULT_SOCKET_TIMEOUT, PING_AFTER
+from celeriac.connections.redis import DEFAULT_SOCKET_TIMEOUT
+from celeriac.connections.redis_watch import PING_AFTER
 from tests.chaos.chaos_tasks import SOURCE
 from tests.chaos.conftest import size
 from tests.chaos.ledger import Ledger
@@ -207,7 +208,8 @@ def test_a_black_holed_redis_wake_up_connection_is_given_up() -> None:
     link there looks like a quiet queue for ever (wake-ups silently become polling)."""
     import redis.exceptions as redis_errors
 
-    from celeriac.connections.redis import KeyWatcher, connection_pool
+    from celeriac.connections.redis import connection_pool
+    from celeriac.connections.redis_watch import KeyWatcher
 
     upstream = require_redis()
     proxy = FaultProxy(int(upstream.rsplit(":", 1)[1].split("/")[0]))

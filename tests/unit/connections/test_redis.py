@@ -11,9 +11,9 @@ from celeriac.connections.redis import (
     RetryPolicy,
     call_with_retry,
     connection_pool,
-    disjoint_prefixes,
     pool_options,
 )
+from celeriac.connections.redis_watch import disjoint_prefixes
 from celeriac.exceptions import (
     BrokerConnectionError,
     BrokerError,

@@ -30,13 +30,9 @@ from celeriac.brokers.redis.monitor import count_dead_letters, overdue_age
 from celeriac.brokers.redis.presence import Presence
 from celeriac.brokers.redis.publish_token import TOKEN_TTL, PublishTokens
 from celeriac.brokers.redis.recovery import Recovery
-from celeriac.connections.redis import (
-    RETRYABLE_ERRORS,
-    KeyWatcher,
-    RedisClient,
-    load_script,
-)
+from celeriac.connections.redis import RETRYABLE_ERRORS, RedisClient, load_script
 from celeriac.connections.redis_clock import ServerClock, read_server_time
+from celeriac.connections.redis_watch import KeyWatcher
 from celeriac.exceptions import (
     BrokerConnectionError,
     BrokerError,
