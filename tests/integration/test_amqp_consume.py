@@ -7,6 +7,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import amqp
@@ -285,3 +287,52 @@ def test_a_per_consumer_ack_timeout_can_be_given(
     fill(consumer, queue, 1)
     [delivery] = take(consumer, queue, 1)
     consumer.ack(delivery)
+
+
+def test_deliveries_of_any_size_and_header_read_as_py_amqp_reads_them(
+    make_broker: BrokerFactory, queues: list[str]
+) -> None:
+    # Most deliveries are decoded from the frames by the consumer itself; a body cut
+    # into many frames, or header values it leaves to py-amqp (a decimal, a timestamp),
+    # must come out as py-amqp gives them, whichever path reads them.
+    queue = unique("consume-shapes")
+    queues.append(queue)
+    broker = make_broker()
+    broker.declare(queue)
+    headers: dict[str, Any] = {
+        "task": "tests.echo",
+        "id": "1",
+        "price": Decimal("12.50"),
+        "when": datetime(2026, 12, 7, 8, 0, 0),
+        "nested": {"list": [1, None, True, 2.5, "é"], "raw": b"\xff\x00"},
+        "big": 2**40,
+    }
+    bodies = [b"", b"small", bytes(range(256)) * 4096]  # the last is 1 MiB: 9 body frames
+    conn = amqp.Connection(**amqp_connection_args())
+    conn.connect()
+    try:
+        channel = conn.channel()
+        for n, body in enumerate(bodies):
+            channel.basic_publish(
+                amqp.Message(
+                    body,
+                    content_type="application/octet-stream",
+                    content_encoding="binary",
+                    application_headers={**headers, "id": str(n)},
+                    correlation_id=str(n),
+                    priority=3,
+                ),
+                exchange="",
+                routing_key=queue,
+            )
+        got = take(broker, queue, len(bodies))
+        assert [d.message.body for d in got] == bodies
+        for n, delivery in enumerate(got):
+            assert delivery.message.headers == {**headers, "id": str(n)}
+            assert delivery.message.properties["correlation_id"] == str(n)
+            assert delivery.message.properties["priority"] == 3
+            assert delivery.routing_key == queue
+        broker.ack_many(got)
+        assert broker.size(queue) == 0
+    finally:
+        conn.close()

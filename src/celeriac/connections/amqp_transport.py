@@ -90,6 +90,33 @@ class BufferedTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is un
             return bool(select.select([self.sock], [], [], 0)[0]) and self._take_in(0)
         return self._take_in(socket.MSG_DONTWAIT)
 
+    def buffered(self) -> tuple[bytearray, int]:
+        """The receive buffer and where its first unread frame starts (for a reader
+        that decodes frames in place; valid until the next read from the socket)."""
+        return self._frames, self._offset
+
+    def consume_to(self, position: int) -> None:
+        """Mark the buffer read up to `position` (the end of whole frames)."""
+        self._offset = position
+
+    def take_in_nowait(self) -> bool:
+        """Append what the socket holds now, without waiting; whether anything came.
+
+        Raises OSError when the connection is gone.
+        """
+        if self.sock is None:
+            raise OSError("the connection is closed")
+        flags: int = socket.MSG_DONTWAIT
+        if self.sock.gettimeout() is not None or _is_green(self.sock):
+            if not select.select([self.sock], [], [], 0)[0]:
+                return False
+            flags = 0
+        try:
+            self._receive(flags)
+        except TimeoutError:
+            return False
+        return True
+
     def _take_in(self, flags: int) -> bool:
         try:
             self._receive(flags)

@@ -16,13 +16,13 @@ import json
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import amqp
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from celeriac._time import UTC
+from celeriac.brokers.amqp.inbound import Received, decode_properties
 from celeriac.brokers.amqp.message import basic_properties, from_amqp, to_amqp
 from celeriac.brokers.amqp.table import encode_properties
 from celeriac.brokers.base import Delivery
@@ -289,18 +289,25 @@ def amqp_properties(message: Message) -> dict[str, Any]:
     return dict(sent.properties)
 
 
-def received(properties_frame: bytes, body: bytes) -> amqp.Message | None:
-    """The message py-amqp hands out for a content header; None if py-amqp refuses it
-    (it then fails the connection: not ours to decode)."""
-    message = amqp.Message(body=body)
+def received(properties_frame: bytes, body: bytes) -> Received | None:
+    """The delivery the consumer hands out for a content header; None if it is refused
+    (py-amqp then fails the connection: not ours to decode)."""
     try:
-        message._load_properties(60, properties_frame, 0)
+        properties = decode_properties(properties_frame, 0)
     except Exception:
         return None
-    return message
+    return Received(
+        body=body,
+        properties=properties,
+        delivery_tag=1,
+        redelivered=False,
+        exchange="",
+        routing_key="q",
+        consumer_tag="ctag",
+    )
 
 
-def amqp_delivery(message: amqp.Message) -> Delivery:
+def amqp_delivery(message: Received) -> Delivery:
     return Delivery(message=from_amqp(message, strip_death=lambda queue: False), queue="q", tag="1")
 
 

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
     import amqp
 
+    from celeriac.brokers.amqp.inbound import Received
     from celeriac.protocol.message import Message
 
 __all__ = ["AMQPBroker"]
@@ -326,16 +327,15 @@ class AMQPBroker(Broker):
         self._count("_received", len(deliveries))
         return deliveries
 
-    def _delivery(self, queue: str, message: amqp.Message, generation: int) -> Delivery:
-        info = message.delivery_info
-        tag = info["delivery_tag"]
+    def _delivery(self, queue: str, message: Received, generation: int) -> Delivery:
+        tag = message.delivery_tag
         return Delivery(
             message=from_amqp(message, strip_death=self._delay.owns),
             queue=queue,
             tag=f"{generation}.{tag}",
-            exchange=info.get("exchange", ""),
-            routing_key=info.get("routing_key", ""),
-            redelivered=bool(info.get("redelivered")),
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            redelivered=message.redelivered,
             handle=(generation, tag),
         )
 

@@ -34,6 +34,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.amqp.frames import encode_acks
+from celeriac.brokers.amqp.inbound import DeliveryReader, Received, received_from
 from celeriac.connections.amqp import (
     AMQPParams,
     Backoff,
@@ -43,7 +44,6 @@ from celeriac.connections.amqp import (
     is_permanent_refusal,
     open_connection,
 )
-from celeriac.connections.amqp_transport import drain_nowait
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 MAX_PREFETCH = 65535
 
 # (queue, message, generation)
-RawDelivery = tuple[str, "amqp.Message", int]
+RawDelivery = tuple[str, Received, int]
 
 
 class Consumer:
@@ -90,7 +90,10 @@ class Consumer:
         self._host_index = 0
         #: Bumped on every new connection; deliveries of older ones cannot be acked.
         self.generation = 0
-        self._buffer: deque[tuple[str, amqp.Message]] = deque()
+        self._reader: DeliveryReader | None = None
+        # Set while the buffer may hold deliveries of a consumer RabbitMQ cancelled.
+        self._orphans = False
+        self._buffer: deque[tuple[str, Received]] = deque()
         self._tags: dict[str, str] = {}  # queue -> consumer tag
         self._queue_of: dict[str, str] = {}  # consumer tag -> queue
         self._prefetch = 0
@@ -149,9 +152,7 @@ class Consumer:
             wanted = {tag for tag in tags if tag in self._held}
             if not wanted:
                 return 0
-            others = (self._held - wanted) | {
-                m.delivery_info["delivery_tag"] for _, m in self._buffer
-            }
+            others = (self._held - wanted) | {m.delivery_tag for _, m in self._buffer}
             floor = min(others) if others else None
             ordered = sorted(wanted)
             below = [tag for tag in ordered if floor is None or tag < floor]
@@ -203,7 +204,8 @@ class Consumer:
                 return
             before = len(self._buffer)
             try:
-                drain_nowait(self._connection)
+                assert self._reader is not None
+                self._reader.drain()
                 self._connection.heartbeat_tick()
             except Exception as exc:
                 self._failed(exc, "heartbeat")
@@ -257,7 +259,8 @@ class Consumer:
                 raise
         try:
             assert self._connection is not None
-            drain_nowait(self._connection)
+            assert self._reader is not None
+            self._reader.drain()
             self._connection.heartbeat_tick()
         except Exception as exc:
             self._failed(exc, "receive")
@@ -295,6 +298,7 @@ class Consumer:
                 close_connection(connection, timeout=0.5)
                 return
             self._connection, self._channel, self._host_index = connection, channel, index
+            self._reader = DeliveryReader(connection, channel, self._on_received)
             self.generation += 1
             self._prefetch = 0
         self._backoff.reset()
@@ -314,10 +318,10 @@ class Consumer:
             self._queue_of.pop(tag, None)
             channel.basic_cancel(tag)
             # What was prefetched for it goes back to the queue.
-            kept: deque[tuple[str, amqp.Message]] = deque()
+            kept: deque[tuple[str, Received]] = deque()
             for item in self._buffer:
                 if item[0] == queue:
-                    channel.basic_reject(item[1].delivery_info["delivery_tag"], requeue=True)
+                    channel.basic_reject(item[1].delivery_tag, requeue=True)
                 else:
                     kept.append(item)
             self._buffer = kept
@@ -346,27 +350,42 @@ class Consumer:
             self._prefetch = prefetch
 
     def _take(self, queues: list[str], limit: int) -> list[RawDelivery]:
-        if not self._buffer or limit <= 0:
+        buffer = self._buffer
+        if not buffer or limit <= 0:
             return []
         wanted = set(queues)
+        generation = self.generation
         taken: list[RawDelivery] = []
-        kept: deque[tuple[str, amqp.Message]] = deque()
-        while self._buffer:
-            queue, message = self._buffer.popleft()
-            if len(taken) < limit and queue in wanted:
-                taken.append((queue, message, self.generation))
-                self._held.add(message.delivery_info["delivery_tag"])
-            else:
-                kept.append((queue, message))
-        self._buffer = kept
+        if not self._orphans and wanted.issuperset(self._tags):
+            # Every buffered delivery is for a wanted queue (the usual case): the oldest
+            # go, the rest stay in place (a window of them waits here while a gevent
+            # worker's greenlets are busy).
+            for _ in range(min(limit, len(buffer))):
+                queue, message = buffer.popleft()
+                taken.append((queue, message, generation))
+        else:
+            kept: deque[tuple[str, Received]] = deque()
+            while buffer:
+                queue, message = buffer.popleft()
+                if len(taken) < limit and queue in wanted:
+                    taken.append((queue, message, generation))
+                else:
+                    kept.append((queue, message))
+            self._buffer = kept
+            self._orphans = any(queue not in self._tags for queue, _ in kept)
+        self._held.update(message.delivery_tag for _, message, _ in taken)
         return taken
 
     def _on_message(self, message: amqp.Message) -> None:
-        queue = self._queue_of.get(message.delivery_info.get("consumer_tag", ""))
+        # A delivery py-amqp read (TLS, or one whose frames arrived in pieces).
+        self._on_received(received_from(message))
+
+    def _on_received(self, message: Received) -> None:
+        queue = self._queue_of.get(message.consumer_tag)
         if queue is None:
             # Arrived for a consumer we just cancelled: RabbitMQ redelivers it later.
             assert self._channel is not None
-            self._channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
+            self._channel.basic_reject(message.delivery_tag, requeue=True)
             return
         self._buffer.append((queue, message))
 
@@ -376,6 +395,7 @@ class Consumer:
         queue = self._queue_of.pop(consumer_tag, None)
         if queue is not None:
             self._tags.pop(queue, None)
+            self._orphans = True
             logger.warning("RabbitMQ cancelled the consumer of queue %r (deleted?)", queue)
 
     def _wait(self, remaining: float) -> None:
@@ -445,6 +465,8 @@ class Consumer:
 
     def _drop_connection(self, *, polite: bool = True) -> None:
         connection, self._connection, self._channel = self._connection, None, None
+        self._reader = None
+        self._orphans = False
         self._buffer.clear()
         self._tags.clear()
         self._queue_of.clear()

@@ -30,6 +30,7 @@ from celeriac.protocol.message import Message
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from celeriac.brokers.amqp.inbound import Received
     from celeriac.brokers.base import Delivery
 
 __all__ = [
@@ -109,7 +110,7 @@ def to_amqp(
     )
 
 
-def from_amqp(message: amqp.Message, *, strip_death: Callable[[str], bool]) -> Message:
+def from_amqp(message: Received, *, strip_death: Callable[[str], bool]) -> Message:
     """The celeriac `Message` of a received AMQP message.
 
     `strip_death(queue)` says whether dead-lettering bookkeeping that started in
@@ -121,12 +122,9 @@ def from_amqp(message: amqp.Message, *, strip_death: Callable[[str], bool]) -> M
     if isinstance(first_death, str) and strip_death(first_death):
         for name in DEATH_HEADERS:
             headers.pop(name, None)
-    body = message.body
-    if isinstance(body, str):  # pragma: no cover - our channels never auto-decode
-        body = body.encode(props.get("content_encoding") or "utf-8")
     return Message(
         headers=headers,
-        body=bytes(body),
+        body=message.body,
         properties={name: props[name] for name in PROPERTY_NAMES if name in props},
         # kombu treats a message without a content type as raw data.
         content_type=props.get("content_type") or "application/data",
