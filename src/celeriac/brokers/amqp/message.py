@@ -117,11 +117,13 @@ def from_amqp(message: Received, *, strip_death: Callable[[str], bool]) -> Messa
     `queue` is ours (the delay ladder) and is dropped.
     """
     props = message.properties
-    headers = dict(props.get("application_headers") or {})
+    # The delivery's own table (made for it alone): taken, not copied.
+    headers = props.get("application_headers")
+    if headers is None:
+        headers = {}
     first_death = headers.get("x-first-death-queue")
     if isinstance(first_death, str) and strip_death(first_death):
-        for name in DEATH_HEADERS:
-            headers.pop(name, None)
+        headers = {k: v for k, v in headers.items() if k not in DEATH_HEADERS}
     return Message(
         headers=headers,
         body=message.body,
