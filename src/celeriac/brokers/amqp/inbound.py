@@ -219,18 +219,12 @@ def _item(buf: bytes, offset: int) -> tuple[Any, int]:
         return _I32(buf, offset)[0], offset + 4
     if kind == 0x74:  # t: boolean
         return bool(buf[offset]), offset + 1
-    if kind == 0x46:  # F: table
+    if kind in (0x46, 0x41):  # F: table, A: array
         (size,) = _U32(buf, offset)
         start = offset + 4
         if start + size > len(buf):
             raise _Unexpected
-        return _table(buf, start, start + size)
-    if kind == 0x41:  # A: array
-        (size,) = _U32(buf, offset)
-        start = offset + 4
-        if start + size > len(buf):
-            raise _Unexpected
-        return _array(buf, start, start + size)
+        return (_table if kind == 0x46 else _array)(buf, start, start + size)
     if kind in (0x4C, 0x6C):  # L, l: signed 64-bit
         return _I64(buf, offset)[0], offset + 8
     if kind == 0x64:  # d: double

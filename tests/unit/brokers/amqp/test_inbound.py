@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import amqp
@@ -30,6 +29,7 @@ from celeriac.brokers.amqp.inbound import (
 from celeriac.brokers.amqp.table import encode_properties
 from celeriac.connections.amqp_transport import BufferedTCPTransport
 from tests.unit.brokers.amqp.test_table import py_amqp
+from tests.unit.worker.test_admit_fuzz import amqp_value
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -212,30 +212,13 @@ def test_a_malformed_frame_end_raises_py_amqps_error(side: Side) -> None:
 
 # -- properties --------------------------------------------------------------------------
 
-leaf = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=10)
-    | st.decimals(places=2, allow_nan=False, allow_infinity=False, min_value=-1000, max_value=1000)
-    | st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1))
-)
-values = st.recursive(
-    leaf,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
 shorts = st.text(max_size=40)
 property_sets = st.fixed_dictionaries(
     {},
     optional={
         "content_type": shorts,
         "content_encoding": shorts,
-        "application_headers": st.dictionaries(st.text(max_size=30), values, max_size=12),
+        "application_headers": st.dictionaries(st.text(max_size=30), amqp_value, max_size=12),
         "delivery_mode": st.integers(0, 255),
         "priority": st.integers(0, 255),
         "correlation_id": shorts,
