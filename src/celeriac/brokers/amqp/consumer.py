@@ -33,7 +33,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from celeriac.brokers.amqp.frames import encode_acks, encode_qos
+from celeriac.brokers.amqp.frames import encode_acks
 from celeriac.brokers.amqp.inbound import DeliveryReader, Received, received_from
 from celeriac.connections.amqp import (
     AMQPParams,
@@ -340,26 +340,14 @@ class Consumer:
             self._queue_of[tag] = queue
 
     def _sync_qos(self, prefetch: int) -> None:
-        if prefetch == self._prefetch:
-            return
-        channel, connection = self._channel, self._connection
-        assert channel is not None
-        assert connection is not None
-        # Celery compat: global=True is RabbitMQ's per-channel limit, what Celery
-        # uses with classic queues; it also applies at once to existing consumers.
-        # Quorum queues refuse it: then the window is per consumer, set before each
-        # basic.consume (Celery 5.5 does the same).
-        if self._prefetch == 0:
-            # The channel's first: waits for RabbitMQ's answer, so a refusal is raised here.
-            channel.basic_qos(0, prefetch, self._global_qos)
-        else:
-            # A window that moves (every fetch of a worker whose tasks finish out of
-            # order) is written without a round trip: RabbitMQ applies it in order.
-            connection.transport.write(
-                encode_qos(channel.channel_id, prefetch, global_=self._global_qos)
-            )
-            connection.bytes_sent += 1
-        self._prefetch = prefetch
+        if prefetch != self._prefetch:
+            assert self._channel is not None
+            # Celery compat: global=True is RabbitMQ's per-channel limit, what Celery
+            # uses with classic queues; it also applies at once to existing consumers.
+            # Quorum queues refuse it: then the window is per consumer, set before each
+            # basic.consume (Celery 5.5 does the same).
+            self._channel.basic_qos(0, prefetch, self._global_qos)
+            self._prefetch = prefetch
 
     def _take(self, queues: list[str], limit: int) -> list[RawDelivery]:
         buffer = self._buffer

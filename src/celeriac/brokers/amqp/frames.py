@@ -9,8 +9,6 @@ byte-for-byte as py-amqp (and so Celery/kombu) would send them (the properties b
 Encoding happens before anything is written: a value a field table cannot carry fails
 the whole batch cleanly. Acks are the same: a worker whose tasks finish out of order acks
 most deliveries one by one, and py-amqp writes each `basic.ack` with its own `sendall`.
-A `basic.qos` that moves a consumer's window is written without waiting for its
-`basic.qos-ok` (py-amqp ignores an answer nobody waits for).
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ if TYPE_CHECKING:
 
     from amqp import Message
 
-__all__ = ["encode_acks", "encode_publish", "encode_qos"]
+__all__ = ["encode_acks", "encode_publish"]
 
 # Frame types and the end-of-frame octet (AMQP 0-9-1 §4.2.3).
 FRAME_METHOD = 1
@@ -45,8 +43,6 @@ PUBLISH_METHOD = pack(">HH", 60, 40)
 PUBLISH_ARGS = "Bssbb"
 # basic.ack is class 60, method 80: delivery tag (longlong), then the multiple bit.
 ACK = ">HHQB"
-# basic.qos is class 60, method 10: prefetch size (long), prefetch count (short), global bit.
-QOS = ">HHIHB"
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
@@ -110,8 +106,3 @@ def encode_acks(channel: int, acks: Iterable[tuple[int, bool]]) -> bytes:
         _frame(FRAME_METHOD, channel, pack(ACK, BASIC_CLASS, 80, tag, multiple))
         for tag, multiple in acks
     )
-
-
-def encode_qos(channel: int, prefetch_count: int, *, global_: bool) -> bytes:
-    """The `basic.qos` frame setting a prefetch count on `channel` (no size limit)."""
-    return _frame(FRAME_METHOD, channel, pack(QOS, BASIC_CLASS, 10, 0, prefetch_count, global_))

@@ -12,7 +12,7 @@ from amqp import spec
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
-from celeriac.brokers.amqp.frames import encode_acks, encode_publish, encode_qos
+from celeriac.brokers.amqp.frames import encode_acks, encode_publish
 from celeriac.exceptions import SerializationError
 from celeriac.protocol.codec import TaskCall, encode_task
 
@@ -95,11 +95,3 @@ def test_ack_frames_match_py_amqp(tag: int, multiple: bool) -> None:
 def test_acks_are_joined_in_order() -> None:
     acks = [(9, True), (12, False), (15, False)]
     assert encode_acks(1, acks) == b"".join(encode_acks(1, [ack]) for ack in acks)
-
-
-@pytest.mark.parametrize(("count", "global_"), [(1, True), (65535, False), (500, True)])
-def test_a_qos_frame_is_py_amqps(count: int, global_: bool) -> None:
-    transport = _Transport()
-    write = frame_writer(_Connection(131072), transport)
-    write(1, 2, spec.Basic.Qos, dumps("lBb", (0, count, global_)), None)
-    assert encode_qos(2, count, global_=global_) == b"".join(transport.written)
