@@ -336,3 +336,21 @@ def test_deliveries_of_any_size_and_header_read_as_py_amqp_reads_them(
         assert broker.size(queue) == 0
     finally:
         conn.close()
+
+
+def test_the_first_receive_takes_the_whole_first_window(
+    make_broker: BrokerFactory, queues: list[str]
+) -> None:
+    # Right after basic.consume RabbitMQ sends up to the window in a burst; a process
+    # that starts a task as soon as its first fetch returns (a prefork child) must hold
+    # all of it, not one delivery with the rest left in its connection.
+    for round_ in range(5):
+        queue = unique(f"consume-first-window-{round_}")
+        queues.append(queue)
+        producer = make_broker()
+        producer.declare(queue)
+        fill(producer, queue, 40)
+        consumer = make_broker()
+        got = consumer.receive([queue], limit=40, timeout=5)
+        assert len(got) == 40
+        consumer.ack_many(got)

@@ -56,6 +56,13 @@ logger = logging.getLogger(__name__)
 
 # AMQP prefetch_count is a 16-bit field; 0 would mean "unlimited".
 MAX_PREFETCH = 65535
+# Right after a basic.consume RabbitMQ sends a burst of up to the window; a receive that
+# started the consumer takes the rest of it until this long passes with nothing new (at
+# most FIRST_WINDOW_MAX), so a process that starts a task at once has its whole first
+# window in hand (and listed by `inspect reserved`), not one delivery and a connection
+# holding the others until its next fetch.
+FIRST_WINDOW_QUIET = 0.02
+FIRST_WINDOW_MAX = 0.25
 
 # (queue, message, generation)
 RawDelivery = tuple[str, Received, int]
@@ -93,6 +100,8 @@ class Consumer:
         self._reader: DeliveryReader | None = None
         # Set while the buffer may hold deliveries of a consumer RabbitMQ cancelled.
         self._orphans = False
+        # Set when a receive issued a basic.consume (see FIRST_WINDOW_QUIET).
+        self._consumed_now = False
         self._buffer: deque[tuple[str, Received]] = deque()
         self._tags: dict[str, str] = {}  # queue -> consumer tag
         self._queue_of: dict[str, str] = {}  # consumer tag -> queue
@@ -112,6 +121,7 @@ class Consumer:
         deadline = time.monotonic() + timeout
         wanted = list(dict.fromkeys(queues))
         epoch = self._epoch
+        started = False
         while True:
             if self._connection is None:
                 # Connect outside the lock: acks and heartbeats from other threads must
@@ -121,12 +131,37 @@ class Consumer:
                 if self._wake_r < 0:
                     self._open_pipe()
                 got = self._receive_locked(wanted, limit)
+                started, self._consumed_now = started or self._consumed_now, False
             if got:
+                if started and len(got) < limit:
+                    got += self._rest_of_first_window(wanted, limit - len(got))
                 return got
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._epoch != epoch:
                 return []
             self._wait(remaining)
+
+    def _rest_of_first_window(self, queues: list[str], limit: int) -> list[RawDelivery]:
+        more: list[RawDelivery] = []
+        deadline = time.monotonic() + FIRST_WINDOW_MAX
+        while len(more) < limit and (remaining := deadline - time.monotonic()) > 0:
+            connection = self._connection
+            if connection is None:
+                break
+            sock = connection.sock
+            pending = getattr(sock, "pending", None)
+            if not (pending is not None and pending()):
+                try:
+                    readable, _, _ = select.select(
+                        [sock], [], [], min(remaining, FIRST_WINDOW_QUIET)
+                    )
+                except (OSError, ValueError):
+                    break
+                if not readable:
+                    break
+            with self._lock:
+                more += self._receive_locked(queues, limit - len(more))
+        return more
 
     def stop(self) -> None:
         """Cancel every consumer and return what was prefetched but not handed out; the
@@ -329,6 +364,7 @@ class Consumer:
             if queue in self._tags:
                 continue
             self._declare(channel, queue)
+            self._consumed_now = True
             tag = channel.basic_consume(
                 queue,
                 callback=self._on_message,
