@@ -42,6 +42,7 @@ from celeriac.worker.pools.prefork.autoscale import MAX_CHILDREN, SCALE_INTERVAL
 from celeriac.worker.pools.prefork.backlog import BacklogGauge
 from celeriac.worker.pools.prefork.child import STOP_SIGNALS, child_main
 from celeriac.worker.pools.prefork.errands import Errands
+from celeriac.worker.pools.prefork.forking import fork_between_imports
 from celeriac.worker.pools.prefork.held import children_requests
 from celeriac.worker.revocations import RevocationFollower, Revocations
 from celeriac.worker.slots import RunningTask, SlotTable
@@ -185,7 +186,7 @@ class Supervisor:
         control_in, control_out = os.pipe()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            pid = os.fork()
+            pid = fork_between_imports()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             os.close(control_in)
