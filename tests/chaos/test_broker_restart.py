@@ -5,7 +5,7 @@ the broker goes away mid-run:
 
 - Redis: a private `redis-server` with `appendonly yes` is stopped (SIGTERM: it fsyncs
   its AOF) and started again on the same port and directory.
-- RabbitMQ: a private node (one per module: starting one is slow) does `stop_app` and
+- RabbitMQ: a private node (one per test run: starting one is slow) does `stop_app` and
   `start_app`; its queues are durable and messages persistent.
 - SQLite has no server. Its analogue is the death of the process holding the write
   lock: a process is SIGKILLed inside a write transaction (`BEGIN IMMEDIATE` plus an
@@ -42,7 +42,6 @@ from tests.chaos.outages import Producer, first_finish_after, wait_all_finished
 from tests.helpers import unique, wait_for
 from tests.integration.conftest import import_tasks, write_tasks
 from tests.private_servers import PrivateRedis, require_redis_server
-from tests.private_servers import node as node  # the module-scoped private RabbitMQ node
 
 if TYPE_CHECKING:
     import random
@@ -105,16 +104,21 @@ HOLD_LOCK = textwrap.dedent(
 
 PRODUCE = textwrap.dedent(
     """
-    import sys, time
+    import sys, time, uuid
     sys.path.insert(0, ".")
     from tests.chaos.ledger import Ledger
     import tasks
     from pathlib import Path
     ledger = Ledger(Path("."))
+    intent = Path("killed-producer-intent")
     print("producing", flush=True)
     while True:
-        result = tasks.work.delay(5)
-        ledger.published(result.id)
+        # The id goes down before the publish: the SIGKILL may land after the publish
+        # and before the ledger line, and that one task then runs unrecorded.
+        task_id = str(uuid.uuid4())
+        intent.write_text(task_id)
+        tasks.work.apply_async((5,), task_id=task_id)
+        ledger.published(task_id)
         time.sleep(0.002)
     """
 )
@@ -204,7 +208,12 @@ def test_a_broker_restart_loses_no_confirmed_publish_and_workers_resume(
     detail = f"{report.summary()} (see CHAOS_SEED above); worker log:\n{worker.output()[-3000:]}"
     assert report.lost == [], detail
     assert all_done, detail
-    assert report.phantoms == [], detail
+    # A phantom (a run nobody recorded publishing) is allowed only on SQLite, and only
+    # the one task the producer killed mid-publish may have sent unrecorded.
+    allowed: set[str] = set()
+    if kind == "sqlite":
+        allowed = {(tasks_dir / "killed-producer-intent").read_text()}
+    assert set(report.phantoms) <= allowed, detail
     assert resume is not None, detail
     assert resume <= RESUME_BUDGET, detail
     # The outage (0.5-2 s) is shorter than the publisher's reconnect loop: every publish
