@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 from celeriac.testing import TestWorker, memory_app
+from tests.private_servers import node as node  # one private RabbitMQ node per test run
 
 # `pytester` runs the pytest plugin's own tests in a separate pytest process.
 pytest_plugins = ("pytester",)

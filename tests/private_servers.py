@@ -310,7 +310,10 @@ def require_rabbitmq_server() -> None:
     require_programs(SERVER, CTL, "erl", "openssl")
 
 
-@pytest.fixture(scope="module")
+# One private node for the whole run (starting one takes about 8 s): the five modules
+# that use it each restore what they change (a stopped app, a crashed node, a memory
+# alarm, `consumer_timeout`) before they end, and name their own queues.
+@pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     require_rabbitmq_server()
     started = Node(tmp_path_factory.mktemp("rabbit"))

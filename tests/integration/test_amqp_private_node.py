@@ -25,7 +25,6 @@ from celeriac.brokers.base import Delivery, Outgoing
 from celeriac.exceptions import BrokerConnectionError, PublishError
 from celeriac.protocol.codec import TaskCall, encode_task
 from tests.helpers import unique, wait_for
-from tests.private_servers import node as node  # the module fixture
 
 if TYPE_CHECKING:
     from celeriac.protocol.message import Message

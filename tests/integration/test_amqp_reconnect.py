@@ -1,7 +1,8 @@
 """RabbitMQ connections made again: failover hosts tried in turn, and the consumer channel
 RabbitMQ closes when a delivery outlasts its `consumer_timeout`.
 
-On a private node (one per module): the tests stop it and change its settings.
+On the private node (one per test run): the tests stop it and change its settings, and
+restore them before they end.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from tests.helpers import AMQP_URL, require_rabbitmq, require_redis, unique, wai
 from tests.integration.conftest import import_tasks, write_tasks
 from tests.integration.worker_tasks import APP
 from tests.private_servers import CTL
-from tests.private_servers import node as node  # the module-scoped private RabbitMQ node
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -28,7 +28,6 @@ from celeriac.exceptions import BrokerError
 from tests.helpers import wait_for
 from tests.integration.test_amqp_worker import MakeProject, project_factory
 from tests.private_servers import CTL, Node
-from tests.private_servers import node as node  # the module fixture
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -93,13 +92,15 @@ def consuming_channels(node: Node, pids: list[int]) -> dict[int, list[dict[str, 
     return found
 
 
-def queue_counts(node: Node) -> dict[str, tuple[int, int]]:
-    """Every queue of the node: (ready, unacked)."""
+def queue_counts(node: Node, queue: str) -> dict[str, tuple[int, int]]:
+    """`queue` and its delay-ladder queues on the node: (ready, unacked). Other modules'
+    queues on the shared node are left out."""
     return {
         name: (int(ready), int(unacked))
         for name, ready, unacked in ctl_rows(
             node, "list_queues", "name", "messages_ready", "messages_unacknowledged"
         )
+        if name == queue or name.startswith(f"celeriac.delay.{queue}.")
     }
 
 
@@ -124,10 +125,10 @@ def test_each_prefork_child_consumes_with_a_window_of_the_multiplier(
     assert sorted(len(c) for c in channels.values()) == [1, 1]
     for [channel] in channels.values():
         assert channel == {"prefetch": 0, "global_prefetch": 3, "unacked": 3}
-    assert queue_counts(node)[made.queue] == (4, 6)
+    assert queue_counts(node, made.queue)[made.queue] == (4, 6)
     (tasks_dir / "open").touch()
     assert sorted(r.get(timeout=30) for r in results) == sorted(f"s-{n}" for n in range(10))
-    assert queue_counts(node)[made.queue] == (0, 0)
+    assert queue_counts(node, made.queue)[made.queue] == (0, 0)
 
 
 def test_the_threads_pool_consumes_with_a_window_of_concurrency_times_multiplier(
@@ -141,7 +142,7 @@ def test_the_threads_pool_consumes_with_a_window_of_concurrency_times_multiplier
     wait_for(lambda: len(events_started(tasks_dir)) == 3, timeout=10, what="three threads busy")
     [channel] = consuming_channels(node, [worker.pid])[worker.pid]
     assert channel == {"prefetch": 0, "global_prefetch": 6, "unacked": 6}
-    assert queue_counts(node)[made.queue] == (4, 6)
+    assert queue_counts(node, made.queue)[made.queue] == (4, 6)
     (tasks_dir / "open").touch()
     assert len({r.get(timeout=30) for r in results}) == 10
 
@@ -170,7 +171,7 @@ def test_a_countdown_task_waits_on_rabbitmq_not_unacked_in_the_worker(
     while not result.ready():
         began = time.time()
         if began < eta - 2:
-            counts = queue_counts(node)
+            counts = queue_counts(node, made.queue)
             [channel] = consuming_channels(node, worker.children())[worker.children()[0]]
             if time.time() < eta - 0.5:  # all of it read while the countdown ran
                 # Nothing unacked anywhere: the worker holds nothing; the message sits
