@@ -1,10 +1,10 @@
 """Crash storm: children and a supervisor SIGKILLed again and again while work flows.
 
-`size(2_000, 10_000)` tasks of 5-50 ms (drawn from the seeded generator) go to two
+`size(1_200, 10_000)` tasks of 5-50 ms (drawn from the seeded generator) go to two
 workers of two children each. Every 0.5 s a random child of either worker is SIGKILLed;
 every 3 s worker A's supervisor is SIGKILLed and A is started again. Worker B's
-supervisor is never killed: it keeps running throughout. (2,000 tasks keep the storm
-going for 15-25 s: some 30-50 child kills and 5-8 supervisor kills.)
+supervisor is never killed: it keeps running throughout. (1,200 tasks keep the storm
+going for 10-15 s: some 20-30 child kills and 3-5 supervisor kills.)
 
 Checked: lost = 0; no orphan (every child of a killed supervisor exits by itself); and
 duplicate runs within the bound the design gives:
@@ -68,7 +68,7 @@ def test_a_crash_storm_loses_nothing(
 ) -> None:
     monkeypatch.setenv("TEST_VISIBILITY_TIMEOUT", str(VISIBILITY_TIMEOUT))
     tasks = import_tasks(tasks_dir)
-    count = size(2_000, 10_000)
+    count = size(1_200, 10_000)
     publish_work(tasks, ledger, count, ms=(5, 50), rng=rng)
     worker_a = run_worker("-c", str(CHILDREN))
     worker_b = run_worker("-c", str(CHILDREN))

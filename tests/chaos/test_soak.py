@@ -1,6 +1,6 @@
 """Scenario 7: soak. Many no-op tasks through one worker (`-c 2`, prefork).
 
-Size: SMALL_SOAK (100,000) tasks in the small profile (CI), 1,000,000 in the full one,
+Size: SMALL_SOAK (50,000) tasks in the small profile (CI), 1,000,000 in the full one,
 on each broker. `CHAOS_SOAK_TASKS` overrides the count.
 
 Tasks are published in bulk (`app.producer_batch()`, batches of 1,000, results ignored)
@@ -42,7 +42,7 @@ pytestmark = [
     pytest.mark.timeout(size(240, 7200)),
 ]
 
-SMALL_SOAK = 100_000
+SMALL_SOAK = 50_000
 TOTAL = int(os.environ.get("CHAOS_SOAK_TASKS") or size(SMALL_SOAK, 1_000_000))
 BATCH = 1_000
 # The producer stays at most this many tasks ahead of the worker.

@@ -92,7 +92,7 @@ def test_heartbeats_stop_while_the_worker_is_stopped_and_resume(
     os.killpg(worker.pid, signal.SIGSTOP)
     try:
         stopped = time.monotonic()
-        time.sleep(7.0)  # three and a half heartbeats' worth
+        time.sleep(5.0)  # two and a half heartbeats' worth
         # At most one that was on its way as the worker stopped.
         assert len(beats.since(stopped + 0.5)) == 0
     finally:
