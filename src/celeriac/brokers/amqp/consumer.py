@@ -146,19 +146,10 @@ class Consumer:
         deadline = time.monotonic() + FIRST_WINDOW_MAX
         while len(more) < limit and (remaining := deadline - time.monotonic()) > 0:
             connection = self._connection
-            if connection is None:
+            if connection is None or not self._has_bytes(
+                connection.sock, min(remaining, FIRST_WINDOW_QUIET)
+            ):
                 break
-            sock = connection.sock
-            pending = getattr(sock, "pending", None)
-            if not (pending is not None and pending()):
-                try:
-                    readable, _, _ = select.select(
-                        [sock], [], [], min(remaining, FIRST_WINDOW_QUIET)
-                    )
-                except (OSError, ValueError):
-                    break
-                if not readable:
-                    break
             with self._lock:
                 more += self._receive_locked(queues, limit - len(more))
         return more
@@ -441,23 +432,29 @@ class Consumer:
             pause = max(0.0, min(remaining, self._next_attempt - time.monotonic()))
             self._select([], pause)
             return
-        sock = connection.sock
+        self._has_bytes(connection.sock, remaining)
+
+    def _has_bytes(self, sock: Any, timeout: float) -> bool:
+        """Wait up to `timeout` (or a wake-up) for `sock` to have bytes to read."""
         pending = getattr(sock, "pending", None)
         if pending is not None and pending():
-            return  # TLS: decrypted bytes already wait inside the SSL object
-        self._select([sock], remaining)
+            return True  # TLS: decrypted bytes already wait inside the SSL object
+        return self._select([sock], timeout)
 
-    def _select(self, socks: list[Any], timeout: float) -> None:
+    def _select(self, socks: list[Any], timeout: float) -> bool:
+        """Wait on `socks` and the wake-up pipe; whether one of `socks` is readable."""
         if self._wake_r < 0:
-            return
+            return False
         try:
             readable, _, _ = select.select([*socks, self._wake_r], [], [], timeout)
         except (OSError, ValueError):
-            return  # the socket was closed under us: the next receive notices
+            return False  # the socket was closed under us: the next receive notices
         if self._wake_r in readable:
+            readable.remove(self._wake_r)
             with contextlib.suppress(OSError):
                 while os.read(self._wake_r, 512):
                     pass
+        return bool(readable)
 
     def _wake(self) -> None:
         if self._wake_w >= 0:
